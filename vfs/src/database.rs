@@ -1,0 +1,435 @@
+//! One remote database as seen by this process: shared by every connection of
+//! the process that opened the same (server, token, name).
+//!
+//! It holds what connections must agree on: the local lock table, the write
+//! lease (sticky: kept across transactions, renewed by a heartbeat task, given
+//! back when the last connection closes), the newest committed state known here,
+//! and a cache of pages valid at one version.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use pagewire_proto::v1 as pb;
+use parking_lot::Mutex;
+use tonic::Code;
+
+use crate::{
+    client::{Client, CommitError, CommitPlan},
+    error::VfsError,
+    locks::LockTable,
+    runtime::Rt,
+};
+
+/// A database at one version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DbState {
+    pub version: u64,
+    pub page_size: u32,
+    pub page_count: u32,
+}
+
+impl DbState {
+    pub fn file_size(&self) -> u64 {
+        self.page_size as u64 * self.page_count as u64
+    }
+}
+
+impl From<Option<pb::DbState>> for DbState {
+    fn from(s: Option<pb::DbState>) -> Self {
+        let s = s.unwrap_or_default();
+        Self { version: s.version, page_size: s.page_size, page_count: s.page_count }
+    }
+}
+
+/// What identifies a database to this process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DbKey {
+    pub url: String,
+    pub token: Option<String>,
+    pub name: String,
+}
+
+/// Settings the server announced at Open.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub max_pages_per_read: usize,
+    pub max_message_bytes: usize,
+    pub heartbeat: Duration,
+}
+
+impl ServerSettings {
+    pub fn from_open(r: &pb::OpenResponse) -> Self {
+        let limits = r.limits.unwrap_or_default();
+        Self {
+            max_pages_per_read: (limits.max_pages_per_read as usize).max(1),
+            max_message_bytes: (limits.max_message_bytes as usize).max(1 << 20),
+            heartbeat: Duration::from_millis(r.heartbeat_ms.max(100)),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Lease {
+    id: Bytes,
+    epoch: u64,
+    ttl: Duration,
+    /// Local deadline: the server's expiry minus a margin, measured from when we
+    /// asked, so it always ends here first.
+    valid_until: Instant,
+}
+
+impl Lease {
+    fn from_response(r: &pb::LeaseResponse, asked_at: Instant) -> Self {
+        let ttl = Duration::from_millis(r.ttl_ms);
+        Self { id: r.lease_id.clone(), epoch: r.epoch, ttl, valid_until: Self::deadline(asked_at, ttl) }
+    }
+
+    fn deadline(asked_at: Instant, ttl: Duration) -> Instant {
+        asked_at + ttl - ttl / 5
+    }
+
+    fn valid(&self) -> bool {
+        Instant::now() < self.valid_until
+    }
+}
+
+/// Pages of one version.
+#[derive(Default)]
+struct PageCache {
+    version: u64,
+    page_size: u32,
+    pages: HashMap<u32, Bytes>,
+    bytes: usize,
+}
+
+impl PageCache {
+    fn clear(&mut self) {
+        self.pages.clear();
+        self.bytes = 0;
+    }
+
+    fn insert(&mut self, no: u32, data: Bytes, max_bytes: usize) {
+        if self.bytes + data.len() > max_bytes {
+            // Crude bound: start over. (A proper LRU belongs to the cache issue.)
+            self.clear();
+        }
+        self.bytes += data.len();
+        if let Some(old) = self.pages.insert(no, data) {
+            self.bytes -= old.len();
+        }
+    }
+
+    fn remove(&mut self, no: u32) {
+        if let Some(old) = self.pages.remove(&no) {
+            self.bytes -= old.len();
+        }
+    }
+
+    /// Moves the cache from its version to `to`, dropping what changed in between.
+    fn advance(&mut self, from: u64, to: DbState, changed: Option<&[u32]>) {
+        let usable = self.version == from && self.page_size == to.page_size;
+        match changed.filter(|_| usable) {
+            Some(changed) => {
+                for p in changed {
+                    self.remove(*p);
+                }
+                let beyond: Vec<u32> = self.pages.keys().copied().filter(|p| *p > to.page_count).collect();
+                for p in beyond {
+                    self.remove(p);
+                }
+            }
+            None => self.clear(),
+        }
+        self.version = to.version;
+        self.page_size = to.page_size;
+    }
+}
+
+struct Shared {
+    /// Newest committed state this process knows of.
+    committed: DbState,
+    lease: Option<Lease>,
+    cache: PageCache,
+}
+
+pub struct Database {
+    pub key: DbKey,
+    rt: Arc<Rt>,
+    pub client: Client,
+    pub settings: ServerSettings,
+    cache_max_bytes: usize,
+    client_id: String,
+    pub locks: Mutex<LockTable>,
+    state: Mutex<Shared>,
+    /// Open connections; the last one to close gives the lease back.
+    connections: AtomicUsize,
+}
+
+impl Database {
+    pub fn new(key: DbKey, rt: Arc<Rt>, client: Client, open: &pb::OpenResponse, cache_max_bytes: usize) -> Self {
+        let committed = DbState::from(open.state);
+        Self {
+            client_id: format!("{}:{}", hostname(), std::process::id()),
+            key,
+            rt,
+            client,
+            settings: ServerSettings::from_open(open),
+            cache_max_bytes,
+            locks: Mutex::default(),
+            state: Mutex::new(Shared { committed, lease: None, cache: PageCache::default() }),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.key.name
+    }
+
+    pub fn rt(&self) -> &Rt {
+        &self.rt
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Returns true when this was the last connection.
+    pub fn connection_closed(&self) -> bool {
+        self.connections.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+
+    pub fn committed(&self) -> DbState {
+        self.state.lock().committed
+    }
+
+    /// Learns of a committed state (from Open, BeginRead, a lease grant).
+    fn observe(&self, s: &mut Shared, state: DbState) {
+        if state.version > s.committed.version {
+            s.committed = state;
+        }
+    }
+
+    /// The version a new read transaction pins. The lease holder is the only
+    /// writer, so while its lease is valid and its cache current it needs no RPC.
+    pub fn begin_read(&self) -> Result<DbState, VfsError> {
+        let cached = {
+            let s = self.state.lock();
+            if s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version == s.committed.version {
+                return Ok(s.committed);
+            }
+            s.cache.version
+        };
+        let req = pb::BeginReadRequest { name: self.key.name.clone(), cached_version: cached };
+        let resp = self.rt.block_on(self.client.clone().begin_read(req))??;
+        let state = DbState::from(resp.state);
+        let mut s = self.state.lock();
+        self.observe(&mut s, state);
+        if state.version >= s.cache.version {
+            let changed = (!resp.cache_invalid).then_some(resp.changed_pages.as_slice());
+            s.cache.advance(cached, state, changed);
+        }
+        Ok(state)
+    }
+
+    /// Reads whole pages at `at`, from cache where it holds that version.
+    pub fn read_pages(&self, at: DbState, pages: &[u32]) -> Result<Vec<Bytes>, VfsError> {
+        let mut out: Vec<Option<Bytes>> = vec![None; pages.len()];
+        {
+            let s = self.state.lock();
+            if s.cache.version == at.version {
+                for (slot, p) in out.iter_mut().zip(pages) {
+                    *slot = s.cache.pages.get(p).cloned();
+                }
+            }
+        }
+        let missing: Vec<u32> = pages.iter().zip(&out).filter(|(_, o)| o.is_none()).map(|(p, _)| *p).collect();
+        let mut fetched = HashMap::with_capacity(missing.len());
+        for chunk in missing.chunks(self.settings.max_pages_per_read) {
+            let req = pb::ReadPagesRequest { name: self.key.name.clone(), version: at.version, page_nos: chunk.to_vec() };
+            let resp = self.rt.block_on(self.client.clone().read_pages(req))??;
+            if resp.pages.len() != chunk.len() || resp.pages.iter().any(|d| d.len() != at.page_size as usize) {
+                return Err(VfsError::Internal(format!(
+                    "server sent {} pages for {} asked, or pages of the wrong size",
+                    resp.pages.len(),
+                    chunk.len()
+                )));
+            }
+            fetched.extend(chunk.iter().copied().zip(resp.pages));
+        }
+        if !fetched.is_empty() {
+            let mut s = self.state.lock();
+            if s.cache.version == at.version && s.cache.page_size == at.page_size {
+                for (p, d) in &fetched {
+                    s.cache.insert(*p, d.clone(), self.cache_max_bytes);
+                }
+            }
+        }
+        Ok(pages
+            .iter()
+            .zip(out)
+            .map(|(p, o)| o.or_else(|| fetched.get(p).cloned()).unwrap_or_default())
+            .collect())
+    }
+
+    /// Makes sure this process holds the write lease; returns the newest
+    /// committed state (a writer pinned to an older one must not write).
+    pub fn ensure_lease(self: &Arc<Self>) -> Result<DbState, VfsError> {
+        let current = {
+            let s = self.state.lock();
+            match &s.lease {
+                Some(l) if l.valid() => return Ok(s.committed),
+                other => other.clone(),
+            }
+        };
+        let asked_at = Instant::now();
+        let renewed = match current {
+            Some(l) => {
+                let req = pb::RenewLeaseRequest { name: self.key.name.clone(), lease_id: l.id, epoch: l.epoch };
+                match self.rt.block_on(self.client.clone().renew_lease(req))? {
+                    Err(VfsError::Status(s)) if s.code() == Code::FailedPrecondition => None,
+                    other => Some(other?),
+                }
+            }
+            None => None,
+        };
+        let resp = match renewed {
+            Some(r) => r,
+            None => {
+                let req = pb::AcquireLeaseRequest { name: self.key.name.clone(), client_id: self.client_id.clone() };
+                match self.rt.block_on(self.client.clone().acquire_lease(req))? {
+                    Err(VfsError::Status(s)) if s.code() == Code::Aborted => {
+                        return Err(VfsError::Busy(s.message().to_owned()));
+                    }
+                    other => other?,
+                }
+            }
+        };
+        let lease = Lease::from_response(&resp, asked_at);
+        let state = DbState::from(resp.state);
+        let new_epoch = {
+            let mut s = self.state.lock();
+            self.observe(&mut s, state);
+            let new_epoch = s.lease.as_ref().is_none_or(|l| l.epoch != lease.epoch);
+            s.lease = Some(lease.clone());
+            new_epoch
+        };
+        if new_epoch {
+            self.rt.spawn(heartbeat(Arc::downgrade(self), lease.epoch));
+        }
+        Ok(state)
+    }
+
+    /// Forgets the lease (lost, or the outcome of a commit is unknown).
+    pub fn drop_lease(&self) {
+        self.state.lock().lease = None;
+    }
+
+    /// Forgets everything this process believed about the database.
+    pub fn drop_all(&self) {
+        let mut s = self.state.lock();
+        s.lease = None;
+        s.cache.clear();
+        s.cache.version = 0;
+    }
+
+    /// Gives the lease back (last connection closed). Best effort: if the server
+    /// is unreachable the lease simply expires.
+    pub fn release_lease(&self) {
+        let Some(l) = self.state.lock().lease.take() else { return };
+        let req = pb::ReleaseLeaseRequest { name: self.key.name.clone(), lease_id: l.id, epoch: l.epoch };
+        if let Ok(Err(e)) = self.rt.block_on(self.client.clone().release_lease(req)) {
+            tracing::debug!(db = %self.key.name, error = %e, "lease release failed; it will expire");
+        }
+    }
+
+    /// Sends a transaction built on `base`. On success the cache and committed
+    /// state move to the new version.
+    pub fn commit(&self, base: DbState, page_size: u32, page_count: u32, pages: Vec<(u32, Bytes)>) -> Result<DbState, CommitError> {
+        let Some(lease) = self.state.lock().lease.clone() else {
+            return Err(CommitError::Definite(VfsError::Status(tonic::Status::failed_precondition(
+                "this connection does not hold the write lease",
+            ))));
+        };
+        let header = pb::CommitHeader {
+            name: self.key.name.clone(),
+            lease_id: lease.id.clone(),
+            epoch: lease.epoch,
+            base_version: base.version,
+            commit_id: Bytes::copy_from_slice(&rand::random::<[u8; 16]>()),
+            page_size,
+            page_count,
+        };
+        let chunk_bytes = (self.settings.max_message_bytes / 2).max(page_size as usize);
+        let plan = Arc::new(CommitPlan { header, pages, chunk_bytes });
+        let asked_at = Instant::now();
+        let resp = self
+            .rt
+            .block_on(self.client.clone().commit(plan.clone()))
+            .map_err(CommitError::Unknown)??;
+        let state = DbState { version: resp.version, page_size, page_count };
+        let mut s = self.state.lock();
+        // A commit renews the lease on the server.
+        if let Some(l) = s.lease.as_mut().filter(|l| l.epoch == lease.epoch) {
+            l.valid_until = l.valid_until.max(Lease::deadline(asked_at, l.ttl));
+        }
+        self.observe(&mut s, state);
+        let changed: Vec<u32> = plan.pages.iter().map(|(p, _)| *p).collect();
+        s.cache.advance(base.version, state, Some(&changed));
+        if s.cache.version == state.version {
+            for (p, d) in &plan.pages {
+                s.cache.insert(*p, d.clone(), self.cache_max_bytes);
+            }
+        }
+        Ok(state)
+    }
+}
+
+/// Renews the lease every heartbeat while it is the one installed.
+async fn heartbeat(db: Weak<Database>, epoch: u64) {
+    loop {
+        let interval = match db.upgrade() {
+            Some(db) => db.settings.heartbeat,
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+        let Some(db) = db.upgrade() else { return };
+        let Some(lease) = db.state.lock().lease.clone().filter(|l| l.epoch == epoch) else { return };
+        let asked_at = Instant::now();
+        let req = pb::RenewLeaseRequest { name: db.key.name.clone(), lease_id: lease.id.clone(), epoch };
+        match db.client.clone().renew_lease(req).await {
+            Ok(resp) => {
+                let mut s = db.state.lock();
+                if let Some(l) = s.lease.as_mut().filter(|l| l.epoch == epoch) {
+                    l.valid_until = Lease::from_response(&resp, asked_at).valid_until;
+                }
+            }
+            Err(e) if !e.is_retryable() => {
+                tracing::warn!(db = %db.key.name, error = %e, "write lease lost");
+                let mut s = db.state.lock();
+                if s.lease.as_ref().is_some_and(|l| l.epoch == epoch) {
+                    s.lease = None;
+                }
+                return;
+            }
+            Err(e) => tracing::debug!(db = %db.key.name, error = %e, "lease renewal failed; retrying"),
+        }
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

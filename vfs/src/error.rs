@@ -1,0 +1,104 @@
+//! VFS errors, and the one place they become SQLite result codes.
+
+use sqlite_plugin::vars;
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    /// A bad setting (environment variable or URI parameter).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A database name the server cannot store.
+    #[error("bad database name: {0}")]
+    BadName(String),
+    /// The server answered with an error status.
+    #[error("server: {}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The write lease is held by another client.
+    #[error("database is locked by another writer: {0}")]
+    Busy(String),
+    /// The connection can no longer vouch for its state (a commit whose outcome
+    /// stayed unknown); it answers I/O errors until reopened.
+    #[error("connection poisoned: {0}")]
+    Poisoned(String),
+    /// Read-only connection asked to write.
+    #[error("read-only database")]
+    ReadOnly,
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// What the failing operation was, so I/O errors carry SQLite's extended code.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Open,
+    Read,
+    Write,
+    Sync,
+    Lock,
+    Unlock,
+    Size,
+}
+
+impl VfsError {
+    /// The SQLite result code for this error during `op`.
+    pub fn sqlite_code(&self, op: Op) -> i32 {
+        match self {
+            VfsError::Busy(_) => vars::SQLITE_BUSY,
+            VfsError::ReadOnly => vars::SQLITE_READONLY,
+            VfsError::Config(_) | VfsError::BadName(_) => vars::SQLITE_CANTOPEN,
+            VfsError::Status(s) if matches!(op, Op::Open) => match s.code() {
+                Code::NotFound | Code::InvalidArgument | Code::Unauthenticated => {
+                    vars::SQLITE_CANTOPEN
+                }
+                Code::PermissionDenied => vars::SQLITE_PERM,
+                _ => vars::SQLITE_CANTOPEN,
+            },
+            VfsError::Status(s) if s.code() == Code::Aborted => vars::SQLITE_BUSY,
+            _ => io_code(op),
+        }
+    }
+
+    /// True when the server never saw the call or its reply was lost: the same
+    /// call may be sent again (commits are idempotent by commit id).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            VfsError::Status(s) => matches!(
+                s.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+            ) || (s.code() == Code::Internal && s.message().contains("h2")),
+            _ => false,
+        }
+    }
+}
+
+fn io_code(op: Op) -> i32 {
+    match op {
+        Op::Open => vars::SQLITE_CANTOPEN,
+        Op::Read => vars::SQLITE_IOERR_READ,
+        Op::Write => vars::SQLITE_IOERR_WRITE,
+        Op::Sync => vars::SQLITE_IOERR_FSYNC,
+        Op::Lock => vars::SQLITE_IOERR_LOCK,
+        Op::Unlock => vars::SQLITE_IOERR_UNLOCK,
+        Op::Size => vars::SQLITE_IOERR_FSTAT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let held = VfsError::Status(tonic::Status::aborted("held"));
+        assert_eq!(held.sqlite_code(Op::Lock), vars::SQLITE_BUSY);
+        let down = VfsError::Status(tonic::Status::unavailable("down"));
+        assert_eq!(down.sqlite_code(Op::Open), vars::SQLITE_CANTOPEN);
+        assert_eq!(down.sqlite_code(Op::Sync), vars::SQLITE_IOERR_FSYNC);
+        assert!(down.is_retryable());
+        let lost = VfsError::Status(tonic::Status::failed_precondition("lease lost"));
+        assert_eq!(lost.sqlite_code(Op::Sync), vars::SQLITE_IOERR_FSYNC);
+        assert!(!lost.is_retryable());
+        assert_eq!(VfsError::BadName("x".into()).sqlite_code(Op::Open), vars::SQLITE_CANTOPEN);
+    }
+}

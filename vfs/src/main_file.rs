@@ -1,0 +1,287 @@
+//! One SQLite connection's main database file: its lock level, the version it
+//! reads (pinned from SHARED until unlock), and its transaction's write buffer.
+//!
+//! The commit point is xSync: SQLite syncs the main file exactly once per
+//! committing transaction, after its last page write, in every rollback journal
+//! mode (synchronous=OFF is refused by the pragma hook so the sync always
+//! comes). Until then writes stay in the buffer, so a client killed at any
+//! instant leaves the server at the old version or the new one.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sqlite_plugin::flags::LockLevel;
+use tonic::Code;
+
+use crate::{
+    buffer::WriteBuffer,
+    client::CommitError,
+    database::{Database, DbState},
+    error::VfsError,
+    header,
+};
+
+pub struct MainFile {
+    pub db: Arc<Database>,
+    /// Identity in the process-wide lock table.
+    id: u64,
+    read_only: bool,
+    lock: LockLevel,
+    /// The version this connection reads; pinned while it holds SHARED or more.
+    view: DbState,
+    txn: Option<WriteBuffer>,
+    /// The journal mode SQLite was last told to use, answered when WAL or OFF is refused.
+    pub journal_mode: &'static str,
+    /// Set when a commit's outcome stayed unknown: the connection can no longer
+    /// vouch for what the server holds.
+    poisoned: Option<String>,
+}
+
+impl MainFile {
+    pub fn new(db: Arc<Database>, id: u64, read_only: bool, view: DbState) -> Self {
+        Self { db, id, read_only, lock: LockLevel::Unlocked, view, txn: None, journal_mode: "delete", poisoned: None }
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn view(&self) -> DbState {
+        self.view
+    }
+
+    fn check_poison(&self) -> Result<(), VfsError> {
+        match &self.poisoned {
+            Some(why) => Err(VfsError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, VfsError> {
+        self.check_poison()?;
+        let (db, view) = (&self.db, self.view);
+        match &self.txn {
+            Some(txn) => txn.read(offset, buf, &mut |o, b| read_committed(db, view, o, b)),
+            None => read_committed(db, view, offset, buf),
+        }
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), VfsError> {
+        self.check_poison()?;
+        if self.read_only {
+            return Err(VfsError::ReadOnly);
+        }
+        let base = self.view.file_size();
+        self.txn.get_or_insert_with(|| WriteBuffer::new(base)).write(offset, data);
+        Ok(())
+    }
+
+    pub fn truncate(&mut self, size: u64) -> Result<(), VfsError> {
+        self.check_poison()?;
+        // VACUUM and auto_vacuum truncate after the commit: the page count in
+        // page 1 already said so, and a truncate to the committed size is a no-op.
+        if self.txn.is_none() && size == self.view.file_size() {
+            return Ok(());
+        }
+        if self.read_only {
+            return Err(VfsError::ReadOnly);
+        }
+        let base = self.view.file_size();
+        self.txn.get_or_insert_with(|| WriteBuffer::new(base)).truncate(size);
+        Ok(())
+    }
+
+    pub fn file_size(&self) -> Result<u64, VfsError> {
+        self.check_poison()?;
+        Ok(self.txn.as_ref().map_or(self.view.file_size(), WriteBuffer::size))
+    }
+
+    pub fn lock(&mut self, to: LockLevel) -> Result<(), VfsError> {
+        self.check_poison()?;
+        let from = self.lock;
+        if to <= from {
+            return Ok(());
+        }
+        self.db.locks.lock().lock(self.id, from, to)?;
+        let remote = if from == LockLevel::Unlocked {
+            self.pin()
+        } else if from < LockLevel::Reserved && to >= LockLevel::Reserved {
+            self.reserve()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = remote {
+            self.db.locks.lock().unlock(self.id, to, from);
+            return Err(e);
+        }
+        self.lock = to;
+        Ok(())
+    }
+
+    /// SHARED: pin the version this read transaction sees.
+    fn pin(&mut self) -> Result<(), VfsError> {
+        self.view = self.db.begin_read()?;
+        Ok(())
+    }
+
+    /// RESERVED: hold the write lease, and refuse to write on a stale snapshot.
+    fn reserve(&mut self) -> Result<(), VfsError> {
+        if self.read_only {
+            return Err(VfsError::ReadOnly);
+        }
+        let latest = self.db.ensure_lease()?;
+        if latest.version != self.view.version {
+            return Err(VfsError::Busy(format!(
+                "database changed (version {} -> {}) since this transaction began; retry it",
+                self.view.version, latest.version
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn unlock(&mut self, to: LockLevel) -> Result<(), VfsError> {
+        let from = self.lock;
+        if to >= from {
+            return Ok(());
+        }
+        let mut result = Ok(());
+        if from >= LockLevel::Reserved && self.txn.is_some() && self.poisoned.is_none() {
+            // Only reached when SQLite skipped the sync (synchronous=OFF on a
+            // database the pragma hook never saw): commit now rather than lose it.
+            result = self.commit();
+            if let Err(e) = &result {
+                tracing::error!(db = %self.db.name(), error = %e, "commit at unlock failed");
+            }
+        }
+        self.txn = None;
+        self.db.locks.lock().unlock(self.id, from, to);
+        self.lock = to;
+        result
+    }
+
+    pub fn check_reserved_lock(&self) -> bool {
+        self.db.locks.lock().reserved()
+    }
+
+    /// The commit point (xSync). Sends the transaction as one Commit; fails only
+    /// when the commit is known not to have applied, or poisons the connection
+    /// when its outcome stays unknown.
+    pub fn sync(&mut self) -> Result<(), VfsError> {
+        self.check_poison()?;
+        self.commit()
+    }
+
+    fn commit(&mut self) -> Result<(), VfsError> {
+        // Taken out first: whatever happens below, the buffer is gone (SQLite
+        // replays its journal after a failed sync).
+        let Some(txn) = self.txn.take() else { return Ok(()) };
+        let (db, view) = (self.db.clone(), self.view);
+        let mut base = |o, b: &mut [u8]| read_committed(&db, view, o, b);
+        if txn.equals_base(&mut base)? {
+            return Ok(());
+        }
+        let (page_size, page_count) = new_geometry(&txn, view, &mut base)?;
+        let mut dirty = txn.dirty_pages(page_size);
+        if view.page_count > 0 && page_size != view.page_size {
+            dirty = (1..=page_count).collect();
+        }
+        dirty.insert(1);
+        dirty.retain(|p| *p <= page_count);
+        let base_counter = base_change_counter(view, &mut base)?;
+        let mut pages = Vec::with_capacity(dirty.len());
+        for p in dirty {
+            let mut data = vec![0u8; page_size as usize];
+            txn.read((p as u64 - 1) * page_size as u64, &mut data, &mut base)?;
+            if p == 1 {
+                header::stamp(&mut data, base_counter, page_count);
+            }
+            pages.push((p, Bytes::from(data)));
+        }
+        match self.db.commit(view, page_size, page_count, pages) {
+            Ok(state) => {
+                self.view = state;
+                Ok(())
+            }
+            Err(CommitError::Definite(e)) => {
+                if matches!(&e, VfsError::Status(s) if s.code() == Code::FailedPrecondition) {
+                    self.db.drop_lease();
+                }
+                Err(e)
+            }
+            Err(CommitError::Unknown(e)) => {
+                let why = format!("the outcome of a commit is unknown ({e}); reopen the database");
+                self.poisoned = Some(why.clone());
+                self.db.drop_all();
+                Err(VfsError::Poisoned(why))
+            }
+        }
+    }
+
+    /// Releases this connection's locks (xClose).
+    pub fn close(&mut self) {
+        self.txn = None;
+        self.db.locks.lock().unlock(self.id, self.lock, LockLevel::Unlocked);
+        self.lock = LockLevel::Unlocked;
+    }
+}
+
+/// Page size and page count of the transaction's image: from its page 1 header
+/// when valid (the truncate may come after the sync), else the base page size
+/// and the byte extent.
+fn new_geometry(
+    txn: &WriteBuffer,
+    view: DbState,
+    base: &mut dyn FnMut(u64, &mut [u8]) -> Result<usize, VfsError>,
+) -> Result<(u32, u32), VfsError> {
+    let mut h = [0u8; header::HEADER_LEN];
+    let complete = txn.read(0, &mut h, base)? == h.len();
+    let page_size = complete
+        .then(|| header::page_size(&h))
+        .flatten()
+        .or((view.page_size > 0).then_some(view.page_size))
+        .ok_or_else(|| VfsError::Internal("cannot tell the page size of the new image".into()))?;
+    let from_extent = txn.size().div_ceil(page_size as u64);
+    let page_count = match complete.then(|| header::page_count(&h)).flatten() {
+        Some(n) => n,
+        None => u32::try_from(from_extent).map_err(|_| VfsError::Internal("file too large".into()))?,
+    };
+    if page_count == 0 {
+        return Err(VfsError::Internal("a commit must leave at least one page".into()));
+    }
+    Ok((page_size, page_count))
+}
+
+fn base_change_counter(
+    view: DbState,
+    base: &mut dyn FnMut(u64, &mut [u8]) -> Result<usize, VfsError>,
+) -> Result<u32, VfsError> {
+    if view.page_count == 0 {
+        return Ok(0);
+    }
+    let mut h = [0u8; header::HEADER_LEN];
+    base(0, &mut h)?;
+    Ok(header::change_counter(&h))
+}
+
+/// Reads bytes of the committed image at `view`; returns how many exist.
+pub fn read_committed(db: &Database, view: DbState, offset: u64, buf: &mut [u8]) -> Result<usize, VfsError> {
+    let size = view.file_size();
+    let n = size.saturating_sub(offset).min(buf.len() as u64) as usize;
+    buf[n..].fill(0);
+    if n == 0 {
+        return Ok(0);
+    }
+    let ps = view.page_size as u64;
+    let first = offset / ps;
+    let last = (offset + n as u64 - 1) / ps;
+    let page_nos: Vec<u32> = (first..=last).map(|p| p as u32 + 1).collect();
+    let pages = db.read_pages(view, &page_nos)?;
+    for (i, page) in pages.iter().enumerate() {
+        let page_start = (first + i as u64) * ps;
+        let lo = offset.max(page_start);
+        let hi = (offset + n as u64).min(page_start + ps);
+        buf[(lo - offset) as usize..(hi - offset) as usize]
+            .copy_from_slice(&page[(lo - page_start) as usize..(hi - page_start) as usize]);
+    }
+    Ok(n)
+}

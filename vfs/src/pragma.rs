@@ -1,0 +1,91 @@
+//! Pragmas the VFS answers itself (SQLITE_FCNTL_PRAGMA).
+//!
+//! - `journal_mode=wal|off` is refused, answering the mode in force: WAL needs
+//!   shared memory between clients, and OFF would make ROLLBACK impossible.
+//! - `synchronous=off` is refused (silently kept at the current level): the sync
+//!   of the main file is the commit point, so it must always come. Durability is
+//!   the server's job, so a sync costs the client nothing.
+//! - `pagewire_version`, `pagewire_stats`: for the curious.
+//!
+//! Values are parsed as SQLite parses them, or the refusal could be bypassed.
+
+use sqlite_plugin::vfs::PragmaErr;
+
+use crate::main_file::MainFile;
+
+/// SQLite's journal mode names, in the order it matches prefixes against them.
+const JOURNAL_MODES: [&str; 6] = ["delete", "persist", "off", "truncate", "memory", "wal"];
+
+pub fn handle(file: &mut MainFile, name: &str, arg: Option<&str>) -> Result<Option<String>, PragmaErr> {
+    match (name.to_ascii_lowercase().as_str(), arg) {
+        ("journal_mode", Some(arg)) => match journal_mode(arg) {
+            Some(mode @ ("wal" | "off")) => {
+                tracing::info!(db = %file.db.name(), "journal_mode={mode} refused: pagewire keeps a rollback journal");
+                Ok(Some(file.journal_mode.to_owned()))
+            }
+            Some(mode) => {
+                file.journal_mode = mode;
+                Err(PragmaErr::NotFound)
+            }
+            None => Err(PragmaErr::NotFound),
+        },
+        ("synchronous", Some(arg)) if synchronous_is_off(arg) => {
+            tracing::info!(db = %file.db.name(), "synchronous=OFF refused: the sync is pagewire's commit point");
+            Ok(None)
+        }
+        ("pagewire_version", None) => Ok(Some(file.view().version.to_string())),
+        ("pagewire_stats", None) => {
+            let stats = file.db.client.counters.snapshot();
+            let text: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            Ok(Some(text.join(" ")))
+        }
+        _ => Err(PragmaErr::NotFound),
+    }
+}
+
+/// The mode SQLite would pick for `arg`: the first name `arg` is a
+/// case-insensitive prefix of (so `w` means WAL); None when it is a query.
+fn journal_mode(arg: &str) -> Option<&'static str> {
+    let arg = arg.to_ascii_lowercase();
+    JOURNAL_MODES.into_iter().find(|m| m.starts_with(&arg))
+}
+
+/// SQLite's getSafetyLevel: keywords, or a number n meaning level (n+1) & 7
+/// (0 -> 1), where level 1 is OFF.
+fn synchronous_is_off(arg: &str) -> bool {
+    let a = arg.to_ascii_lowercase();
+    if a.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        let digits: String = a.chars().take_while(char::is_ascii_digit).collect();
+        let n: i64 = digits.parse::<i32>().map_or(0, i64::from);
+        let level = (n + 1) & 7;
+        return level == 0 || level == 1;
+    }
+    matches!(a.as_str(), "off" | "no" | "false")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_mode_matches_like_sqlite() {
+        assert_eq!(journal_mode("WAL"), Some("wal"));
+        assert_eq!(journal_mode("w"), Some("wal"));
+        assert_eq!(journal_mode("Off"), Some("off"));
+        assert_eq!(journal_mode("o"), Some("off"));
+        assert_eq!(journal_mode("t"), Some("truncate"));
+        assert_eq!(journal_mode("memory"), Some("memory"));
+        assert_eq!(journal_mode(""), Some("delete"));
+        assert_eq!(journal_mode("bogus"), None);
+    }
+
+    #[test]
+    fn synchronous_off_spellings() {
+        for off in ["off", "OFF", "0", "no", "False", "8", "7", "00"] {
+            assert!(synchronous_is_off(off), "{off}");
+        }
+        for on in ["normal", "full", "extra", "1", "2", "3", "on", "yes", "true"] {
+            assert!(!synchronous_is_off(on), "{on}");
+        }
+    }
+}

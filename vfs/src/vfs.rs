@@ -1,0 +1,327 @@
+//! The `sqlite_plugin::vfs::Vfs` implementation: each method is a guard and a
+//! call into the module that does the work. Only the main database goes to the
+//! server; every other file SQLite opens is a `LocalFile`.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    ffi::CStr,
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use pagewire_proto::v1 as pb;
+use parking_lot::Mutex;
+use sqlite_plugin::{
+    flags::{AccessFlags, CreateMode, LockLevel, OpenKind, OpenMode, OpenOpts},
+    vars,
+    vfs::{Pragma, PragmaErr, Vfs, VfsHandle, VfsResult},
+};
+
+use crate::{
+    client::Client,
+    config::Config,
+    database::{Database, DbKey, DbState},
+    error::{Op, VfsError},
+    local_file::LocalFile,
+    main_file::MainFile,
+    pragma, runtime,
+};
+
+/// Longest database name: sqlite-plugin's mxPathname is 512 and it cuts longer
+/// names silently, so longer ones are refused before that happens.
+pub const MAX_NAME_BYTES: usize = 511;
+
+/// Largest gRPC message the client accepts (the server announces its own limit).
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Page cache per database (bytes).
+const CACHE_BYTES: usize = 64 << 20;
+
+pub enum Handle {
+    Main(Box<MainFile>),
+    Local(LocalFile),
+}
+
+impl VfsHandle for Handle {
+    fn readonly(&self) -> bool {
+        matches!(self, Handle::Main(m) if m.read_only())
+    }
+
+    fn in_memory(&self) -> bool {
+        false
+    }
+}
+
+pub struct PagewireVfs {
+    config: Config,
+    /// Databases open in this process, so connections to the same one share
+    /// locks, lease and cache.
+    databases: Mutex<HashMap<DbKey, Weak<Database>>>,
+    next_connection: AtomicU64,
+}
+
+impl PagewireVfs {
+    pub fn new(config: Config) -> Self {
+        Self { config, databases: Mutex::default(), next_connection: AtomicU64::new(1) }
+    }
+
+    fn open_main(&self, path: &str, opts: &OpenOpts) -> Result<Handle, VfsError> {
+        let name = normalize_name(path)?;
+        // SAFETY: `path` is the main database name SQLite passed to xOpen (see uri_params).
+        let params = unsafe { uri_params(path) };
+        let config = self.config.with_uri_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let read_only = opts.mode().is_readonly();
+        let create = matches!(opts.mode(), OpenMode::ReadWrite { create: CreateMode::Create | CreateMode::MustCreate });
+        let rt = runtime::get()?;
+        let key = DbKey { url: config.url.clone(), token: config.token.clone(), name: name.clone() };
+        let client = match self.databases.lock().get(&key).and_then(Weak::upgrade) {
+            Some(db) => db.client.clone(),
+            None => Client::new(
+                rt.channel(&config.url, config.connect_timeout)?,
+                config.token.as_deref(),
+                config.retry_timeout,
+                MAX_MESSAGE_BYTES,
+            )?,
+        };
+        let req = pb::OpenRequest { name, create, read_only };
+        let resp = rt.block_on(client.clone().open(req))?.map_err(|e| {
+            VfsError::Config(format!("cannot open {:?} at {}: {e}", key.name, config.url))
+        })?;
+        let db = {
+            let mut dbs = self.databases.lock();
+            let db = match dbs.get(&key).and_then(Weak::upgrade) {
+                Some(db) => db,
+                None => Arc::new(Database::new(key.clone(), rt, client, &resp, CACHE_BYTES)),
+            };
+            dbs.insert(key, Arc::downgrade(&db));
+            db.connection_opened();
+            db
+        };
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        Ok(Handle::Main(Box::new(MainFile::new(db, id, read_only, DbState::from(resp.state)))))
+    }
+
+    fn close_main(&self, mut file: Box<MainFile>) {
+        file.close();
+        let last = {
+            let mut dbs = self.databases.lock();
+            let last = file.db.connection_closed();
+            if last {
+                dbs.remove(&file.db.key);
+            }
+            last
+        };
+        if last {
+            file.db.release_lease();
+        }
+    }
+}
+
+/// Runs one VFS operation: never lets a panic cross into SQLite, and turns
+/// errors into SQLite codes with a log line saying what went wrong.
+fn guard<T>(op: Op, what: impl FnOnce() -> Result<T, VfsError>) -> VfsResult<T> {
+    match catch_unwind(AssertUnwindSafe(what)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            let code = e.sqlite_code(op);
+            if code == vars::SQLITE_BUSY {
+                tracing::debug!(?op, "busy: {e}");
+            } else {
+                crate::log_error(&format!("pagewire: {op:?} failed: {e}"));
+            }
+            Err(code)
+        }
+        Err(_) => {
+            crate::log_error(&format!("pagewire: internal error (panic) during {op:?}"));
+            Err(VfsError::Internal(String::new()).sqlite_code(op))
+        }
+    }
+}
+
+/// The stored name: the path without leading `./` or `/`.
+fn normalize_name(path: &str) -> Result<String, VfsError> {
+    let mut name = path;
+    loop {
+        let trimmed = name.trim_start_matches('/');
+        let trimmed = trimmed.strip_prefix("./").unwrap_or(trimmed);
+        if trimmed == name {
+            break;
+        }
+        name = trimmed;
+    }
+    if name.is_empty() {
+        return Err(VfsError::BadName(format!("{path:?} names no database")));
+    }
+    if name.len() > MAX_NAME_BYTES || name.contains('\u{FFFD}') {
+        return Err(VfsError::BadName(format!(
+            "names are valid UTF-8 of at most {MAX_NAME_BYTES} bytes (got {} bytes)",
+            name.len()
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// The URI parameters SQLite stores after a main database name: pairs of
+/// NUL-terminated strings, ended by an empty key.
+///
+/// # Safety
+/// `path` must be the name SQLite passed to xOpen for a main database, borrowed
+/// in place (sqlite-plugin borrows it when it is valid UTF-8: a name holding
+/// U+FFFD may be a lossy copy, and then nothing is read past it).
+unsafe fn uri_params(path: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if path.contains('\u{FFFD}') {
+        return out;
+    }
+    // SAFETY: per the contract, path.as_ptr()+len is SQLite's NUL terminator,
+    // followed by the parameter block, which ends with an empty key.
+    unsafe {
+        let mut p = path.as_ptr().add(path.len()).cast::<std::ffi::c_char>();
+        if *p != 0 {
+            return out;
+        }
+        p = p.add(1);
+        while *p != 0 {
+            let key = CStr::from_ptr(p);
+            p = p.add(key.to_bytes().len() + 1);
+            let value = CStr::from_ptr(p);
+            p = p.add(value.to_bytes().len() + 1);
+            out.push((key.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()));
+        }
+    }
+    out
+}
+
+impl Vfs for PagewireVfs {
+    type Handle = Handle;
+
+    fn canonical_path<'a>(&self, path: Cow<'a, str>) -> VfsResult<Cow<'a, str>> {
+        if path.len() > MAX_NAME_BYTES {
+            crate::log_error(&format!("pagewire: database name longer than {MAX_NAME_BYTES} bytes"));
+            return Err(vars::SQLITE_CANTOPEN);
+        }
+        Ok(path)
+    }
+
+    fn open(&self, path: Option<&str>, opts: OpenOpts) -> VfsResult<Handle> {
+        guard(Op::Open, || match (opts.kind(), path) {
+            (OpenKind::MainDb, Some(path)) => self.open_main(path, &opts),
+            _ => Ok(Handle::Local(LocalFile::default())),
+        })
+    }
+
+    /// Journals and temp files live in memory and vanish on close; the main
+    /// database is deleted through the admin service, not by SQLite.
+    fn delete(&self, _path: &str) -> VfsResult<()> {
+        Ok(())
+    }
+
+    /// No journal, WAL or super-journal ever exists where another connection
+    /// could find it: each transaction reaches its own journal through its handle.
+    fn access(&self, _path: &str, _flags: AccessFlags) -> VfsResult<bool> {
+        Ok(false)
+    }
+
+    fn file_size(&self, h: &mut Handle) -> VfsResult<usize> {
+        guard(Op::Size, || match h {
+            Handle::Main(m) => Ok(m.file_size()? as usize),
+            Handle::Local(l) => Ok(l.size() as usize),
+        })
+    }
+
+    fn truncate(&self, h: &mut Handle, size: usize) -> VfsResult<()> {
+        guard(Op::Write, || match h {
+            Handle::Main(m) => m.truncate(size as u64),
+            Handle::Local(l) => {
+                l.truncate(size as u64);
+                Ok(())
+            }
+        })
+    }
+
+    fn write(&self, h: &mut Handle, offset: usize, data: &[u8]) -> VfsResult<usize> {
+        guard(Op::Write, || {
+            match h {
+                Handle::Main(m) => m.write(offset as u64, data)?,
+                Handle::Local(l) => l.write(offset as u64, data),
+            }
+            Ok(data.len())
+        })
+    }
+
+    fn read(&self, h: &mut Handle, offset: usize, buf: &mut [u8]) -> VfsResult<usize> {
+        guard(Op::Read, || match h {
+            Handle::Main(m) => m.read(offset as u64, buf),
+            Handle::Local(l) => Ok(l.read(offset as u64, buf)),
+        })
+    }
+
+    fn lock(&self, h: &mut Handle, level: LockLevel) -> VfsResult<()> {
+        guard(Op::Lock, || match h {
+            Handle::Main(m) => m.lock(level),
+            Handle::Local(_) => Ok(()),
+        })
+    }
+
+    fn unlock(&self, h: &mut Handle, level: LockLevel) -> VfsResult<()> {
+        guard(Op::Unlock, || match h {
+            Handle::Main(m) => m.unlock(level),
+            Handle::Local(_) => Ok(()),
+        })
+    }
+
+    fn check_reserved_lock(&self, h: &mut Handle) -> VfsResult<bool> {
+        guard(Op::Lock, || match h {
+            Handle::Main(m) => Ok(m.check_reserved_lock()),
+            Handle::Local(_) => Ok(false),
+        })
+    }
+
+    fn sync(&self, h: &mut Handle) -> VfsResult<()> {
+        guard(Op::Sync, || match h {
+            Handle::Main(m) => m.sync(),
+            Handle::Local(_) => Ok(()),
+        })
+    }
+
+    fn close(&self, h: Handle) -> VfsResult<()> {
+        guard(Op::Unlock, || {
+            if let Handle::Main(m) = h {
+                self.close_main(m);
+            }
+            Ok(())
+        })
+    }
+
+    fn pragma(&self, h: &mut Handle, p: Pragma<'_>) -> Result<Option<String>, PragmaErr> {
+        match h {
+            Handle::Main(m) => catch_unwind(AssertUnwindSafe(|| pragma::handle(m, p.name, p.arg)))
+                .unwrap_or(Err(PragmaErr::Fail(vars::SQLITE_INTERNAL, Some("pagewire: internal error".into())))),
+            Handle::Local(_) => Err(PragmaErr::NotFound),
+        }
+    }
+
+    /// Decline shared memory: WAL is refused (see pragma.rs).
+    fn shm_map(&self, _h: &mut Handle, _region: usize, _size: usize, _extend: bool) -> VfsResult<Option<std::ptr::NonNull<u8>>> {
+        Err(vars::SQLITE_IOERR_SHMMAP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_normalized_and_bounded() {
+        assert_eq!(normalize_name("./acme/orders.db").ok().as_deref(), Some("acme/orders.db"));
+        assert_eq!(normalize_name("//x.db").ok().as_deref(), Some("x.db"));
+        assert_eq!(normalize_name("/./x.db").ok().as_deref(), Some("x.db"));
+        assert!(normalize_name("/").is_err());
+        assert!(normalize_name(&"a".repeat(512)).is_err());
+        assert!(normalize_name(&"a".repeat(511)).is_ok());
+    }
+}
