@@ -1,0 +1,55 @@
+//! Shared by the rusqlite tests: the VFS registered in-process, connections to
+//! a test server through URI parameters.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use pagewire_tests::Server;
+use rusqlite::{Connection, OpenFlags};
+
+pub fn register() {
+    pagewire_vfs::register(false).expect("register the pagewire VFS");
+}
+
+pub fn uri(url: &str, name: &str, extra: &str) -> String {
+    format!("file:{name}?vfs=pagewire&url={url}{extra}")
+}
+
+/// A read-write connection to `name` on `server`.
+pub fn open(server: &Server, name: &str) -> Connection {
+    open_url(&server.url, name)
+}
+
+pub fn open_url(url: &str, name: &str) -> Connection {
+    register();
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(uri(url, name, ""), flags).expect("open");
+    conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    conn
+}
+
+pub fn try_open(url: &str, name: &str, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    register();
+    let conn = Connection::open_with_flags(uri(url, name, ""), flags | OpenFlags::SQLITE_OPEN_URI)?;
+    // SQLite opens lazily: touch the file.
+    conn.query_row("select count(*) from sqlite_schema", [], |r| r.get::<_, i64>(0))?;
+    Ok(conn)
+}
+
+pub fn integrity(conn: &Connection) -> String {
+    conn.query_row("pragma integrity_check", [], |r| r.get(0)).expect("integrity_check")
+}
+
+pub fn count(conn: &Connection, table: &str) -> i64 {
+    conn.query_row(&format!("select count(*) from {table}"), [], |r| r.get(0)).expect("count")
+}
+
+pub fn pragma_text(conn: &Connection, pragma: &str) -> String {
+    conn.query_row(&format!("pragma {pragma}"), [], |r| r.get::<_, rusqlite::types::Value>(0))
+        .map(|v| match v {
+            rusqlite::types::Value::Text(s) => s,
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+        .expect("pragma")
+}
