@@ -8,11 +8,14 @@ pub enum VfsError {
     /// A bad setting (environment variable or URI parameter).
     #[error("configuration: {0}")]
     Config(String),
+    /// Opening the database failed (server unreachable, refused, ...).
+    #[error("cannot open {0}")]
+    Open(String),
     /// A database name the server cannot store.
     #[error("bad database name: {0}")]
     BadName(String),
     /// The server answered with an error status.
-    #[error("server: {}: {}", .0.code(), .0.message())]
+    #[error("server said {:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
     /// The write lease is held by another client.
     #[error("database is locked by another writer: {0}")]
@@ -46,7 +49,7 @@ impl VfsError {
         match self {
             VfsError::Busy(_) => vars::SQLITE_BUSY,
             VfsError::ReadOnly => vars::SQLITE_READONLY,
-            VfsError::Config(_) | VfsError::BadName(_) => vars::SQLITE_CANTOPEN,
+            VfsError::Config(_) | VfsError::BadName(_) | VfsError::Open(_) => vars::SQLITE_CANTOPEN,
             VfsError::Status(s) if matches!(op, Op::Open) => match s.code() {
                 Code::NotFound | Code::InvalidArgument | Code::Unauthenticated => {
                     vars::SQLITE_CANTOPEN

@@ -49,10 +49,10 @@ static SQLITE_LOG: OnceLock<SqliteLogger> = OnceLock::new();
 /// Reports an error on stderr (through tracing, filtered by `PAGEWIRE_LOG`) and
 /// to SQLite's error log (`sqlite3_log`).
 pub(crate) fn log_error(msg: &str) {
-    tracing::warn!("{msg}");
+    tracing::warn!("pagewire: {msg}");
     if let Some(log) = SQLITE_LOG.get() {
         // sqlite3_log truncates long lines; NULs would make CString fail.
-        log.log(SqliteLogLevel::Error, &msg.replace('\0', " "));
+        log.log(SqliteLogLevel::Error, &format!("pagewire: {msg}").replace('\0', " "));
     }
 }
 
@@ -63,6 +63,8 @@ fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .without_time()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

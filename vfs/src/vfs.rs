@@ -89,7 +89,7 @@ impl PagewireVfs {
         };
         let req = pb::OpenRequest { name, create, read_only };
         let resp = rt.block_on(client.clone().open(req))?.map_err(|e| {
-            VfsError::Config(format!("cannot open {:?} at {}: {e}", key.name, config.url))
+            VfsError::Open(format!("{:?} at {}: {e}", key.name, config.url))
         })?;
         let db = {
             let mut dbs = self.databases.lock();
@@ -131,12 +131,12 @@ fn guard<T>(op: Op, what: impl FnOnce() -> Result<T, VfsError>) -> VfsResult<T> 
             if code == vars::SQLITE_BUSY {
                 tracing::debug!(?op, "busy: {e}");
             } else {
-                crate::log_error(&format!("pagewire: {op:?} failed: {e}"));
+                crate::log_error(&format!("{op:?} failed: {e}"));
             }
             Err(code)
         }
         Err(_) => {
-            crate::log_error(&format!("pagewire: internal error (panic) during {op:?}"));
+            crate::log_error(&format!("internal error (panic) during {op:?}"));
             Err(VfsError::Internal(String::new()).sqlite_code(op))
         }
     }
@@ -201,7 +201,7 @@ impl Vfs for PagewireVfs {
 
     fn canonical_path<'a>(&self, path: Cow<'a, str>) -> VfsResult<Cow<'a, str>> {
         if path.len() > MAX_NAME_BYTES {
-            crate::log_error(&format!("pagewire: database name longer than {MAX_NAME_BYTES} bytes"));
+            crate::log_error(&format!("database name longer than {MAX_NAME_BYTES} bytes"));
             return Err(vars::SQLITE_CANTOPEN);
         }
         Ok(path)

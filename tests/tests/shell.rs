@@ -1,0 +1,103 @@
+//! The stock sqlite3 shell (Debian's /usr/bin/sqlite3) with `.load`: the README
+//! Quick Start, scripted, and the shell surviving a server that is not there.
+
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+};
+
+use pagewire_tests::{Server, in_ci, vfs_library};
+
+const SHELL: &str = "/usr/bin/sqlite3";
+
+/// The shell to use, or None (skip) where it is missing outside CI.
+fn shell() -> Option<&'static str> {
+    if std::path::Path::new(SHELL).exists() {
+        return Some(SHELL);
+    }
+    assert!(!in_ci(), "{SHELL} is missing; CI must have it (apt-get install sqlite3)");
+    eprintln!("SKIPPED: {SHELL} not found; install Debian's sqlite3 to run the shell tests");
+    None
+}
+
+fn run(shell: &str, url: &str, script: &str) -> Output {
+    let mut child = Command::new(shell)
+        .arg("-batch")
+        .env("PAGEWIRE_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sqlite3");
+    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("script");
+    child.wait_with_output().expect("sqlite3 output")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn quick_start_in_the_stock_shell() {
+    let Some(shell) = shell() else { return };
+    let server = Server::start().expect("server");
+    let lib = vfs_library().expect("VFS library");
+    let lib = lib.display();
+
+    // Terminal 2 of the Quick Start: create, insert, quit.
+    let first = run(shell, &server.url, &format!(
+        ".load {lib}\n\
+         .open acme/orders.db\n\
+         create table orders(id integer primary key, item text, qty int);\n\
+         insert into orders(item, qty) values ('apples', 3);\n\
+         begin;\n\
+         insert into orders(item, qty) values ('pears', 5);\n\
+         insert into orders(item, qty) values ('plums', 7);\n\
+         commit;\n\
+         .quit\n"
+    ));
+    assert!(first.status.success(), "first session: {}", text(&first.stderr));
+    assert_eq!(text(&first.stderr), "", "no errors expected");
+
+    // A new process sees the data.
+    let second = run(shell, &server.url, &format!(
+        ".load {lib}\n\
+         .open acme/orders.db\n\
+         select item, qty from orders order by id;\n\
+         pragma integrity_check;\n\
+         pragma journal_mode=wal;\n"
+    ));
+    assert!(second.status.success(), "second session: {}", text(&second.stderr));
+    assert_eq!(text(&second.stdout), "apples|3\npears|5\nplums|7\nok\ndelete\n");
+}
+
+#[test]
+fn shell_survives_an_unreachable_server() {
+    let Some(shell) = shell() else { return };
+    let lib = vfs_library().expect("VFS library");
+    // Port 1 on loopback: nothing listens there.
+    let out = run(shell, "http://127.0.0.1:1", &format!(
+        ".load {}\n\
+         .open nowhere.db\n\
+         select count(*) from sqlite_schema;\n\
+         .print still-alive\n\
+         .open :memory:\n\
+         select 6 * 7;\n",
+        lib.display()
+    ));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.code().is_some(), "killed by a signal: {out:?}");
+    assert!(stderr.contains("unable to open database"), "SQLite's error: {stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "our message names the server: {stderr}");
+    assert!(stdout.contains("still-alive\n42\n"), "shell stayed usable: {stdout}");
+}
+
+#[test]
+fn bad_configuration_fails_the_load_with_a_message() {
+    let Some(shell) = shell() else { return };
+    let lib = vfs_library().expect("VFS library");
+    let out = run(shell, "ftp://nowhere", &format!(".load {}\n.print still-alive\n", lib.display()));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("PAGEWIRE_URL"), "names the variable: {stderr}");
+    assert!(stdout.contains("still-alive"), "{stdout}");
+}
