@@ -344,7 +344,8 @@ impl Database {
     pub fn release_lease(&self) {
         let Some(l) = self.state.lock().lease.take() else { return };
         let req = pb::ReleaseLeaseRequest { name: self.key.name.clone(), lease_id: l.id, epoch: l.epoch };
-        if let Ok(Err(e)) = self.rt.block_on(self.client.clone().release_lease(req)) {
+        let call = tokio::time::timeout(Duration::from_secs(2), self.client.clone().release_lease(req));
+        if let Ok(Ok(Err(e))) = self.rt.block_on(call) {
             tracing::debug!(db = %self.key.name, error = %e, "lease release failed; it will expire");
         }
     }

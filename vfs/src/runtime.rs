@@ -61,6 +61,11 @@ impl Rt {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        if !self.is_current() {
+            return Err(VfsError::Internal(
+                "this database was opened before the process forked; open it again in the child".into(),
+            ));
+        }
         if Handle::try_current().is_err() {
             return Ok(self.runtime.block_on(fut));
         }
@@ -72,6 +77,11 @@ impl Rt {
             let _ = tx.send(fut.await);
         });
         rx.recv().map_err(|_| VfsError::Internal("the VFS runtime stopped".into()))
+    }
+
+    /// False in a forked child, whose copy of this runtime has no threads.
+    pub fn is_current(&self) -> bool {
+        self.pid == std::process::id()
     }
 
     pub fn spawn<F>(&self, fut: F)

@@ -78,7 +78,7 @@ impl PagewireVfs {
         let create = matches!(opts.mode(), OpenMode::ReadWrite { create: CreateMode::Create | CreateMode::MustCreate });
         let rt = runtime::get()?;
         let key = DbKey { url: config.url.clone(), token: config.token.clone(), name: name.clone() };
-        let client = match self.databases.lock().get(&key).and_then(Weak::upgrade) {
+        let client = match self.live_database(&key) {
             Some(db) => db.client.clone(),
             None => Client::new(
                 rt.channel(&config.url, config.connect_timeout)?,
@@ -93,7 +93,7 @@ impl PagewireVfs {
         })?;
         let db = {
             let mut dbs = self.databases.lock();
-            let db = match dbs.get(&key).and_then(Weak::upgrade) {
+            let db = match dbs.get(&key).and_then(Weak::upgrade).filter(|db| db.rt().is_current()) {
                 Some(db) => db,
                 None => Arc::new(Database::new(key.clone(), rt, client, &resp, CACHE_BYTES)),
             };
@@ -103,6 +103,11 @@ impl PagewireVfs {
         };
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         Ok(Handle::Main(Box::new(MainFile::new(db, id, read_only, DbState::from(resp.state)))))
+    }
+
+    /// The open database for `key`, unless it belongs to the parent of a fork.
+    fn live_database(&self, key: &DbKey) -> Option<Arc<Database>> {
+        self.databases.lock().get(key).and_then(Weak::upgrade).filter(|db| db.rt().is_current())
     }
 
     fn close_main(&self, mut file: Box<MainFile>) {

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the build needs and a fresh Debian/Ubuntu machine may lack:
+# libclang (sqlite-plugin runs bindgen at build time) and the sqlite3 shell
+# (used by the Quick Start and its test). protoc is vendored through a crate.
+set -euo pipefail
+
+have_libclang() {
+    ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 ||
+        ls /usr/lib/x86_64-linux-gnu/libclang*.so >/dev/null 2>&1 ||
+        [ -n "${LIBCLANG_PATH:-}" ]
+}
+
+missing=()
+have_libclang || missing+=(libclang-dev)
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: please install ${missing[*]} with your package manager" >&2
+    exit 1
+fi
+echo "setup: installing ${missing[*]}" >&2
+$sudo apt-get update -qq
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
