@@ -1,1 +1,124 @@
-fn main(){}
+//! The `pagewire-server` binary: flags, logging, bind, serve until SIGINT or SIGTERM.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use pagewire_server::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Serves remote SQLite databases' pages over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "pagewire-server", version)]
+struct Flags {
+    /// Address to listen on (port 0: any free port; the line on stdout tells which).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Where pages are kept: `memory` (lost when the server stops).
+    #[arg(long, default_value = "memory")]
+    store: String,
+    /// How long a silent writer keeps its write lease (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// TOML file mapping bearer tokens to tenants; without it every call is tenant
+    /// `default` with admin rights (development mode).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Log filter (tracing-subscriber EnvFilter syntax), to stderr.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+fn open_store(spec: &str) -> anyhow::Result<Arc<dyn PageStore>> {
+    match spec {
+        "memory" => Ok(Arc::new(MemoryStore::new())),
+        other => bail!("unknown store {other:?} (supported: memory)"),
+    }
+}
+
+fn config(flags: &Flags) -> anyhow::Result<ServerConfig> {
+    let tokens = flags.tokens.as_deref().map(TokenMap::load).transpose()?;
+    let config = ServerConfig {
+        lease_ttl: flags.lease_ttl,
+        heartbeat: flags.lease_ttl / 3,
+        tokens,
+        ..ServerConfig::default()
+    };
+    config.check().context("bad settings")?;
+    Ok(config)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let store = open_store(&flags.store)?;
+    let config = config(&flags)?;
+    let listener = TcpListener::bind(flags.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", flags.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "pagewire-server listening on http://{addr}").context("writing to stdout")?;
+    stdout.flush().context("writing to stdout")?;
+    drop(stdout);
+    let tenants = config
+        .tokens
+        .as_ref()
+        .map_or("development mode (no tokens)".to_owned(), |t| {
+            format!("{} tokens", t.len())
+        });
+    tracing::info!(%addr, store = %flags.store, lease_ttl = ?config.lease_ttl, "serving; {tenants}");
+    serve(listener, store, config, shutdown_signal()).await
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let filter = match EnvFilter::try_new(&flags.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pagewire-server: bad --log filter {:?}: {e}", flags.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(flags).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pagewire-server: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

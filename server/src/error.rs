@@ -1,0 +1,81 @@
+//! The one mapping from [`StoreError`] to a gRPC status. The codes are the protocol's
+//! contract (see the comment at the top of `pagewire.proto`). Client errors are logged
+//! at debug, server errors at error.
+
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+/// The gRPC code a client acts on for each store error.
+pub fn code(e: &StoreError) -> Code {
+    match e {
+        StoreError::InvalidArgument(_) => Code::InvalidArgument,
+        StoreError::NotFound(_) => Code::NotFound,
+        StoreError::AlreadyExists(_) => Code::AlreadyExists,
+        StoreError::LeaseHeld { .. } => Code::Aborted,
+        StoreError::LeaseLost(_) | StoreError::VersionConflict { .. } => Code::FailedPrecondition,
+        StoreError::OutOfRange(_) => Code::OutOfRange,
+        StoreError::TooLarge(_) => Code::ResourceExhausted,
+        StoreError::Internal(_) => Code::Internal,
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        let code = code(&e);
+        if e.is_client_error() {
+            tracing::debug!(?code, "{e}");
+        } else {
+            tracing::error!(?code, "{e}");
+        }
+        Status::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn lease_held_names_holder_and_remaining_ms() {
+        let e = StoreError::LeaseHeld {
+            holder: "host:42".into(),
+            remaining: Duration::from_millis(1500),
+        };
+        let s = Status::from(e);
+        assert_eq!(s.code(), Code::Aborted);
+        assert!(
+            s.message().contains("host:42") && s.message().contains("1500 ms"),
+            "{}",
+            s.message()
+        );
+    }
+
+    #[test]
+    fn every_variant_has_its_code() {
+        let cases = [
+            (
+                StoreError::InvalidArgument("x".into()),
+                Code::InvalidArgument,
+            ),
+            (StoreError::NotFound("x".into()), Code::NotFound),
+            (StoreError::AlreadyExists("x".into()), Code::AlreadyExists),
+            (StoreError::LeaseLost("x".into()), Code::FailedPrecondition),
+            (
+                StoreError::VersionConflict {
+                    base: 1,
+                    current: 2,
+                },
+                Code::FailedPrecondition,
+            ),
+            (StoreError::OutOfRange("x".into()), Code::OutOfRange),
+            (StoreError::TooLarge("x".into()), Code::ResourceExhausted),
+            (StoreError::Internal("x".into()), Code::Internal),
+        ];
+        for (e, want) in cases {
+            assert_eq!(Status::from(e).code(), want);
+        }
+    }
+}

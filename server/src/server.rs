@@ -1,0 +1,142 @@
+//! Running the gRPC server: [`ServerConfig`] and [`serve`], which puts the Pages and Admin
+//! services (behind authentication), gRPC health and reflection on a listener until a
+//! shutdown future completes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use pagewire_proto::v1 as pb;
+use pb::admin_server::AdminServer;
+use pb::pages_server::PagesServer;
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::auth::{Authenticator, TokenMap};
+use crate::service::{AdminService, Context, PagesService};
+use crate::store::PageStore;
+use crate::validate;
+
+/// Settings of a running server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// How long a write lease lasts without renewal: the longest a crashed writer blocks
+    /// others, and the shortest pause that costs a live writer its lease.
+    pub lease_ttl: Duration,
+    /// How often clients should renew (told to them on Open). Zero, or not below
+    /// `lease_ttl`, means `lease_ttl / 3`.
+    pub heartbeat: Duration,
+    /// Largest gRPC message accepted or sent; bounds how many pages one ReadPages returns.
+    pub max_message_bytes: usize,
+    /// Largest transaction (sum of page bytes) one Commit may carry; the server holds a
+    /// commit in memory until it is complete.
+    pub max_commit_bytes: u64,
+    /// Most pages one ReadPages may ask for (further bounded by `max_message_bytes`).
+    pub max_pages_per_read: u32,
+    /// Bearer tokens and their tenants; `None` is development mode (every call is tenant
+    /// `default`, with admin rights).
+    pub tokens: Option<TokenMap>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let lease_ttl = Duration::from_secs(10);
+        Self {
+            lease_ttl,
+            heartbeat: lease_ttl / 3,
+            max_message_bytes: 16 << 20,
+            max_commit_bytes: 4 << 30,
+            max_pages_per_read: 1024,
+            tokens: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The heartbeat told to clients (see [`ServerConfig::heartbeat`]).
+    pub fn effective_heartbeat(&self) -> Duration {
+        if self.heartbeat.is_zero() || self.heartbeat >= self.lease_ttl {
+            self.lease_ttl / 3
+        } else {
+            self.heartbeat
+        }
+    }
+
+    /// The ReadPages limit told to clients: one that holds whatever the page size, now or
+    /// after a VACUUM to another size.
+    pub fn advertised_pages_per_read(&self) -> u32 {
+        validate::max_pages_per_read(
+            self.max_pages_per_read,
+            self.max_message_bytes,
+            validate::MAX_PAGE_SIZE,
+        )
+    }
+
+    /// Refuses settings the server cannot work with.
+    pub fn check(&self) -> anyhow::Result<()> {
+        ensure!(
+            !self.lease_ttl.is_zero(),
+            "the lease TTL must be more than zero"
+        );
+        let smallest = 4 * validate::MAX_PAGE_SIZE as usize;
+        ensure!(
+            self.max_message_bytes >= smallest,
+            "max_message_bytes must be at least {smallest} (a few of the largest pages)"
+        );
+        ensure!(
+            self.max_pages_per_read >= 1,
+            "max_pages_per_read must be at least 1"
+        );
+        ensure!(
+            self.max_commit_bytes >= u64::from(validate::MAX_PAGE_SIZE),
+            "max_commit_bytes is below one page"
+        );
+        Ok(())
+    }
+}
+
+/// Serves `store` on `listener` until `shutdown` completes, then finishes in-flight calls
+/// and returns.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn PageStore>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    config.check()?;
+    let limit = config.max_message_bytes;
+    let tokens = config.tokens.clone().map(Arc::new);
+    let context = Arc::new(Context::new(store, config));
+    let pages = PagesServer::new(PagesService::new(context.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let admin = AdminServer::new(AdminService::new(context))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PagesServer<PagesService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .add_service(InterceptedService::new(
+            pages,
+            Authenticator::new(tokens.clone(), false),
+        ))
+        .add_service(InterceptedService::new(
+            admin,
+            Authenticator::new(tokens, true),
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving gRPC")
+}

@@ -1,0 +1,269 @@
+//! Commit: reads the stream (a header, page batches, a trailer) into one checked
+//! [`Commit`], and only then hands it to the store, which applies it all or nothing.
+//! A stream that is out of order, over the limits, broken or unfinished applies nothing.
+
+use std::collections::HashSet;
+
+use pagewire_proto::v1 as pb;
+use pb::commit_request::Part;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::field::Empty;
+
+use super::Context;
+use crate::auth;
+use crate::store::{Commit, DbKey, StoreError};
+use crate::validate;
+
+#[tracing::instrument(skip_all, fields(db = Empty, base = Empty, pages = Empty, version = Empty))]
+pub async fn commit(
+    cx: &Context,
+    request: Request<Streaming<pb::CommitRequest>>,
+) -> Result<Response<pb::CommitResponse>, Status> {
+    let tenant = auth::tenant_of(&request)?;
+    let mut stream = request.into_inner();
+    let mut assembly = Assembly::new(cx.config.max_commit_bytes);
+    while let Some(message) = stream.message().await.map_err(broken_stream)? {
+        assembly.take(message)?;
+    }
+    let (name, commit) = assembly.finish()?;
+    let span = tracing::Span::current();
+    span.record("db", name.as_str())
+        .record("base", commit.base_version)
+        .record("pages", commit.pages.len());
+    validate::commit(&commit)?;
+    let key = DbKey::new(tenant.name, name);
+    let outcome = cx.store.commit(&key, commit).await?;
+    span.record("version", outcome.version);
+    tracing::debug!(already_applied = outcome.already_applied, "committed");
+    Ok(Response::new(pb::CommitResponse {
+        version: outcome.version,
+        already_applied: outcome.already_applied,
+    }))
+}
+
+/// A stream that failed before its end (client gone, garbage bytes, message over the
+/// size limit).
+fn broken_stream(status: Status) -> Status {
+    tracing::debug!(code = ?status.code(), "commit stream broke: {}", status.message());
+    let nothing = "; nothing was applied";
+    match status.code() {
+        Code::ResourceExhausted | Code::OutOfRange => Status::resource_exhausted(format!(
+            "commit stream message too large: {}{nothing}",
+            status.message()
+        )),
+        // tonic reports undecodable protobuf as INTERNAL; for us it is bad client input.
+        Code::Internal => Status::invalid_argument(format!(
+            "undecodable commit stream message: {}{nothing}",
+            status.message()
+        )),
+        _ => Status::cancelled(format!(
+            "commit stream broke: {}{nothing}",
+            status.message()
+        )),
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> StoreError {
+    StoreError::InvalidArgument(msg.into())
+}
+
+/// A commit being received: checks order, sizes and the running byte total as messages
+/// arrive.
+struct Assembly {
+    /// The database name and the commit so far, once the header arrived.
+    started: Option<(String, Commit)>,
+    seen: HashSet<u32>,
+    bytes: u64,
+    max_bytes: u64,
+    trailer_seen: bool,
+}
+
+impl Assembly {
+    fn new(max_bytes: u64) -> Self {
+        Self {
+            started: None,
+            seen: HashSet::new(),
+            bytes: 0,
+            max_bytes,
+            trailer_seen: false,
+        }
+    }
+
+    fn take(&mut self, message: pb::CommitRequest) -> Result<(), StoreError> {
+        if self.trailer_seen {
+            return Err(invalid("commit stream continues after its trailer"));
+        }
+        match message.part {
+            None => Err(invalid("empty CommitRequest (no header, pages or trailer)")),
+            Some(Part::Header(header)) => self.header(header),
+            Some(Part::Pages(batch)) => self.pages(batch),
+            Some(Part::Trailer(trailer)) => self.trailer(trailer),
+        }
+    }
+
+    fn header(&mut self, h: pb::CommitHeader) -> Result<(), StoreError> {
+        if self.started.is_some() {
+            return Err(invalid("commit stream has a second header"));
+        }
+        validate::db_name(&h.name)?;
+        validate::page_size(h.page_size)?;
+        validate::page_count(h.page_count)?;
+        let commit = Commit {
+            lease_id: validate::lease_id(&h.lease_id)?,
+            epoch: h.epoch,
+            base_version: h.base_version,
+            commit_id: validate::commit_id(&h.commit_id)?,
+            page_size: h.page_size,
+            page_count: h.page_count,
+            pages: Vec::new(),
+        };
+        self.started = Some((h.name, commit));
+        Ok(())
+    }
+
+    fn pages(&mut self, batch: pb::PageBatch) -> Result<(), StoreError> {
+        let Some((_, commit)) = self.started.as_mut() else {
+            return Err(invalid("commit stream must start with a header"));
+        };
+        for page in batch.pages {
+            validate::page_no(page.page_no, commit.page_count)?;
+            validate::page_len(page.page_no, page.data.len(), commit.page_size)?;
+            if !self.seen.insert(page.page_no) {
+                return Err(invalid(format!(
+                    "page {} appears twice in one commit",
+                    page.page_no
+                )));
+            }
+            self.bytes += page.data.len() as u64;
+            validate::commit_bytes(self.bytes, self.max_bytes)?;
+            commit.pages.push((page.page_no, page.data));
+        }
+        Ok(())
+    }
+
+    fn trailer(&mut self, t: pb::CommitTrailer) -> Result<(), StoreError> {
+        let Some((_, commit)) = self.started.as_ref() else {
+            return Err(invalid("commit stream must start with a header"));
+        };
+        if t.pages_sent as usize != commit.pages.len() {
+            return Err(invalid(format!(
+                "trailer says {} pages were sent but {} arrived",
+                t.pages_sent,
+                commit.pages.len()
+            )));
+        }
+        self.trailer_seen = true;
+        Ok(())
+    }
+
+    /// The database name and the commit, if the stream was complete.
+    fn finish(self) -> Result<(String, Commit), StoreError> {
+        match self.started {
+            None => Err(invalid("commit stream ended without a header")),
+            Some(_) if !self.trailer_seen => Err(invalid(
+                "commit stream ended without a trailer; nothing was applied",
+            )),
+            Some(started) => Ok(started),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn header(page_count: u32) -> pb::CommitRequest {
+        let h = pb::CommitHeader {
+            name: "a.db".into(),
+            lease_id: Bytes::from(vec![1; 16]),
+            epoch: 1,
+            base_version: 0,
+            commit_id: Bytes::from(vec![2; 16]),
+            page_size: 512,
+            page_count,
+        };
+        pb::CommitRequest {
+            part: Some(Part::Header(h)),
+        }
+    }
+
+    fn pages(nos: &[u32]) -> pb::CommitRequest {
+        let pages = nos
+            .iter()
+            .map(|&page_no| pb::Page {
+                page_no,
+                data: Bytes::from(vec![0; 512]),
+            })
+            .collect();
+        pb::CommitRequest {
+            part: Some(Part::Pages(pb::PageBatch { pages })),
+        }
+    }
+
+    fn trailer(pages_sent: u32) -> pb::CommitRequest {
+        pb::CommitRequest {
+            part: Some(Part::Trailer(pb::CommitTrailer { pages_sent })),
+        }
+    }
+
+    fn run(
+        messages: Vec<pb::CommitRequest>,
+        max_bytes: u64,
+    ) -> Result<(String, Commit), StoreError> {
+        let mut a = Assembly::new(max_bytes);
+        messages.into_iter().try_for_each(|m| a.take(m))?;
+        a.finish()
+    }
+
+    #[test]
+    fn well_formed_stream_assembles() {
+        let got = run(
+            vec![header(3), pages(&[1, 2]), pages(&[3]), trailer(3)],
+            1 << 20,
+        );
+        let (name, commit) = got.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(name, "a.db");
+        assert_eq!(
+            commit.pages.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn malformed_streams_are_refused() {
+        let cases: Vec<(Vec<pb::CommitRequest>, &str)> = vec![
+            (vec![], "without a header"),
+            (vec![pages(&[1]), trailer(1)], "start with a header"),
+            (vec![trailer(0)], "start with a header"),
+            (vec![header(1), header(1)], "second header"),
+            (vec![header(1), pages(&[1])], "without a trailer"),
+            (vec![header(1), pages(&[1]), trailer(2)], "trailer says 2"),
+            (
+                vec![header(1), pages(&[1]), trailer(1), pages(&[1])],
+                "after its trailer",
+            ),
+            (vec![header(2), pages(&[1, 1])], "twice"),
+            (vec![header(2), pages(&[3])], "beyond the page count"),
+            (vec![header(2), pages(&[0])], "page number 0"),
+            (
+                vec![pb::CommitRequest { part: None }],
+                "empty CommitRequest",
+            ),
+        ];
+        for (messages, want) in cases {
+            let err = run(messages, 1 << 20)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(want), "want {want:?}, got {err:?}");
+        }
+    }
+
+    #[test]
+    fn running_total_is_bounded() {
+        let err = run(vec![header(3), pages(&[1, 2, 3]), trailer(3)], 1024).err();
+        assert!(matches!(err, Some(StoreError::TooLarge(_))), "{err:?}");
+    }
+}

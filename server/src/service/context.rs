@@ -1,0 +1,39 @@
+//! What every handler needs: the store, the settings, and the caller's database key.
+
+use std::sync::Arc;
+
+use pagewire_proto::v1 as pb;
+use tonic::{Request, Status};
+
+use crate::auth;
+use crate::server::ServerConfig;
+use crate::store::{DbKey, PageStore};
+use crate::validate;
+
+/// Shared by all handlers of one server.
+pub struct Context {
+    pub store: Arc<dyn PageStore>,
+    pub config: ServerConfig,
+}
+
+impl Context {
+    pub fn new(store: Arc<dyn PageStore>, config: ServerConfig) -> Self {
+        Self { store, config }
+    }
+
+    /// The caller's database `name` (checked), in the caller's tenant.
+    pub fn key<T>(&self, request: &Request<T>, name: &str) -> Result<DbKey, Status> {
+        let tenant = auth::tenant_of(request)?;
+        validate::db_name(name)?;
+        Ok(DbKey::new(tenant.name, name))
+    }
+
+    /// The limits told to clients on Open.
+    pub fn limits(&self) -> pb::Limits {
+        pb::Limits {
+            max_pages_per_read: self.config.advertised_pages_per_read(),
+            max_message_bytes: self.config.max_message_bytes as u64,
+            max_commit_bytes: self.config.max_commit_bytes,
+        }
+    }
+}

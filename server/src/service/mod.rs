@@ -1,0 +1,123 @@
+//! The gRPC services over a [`PageStore`](crate::store::PageStore): this file only
+//! dispatches each RPC to its handler (one file per RPC family).
+
+mod admin;
+mod commit;
+mod context;
+mod convert;
+mod lease;
+mod open;
+mod read;
+
+use std::sync::Arc;
+
+use pagewire_proto::v1 as pb;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use context::Context;
+
+/// The data plane (`pagewire.v1.Pages`).
+#[derive(Clone)]
+pub struct PagesService {
+    context: Arc<Context>,
+}
+
+impl PagesService {
+    pub fn new(context: Arc<Context>) -> Self {
+        Self { context }
+    }
+}
+
+/// The control plane (`pagewire.v1.Admin`).
+#[derive(Clone)]
+pub struct AdminService {
+    context: Arc<Context>,
+}
+
+impl AdminService {
+    pub fn new(context: Arc<Context>) -> Self {
+        Self { context }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::pages_server::Pages for PagesService {
+    async fn open(&self, request: Request<pb::OpenRequest>) -> Reply<pb::OpenResponse> {
+        open::open(&self.context, request).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        request: Request<pb::AcquireLeaseRequest>,
+    ) -> Reply<pb::LeaseResponse> {
+        lease::acquire(&self.context, request).await
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Reply<pb::LeaseResponse> {
+        lease::renew(&self.context, request).await
+    }
+
+    async fn release_lease(
+        &self,
+        request: Request<pb::ReleaseLeaseRequest>,
+    ) -> Reply<pb::ReleaseLeaseResponse> {
+        lease::release(&self.context, request).await
+    }
+
+    async fn begin_read(
+        &self,
+        request: Request<pb::BeginReadRequest>,
+    ) -> Reply<pb::BeginReadResponse> {
+        read::begin_read(&self.context, request).await
+    }
+
+    async fn read_pages(
+        &self,
+        request: Request<pb::ReadPagesRequest>,
+    ) -> Reply<pb::ReadPagesResponse> {
+        read::read_pages(&self.context, request).await
+    }
+
+    async fn commit(
+        &self,
+        request: Request<Streaming<pb::CommitRequest>>,
+    ) -> Reply<pb::CommitResponse> {
+        commit::commit(&self.context, request).await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn list_databases(
+        &self,
+        request: Request<pb::ListDatabasesRequest>,
+    ) -> Reply<pb::ListDatabasesResponse> {
+        admin::list(&self.context, request).await
+    }
+
+    async fn create_database(
+        &self,
+        request: Request<pb::CreateDatabaseRequest>,
+    ) -> Reply<pb::DatabaseInfo> {
+        admin::create(&self.context, request).await
+    }
+
+    async fn delete_database(
+        &self,
+        request: Request<pb::DeleteDatabaseRequest>,
+    ) -> Reply<pb::DeleteDatabaseResponse> {
+        admin::delete(&self.context, request).await
+    }
+
+    async fn get_database_info(
+        &self,
+        request: Request<pb::GetDatabaseInfoRequest>,
+    ) -> Reply<pb::DatabaseInfo> {
+        admin::info(&self.context, request).await
+    }
+}

@@ -1,0 +1,30 @@
+//! Open: a database's newest state, created on request, plus the server's limits.
+
+use pagewire_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::Context;
+use super::convert::millis;
+
+#[tracing::instrument(skip_all, fields(db = %request.get_ref().name, create = request.get_ref().create))]
+pub async fn open(
+    cx: &Context,
+    request: Request<pb::OpenRequest>,
+) -> Result<Response<pb::OpenResponse>, Status> {
+    let key = cx.key(&request, &request.get_ref().name)?;
+    let open = request.into_inner();
+    // A read-only open (a replica) never creates.
+    let create = open.create && !open.read_only;
+    let (state, created) = cx.store.open(&key, create).await?;
+    if created {
+        tracing::info!(tenant = %key.tenant, "created database");
+    }
+    Ok(Response::new(pb::OpenResponse {
+        state: Some(state.into()),
+        created,
+        limits: Some(cx.limits()),
+        lease_ttl_ms: millis(cx.config.lease_ttl),
+        heartbeat_ms: millis(cx.config.effective_heartbeat()),
+        capabilities: Vec::new(),
+    }))
+}

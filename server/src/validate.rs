@@ -1,0 +1,226 @@
+//! Every check on client input, each failing with a message that says what is wrong.
+//!
+//! The service runs these before calling a store, so every store gets the same checks;
+//! stores call [`against_base`] (which needs the base version's state) inside their
+//! commit step, and [`page_nos_in_range`] when reading.
+
+use std::collections::HashSet;
+
+use crate::store::{Commit, DbState, Id16, StoreError};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Longest database name in bytes (SQLite's path limit in the VFS is 512 with the NUL).
+pub const MAX_NAME_BYTES: usize = 511;
+pub const MIN_PAGE_SIZE: u32 = 512;
+pub const MAX_PAGE_SIZE: u32 = 65536;
+/// SQLite's largest page count.
+pub const MAX_PAGE_COUNT: u32 = 4_294_967_294;
+/// Longest free-form client id on AcquireLease.
+pub const MAX_CLIENT_ID_BYTES: usize = 1024;
+
+fn invalid(msg: impl Into<String>) -> StoreError {
+    StoreError::InvalidArgument(msg.into())
+}
+
+/// A database name: 1..=511 bytes of UTF-8 without NUL.
+pub fn db_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(invalid("database name is empty"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(invalid(format!(
+            "database name is {} bytes long; the limit is {MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.contains('\0') {
+        return Err(invalid("database name contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// A page size: a power of two in 512..=65536.
+pub fn page_size(page_size: u32) -> Result<()> {
+    if !page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(invalid(format!(
+            "page size {page_size} is not a power of two in {MIN_PAGE_SIZE}..={MAX_PAGE_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
+/// A page count after a commit: 1..=4294967294.
+pub fn page_count(page_count: u32) -> Result<()> {
+    if !(1..=MAX_PAGE_COUNT).contains(&page_count) {
+        return Err(invalid(format!(
+            "page count {page_count} is not in 1..={MAX_PAGE_COUNT}"
+        )));
+    }
+    Ok(())
+}
+
+/// A page number: 1..=page_count.
+pub fn page_no(page_no: u32, page_count: u32) -> Result<()> {
+    if page_no == 0 {
+        return Err(invalid(
+            "page number 0 does not exist (pages are numbered from 1)",
+        ));
+    }
+    if page_no > page_count {
+        return Err(invalid(format!(
+            "page {page_no} is beyond the page count {page_count}"
+        )));
+    }
+    Ok(())
+}
+
+/// Every page number in `1..=page_count`.
+pub fn page_nos_in_range(page_nos: &[u32], page_count: u32) -> Result<()> {
+    page_nos.iter().try_for_each(|&no| page_no(no, page_count))
+}
+
+/// A page's payload is exactly one page.
+pub fn page_len(page_no: u32, len: usize, page_size: u32) -> Result<()> {
+    if len != page_size as usize {
+        return Err(invalid(format!(
+            "page {page_no} is {len} bytes; the page size is {page_size}"
+        )));
+    }
+    Ok(())
+}
+
+fn id16(what: &str, bytes: &[u8]) -> Result<Id16> {
+    Id16::try_from(bytes)
+        .map_err(|_| invalid(format!("{what} must be 16 bytes, got {}", bytes.len())))
+}
+
+pub fn lease_id(bytes: &[u8]) -> Result<Id16> {
+    id16("lease_id", bytes)
+}
+
+pub fn commit_id(bytes: &[u8]) -> Result<Id16> {
+    id16("commit_id", bytes)
+}
+
+/// The free-form client id of AcquireLease (shown to operators and in errors).
+pub fn client_id(client_id: &str) -> Result<()> {
+    if client_id.len() > MAX_CLIENT_ID_BYTES {
+        return Err(invalid(format!(
+            "client_id is {} bytes long; the limit is {MAX_CLIENT_ID_BYTES}",
+            client_id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// No page number appears twice in one commit.
+pub fn no_duplicates(page_nos: impl IntoIterator<Item = u32>) -> Result<()> {
+    let mut seen = HashSet::new();
+    for no in page_nos {
+        if !seen.insert(no) {
+            return Err(invalid(format!("page {no} appears twice in one commit")));
+        }
+    }
+    Ok(())
+}
+
+fn be_u32(data: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+}
+
+/// Page 1's database header agrees with the commit: its page size, rollback-journal
+/// format (bytes 18 and 19 are 1; a WAL-format image is refused), and, when the header's
+/// page count is valid (bytes 24..28 equal 92..96 and the count is not 0, SQLite's own
+/// rule), that page count.
+pub fn page_one(data: &[u8], page_size: u32, page_count: u32) -> Result<()> {
+    page_len(1, data.len(), page_size)?;
+    let header_size = match u16::from_be_bytes([data[16], data[17]]) {
+        1 => 65536,
+        n => u32::from(n),
+    };
+    if header_size != page_size {
+        return Err(invalid(format!(
+            "page 1 header says page size {header_size} but the commit says {page_size}"
+        )));
+    }
+    if data[18] != 1 || data[19] != 1 {
+        return Err(invalid(format!(
+            "page 1 header has file format bytes {}/{} (offsets 18/19): only the rollback-journal \
+             format (1/1) is accepted; WAL mode is not supported",
+            data[18], data[19]
+        )));
+    }
+    let header_count = be_u32(data, 28);
+    if data[24..28] == data[92..96] && header_count != 0 && header_count != page_count {
+        return Err(invalid(format!(
+            "page 1 header says {header_count} pages but the commit says {page_count}"
+        )));
+    }
+    Ok(())
+}
+
+/// Every rule on a commit that needs no stored state.
+pub fn commit(c: &Commit) -> Result<()> {
+    page_size(c.page_size)?;
+    page_count(c.page_count)?;
+    for (no, data) in &c.pages {
+        page_no(*no, c.page_count)?;
+        page_len(*no, data.len(), c.page_size)?;
+    }
+    no_duplicates(c.pages.iter().map(|(no, _)| *no))?;
+    let page1 = c.pages.iter().find(|(no, _)| *no == 1);
+    let Some((_, data)) = page1 else {
+        return Err(invalid("every commit must carry page 1"));
+    };
+    page_one(data, c.page_size, c.page_count)
+}
+
+/// Rules that need the base version's state: a commit that changes the page size of a
+/// non-empty database (VACUUM to a new size) must rewrite every page.
+pub fn against_base(c: &Commit, base: &DbState) -> Result<()> {
+    let resized = base.page_count > 0 && c.page_size != base.page_size;
+    if resized && c.pages.len() != c.page_count as usize {
+        return Err(invalid(format!(
+            "the commit changes the page size from {} to {} but carries {} of {} pages; \
+             a page-size change must rewrite every page",
+            base.page_size,
+            c.page_size,
+            c.pages.len(),
+            c.page_count
+        )));
+    }
+    Ok(())
+}
+
+/// Most pages one ReadPages may return at `page_size`, so the reply fits in one message:
+/// `min(configured, max_message_bytes / page_size - 1)`, at least 1.
+pub fn max_pages_per_read(configured: u32, max_message_bytes: usize, page_size: u32) -> u32 {
+    let fit = (max_message_bytes / page_size.max(1) as usize).saturating_sub(1);
+    configured
+        .min(u32::try_from(fit).unwrap_or(u32::MAX))
+        .max(1)
+}
+
+/// A ReadPages asks for at most `limit` pages.
+pub fn read_count(asked: usize, limit: u32) -> Result<()> {
+    if asked > limit as usize {
+        return Err(StoreError::TooLarge(format!(
+            "ReadPages asked for {asked} pages; the limit is {limit} (see Limits.max_pages_per_read)"
+        )));
+    }
+    Ok(())
+}
+
+/// A commit's page bytes so far stay within the limit.
+pub fn commit_bytes(total: u64, limit: u64) -> Result<()> {
+    if total > limit {
+        return Err(StoreError::TooLarge(format!(
+            "the commit carries more than {limit} bytes of pages (see Limits.max_commit_bytes)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
