@@ -344,7 +344,9 @@ impl Database {
     pub fn release_lease(&self) {
         let Some(l) = self.state.lock().lease.take() else { return };
         let req = pb::ReleaseLeaseRequest { name: self.key.name.clone(), lease_id: l.id, epoch: l.epoch };
-        let call = tokio::time::timeout(Duration::from_secs(2), self.client.clone().release_lease(req));
+        let client = self.client.clone();
+        // Built inside the runtime: a tokio timer needs its context.
+        let call = async move { tokio::time::timeout(Duration::from_secs(2), client.release_lease(req)).await };
         if let Ok(Ok(Err(e))) = self.rt.block_on(call) {
             tracing::debug!(db = %self.key.name, error = %e, "lease release failed; it will expire");
         }
