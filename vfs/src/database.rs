@@ -226,7 +226,7 @@ impl Database {
             }
             s.cache.version
         };
-        let req = pb::BeginReadRequest { name: self.key.name.clone(), cached_version: cached };
+        let req = pb::BeginReadRequest { name: self.key.name.clone(), cached_version: cached, ..Default::default() };
         let resp = self.rt.block_on(self.client.clone().begin_read(req))??;
         let state = DbState::from(resp.state);
         let mut s = self.state.lock();

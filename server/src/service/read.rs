@@ -21,6 +21,8 @@ pub async fn begin_read(
         state: Some(view.state.into()),
         changed_pages: view.changed_pages,
         cache_invalid: view.cache_invalid,
+        // TODO(time travel): filled in by the history work of the replica issue.
+        committed_unix_ms: 0,
     }))
 }
 
