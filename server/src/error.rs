@@ -1,6 +1,6 @@
 //! The one mapping from [`StoreError`] to a gRPC status. The codes are the protocol's
 //! contract (see the comment at the top of `pagewire.proto`). Client errors are logged
-//! at debug, server errors at error.
+//! at debug, an unavailable store at warn, other server errors at error.
 
 use tonic::{Code, Status};
 
@@ -17,6 +17,7 @@ pub fn code(e: &StoreError) -> Code {
         StoreError::OutOfRange(_) => Code::OutOfRange,
         StoreError::TooLarge(_) => Code::ResourceExhausted,
         StoreError::Internal(_) => Code::Internal,
+        StoreError::Unavailable(_) => Code::Unavailable,
     }
 }
 
@@ -25,6 +26,8 @@ impl From<StoreError> for Status {
         let code = code(&e);
         if e.is_client_error() {
             tracing::debug!(?code, "{e}");
+        } else if code == Code::Unavailable {
+            tracing::warn!(?code, "{e}");
         } else {
             tracing::error!(?code, "{e}");
         }
@@ -73,6 +76,7 @@ mod tests {
             (StoreError::OutOfRange("x".into()), Code::OutOfRange),
             (StoreError::TooLarge("x".into()), Code::ResourceExhausted),
             (StoreError::Internal("x".into()), Code::Internal),
+            (StoreError::Unavailable("x".into()), Code::Unavailable),
         ];
         for (e, want) in cases {
             assert_eq!(Status::from(e).code(), want);

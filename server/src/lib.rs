@@ -4,19 +4,28 @@
 //! (`pagewire.v1`, crate `pagewire-proto`). The crate's map:
 //!
 //! - [`server`]: [`ServerConfig`] and [`serve`], which runs the services on a listener
-//!   until shutdown (health and reflection included).
+//!   until shutdown (health and reflection included), with the history GC task.
+//! - [`gc`]: that task: [`PageStore::gc`] every `gc_interval`, with the retention window.
 //! - [`service`]: the gRPC handlers, one file per RPC family (open, lease, read, commit,
 //!   admin); they validate input and call the store.
 //! - [`validate`]: every check on client input, so every store gets the same checks.
 //! - [`auth`]: bearer tokens to tenants (tokens file), the authenticating interceptor.
 //! - [`store`]: the [`PageStore`] trait with its types and [`StoreError`], its conformance
-//!   suite ([`store::conformance`]) and the memory store ([`MemoryStore`]).
+//!   suite ([`store::conformance`]), the memory store ([`MemoryStore`]; commit times from a
+//!   [`store::Clock`]) and the fault-injecting wrapper ([`store::FaultyStore`], the
+//!   hidden `--inject-fault` flag, for retry tests).
+//!
+//! History: every version keeps its commit time; BeginRead reads the newest version or
+//! one as of a version or a time, and pins it (`pin_ttl`, extended by ReadPages at it);
+//! GC keeps the newest version, every version within `history_retention` and every
+//! pinned one, and deletes page writes none of those can read.
 //! - [`error`]: the one mapping from [`StoreError`] to a gRPC status.
 //!
 //! The binary (`main.rs`) only parses flags, sets up logging, binds and calls [`serve`].
 
 pub mod auth;
 pub mod error;
+pub mod gc;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use pagewire_server::store::{Fault, FaultyStore};
 use pagewire_server::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -30,6 +31,22 @@ struct Flags {
     /// `default` with admin rights (development mode).
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// History retention: every version committed within this window stays readable
+    /// (time travel, lagging replicas); older versions are collected unless a reader
+    /// pins them (e.g. 1h, 7days; 0s keeps only the newest and pinned versions).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    history_retention: Duration,
+    /// How often history GC runs (e.g. 30s, 5m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    gc_interval: Duration,
+    /// How long a reader's pin keeps a version from GC after the reader's last BeginRead
+    /// or ReadPages at it (e.g. 5m).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pin_ttl: Duration,
+    /// Testing only: inject a fault, e.g. `commit-reply-lost=N` (every Nth commit is
+    /// applied but answered UNAVAILABLE, as if the reply were lost).
+    #[arg(long, hide = true)]
+    inject_fault: Option<Fault>,
     /// Log filter (tracing-subscriber EnvFilter syntax), to stderr.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -48,6 +65,9 @@ fn config(flags: &Flags) -> anyhow::Result<ServerConfig> {
         lease_ttl: flags.lease_ttl,
         heartbeat: flags.lease_ttl / 3,
         tokens,
+        history_retention: flags.history_retention,
+        gc_interval: flags.gc_interval,
+        pin_ttl: flags.pin_ttl,
         ..ServerConfig::default()
     };
     config.check().context("bad settings")?;
@@ -79,7 +99,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
-    let store = open_store(&flags.store)?;
+    let store = FaultyStore::wrap(open_store(&flags.store)?, flags.inject_fault);
     let config = config(&flags)?;
     let listener = TcpListener::bind(flags.listen)
         .await
@@ -95,7 +115,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .map_or("development mode (no tokens)".to_owned(), |t| {
             format!("{} tokens", t.len())
         });
-    tracing::info!(%addr, store = %flags.store, lease_ttl = ?config.lease_ttl, "serving; {tenants}");
+    tracing::info!(
+        %addr,
+        store = %flags.store,
+        lease_ttl = ?config.lease_ttl,
+        history_retention = ?config.history_retention,
+        "serving; {tenants}"
+    );
     serve(listener, store, config, shutdown_signal()).await
 }
 

@@ -1,6 +1,6 @@
 //! Running the gRPC server: [`ServerConfig`] and [`serve`], which puts the Pages and Admin
 //! services (behind authentication), gRPC health and reflection on a listener until a
-//! shutdown future completes.
+//! shutdown future completes, with the history GC task alongside.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{Authenticator, TokenMap};
+use crate::gc::GcTask;
 use crate::service::{AdminService, Context, PagesService};
 use crate::store::PageStore;
 use crate::validate;
@@ -39,6 +40,15 @@ pub struct ServerConfig {
     /// Bearer tokens and their tenants; `None` is development mode (every call is tenant
     /// `default`, with admin rights).
     pub tokens: Option<TokenMap>,
+    /// Every version committed within this window stays readable (time travel, replicas
+    /// that fall behind); older ones are collected unless a reader pins them. Zero keeps
+    /// only the newest version and pinned ones.
+    pub history_retention: Duration,
+    /// How often history GC runs.
+    pub gc_interval: Duration,
+    /// How long a reader's pin on a version lasts after its last BeginRead or ReadPages
+    /// at that version.
+    pub pin_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +61,9 @@ impl Default for ServerConfig {
             max_commit_bytes: 4 << 30,
             max_pages_per_read: 1024,
             tokens: None,
+            history_retention: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(30),
+            pin_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -94,12 +107,20 @@ impl ServerConfig {
             self.max_commit_bytes >= u64::from(validate::MAX_PAGE_SIZE),
             "max_commit_bytes is below one page"
         );
+        ensure!(
+            !self.gc_interval.is_zero(),
+            "the GC interval must be more than zero"
+        );
+        ensure!(
+            !self.pin_ttl.is_zero(),
+            "the pin TTL must be more than zero"
+        );
         Ok(())
     }
 }
 
 /// Serves `store` on `listener` until `shutdown` completes, then finishes in-flight calls
-/// and returns.
+/// and returns. History GC runs in the background meanwhile.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn PageStore>,
@@ -107,6 +128,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.check()?;
+    let gc = GcTask::spawn(store.clone(), config.gc_interval, config.history_retention);
+    let served = serve_grpc(listener, store, config, shutdown).await;
+    gc.stop().await;
+    served
+}
+
+/// The gRPC part of [`serve`].
+async fn serve_grpc(
+    listener: TcpListener,
+    store: Arc<dyn PageStore>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let limit = config.max_message_bytes;
     let tokens = config.tokens.clone().map(Arc::new);
     let context = Arc::new(Context::new(store, config));

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use crate::store::{Commit, DbState, Id16, StoreError};
+use crate::store::{Commit, DbState, Id16, ReadAt, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -191,6 +191,19 @@ pub fn against_base(c: &Commit, base: &DbState) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// BeginRead's time-travel fields: both 0 is the newest version, else exactly one of an
+/// as-of version or an as-of time (Unix ms).
+pub fn read_at(at_version: u64, at_unix_ms: i64) -> Result<ReadAt> {
+    match (at_version, at_unix_ms) {
+        (0, 0) => Ok(ReadAt::Newest),
+        (v, 0) => Ok(ReadAt::Version(v)),
+        (0, t) => Ok(ReadAt::UnixMs(t)),
+        (v, t) => Err(invalid(format!(
+            "at_version ({v}) and at_unix_ms ({t}) are both set; ask for a version or a time, not both"
+        ))),
+    }
 }
 
 /// Most pages one ReadPages may return at `page_size`, so the reply fits in one message:

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use pagewire_proto::v1 as pb;
 use pagewire_server::store::conformance::{page, page_one};
-use pagewire_server::{MemoryStore, ServerConfig, TokenMap, serve};
+use pagewire_server::store::{Fault, FaultyStore};
+use pagewire_server::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
 use pb::admin_client::AdminClient;
 use pb::commit_request::Part;
 use pb::pages_client::PagesClient;
@@ -50,10 +51,13 @@ struct TestServer {
 
 impl TestServer {
     async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        Self::start_with(config, Arc::new(MemoryStore::new())).await
+    }
+
+    async fn start_with(config: ServerConfig, store: Arc<dyn PageStore>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
-        let store = Arc::new(MemoryStore::new());
         let task = tokio::spawn(serve(listener, store, config, async {
             let _ = stopped.await;
         }));
@@ -292,6 +296,29 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         "read-only open never creates",
         ok(c.open(ro).await),
         Code::NotFound,
+    );
+
+    // Time travel.
+    let at = |at_version: u64, at_unix_ms: i64| pb::BeginReadRequest {
+        name: DB.into(),
+        cached_version: 0,
+        at_version,
+        at_unix_ms,
+    };
+    expect(
+        "as of a version and a time at once",
+        ok(c.begin_read(at(1, 1)).await),
+        Code::InvalidArgument,
+    );
+    expect(
+        "as of a version not committed yet",
+        ok(c.begin_read(at(2, 0)).await),
+        Code::OutOfRange,
+    );
+    expect(
+        "as of a time before the first commit",
+        ok(c.begin_read(at(0, 1)).await),
+        Code::OutOfRange,
     );
 
     // Reads.
@@ -545,6 +572,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         .begin_read(pb::BeginReadRequest {
             name: DB.into(),
             cached_version: 1,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -580,6 +608,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         .begin_read(pb::BeginReadRequest {
             name: DB.into(),
             cached_version: 1,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -736,5 +765,91 @@ async fn reflection_lists_the_services() -> anyhow::Result<()> {
             "pagewire.v1.Pages"
         ]
     );
+    server.stop().await
+}
+
+fn begin_at(at_version: u64, at_unix_ms: i64) -> pb::BeginReadRequest {
+    pb::BeginReadRequest {
+        name: DB.into(),
+        cached_version: 0,
+        at_version,
+        at_unix_ms,
+    }
+}
+
+#[tokio::test]
+async fn time_travel_and_background_gc() -> anyhow::Result<()> {
+    let config = ServerConfig {
+        history_retention: Duration::ZERO,
+        gc_interval: Duration::from_millis(20),
+        pin_ttl: Duration::from_secs(1),
+        ..config()?
+    };
+    let server = TestServer::start(config).await?;
+    let mut c = server.pages(Some("writer"))?;
+    c.open(open(DB, true)).await?;
+    let lease = c
+        .acquire_lease(pb::AcquireLeaseRequest {
+            name: DB.into(),
+            client_id: "w".into(),
+        })
+        .await?
+        .into_inner();
+    for v in 0..3 {
+        commit(&mut c, Parts::new(&lease, v, 2, v as u8 + 1).stream()).await?;
+    }
+    // Version 2, pinned by this BeginRead, outlives GC while the pin lasts.
+    let two = c.begin_read(begin_at(2, 0)).await?.into_inner();
+    assert_eq!(two.state.map(|s| s.version), Some(2));
+    assert!(two.committed_unix_ms > 0, "{two:?}");
+    let then = c
+        .begin_read(begin_at(0, two.committed_unix_ms))
+        .await?
+        .into_inner();
+    let version = then.state.map_or(0, |s| s.version);
+    assert!(
+        version >= 2 && then.committed_unix_ms == two.committed_unix_ms,
+        "{then:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await; // several GC passes
+    let one = c.begin_read(begin_at(1, 0)).await;
+    let status = one.err().map(|s| (s.code(), s.message().to_owned()));
+    assert!(
+        matches!(&status, Some((Code::OutOfRange, m)) if m.contains("no longer retained")),
+        "{status:?}"
+    );
+    assert_eq!(
+        c.read_pages(read(2, vec![2])).await?.into_inner().pages,
+        vec![page(PS, 2)]
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the pin expires
+    let gone = c.read_pages(read(2, vec![2])).await.err().map(|s| s.code());
+    assert_eq!(gone, Some(Code::OutOfRange));
+    let newest = snapshot(&mut c).await?;
+    assert_eq!(newest.0.version, 3);
+    assert_eq!(newest.1[1], page(PS, 3), "newest intact after GC");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn injected_lost_reply_then_retry_learns_the_outcome() -> anyhow::Result<()> {
+    let fault: Fault = "commit-reply-lost=2".parse().map_err(anyhow::Error::msg)?;
+    let store = FaultyStore::wrap(Arc::new(MemoryStore::new()), Some(fault));
+    let server = TestServer::start_with(config()?, store).await?;
+    let mut c = server.pages(Some("writer"))?;
+    c.open(open(DB, true)).await?;
+    let lease = c
+        .acquire_lease(pb::AcquireLeaseRequest {
+            name: DB.into(),
+            client_id: "w".into(),
+        })
+        .await?
+        .into_inner();
+    commit(&mut c, Parts::new(&lease, 0, 1, 1).stream()).await?;
+    let second = Parts::new(&lease, 1, 1, 2).stream();
+    let lost = commit(&mut c, second.clone()).await.err().map(|s| s.code());
+    assert_eq!(lost, Some(Code::Unavailable));
+    let retry = commit(&mut c, second).await?;
+    assert_eq!((retry.version, retry.already_applied), (2, true));
     server.stop().await
 }

@@ -26,7 +26,39 @@ pub struct Config {
     pub retry_timeout: Duration,
     /// Filter for the VFS's own log lines on stderr (tracing syntax).
     pub log: String,
+    /// Give the write lease back after this long without writing.
+    pub lease_idle: Duration,
+    /// Read transactions wait for at least this version (read-your-writes).
+    pub min_version: u64,
+    /// How long a read transaction waits for `min_version` before SQLITE_BUSY.
+    pub min_version_timeout: Duration,
+    /// Time travel: read this version (or time) instead of the newest; read-only.
+    pub as_of: Option<AsOf>,
 }
+
+/// A point in a database's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsOf {
+    Version(u64),
+    /// Unix milliseconds.
+    Time(i64),
+}
+
+/// Settings read from `PAGEWIRE_<KEY>` environment variables.
+const ENV_KEYS: [&str; 7] =
+    ["url", "token", "connect_timeout", "retry_timeout", "lease_idle", "min_version_timeout", "log"];
+/// Settings a URI parameter may set for one database.
+const URI_KEYS: [&str; 9] = [
+    "url",
+    "token",
+    "connect_timeout",
+    "retry_timeout",
+    "lease_idle",
+    "min_version_timeout",
+    "min_version",
+    "as_of_version",
+    "as_of_time",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -36,6 +68,10 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(3),
             retry_timeout: Duration::from_secs(30),
             log: "warn".into(),
+            lease_idle: Duration::from_secs(5),
+            min_version: 0,
+            min_version_timeout: Duration::from_secs(5),
+            as_of: None,
         }
     }
 }
@@ -48,7 +84,7 @@ impl Config {
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, VfsError> {
         let mut c = Self::default();
-        for key in ["url", "token", "connect_timeout", "retry_timeout", "log"] {
+        for key in ENV_KEYS {
             let var = format!("PAGEWIRE_{}", key.to_ascii_uppercase());
             if let Some(v) = get(&var) {
                 c.set(key, &v, Source::Env)?;
@@ -65,9 +101,12 @@ impl Config {
     ) -> Result<Self, VfsError> {
         let mut c = self.clone();
         for (k, v) in params {
-            if ["url", "token", "connect_timeout", "retry_timeout"].contains(&k) {
+            if URI_KEYS.contains(&k) {
                 c.set(k, v, Source::Uri)?;
             }
+        }
+        if c.as_of.is_some() && c.min_version > 0 {
+            return Err(VfsError::Config("as_of_* and min_version= cannot be combined".into()));
         }
         Ok(c)
     }
@@ -88,6 +127,14 @@ impl Config {
             "connect_timeout" => self.connect_timeout = parse_duration(value).map_err(bad)?,
             "retry_timeout" => self.retry_timeout = parse_duration(value).map_err(bad)?,
             "log" => self.log = value.to_owned(),
+            "lease_idle" => self.lease_idle = parse_duration(value).map_err(bad)?,
+            "min_version_timeout" => self.min_version_timeout = parse_duration(value).map_err(bad)?,
+            "min_version" => self.min_version = parse_version(value).map_err(bad)?,
+            "as_of_version" | "as_of_time" if self.as_of.is_some() => {
+                return Err(bad("give only one of as_of_version= and as_of_time=".into()));
+            }
+            "as_of_version" => self.as_of = Some(AsOf::Version(parse_version(value).map_err(bad)?)),
+            "as_of_time" => self.as_of = Some(AsOf::Time(parse_time(value).map_err(bad)?)),
             _ => {}
         }
         Ok(())
@@ -106,6 +153,20 @@ fn parse_url(v: &str) -> Result<String, String> {
         return Err("missing host".into());
     }
     Ok(v.trim_end_matches('/').to_owned())
+}
+
+fn parse_version(v: &str) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(0) | Err(_) => Err("expected a version number >= 1".into()),
+        Ok(n) => Ok(n),
+    }
+}
+
+/// RFC 3339 (`2026-11-21T10:00:00Z`, `2026-11-21T11:00:00.5+01:00`) to Unix ms.
+fn parse_time(v: &str) -> Result<i64, String> {
+    let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("expected an RFC 3339 time like 2026-11-21T10:00:00Z: {e}"))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| "time out of range".into())
 }
 
 fn parse_duration(v: &str) -> Result<Duration, String> {
@@ -162,5 +223,22 @@ mod tests {
         assert_eq!(c.url, "http://b:2");
         let err = base.with_uri_params([("token", "a b")]).expect_err("space").to_string();
         assert!(err.contains("token="), "{err}");
+    }
+
+    #[test]
+    fn time_travel_and_min_version() {
+        let base = Config::default();
+        let c = base.with_uri_params([("as_of_version", "7")]).expect("valid");
+        assert_eq!(c.as_of, Some(AsOf::Version(7)));
+        let c = base.with_uri_params([("as_of_time", "2026-11-21T10:00:00+01:00")]).expect("valid");
+        assert_eq!(c.as_of, Some(AsOf::Time(1_795_251_600_000)));
+        let c = base.with_uri_params([("min_version", "12")]).expect("valid");
+        assert_eq!(c.min_version, 12);
+        for (k, v) in [("as_of_version", "0"), ("as_of_version", "x"), ("as_of_time", "yesterday"), ("min_version", "-1")] {
+            let err = base.with_uri_params([(k, v)]).expect_err(k).to_string();
+            assert!(err.contains(k), "{err}");
+        }
+        assert!(base.with_uri_params([("as_of_version", "1"), ("as_of_time", "2026-01-01T00:00:00Z")]).is_err());
+        assert!(base.with_uri_params([("as_of_version", "1"), ("min_version", "2")]).is_err());
     }
 }

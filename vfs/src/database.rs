@@ -22,6 +22,7 @@ use tonic::Code;
 
 use crate::{
     client::{Client, CommitError, CommitPlan},
+    config::AsOf,
     error::VfsError,
     locks::LockTable,
     runtime::Rt,
@@ -157,6 +158,9 @@ struct Shared {
     committed: DbState,
     lease: Option<Lease>,
     cache: PageCache,
+    /// Last time a connection took RESERVED or committed: the lease is given
+    /// back once it has been idle for `lease_idle`.
+    last_write: Instant,
 }
 
 pub struct Database {
@@ -165,6 +169,7 @@ pub struct Database {
     pub client: Client,
     pub settings: ServerSettings,
     cache_max_bytes: usize,
+    lease_idle: Duration,
     client_id: String,
     pub locks: Mutex<LockTable>,
     state: Mutex<Shared>,
@@ -173,7 +178,7 @@ pub struct Database {
 }
 
 impl Database {
-    pub fn new(key: DbKey, rt: Arc<Rt>, client: Client, open: &pb::OpenResponse, cache_max_bytes: usize) -> Self {
+    pub fn new(key: DbKey, rt: Arc<Rt>, client: Client, open: &pb::OpenResponse, cache_max_bytes: usize, lease_idle: Duration) -> Self {
         let committed = DbState::from(open.state);
         Self {
             client_id: format!("{}:{}", hostname(), std::process::id()),
@@ -182,8 +187,9 @@ impl Database {
             client,
             settings: ServerSettings::from_open(open),
             cache_max_bytes,
+            lease_idle,
             locks: Mutex::default(),
-            state: Mutex::new(Shared { committed, lease: None, cache: PageCache::default() }),
+            state: Mutex::new(Shared { committed, lease: None, cache: PageCache::default(), last_write: Instant::now() }),
             connections: AtomicUsize::new(0),
         }
     }
@@ -218,15 +224,21 @@ impl Database {
 
     /// The version a new read transaction pins. The lease holder is the only
     /// writer, so while its lease is valid and its cache current it needs no RPC.
-    pub fn begin_read(&self) -> Result<DbState, VfsError> {
+    pub fn begin_read(&self, as_of: Option<AsOf>) -> Result<DbState, VfsError> {
         let cached = {
             let s = self.state.lock();
-            if s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version == s.committed.version {
+            let sole_writer = s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version == s.committed.version;
+            if sole_writer && as_of.is_none() {
                 return Ok(s.committed);
             }
             s.cache.version
         };
-        let req = pb::BeginReadRequest { name: self.key.name.clone(), cached_version: cached, ..Default::default() };
+        let (at_version, at_unix_ms) = match as_of {
+            Some(AsOf::Version(v)) => (v, 0),
+            Some(AsOf::Time(t)) => (0, t),
+            None => (0, 0),
+        };
+        let req = pb::BeginReadRequest { name: self.key.name.clone(), cached_version: cached, at_version, at_unix_ms };
         let resp = self.rt.block_on(self.client.clone().begin_read(req))??;
         let state = DbState::from(resp.state);
         let mut s = self.state.lock();
@@ -282,7 +294,8 @@ impl Database {
     /// committed state (a writer pinned to an older one must not write).
     pub fn ensure_lease(self: &Arc<Self>) -> Result<DbState, VfsError> {
         let current = {
-            let s = self.state.lock();
+            let mut s = self.state.lock();
+            s.last_write = Instant::now();
             match &s.lease {
                 Some(l) if l.valid() => return Ok(s.committed),
                 other => other.clone(),
@@ -342,13 +355,42 @@ impl Database {
     /// Gives the lease back (last connection closed). Best effort: if the server
     /// is unreachable the lease simply expires.
     pub fn release_lease(&self) {
-        let Some(l) = self.state.lock().lease.take() else { return };
+        if let Some(call) = self.take_lease_for_release() {
+            let _ = self.rt.block_on(call);
+        }
+    }
+
+    /// Forgets the lease and returns the call that gives it back to the server.
+    fn take_lease_for_release(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let l = self.state.lock().lease.take()?;
         let req = pb::ReleaseLeaseRequest { name: self.key.name.clone(), lease_id: l.id, epoch: l.epoch };
         let client = self.client.clone();
-        // Built inside the runtime: a tokio timer needs its context.
-        let call = async move { tokio::time::timeout(Duration::from_secs(2), client.release_lease(req)).await };
-        if let Ok(Ok(Err(e))) = self.rt.block_on(call) {
-            tracing::debug!(db = %self.key.name, error = %e, "lease release failed; it will expire");
+        Some(async move {
+            let name = req.name.clone();
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), client.release_lease(req)).await {
+                tracing::debug!(db = %name, error = %e, "lease release failed; it will expire");
+            }
+        })
+    }
+
+    /// What the heartbeat does with lease `epoch`: keep renewing it, stop (it is
+    /// gone), or give it back because no connection of this process is writing
+    /// and none has for `lease_idle` (so other clients can write).
+    fn idle_check(&self, epoch: u64) -> Idle<impl Future<Output = ()> + Send + 'static> {
+        let writing = self.locks.lock().reserved();
+        {
+            let s = self.state.lock();
+            if s.lease.as_ref().is_none_or(|l| l.epoch != epoch) {
+                return Idle::Gone;
+            }
+            if writing || s.last_write.elapsed() < self.lease_idle {
+                return Idle::Busy;
+            }
+        }
+        tracing::debug!(db = %self.key.name, "write lease idle: releasing it");
+        match self.take_lease_for_release() {
+            Some(call) => Idle::Release(call),
+            None => Idle::Gone,
         }
     }
 
@@ -378,6 +420,7 @@ impl Database {
             .map_err(CommitError::Unknown)??;
         let state = DbState { version: resp.version, page_size, page_count };
         let mut s = self.state.lock();
+        s.last_write = Instant::now();
         // A commit renews the lease on the server.
         if let Some(l) = s.lease.as_mut().filter(|l| l.epoch == lease.epoch) {
             l.valid_until = l.valid_until.max(Lease::deadline(asked_at, l.ttl));
@@ -394,6 +437,12 @@ impl Database {
     }
 }
 
+enum Idle<F> {
+    Busy,
+    Gone,
+    Release(F),
+}
+
 /// Renews the lease every heartbeat while it is the one installed.
 async fn heartbeat(db: Weak<Database>, epoch: u64) {
     loop {
@@ -403,6 +452,11 @@ async fn heartbeat(db: Weak<Database>, epoch: u64) {
         };
         tokio::time::sleep(interval).await;
         let Some(db) = db.upgrade() else { return };
+        match db.idle_check(epoch) {
+            Idle::Busy => {}
+            Idle::Gone => return,
+            Idle::Release(call) => return call.await,
+        }
         let Some(lease) = db.state.lock().lease.clone().filter(|l| l.epoch == epoch) else { return };
         let asked_at = Instant::now();
         let req = pb::RenewLeaseRequest { name: db.key.name.clone(), lease_id: lease.id.clone(), epoch };
@@ -415,9 +469,8 @@ async fn heartbeat(db: Weak<Database>, epoch: u64) {
             }
             Err(e) if !e.is_retryable() => {
                 tracing::warn!(db = %db.key.name, error = %e, "write lease lost");
-                let mut s = db.state.lock();
-                if s.lease.as_ref().is_some_and(|l| l.epoch == epoch) {
-                    s.lease = None;
+                if db.state.lock().lease.as_ref().is_some_and(|l| l.epoch == epoch) {
+                    db.drop_all();
                 }
                 return;
             }

@@ -7,7 +7,10 @@
 //! comes). Until then writes stay in the buffer, so a client killed at any
 //! instant leaves the server at the old version or the new one.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use sqlite_plugin::flags::LockLevel;
@@ -16,6 +19,7 @@ use tonic::Code;
 use crate::{
     buffer::WriteBuffer,
     client::CommitError,
+    config::{AsOf, Config},
     database::{Database, DbState},
     error::VfsError,
     header,
@@ -35,11 +39,28 @@ pub struct MainFile {
     /// Set when a commit's outcome stayed unknown: the connection can no longer
     /// vouch for what the server holds.
     poisoned: Option<String>,
+    /// Time travel: every read transaction reads this point in history.
+    as_of: Option<AsOf>,
+    /// Read transactions wait for at least this version (read-your-writes).
+    pub min_version: u64,
+    min_version_timeout: Duration,
 }
 
 impl MainFile {
-    pub fn new(db: Arc<Database>, id: u64, read_only: bool, view: DbState) -> Self {
-        Self { db, id, read_only, lock: LockLevel::Unlocked, view, txn: None, journal_mode: "delete", poisoned: None }
+    pub fn new(db: Arc<Database>, id: u64, read_only: bool, view: DbState, config: &Config) -> Self {
+        Self {
+            db,
+            id,
+            read_only: read_only || config.as_of.is_some(),
+            lock: LockLevel::Unlocked,
+            view,
+            txn: None,
+            journal_mode: "delete",
+            poisoned: None,
+            as_of: config.as_of,
+            min_version: config.min_version,
+            min_version_timeout: config.min_version_timeout,
+        }
     }
 
     pub fn read_only(&self) -> bool {
@@ -102,6 +123,11 @@ impl MainFile {
         if to <= from {
             return Ok(());
         }
+        if from == LockLevel::Unlocked {
+            // Before taking the local lock: a local writer must be able to
+            // commit the version we wait for.
+            self.await_min_version()?;
+        }
         self.db.locks.lock().lock(self.id, from, to)?;
         let remote = if from == LockLevel::Unlocked {
             self.pin()
@@ -118,10 +144,35 @@ impl MainFile {
         Ok(())
     }
 
-    /// SHARED: pin the version this read transaction sees.
-    fn pin(&mut self) -> Result<(), VfsError> {
-        self.view = self.db.begin_read()?;
+    /// SHARED: pin the version this read transaction sees (the newest, or the
+    /// time-travel point).
+    pub fn pin(&mut self) -> Result<(), VfsError> {
+        self.view = self.db.begin_read(self.as_of)?;
         Ok(())
+    }
+
+    /// Waits (polling, up to `min_version_timeout`) until the database reaches
+    /// `min_version`, for read-your-writes on a replica.
+    fn await_min_version(&self) -> Result<(), VfsError> {
+        if self.min_version <= self.view.version || self.as_of.is_some() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let state = self.db.begin_read(None)?;
+            if state.version >= self.min_version {
+                return Ok(());
+            }
+            if started.elapsed() >= self.min_version_timeout {
+                return Err(VfsError::Busy(format!(
+                    "version {} not reached within {:?} (newest is {})",
+                    self.min_version, self.min_version_timeout, state.version
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 
     /// RESERVED: hold the write lease, and refuse to write on a stale snapshot.
@@ -204,7 +255,9 @@ impl MainFile {
             }
             Err(CommitError::Definite(e)) => {
                 if matches!(&e, VfsError::Status(s) if s.code() == Code::FailedPrecondition) {
-                    self.db.drop_lease();
+                    // Lease lapsed or superseded: another writer may have committed.
+                    // Forget the lease and the cache; the next write re-acquires.
+                    self.db.drop_all();
                 }
                 Err(e)
             }

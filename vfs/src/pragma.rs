@@ -5,7 +5,10 @@
 //! - `synchronous=off` is refused (silently kept at the current level): the sync
 //!   of the main file is the commit point, so it must always come. Durability is
 //!   the server's job, so a sync costs the client nothing.
-//! - `pagewire_version`, `pagewire_stats`: for the curious.
+//! - `pagewire_version`: the version this connection reads (after a commit: the
+//!   version it committed); `pagewire_min_version=N`: later read transactions
+//!   wait for at least version N (read-your-writes on a replica);
+//!   `pagewire_stats`: RPC counters.
 //!
 //! Values are parsed as SQLite parses them, or the refusal could be bypassed.
 
@@ -34,6 +37,17 @@ pub fn handle(file: &mut MainFile, name: &str, arg: Option<&str>) -> Result<Opti
             Ok(None)
         }
         ("pagewire_version", None) => Ok(Some(file.view().version.to_string())),
+        ("pagewire_min_version", None) => Ok(Some(file.min_version.to_string())),
+        ("pagewire_min_version", Some(arg)) => match arg.trim().parse::<u64>() {
+            Ok(v) => {
+                file.min_version = v;
+                Ok(None)
+            }
+            Err(_) => Err(PragmaErr::Fail(
+                sqlite_plugin::vars::SQLITE_ERROR,
+                Some(format!("pagewire_min_version: expected a version number, got {arg:?}")),
+            )),
+        },
         ("pagewire_stats", None) => {
             let stats = file.db.client.counters.snapshot();
             let text: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();

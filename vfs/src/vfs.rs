@@ -74,8 +74,9 @@ impl PagewireVfs {
         // SAFETY: `path` is the main database name SQLite passed to xOpen (see uri_params).
         let params = unsafe { uri_params(path) };
         let config = self.config.with_uri_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        let read_only = opts.mode().is_readonly();
-        let create = matches!(opts.mode(), OpenMode::ReadWrite { create: CreateMode::Create | CreateMode::MustCreate });
+        let read_only = opts.mode().is_readonly() || config.as_of.is_some();
+        let create = !read_only
+            && matches!(opts.mode(), OpenMode::ReadWrite { create: CreateMode::Create | CreateMode::MustCreate });
         let rt = runtime::get()?;
         let key = DbKey { url: config.url.clone(), token: config.token.clone(), name: name.clone() };
         let client = match self.live_database(&key) {
@@ -95,14 +96,23 @@ impl PagewireVfs {
             let mut dbs = self.databases.lock();
             let db = match dbs.get(&key).and_then(Weak::upgrade).filter(|db| db.rt().is_current()) {
                 Some(db) => db,
-                None => Arc::new(Database::new(key.clone(), rt, client, &resp, CACHE_BYTES)),
+                None => Arc::new(Database::new(key.clone(), rt, client, &resp, CACHE_BYTES, config.lease_idle)),
             };
             dbs.insert(key, Arc::downgrade(&db));
             db.connection_opened();
             db
         };
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        Ok(Handle::Main(Box::new(MainFile::new(db, id, read_only, DbState::from(resp.state)))))
+        let mut file = MainFile::new(db, id, read_only, DbState::from(resp.state), &config);
+        if config.as_of.is_some() {
+            // Resolve the point in history now, so a bad one fails the open.
+            if let Err(e) = file.pin() {
+                let name = file.db.name().to_owned();
+                self.close_main(Box::new(file));
+                return Err(VfsError::Open(format!("{name:?} as of {:?}: {e}", config.as_of)));
+            }
+        }
+        Ok(Handle::Main(Box::new(file)))
     }
 
     /// The open database for `key`, unless it belongs to the parent of a fork.

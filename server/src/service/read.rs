@@ -1,28 +1,40 @@
-//! Reading: BeginRead (the newest version and what changed since the client's cache)
-//! and ReadPages (pages at a version, batched).
+//! Reading: BeginRead (the newest or an as-of version, and what changed since the
+//! client's cache; pins the version) and ReadPages (pages at a version, batched; keeps
+//! the pin alive).
 
 use pagewire_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::store::BeginRead;
 use crate::validate;
 
-#[tracing::instrument(skip_all, fields(db = %request.get_ref().name, cached = request.get_ref().cached_version))]
+#[tracing::instrument(
+    skip_all,
+    fields(
+        db = %request.get_ref().name,
+        cached = request.get_ref().cached_version,
+        at_version = request.get_ref().at_version,
+        at_unix_ms = request.get_ref().at_unix_ms,
+    )
+)]
 pub async fn begin_read(
     cx: &Context,
     request: Request<pb::BeginReadRequest>,
 ) -> Result<Response<pb::BeginReadResponse>, Status> {
     let key = cx.key(&request, &request.get_ref().name)?;
-    let view = cx
-        .store
-        .begin_read(&key, request.get_ref().cached_version)
-        .await?;
+    let asked = request.get_ref();
+    let read = BeginRead {
+        cached_version: asked.cached_version,
+        at: validate::read_at(asked.at_version, asked.at_unix_ms)?,
+        pin_ttl: cx.config.pin_ttl,
+    };
+    let view = cx.store.begin_read(&key, read).await?;
     Ok(Response::new(pb::BeginReadResponse {
         state: Some(view.state.into()),
         changed_pages: view.changed_pages,
         cache_invalid: view.cache_invalid,
-        // TODO(time travel): filled in by the history work of the replica issue.
-        committed_unix_ms: 0,
+        committed_unix_ms: view.committed_unix_ms,
     }))
 }
 
@@ -40,7 +52,7 @@ pub async fn read_pages(
     validate::read_count(read.page_nos.len(), config.max_pages_per_read)?;
     let pages = cx
         .store
-        .read_pages(&key, read.version, &read.page_nos)
+        .read_pages(&key, read.version, &read.page_nos, config.pin_ttl)
         .await?;
     // The reply must also fit in one message at this version's page size.
     let fit = validate::max_pages_per_read(

@@ -6,7 +6,9 @@
 //! exclusivity and epochs, commit-id deduplication, base-version checks, and the checks of
 //! [`crate::validate::against_base`].
 
+pub mod clock;
 pub mod conformance;
+pub mod faults;
 pub mod memory;
 
 use std::time::Duration;
@@ -14,6 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use clock::Clock;
+pub use faults::{Fault, FaultyStore};
 pub use memory::MemoryStore;
 
 /// A write lease or commit identifier: 16 random bytes.
@@ -79,17 +83,68 @@ pub struct Lease {
     pub state: DbState,
 }
 
+/// Which version a read transaction starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadAt {
+    /// The newest version.
+    #[default]
+    Newest,
+    /// Exactly this version (at least 1). `OutOfRange` when it does not exist yet or is
+    /// no longer retained.
+    Version(u64),
+    /// The newest version committed at or before this time (Unix ms). `OutOfRange` when
+    /// that is before the first commit, or the version is no longer retained.
+    UnixMs(i64),
+}
+
+/// A BeginRead, already checked by [`crate::validate::read_at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BeginRead {
+    /// The version whose pages the client holds in cache (0: none).
+    pub cached_version: u64,
+    pub at: ReadAt,
+    /// How long the returned version stays pinned (safe from GC) after this call;
+    /// ReadPages at that version extends the pin by the same amount.
+    pub pin_ttl: Duration,
+}
+
 /// The start of a read transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadView {
-    /// The newest version, which the reader pins.
+    /// The version asked for (the newest, or the as-of one), which the reader pins.
     pub state: DbState,
     /// Pages written in `(cached_version, state.version]`, ascending, no duplicates.
     /// Empty when `cache_invalid`.
     pub changed_pages: Vec<u32>,
-    /// The change list is unavailable (cached version 0, unknown, too old, or the page
-    /// size changed since): the client must drop its whole cache.
+    /// The change list is unavailable (cached version 0, unknown, too old, newer than
+    /// `state.version`, or the page size changed in between): the client must drop its
+    /// whole cache.
     pub cache_invalid: bool,
+    /// When `state.version` was committed (Unix ms; 0 for version 0).
+    pub committed_unix_ms: i64,
+}
+
+/// What one history GC pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GcStats {
+    /// Databases looked at.
+    pub databases: u64,
+    /// Versions that became unreadable.
+    pub versions_collected: u64,
+    /// Page writes deleted.
+    pub writes_removed: u64,
+    /// Bytes of page data freed.
+    pub bytes_freed: u64,
+}
+
+impl GcStats {
+    /// Adds another pass's (or database's) numbers to these.
+    pub fn add(&mut self, other: GcStats) {
+        self.databases += other.databases;
+        self.versions_collected += other.versions_collected;
+        self.writes_removed += other.writes_removed;
+        self.bytes_freed += other.bytes_freed;
+    }
 }
 
 /// Pages read at one version.
@@ -156,12 +211,16 @@ pub enum StoreError {
     /// The store failed; not the client's fault.
     #[error("internal store error: {0}")]
     Internal(String),
+    /// The store cannot be reached or did not answer (or a fault was injected): the
+    /// outcome is unknown, and the caller may retry (a commit with the same commit id).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
     /// The caller got something wrong (as opposed to the server failing).
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, StoreError::Internal(_))
+        !matches!(self, StoreError::Internal(_) | StoreError::Unavailable(_))
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -170,7 +229,10 @@ impl StoreError {
 
     /// Trying again later may succeed (the lease may be free then).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::LeaseHeld { .. } | StoreError::Internal(_))
+        matches!(
+            self,
+            StoreError::LeaseHeld { .. } | StoreError::Internal(_) | StoreError::Unavailable(_)
+        )
     }
 
     /// The commit can never apply as sent (lease lost or stale base version).
@@ -226,17 +288,21 @@ pub trait PageStore: Send + Sync + 'static {
     /// of a database that no longer exists) succeeds and changes nothing.
     async fn release_lease(&self, key: &DbKey, lease_id: Id16, epoch: u64) -> StoreResult<()>;
 
-    /// Starts a read transaction at the newest version (see [`ReadView`]).
-    async fn begin_read(&self, key: &DbKey, cached_version: u64) -> StoreResult<ReadView>;
+    /// Starts a read transaction at the newest version or an as-of one (see [`ReadAt`],
+    /// [`ReadView`]) and pins that version for `read.pin_ttl`.
+    async fn begin_read(&self, key: &DbKey, read: BeginRead) -> StoreResult<ReadView>;
 
-    /// Pages at `version`, in request order; never-written pages read as zeros.
-    /// `OutOfRange` for a version that does not exist; `InvalidArgument` for a page
-    /// number outside `1..=page_count` at that version.
+    /// Pages at `version`, in request order; never-written pages read as zeros. A pin a
+    /// BeginRead put on `version` is extended to `pin_ttl` from now (a reader's pin lasts
+    /// while it keeps reading); a read creates no pin.
+    /// `OutOfRange` for a version that does not exist (yet, or any more);
+    /// `InvalidArgument` for a page number outside `1..=page_count` at that version.
     async fn read_pages(
         &self,
         key: &DbKey,
         version: u64,
         page_nos: &[u32],
+        pin_ttl: Duration,
     ) -> StoreResult<PageRead>;
 
     /// Applies a commit atomically. In order: a known `commit_id` returns its version
@@ -245,4 +311,13 @@ pub trait PageStore: Send + Sync + 'static {
     /// (`VersionConflict`); [`crate::validate::against_base`] must pass. A successful
     /// commit also renews the lease.
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome>;
+
+    /// History GC over every database. Per database it keeps the newest version, every
+    /// version committed at or after `now_unix_ms - retention`, and every version with an
+    /// unexpired pin; the other versions become unreadable (`OutOfRange`). A page write
+    /// is deleted when no kept version can read it (it is not the newest write at or
+    /// before any kept version whose page count covers the page). Version metadata below
+    /// the oldest kept version goes too (change lists from older cached versions then
+    /// answer `cache_invalid`); commit-id records are kept.
+    async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats>;
 }

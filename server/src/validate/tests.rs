@@ -184,3 +184,11 @@ fn read_limits() {
     assert!(commit_bytes(10, 10).is_ok());
     assert!(matches!(commit_bytes(11, 10), Err(StoreError::TooLarge(_))));
 }
+
+#[test]
+fn time_travel_fields() {
+    assert_eq!(read_at(0, 0).ok(), Some(ReadAt::Newest));
+    assert_eq!(read_at(7, 0).ok(), Some(ReadAt::Version(7)));
+    assert_eq!(read_at(0, -5).ok(), Some(ReadAt::UnixMs(-5)));
+    assert!(msg(read_at(7, 1_700_000_000_000)).contains("both set"));
+}

@@ -53,3 +53,53 @@ pub fn pragma_text(conn: &Connection, pragma: &str) -> String {
         })
         .expect("pragma")
 }
+
+/// Spawns this test binary again to run the (ignored) test `name` as a child
+/// process, with `env` telling it what to do.
+pub fn spawn_child(name: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn child test process")
+}
+
+/// An environment variable a child was given, or None when run as a normal test.
+pub fn child_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Opens read-only (a replica: no write lease, pinned read transactions).
+pub fn open_replica(url: &str, name: &str) -> Connection {
+    register();
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(uri(url, name, "&mode=ro"), flags).expect("open replica");
+    conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    conn
+}
+
+pub fn version(conn: &Connection) -> u64 {
+    pragma_text(conn, "pagewire_version").parse().expect("version number")
+}
+
+/// The value of one counter in `PRAGMA pagewire_stats`.
+pub fn stat(conn: &Connection, key: &str) -> u64 {
+    let stats = pragma_text(conn, "pagewire_stats");
+    stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
+}
+
+/// Opens with extra URI parameters (`&as_of_version=3`) and touches the file.
+pub fn try_open_uri(url: &str, name: &str, extra: &str, flags: OpenFlags) -> Connection {
+    register();
+    let conn = Connection::open_with_flags(uri(url, name, extra), flags | OpenFlags::SQLITE_OPEN_URI).expect("open");
+    conn.query_row("select count(*) from sqlite_schema", [], |r| r.get::<_, i64>(0)).expect("first read");
+    conn
+}

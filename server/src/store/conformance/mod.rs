@@ -2,18 +2,36 @@
 //! functions taking the store under test (object_store style). Each store's tests call
 //! every function; each uses its own tenant, so they can share one store.
 //!
-//! Lease expiry is waited out with `tokio::time::sleep`, so under a paused tokio clock
-//! (`#[tokio::test(start_paused = true)]`) the memory store's tests take no time.
+//! Lease and pin expiry are waited out with `tokio::time::sleep`, so under a paused tokio
+//! clock (`#[tokio::test(start_paused = true)]`) the memory store's tests take no time.
+//! History tests (`history`) take commit times from what the store reports, and space
+//! commits with short tokio sleeps: a store whose commit clock follows tokio's (the memory
+//! store with [`super::Clock::tokio`]) or the wall clock passes them alike.
+
+mod history;
 
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Commit, DbKey, DbState, Lease, PageStore, StoreError, StoreResult};
+pub use history::*;
+
+use super::{BeginRead, Commit, DbKey, DbState, Lease, PageStore, ReadAt, StoreError, StoreResult};
 
 const PS: u32 = 4096;
 const TTL: Duration = Duration::from_secs(10);
+/// The pin TTL of reads that do not test pins.
+const PIN: Duration = Duration::from_secs(60);
+
+/// A BeginRead of the newest version with `cached_version`.
+pub fn newest(cached_version: u64) -> BeginRead {
+    BeginRead {
+        cached_version,
+        at: ReadAt::Newest,
+        pin_ttl: PIN,
+    }
+}
 
 /// A valid page 1 (rollback-journal format, valid in-header page count) whose body past
 /// the 100-byte header is `fill`.
@@ -85,7 +103,7 @@ async fn read1(
     version: u64,
     page_no: u32,
 ) -> anyhow::Result<Bytes> {
-    let read = store.read_pages(key, version, &[page_no]).await?;
+    let read = store.read_pages(key, version, &[page_no], PIN).await?;
     read.pages
         .into_iter()
         .next()
@@ -160,7 +178,7 @@ pub async fn unwritten_pages_are_zeros(store: &dyn PageStore) -> anyhow::Result<
     store
         .commit(&k, commit(&lease, 0, PS, 5, &[(3, 7)]))
         .await?;
-    let read = store.read_pages(&k, 1, &[5, 2, 4, 3]).await?;
+    let read = store.read_pages(&k, 1, &[5, 2, 4, 3], PIN).await?;
     ensure!(read.page_size == PS && read.pages.len() == 4, "read shape");
     for (i, data) in read.pages.iter().enumerate() {
         let fill = if i == 3 { 7 } else { 0 };
@@ -209,7 +227,7 @@ pub async fn truncate_then_grow_reads_zeros(store: &dyn PageStore) -> anyhow::Re
         .await?;
     store.commit(&k, commit(&lease, 1, PS, 2, &[])).await?;
     expect_err(
-        store.read_pages(&k, 2, &[3]).await,
+        store.read_pages(&k, 2, &[3], PIN).await,
         |e| matches!(e, StoreError::InvalidArgument(_)),
         "page past the truncated end",
     )?;
@@ -232,7 +250,7 @@ pub async fn truncate_then_grow_reads_zeros(store: &dyn PageStore) -> anyhow::Re
         page_is(store, &k, 1, 3, 1).await?,
         "version 1 still has page 3"
     );
-    let view = store.begin_read(&k, 2).await?;
+    let view = store.begin_read(&k, newest(2)).await?;
     ensure!(
         !view.cache_invalid && view.changed_pages == [1, 3, 4],
         "changes since 2: {view:?}"
@@ -519,7 +537,7 @@ pub async fn begin_read_change_lists(store: &dyn PageStore) -> anyhow::Result<()
     store
         .commit(&k, commit(&lease, 2, PS, 6, &[(4, 3)]))
         .await?;
-    let v = store.begin_read(&k, 1).await?;
+    let v = store.begin_read(&k, newest(1)).await?;
     ensure!(
         !v.cache_invalid && v.changed_pages == [1, 2, 4],
         "since 1: {v:?}"
@@ -533,13 +551,19 @@ pub async fn begin_read_change_lists(store: &dyn PageStore) -> anyhow::Result<()
             },
         "state {v:?}"
     );
-    let v = store.begin_read(&k, 3).await?;
+    let v = store.begin_read(&k, newest(3)).await?;
     ensure!(
         !v.cache_invalid && v.changed_pages.is_empty(),
         "current: {v:?}"
     );
-    ensure!(store.begin_read(&k, 0).await?.cache_invalid, "no cache");
-    ensure!(store.begin_read(&k, 4).await?.cache_invalid, "future cache");
+    ensure!(
+        store.begin_read(&k, newest(0)).await?.cache_invalid,
+        "no cache"
+    );
+    ensure!(
+        store.begin_read(&k, newest(4)).await?.cache_invalid,
+        "future cache"
+    );
     Ok(())
 }
 
@@ -551,7 +575,7 @@ pub async fn page_size_change(store: &dyn PageStore) -> anyhow::Result<()> {
         .await?;
     let whole = commit(&lease, 1, 8192, 2, &[(1, 5), (2, 5)]);
     store.commit(&k, whole).await?;
-    let read = store.read_pages(&k, 2, &[2]).await?;
+    let read = store.read_pages(&k, 2, &[2], PIN).await?;
     ensure!(
         read.page_size == 8192 && read.pages.iter().all(|p| p.len() == 8192),
         "new size"
@@ -561,7 +585,7 @@ pub async fn page_size_change(store: &dyn PageStore) -> anyhow::Result<()> {
         "old version keeps its size"
     );
     ensure!(
-        store.begin_read(&k, 1).await?.cache_invalid,
+        store.begin_read(&k, newest(1)).await?.cache_invalid,
         "page size change drops caches"
     );
     Ok(())
@@ -573,24 +597,30 @@ pub async fn read_errors(store: &dyn PageStore) -> anyhow::Result<()> {
     store.commit(&k, commit(&lease, 0, PS, 2, &[])).await?;
     let oor = |e: &StoreError| matches!(e, StoreError::OutOfRange(_));
     let inv = |e: &StoreError| matches!(e, StoreError::InvalidArgument(_));
-    expect_err(store.read_pages(&k, 2, &[1]).await, oor, "future version")?;
-    expect_err(store.read_pages(&k, 1, &[0]).await, inv, "page 0")?;
     expect_err(
-        store.read_pages(&k, 1, &[1, 3]).await,
+        store.read_pages(&k, 2, &[1], PIN).await,
+        oor,
+        "future version",
+    )?;
+    expect_err(store.read_pages(&k, 1, &[0], PIN).await, inv, "page 0")?;
+    expect_err(
+        store.read_pages(&k, 1, &[1, 3], PIN).await,
         inv,
         "page past the end",
     )?;
     expect_err(
-        store.read_pages(&k, 0, &[1]).await,
+        store.read_pages(&k, 0, &[1], PIN).await,
         inv,
         "any page at version 0",
     )?;
     ensure!(
-        store.read_pages(&k, 0, &[]).await?.pages.is_empty(),
+        store.read_pages(&k, 0, &[], PIN).await?.pages.is_empty(),
         "empty read at version 0"
     );
     expect_err(
-        store.read_pages(&key("readerr", "nope"), 1, &[1]).await,
+        store
+            .read_pages(&key("readerr", "nope"), 1, &[1], PIN)
+            .await,
         StoreError::is_not_found,
         "missing db",
     )?;

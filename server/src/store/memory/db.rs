@@ -1,0 +1,229 @@
+//! One database of the memory store: its pages, version history, reader pins, write
+//! lease and commit-id log, and the store operations on them (each called under the
+//! database's lock, so each is atomic).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::history::{History, VersionMeta};
+use super::lease::{LeaseRecord, LeaseSlot};
+use super::pages::Pages;
+use super::pins::Pins;
+use crate::store::{
+    BeginRead, Commit, CommitOutcome, DbInfo, DbState, GcStats, Id16, Lease, PageRead, ReadView,
+    StoreError, StoreResult,
+};
+use crate::validate;
+
+/// How many recent commit ids each database remembers for retries.
+const COMMIT_IDS_KEPT: usize = 1024;
+
+/// Recently applied commit ids, so a retry learns its outcome. Separate from the page
+/// history: GC never trims it.
+#[derive(Debug, Default)]
+struct CommitLog {
+    versions: HashMap<Id16, u64>,
+    order: VecDeque<Id16>,
+}
+
+impl CommitLog {
+    fn get(&self, id: &Id16) -> Option<u64> {
+        self.versions.get(id).copied()
+    }
+
+    fn remember(&mut self, id: Id16, version: u64) {
+        self.versions.insert(id, version);
+        self.order.push_back(id);
+        while self.order.len() > COMMIT_IDS_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.versions.remove(&old);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct MemDb {
+    /// Set by delete, so a call that raced with it sees NotFound.
+    pub deleted: bool,
+    created_unix_ms: i64,
+    pages: Pages,
+    history: History,
+    pins: Pins,
+    lease: LeaseSlot,
+    commit_ids: CommitLog,
+}
+
+impl MemDb {
+    pub(super) fn new(now_unix_ms: i64) -> Self {
+        Self {
+            deleted: false,
+            created_unix_ms: now_unix_ms,
+            pages: Pages::default(),
+            history: History::new(now_unix_ms),
+            pins: Pins::default(),
+            lease: LeaseSlot::default(),
+            commit_ids: CommitLog::default(),
+        }
+    }
+
+    pub(super) fn state(&self) -> DbState {
+        self.history.state()
+    }
+
+    pub(super) fn info(&self, name: &str, now: Instant) -> DbInfo {
+        DbInfo {
+            name: name.to_owned(),
+            state: self.state(),
+            stored_bytes: self.pages.stored_bytes(),
+            oldest_version: self.history.oldest(),
+            created_unix_ms: self.created_unix_ms,
+            updated_unix_ms: self
+                .history
+                .updated_unix_ms()
+                .unwrap_or(self.created_unix_ms),
+            lease_held: self.lease.live(now).is_some(),
+        }
+    }
+
+    fn grant(&self, record: &LeaseRecord) -> Lease {
+        Lease {
+            lease_id: record.lease_id,
+            epoch: record.epoch,
+            ttl: record.ttl,
+            state: self.state(),
+        }
+    }
+
+    pub(super) fn acquire(
+        &mut self,
+        client_id: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> StoreResult<Lease> {
+        let record = self.lease.acquire(client_id, ttl, now)?;
+        Ok(self.grant(&record))
+    }
+
+    pub(super) fn renew(
+        &mut self,
+        lease_id: Id16,
+        epoch: u64,
+        ttl: Duration,
+        now: Instant,
+    ) -> StoreResult<Lease> {
+        let record = self.lease.renew(lease_id, epoch, ttl, now)?;
+        Ok(self.grant(&record))
+    }
+
+    pub(super) fn release(&mut self, lease_id: Id16, epoch: u64) {
+        self.lease.release(lease_id, epoch);
+    }
+
+    pub(super) fn begin_read(&mut self, read: BeginRead, now: Instant) -> StoreResult<ReadView> {
+        let version = self.history.resolve(read.at)?;
+        let (state, meta) = self.history.readable(version)?;
+        let committed_unix_ms = if version == 0 {
+            0
+        } else {
+            meta.committed_unix_ms
+        };
+        let changes = self.history.changes(read.cached_version, version);
+        self.pins.pin(version, now + read.pin_ttl);
+        Ok(ReadView {
+            state,
+            cache_invalid: changes.is_none(),
+            changed_pages: changes.unwrap_or_default(),
+            committed_unix_ms,
+        })
+    }
+
+    pub(super) fn read(
+        &mut self,
+        version: u64,
+        page_nos: &[u32],
+        pin_until: Instant,
+    ) -> StoreResult<PageRead> {
+        let (state, _) = self.history.readable(version)?;
+        validate::page_nos_in_range(page_nos, state.page_count)?;
+        let pages = page_nos
+            .iter()
+            .map(|&no| self.pages.at(no, version, state.page_size))
+            .collect::<StoreResult<_>>()?;
+        self.pins.refresh(version, pin_until);
+        Ok(PageRead {
+            page_size: state.page_size,
+            pages,
+        })
+    }
+
+    pub(super) fn commit(
+        &mut self,
+        commit: Commit,
+        now: Instant,
+        now_unix_ms: i64,
+    ) -> StoreResult<CommitOutcome> {
+        if let Some(version) = self.commit_ids.get(&commit.commit_id) {
+            return Ok(CommitOutcome {
+                version,
+                already_applied: true,
+            });
+        }
+        self.lease.check(commit.lease_id, commit.epoch, now)?;
+        let base = self.state();
+        if commit.base_version != base.version {
+            return Err(StoreError::VersionConflict {
+                base: commit.base_version,
+                current: base.version,
+            });
+        }
+        validate::against_base(&commit, &base)?;
+        let version = self.apply(commit, base, now_unix_ms);
+        self.lease.touch(now);
+        Ok(CommitOutcome {
+            version,
+            already_applied: false,
+        })
+    }
+
+    /// Writes a checked commit as version `base.version + 1`; returns that version.
+    fn apply(&mut self, commit: Commit, base: DbState, now_unix_ms: i64) -> u64 {
+        let version = base.version + 1;
+        let (commit_id, page_size, page_count) =
+            (commit.commit_id, commit.page_size, commit.page_count);
+        let changed = self.pages.write(commit, base.page_count, version);
+        self.history.push(VersionMeta {
+            page_size,
+            page_count,
+            committed_unix_ms: now_unix_ms,
+            changed,
+            retained: true,
+        });
+        self.commit_ids.remember(commit_id, version);
+        version
+    }
+
+    /// One GC pass over this database (see [`crate::store::PageStore::gc`]).
+    pub(super) fn gc(&mut self, now_unix_ms: i64, retention: Duration, now: Instant) -> GcStats {
+        self.pins.expire(now);
+        let window = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let kept = self
+            .history
+            .kept(now_unix_ms.saturating_sub(window), &self.pins, now);
+        let collecting = self.history.readable_count() > kept.len();
+        let mut stats = GcStats {
+            databases: 1,
+            ..GcStats::default()
+        };
+        if !collecting && !self.pages.has_pages_past(&kept) {
+            return stats;
+        }
+        (stats.writes_removed, stats.bytes_freed) = self.pages.trim(&kept);
+        if collecting {
+            stats.versions_collected = self.history.collect(&kept, retention);
+        }
+        stats
+    }
+}
