@@ -101,3 +101,30 @@ fn bad_configuration_fails_the_load_with_a_message() {
     assert!(stderr.contains("PAGEWIRE_URL"), "names the variable: {stderr}");
     assert!(stdout.contains("still-alive"), "{stdout}");
 }
+
+fn example(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn read_replica_demo_from_the_readme() {
+    let Some(shell) = shell() else { return };
+    let server = Server::start().expect("server");
+    let lib = vfs_library().expect("VFS library");
+    let load = format!(".load {}\n", lib.display());
+    let session = |script: &str| {
+        let out = run(shell, &server.url, &format!("{load}{}", example(script)));
+        assert!(out.status.success() && out.stderr.is_empty(), "{script}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(session("replica-writer.sql"), "2\n", "the writer learns its version");
+    assert_eq!(
+        session("replica-reader.sql"),
+        "2\n1|hello from the writer\n2|a second post, same transaction\n2\n",
+        "the replica sees the writer's commit"
+    );
+    assert_eq!(session("replica-writer.sql"), "3\n");
+    assert_eq!(session("replica-reader.sql").lines().next(), Some("4"));
+    assert_eq!(session("time-travel.sql"), "2\n", "history as of version 2");
+}
