@@ -149,8 +149,8 @@ fn pipe(from: &TcpStream, to: &TcpStream, cut: Option<(Arc<AtomicU64>, Arc<Atomi
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if let Some((budget, armed)) = &cut {
-                if armed.load(Ordering::SeqCst) {
+            if let Some((budget, armed)) = &cut
+                && armed.load(Ordering::SeqCst) {
                     let left = budget.load(Ordering::SeqCst);
                     if (n as u64) >= left {
                         let _ = to.write_all(&buf[..left as usize]);
@@ -160,7 +160,6 @@ fn pipe(from: &TcpStream, to: &TcpStream, cut: Option<(Arc<AtomicU64>, Arc<Atomi
                     }
                     budget.store(left - n as u64, Ordering::SeqCst);
                 }
-            }
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }

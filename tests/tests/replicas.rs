@@ -118,7 +118,7 @@ fn bank_invariant_holds_on_every_replica() {
         checks += field(&report, "checks");
     }
     assert!(txns > 100, "{writer_report}");
-    eprintln!("@bank: {txns} transfer transactions, {reads} replica read transactions ({checks} integrity checks), 0 violations in {secs}s");
+    eprintln!("bank: {txns} transfer transactions, {reads} replica read transactions ({checks} integrity checks), 0 violations in {secs}s");
     let db = open(&server, "bank.db");
     let total: i64 = db.query_row("select sum(bal) from acct", [], |r| r.get(0)).expect("total");
     assert_eq!(total, ACCOUNTS * OPENING_BALANCE);

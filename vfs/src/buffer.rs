@@ -35,13 +35,12 @@ impl WriteBuffer {
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         let end = offset + data.len() as u64;
         // Exact rewrite of an extent (the common case: the same page again).
-        if let Some(e) = self.extents.get_mut(&offset) {
-            if e.len() == data.len() {
+        if let Some(e) = self.extents.get_mut(&offset)
+            && e.len() == data.len() {
                 e.copy_from_slice(data);
                 self.size = self.size.max(end);
                 return;
             }
-        }
         // Merge every extent overlapping [offset, end) into one.
         let overlapping: Vec<u64> = self
             .extents

@@ -5,7 +5,7 @@
 //! - `main_file`  one connection's main file: locks, pinned version, commit point
 //! - `buffer`     a transaction's write buffer (bytes over the base version)
 //! - `database`   per-process state of one database: lock table, write lease,
-//!                committed state, page cache
+//!   committed state, page cache
 //! - `locks`      SQLite lock levels between connections of this process
 //! - `client`     gRPC calls, retries, RPC counters
 //! - `runtime`    the tokio runtime and channel pool (rebuilt after fork)
@@ -144,11 +144,10 @@ pub unsafe extern "C" fn sqlite3_pagewirevfs_init(
         Ok(Err(msg)) => {
             // SAFETY: p_api is valid (above); pz_err_msg is SQLite's out pointer.
             unsafe {
-                if let (Some(api), false) = (p_api.as_ref(), pz_err_msg.is_null()) {
-                    if let Ok(api) = sqlite_plugin::vfs::SqliteApi::new_dynamic(api) {
+                if let (Some(api), false) = (p_api.as_ref(), pz_err_msg.is_null())
+                    && let Ok(api) = sqlite_plugin::vfs::SqliteApi::new_dynamic(api) {
                         let _ = api.mprintf(&msg, pz_err_msg);
                     }
-                }
             }
             vars::SQLITE_ERROR
         }

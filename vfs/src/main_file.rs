@@ -17,7 +17,7 @@ use sqlite_plugin::flags::LockLevel;
 use tonic::Code;
 
 use crate::{
-    buffer::WriteBuffer,
+    buffer::{BaseRead, WriteBuffer},
     client::CommitError,
     config::{AsOf, Config},
     database::{Database, DbState},
@@ -284,7 +284,7 @@ impl MainFile {
 fn new_geometry(
     txn: &WriteBuffer,
     view: DbState,
-    base: &mut dyn FnMut(u64, &mut [u8]) -> Result<usize, VfsError>,
+    base: &mut BaseRead<'_, VfsError>,
 ) -> Result<(u32, u32), VfsError> {
     let mut h = [0u8; header::HEADER_LEN];
     let complete = txn.read(0, &mut h, base)? == h.len();
@@ -306,7 +306,7 @@ fn new_geometry(
 
 fn base_change_counter(
     view: DbState,
-    base: &mut dyn FnMut(u64, &mut [u8]) -> Result<usize, VfsError>,
+    base: &mut BaseRead<'_, VfsError>,
 ) -> Result<u32, VfsError> {
     if view.page_count == 0 {
         return Ok(0);

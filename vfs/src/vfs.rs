@@ -108,7 +108,7 @@ impl PagewireVfs {
             // Resolve the point in history now, so a bad one fails the open.
             if let Err(e) = file.pin() {
                 let name = file.db.name().to_owned();
-                self.close_main(Box::new(file));
+                self.close_main(file);
                 return Err(VfsError::Open(format!("{name:?} as of {:?}: {e}", config.as_of)));
             }
         }
@@ -120,7 +120,7 @@ impl PagewireVfs {
         self.databases.lock().get(key).and_then(Weak::upgrade).filter(|db| db.rt().is_current())
     }
 
-    fn close_main(&self, mut file: Box<MainFile>) {
+    fn close_main(&self, mut file: MainFile) {
         file.close();
         let last = {
             let mut dbs = self.databases.lock();
@@ -306,7 +306,7 @@ impl Vfs for PagewireVfs {
     fn close(&self, h: Handle) -> VfsResult<()> {
         guard(Op::Unlock, || {
             if let Handle::Main(m) = h {
-                self.close_main(m);
+                self.close_main(*m);
             }
             Ok(())
         })
