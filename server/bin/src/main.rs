@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use pagewire_server::store::{Fault, FaultyStore};
-use pagewire_server::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
+use pagewire_server_core::store::{Fault, FaultyStore};
+use pagewire_server_core::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 

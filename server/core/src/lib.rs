@@ -1,4 +1,4 @@
-//! pagewire-server: the page-store server of pagewire.
+//! pagewire-server-core: the page-store server of pagewire, as a library.
 //!
 //! SQLite clients (through the pagewire VFS) keep their databases' pages here, over gRPC
 //! (`pagewire.v1`, crate `pagewire-proto`). The crate's map:
@@ -21,7 +21,8 @@
 //! pinned one, and deletes page writes none of those can read.
 //! - [`error`]: the one mapping from [`StoreError`] to a gRPC status.
 //!
-//! The binary (`main.rs`) only parses flags, sets up logging, binds and calls [`serve`].
+//! The binary (crate `pagewire-server`, `server/bin`) only parses flags, sets up logging,
+//! picks the store, binds and calls [`serve`].
 
 pub mod auth;
 pub mod error;

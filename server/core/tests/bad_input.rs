@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pagewire_proto::v1 as pb;
-use pagewire_server::store::conformance::{page, page_one};
-use pagewire_server::store::{Fault, FaultyStore};
-use pagewire_server::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
+use pagewire_server_core::store::conformance::{page, page_one};
+use pagewire_server_core::store::{Fault, FaultyStore};
+use pagewire_server_core::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
 use pb::admin_client::AdminClient;
 use pb::commit_request::Part;
 use pb::pages_client::PagesClient;
