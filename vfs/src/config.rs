@@ -34,6 +34,10 @@ pub struct Config {
     pub min_version_timeout: Duration,
     /// Time travel: read this version (or time) instead of the newest; read-only.
     pub as_of: Option<AsOf>,
+    /// Page cache per database, in bytes.
+    pub cache_size: u64,
+    /// Databases up to this size are read whole when first opened (0: never).
+    pub preload: u64,
 }
 
 /// A point in a database's history.
@@ -45,10 +49,21 @@ pub enum AsOf {
 }
 
 /// Settings read from `PAGEWIRE_<KEY>` environment variables.
-const ENV_KEYS: [&str; 7] =
-    ["url", "token", "connect_timeout", "retry_timeout", "lease_idle", "min_version_timeout", "log"];
+const ENV_KEYS: [&str; 9] = [
+    "url",
+    "token",
+    "connect_timeout",
+    "retry_timeout",
+    "lease_idle",
+    "min_version_timeout",
+    "cache_size",
+    "preload",
+    "log",
+];
 /// Settings a URI parameter may set for one database.
-const URI_KEYS: [&str; 9] = [
+const URI_KEYS: [&str; 11] = [
+    "cache_size",
+    "preload",
     "url",
     "token",
     "connect_timeout",
@@ -72,6 +87,8 @@ impl Default for Config {
             min_version: 0,
             min_version_timeout: Duration::from_secs(5),
             as_of: None,
+            cache_size: 64 << 20,
+            preload: 1 << 20,
         }
     }
 }
@@ -127,6 +144,8 @@ impl Config {
             "connect_timeout" => self.connect_timeout = parse_duration(value).map_err(bad)?,
             "retry_timeout" => self.retry_timeout = parse_duration(value).map_err(bad)?,
             "log" => self.log = value.to_owned(),
+            "cache_size" => self.cache_size = parse_size(value).map_err(bad)?,
+            "preload" => self.preload = parse_size(value).map_err(bad)?,
             "lease_idle" => self.lease_idle = parse_duration(value).map_err(bad)?,
             "min_version_timeout" => self.min_version_timeout = parse_duration(value).map_err(bad)?,
             "min_version" => self.min_version = parse_version(value).map_err(bad)?,
@@ -153,6 +172,22 @@ fn parse_url(v: &str) -> Result<String, String> {
         return Err("missing host".into());
     }
     Ok(v.trim_end_matches('/').to_owned())
+}
+
+/// Bytes: `65536`, `64KiB`, `64MiB`, `1GiB` (also KB/MB/GB, same powers of 1024).
+fn parse_size(v: &str) -> Result<u64, String> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| "expected a size like 65536 or 64MiB".to_string())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| "size too large".into())
 }
 
 fn parse_version(v: &str) -> Result<u64, String> {
@@ -223,6 +258,18 @@ mod tests {
         assert_eq!(c.url, "http://b:2");
         let err = base.with_uri_params([("token", "a b")]).expect_err("space").to_string();
         assert!(err.contains("token="), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2 kb"), Ok(2048));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        let err = env(&[("PAGEWIRE_CACHE_SIZE", "big")]).expect_err("bad").to_string();
+        assert!(err.contains("PAGEWIRE_CACHE_SIZE"), "{err}");
     }
 
     #[test]

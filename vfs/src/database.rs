@@ -8,6 +8,7 @@
 
 use std::{
     collections::HashMap,
+    ops::RangeInclusive,
     sync::{
         Arc, Weak,
         atomic::{AtomicUsize, Ordering},
@@ -21,6 +22,7 @@ use parking_lot::Mutex;
 use tonic::Code;
 
 use crate::{
+    cache::PageCache,
     client::{Client, CommitError, CommitPlan},
     config::AsOf,
     error::VfsError,
@@ -101,58 +103,6 @@ impl Lease {
     }
 }
 
-/// Pages of one version.
-#[derive(Default)]
-struct PageCache {
-    version: u64,
-    page_size: u32,
-    pages: HashMap<u32, Bytes>,
-    bytes: usize,
-}
-
-impl PageCache {
-    fn clear(&mut self) {
-        self.pages.clear();
-        self.bytes = 0;
-    }
-
-    fn insert(&mut self, no: u32, data: Bytes, max_bytes: usize) {
-        if self.bytes + data.len() > max_bytes {
-            // Crude bound: start over. (A proper LRU belongs to the cache issue.)
-            self.clear();
-        }
-        self.bytes += data.len();
-        if let Some(old) = self.pages.insert(no, data) {
-            self.bytes -= old.len();
-        }
-    }
-
-    fn remove(&mut self, no: u32) {
-        if let Some(old) = self.pages.remove(&no) {
-            self.bytes -= old.len();
-        }
-    }
-
-    /// Moves the cache from its version to `to`, dropping what changed in between.
-    fn advance(&mut self, from: u64, to: DbState, changed: Option<&[u32]>) {
-        let usable = self.version == from && self.page_size == to.page_size;
-        match changed.filter(|_| usable) {
-            Some(changed) => {
-                for p in changed {
-                    self.remove(*p);
-                }
-                let beyond: Vec<u32> = self.pages.keys().copied().filter(|p| *p > to.page_count).collect();
-                for p in beyond {
-                    self.remove(p);
-                }
-            }
-            None => self.clear(),
-        }
-        self.version = to.version;
-        self.page_size = to.page_size;
-    }
-}
-
 struct Shared {
     /// Newest committed state this process knows of.
     committed: DbState,
@@ -168,7 +118,6 @@ pub struct Database {
     rt: Arc<Rt>,
     pub client: Client,
     pub settings: ServerSettings,
-    cache_max_bytes: usize,
     lease_idle: Duration,
     client_id: String,
     pub locks: Mutex<LockTable>,
@@ -178,7 +127,7 @@ pub struct Database {
 }
 
 impl Database {
-    pub fn new(key: DbKey, rt: Arc<Rt>, client: Client, open: &pb::OpenResponse, cache_max_bytes: usize, lease_idle: Duration) -> Self {
+    pub fn new(key: DbKey, rt: Arc<Rt>, client: Client, open: &pb::OpenResponse, cache_bytes: usize, lease_idle: Duration) -> Self {
         let committed = DbState::from(open.state);
         Self {
             client_id: format!("{}:{}", hostname(), std::process::id()),
@@ -186,10 +135,9 @@ impl Database {
             rt,
             client,
             settings: ServerSettings::from_open(open),
-            cache_max_bytes,
             lease_idle,
             locks: Mutex::default(),
-            state: Mutex::new(Shared { committed, lease: None, cache: PageCache::default(), last_write: Instant::now() }),
+            state: Mutex::new(Shared { committed, lease: None, cache: PageCache::new(cache_bytes), last_write: Instant::now() }),
             connections: AtomicUsize::new(0),
         }
     }
@@ -227,11 +175,11 @@ impl Database {
     pub fn begin_read(&self, as_of: Option<AsOf>) -> Result<DbState, VfsError> {
         let cached = {
             let s = self.state.lock();
-            let sole_writer = s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version == s.committed.version;
+            let sole_writer = s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version() == s.committed.version;
             if sole_writer && as_of.is_none() {
                 return Ok(s.committed);
             }
-            s.cache.version
+            s.cache.version()
         };
         let (at_version, at_unix_ms) = match as_of {
             Some(AsOf::Version(v)) => (v, 0),
@@ -243,27 +191,44 @@ impl Database {
         let state = DbState::from(resp.state);
         let mut s = self.state.lock();
         self.observe(&mut s, state);
-        if state.version >= s.cache.version {
+        if state.version >= s.cache.version() {
             let changed = (!resp.cache_invalid).then_some(resp.changed_pages.as_slice());
             s.cache.advance(cached, state, changed);
         }
         Ok(state)
     }
 
-    /// Reads whole pages at `at`, from cache where it holds that version.
-    pub fn read_pages(&self, at: DbState, pages: &[u32]) -> Result<Vec<Bytes>, VfsError> {
-        let mut out: Vec<Option<Bytes>> = vec![None; pages.len()];
+    /// Reads whole pages at `at`, from cache where it holds that version. Pages
+    /// in `ahead` that are not cached travel in the same round trip when one is
+    /// needed anyway (read-ahead), and go to the cache.
+    pub fn read_pages(&self, at: DbState, pages: &[u32], ahead: RangeInclusive<u32>) -> Result<Vec<Bytes>, VfsError> {
+        let mut out: Vec<Option<Bytes>> = Vec::with_capacity(pages.len());
+        let mut fetch: Vec<u32> = Vec::new();
         {
-            let s = self.state.lock();
-            if s.cache.version == at.version {
-                for (slot, p) in out.iter_mut().zip(pages) {
-                    *slot = s.cache.pages.get(p).cloned();
+            let mut s = self.state.lock();
+            for p in pages {
+                let hit = s.cache.get(at, *p);
+                if hit.is_none() {
+                    fetch.push(*p);
                 }
+                out.push(hit);
+            }
+            if !fetch.is_empty() {
+                // Fill the last call up with read-ahead, never add a call for it.
+                let max = self.settings.max_pages_per_read;
+                let room = (max - fetch.len() % max) % max;
+                fetch.extend(ahead.filter(|p| !s.cache.contains(at, *p)).take(room));
             }
         }
-        let missing: Vec<u32> = pages.iter().zip(&out).filter(|(_, o)| o.is_none()).map(|(p, _)| *p).collect();
-        let mut fetched = HashMap::with_capacity(missing.len());
-        for chunk in missing.chunks(self.settings.max_pages_per_read) {
+        let fetched = self.fetch(at, &fetch)?;
+        Ok(out.into_iter().zip(pages).map(|(o, p)| o.or_else(|| fetched.get(p).cloned()).unwrap_or_default()).collect())
+    }
+
+    /// Fetches pages from the server (in as few calls as the limits allow) and
+    /// caches them.
+    fn fetch(&self, at: DbState, pages: &[u32]) -> Result<HashMap<u32, Bytes>, VfsError> {
+        let mut fetched = HashMap::with_capacity(pages.len());
+        for chunk in pages.chunks(self.settings.max_pages_per_read) {
             let req = pb::ReadPagesRequest { name: self.key.name.clone(), version: at.version, page_nos: chunk.to_vec() };
             let resp = self.rt.block_on(self.client.clone().read_pages(req))??;
             if resp.pages.len() != chunk.len() || resp.pages.iter().any(|d| d.len() != at.page_size as usize) {
@@ -273,21 +238,30 @@ impl Database {
                     chunk.len()
                 )));
             }
-            fetched.extend(chunk.iter().copied().zip(resp.pages));
-        }
-        if !fetched.is_empty() {
             let mut s = self.state.lock();
-            if s.cache.version == at.version && s.cache.page_size == at.page_size {
-                for (p, d) in &fetched {
-                    s.cache.insert(*p, d.clone(), self.cache_max_bytes);
-                }
+            for (p, d) in chunk.iter().zip(resp.pages) {
+                s.cache.insert(at, *p, d.clone());
+                fetched.insert(*p, d);
             }
         }
-        Ok(pages
-            .iter()
-            .zip(out)
-            .map(|(p, o)| o.or_else(|| fetched.get(p).cloned()).unwrap_or_default())
-            .collect())
+        Ok(fetched)
+    }
+
+    /// Loads a small database whole into the cache (at open), so its first
+    /// queries need no page reads.
+    pub fn preload(&self, at: DbState, max_bytes: u64) -> Result<(), VfsError> {
+        if at.page_count == 0 || at.file_size() > max_bytes {
+            return Ok(());
+        }
+        {
+            let mut s = self.state.lock();
+            if s.cache.version() != 0 {
+                return Ok(());
+            }
+            s.cache.advance(0, at, None);
+        }
+        let all: Vec<u32> = (1..=at.page_count).collect();
+        self.fetch(at, &all).map(drop)
     }
 
     /// Makes sure this process holds the write lease; returns the newest
@@ -348,8 +322,7 @@ impl Database {
     pub fn drop_all(&self) {
         let mut s = self.state.lock();
         s.lease = None;
-        s.cache.clear();
-        s.cache.version = 0;
+        s.cache.reset();
     }
 
     /// Gives the lease back (last connection closed). Best effort: if the server
@@ -428,10 +401,8 @@ impl Database {
         self.observe(&mut s, state);
         let changed: Vec<u32> = plan.pages.iter().map(|(p, _)| *p).collect();
         s.cache.advance(base.version, state, Some(&changed));
-        if s.cache.version == state.version {
-            for (p, d) in &plan.pages {
-                s.cache.insert(*p, d.clone(), self.cache_max_bytes);
-            }
+        for (p, d) in &plan.pages {
+            s.cache.insert(state, *p, d.clone());
         }
         Ok(state)
     }

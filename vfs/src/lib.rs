@@ -6,6 +6,8 @@
 //! - `buffer`     a transaction's write buffer (bytes over the base version)
 //! - `database`   per-process state of one database: lock table, write lease,
 //!   committed state, page cache
+//! - `cache`      the page cache of one database (LRU, bounded in bytes)
+//! - `readahead`  sequential-read detection, for batched page fetches
 //! - `locks`      SQLite lock levels between connections of this process
 //! - `client`     gRPC calls, retries, RPC counters
 //! - `runtime`    the tokio runtime and channel pool (rebuilt after fork)
@@ -18,6 +20,7 @@
 //! `register` / `pagewire_vfs_register` (linked SQLite, feature `static`).
 
 mod buffer;
+mod cache;
 mod client;
 pub mod config;
 mod database;
@@ -27,6 +30,7 @@ mod local_file;
 mod locks;
 mod main_file;
 mod pragma;
+mod readahead;
 mod runtime;
 mod vfs;
 

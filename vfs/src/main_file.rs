@@ -23,12 +23,14 @@ use crate::{
     database::{Database, DbState},
     error::VfsError,
     header,
+    readahead::ReadAhead,
 };
 
 pub struct MainFile {
     pub db: Arc<Database>,
     /// Identity in the process-wide lock table.
     id: u64,
+    readahead: ReadAhead,
     read_only: bool,
     lock: LockLevel,
     /// The version this connection reads; pinned while it holds SHARED or more.
@@ -51,6 +53,7 @@ impl MainFile {
         Self {
             db,
             id,
+            readahead: ReadAhead::default(),
             read_only: read_only || config.as_of.is_some(),
             lock: LockLevel::Unlocked,
             view,
@@ -80,10 +83,10 @@ impl MainFile {
 
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, VfsError> {
         self.check_poison()?;
-        let (db, view) = (&self.db, self.view);
+        let (db, view, ra) = (&self.db, self.view, &mut self.readahead);
         match &self.txn {
-            Some(txn) => txn.read(offset, buf, &mut |o, b| read_committed(db, view, o, b)),
-            None => read_committed(db, view, offset, buf),
+            Some(txn) => txn.read(offset, buf, &mut |o, b| read_committed(db, view, o, b, Some(&mut *ra))),
+            None => read_committed(db, view, offset, buf, Some(ra)),
         }
     }
 
@@ -227,7 +230,7 @@ impl MainFile {
         // replays its journal after a failed sync).
         let Some(txn) = self.txn.take() else { return Ok(()) };
         let (db, view) = (self.db.clone(), self.view);
-        let mut base = |o, b: &mut [u8]| read_committed(&db, view, o, b);
+        let mut base = |o, b: &mut [u8]| read_committed(&db, view, o, b, None);
         if txn.equals_base(&mut base)? {
             return Ok(());
         }
@@ -317,7 +320,14 @@ fn base_change_counter(
 }
 
 /// Reads bytes of the committed image at `view`; returns how many exist.
-pub fn read_committed(db: &Database, view: DbState, offset: u64, buf: &mut [u8]) -> Result<usize, VfsError> {
+/// With `ra`, sequential reads fetch the next pages in the same round trip.
+fn read_committed(
+    db: &Database,
+    view: DbState,
+    offset: u64,
+    buf: &mut [u8],
+    ra: Option<&mut ReadAhead>,
+) -> Result<usize, VfsError> {
     let size = view.file_size();
     let n = size.saturating_sub(offset).min(buf.len() as u64) as usize;
     buf[n..].fill(0);
@@ -328,7 +338,10 @@ pub fn read_committed(db: &Database, view: DbState, offset: u64, buf: &mut [u8])
     let first = offset / ps;
     let last = (offset + n as u64 - 1) / ps;
     let page_nos: Vec<u32> = (first..=last).map(|p| p as u32 + 1).collect();
-    let pages = db.read_pages(view, &page_nos)?;
+    let (lo, hi) = (first as u32 + 1, last as u32 + 1);
+    #[allow(clippy::reversed_empty_ranges)]
+    let ahead = ra.map_or(1..=0, |ra| ra.on_read(lo, hi, view.page_count));
+    let pages = db.read_pages(view, &page_nos, ahead)?;
     for (i, page) in pages.iter().enumerate() {
         let page_start = (first + i as u64) * ps;
         let lo = offset.max(page_start);

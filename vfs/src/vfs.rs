@@ -38,9 +38,6 @@ pub const MAX_NAME_BYTES: usize = 511;
 /// Largest gRPC message the client accepts (the server announces its own limit).
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
-/// Page cache per database (bytes).
-const CACHE_BYTES: usize = 64 << 20;
-
 pub enum Handle {
     Main(Box<MainFile>),
     Local(LocalFile),
@@ -96,14 +93,21 @@ impl PagewireVfs {
             let mut dbs = self.databases.lock();
             let db = match dbs.get(&key).and_then(Weak::upgrade).filter(|db| db.rt().is_current()) {
                 Some(db) => db,
-                None => Arc::new(Database::new(key.clone(), rt, client, &resp, CACHE_BYTES, config.lease_idle)),
+                None => Arc::new(Database::new(key.clone(), rt, client, &resp, config.cache_size as usize, config.lease_idle)),
             };
             dbs.insert(key, Arc::downgrade(&db));
             db.connection_opened();
             db
         };
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let mut file = MainFile::new(db, id, read_only, DbState::from(resp.state), &config);
+        let state = DbState::from(resp.state);
+        if config.as_of.is_none() {
+            // One round trip now instead of one per page of the first queries.
+            if let Err(e) = db.preload(state, config.preload) {
+                tracing::debug!(db = %db.name(), error = %e, "preload failed; pages will be read on demand");
+            }
+        }
+        let mut file = MainFile::new(db, id, read_only, state, &config);
         if config.as_of.is_some() {
             // Resolve the point in history now, so a bad one fails the open.
             if let Err(e) = file.pin() {
