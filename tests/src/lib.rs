@@ -24,8 +24,11 @@ use anyhow::{Context, bail};
 /// The directory holding the test executable's sibling binaries (target/<profile>).
 pub fn target_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test-binary>
-    let dir = exe.parent().and_then(|d| d.parent()).context("test binary has no target dir")?;
+    // target/<profile>/deps/<test-binary>, or target/<profile>/<binary>
+    let mut dir = exe.parent().context("executable has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
     Ok(dir.to_path_buf())
 }
 

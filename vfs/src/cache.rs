@@ -13,6 +13,8 @@ use crate::database::DbState;
 pub struct PageCache {
     version: u64,
     page_size: u32,
+    /// Page count of `version`: pages past it are dropped when it shrinks.
+    page_count: u32,
     pages: LruCache<u32, Bytes>,
     bytes: usize,
     max_bytes: usize,
@@ -20,7 +22,7 @@ pub struct PageCache {
 
 impl PageCache {
     pub fn new(max_bytes: usize) -> Self {
-        Self { version: 0, page_size: 0, pages: LruCache::unbounded(), bytes: 0, max_bytes }
+        Self { version: 0, page_size: 0, page_count: 0, pages: LruCache::unbounded(), bytes: 0, max_bytes }
     }
 
     /// The version whose pages this cache holds.
@@ -76,6 +78,7 @@ impl PageCache {
         self.clear();
         self.version = 0;
         self.page_size = 0;
+        self.page_count = 0;
     }
 
     /// Moves the cache from version `from` to `to`, dropping the pages that
@@ -87,15 +90,18 @@ impl PageCache {
                 for p in changed {
                     self.remove(*p);
                 }
-                let beyond: Vec<u32> = self.pages.iter().map(|(p, _)| *p).filter(|p| *p > to.page_count).collect();
-                for p in beyond {
-                    self.remove(p);
+                if to.page_count < self.page_count {
+                    let beyond: Vec<u32> = self.pages.iter().map(|(p, _)| *p).filter(|p| *p > to.page_count).collect();
+                    for p in beyond {
+                        self.remove(p);
+                    }
                 }
             }
             None => self.clear(),
         }
         self.version = to.version;
         self.page_size = to.page_size;
+        self.page_count = to.page_count;
     }
 }
 

@@ -123,6 +123,7 @@ impl MainFile {
     pub fn lock(&mut self, to: LockLevel) -> Result<(), VfsError> {
         self.check_poison()?;
         let from = self.lock;
+        tracing::trace!(db = %self.db.name(), ?from, ?to, "lock");
         if to <= from {
             return Ok(());
         }
@@ -195,6 +196,7 @@ impl MainFile {
 
     pub fn unlock(&mut self, to: LockLevel) -> Result<(), VfsError> {
         let from = self.lock;
+        tracing::trace!(db = %self.db.name(), ?from, ?to, "unlock");
         if to >= from {
             return Ok(());
         }

@@ -1,0 +1,68 @@
+//! The printed tables.
+
+use pagewire_tests::Server;
+
+use crate::{load::LoadReport, target::Target, workloads::Workload};
+
+pub struct Table {
+    labels: Vec<String>,
+    local: Vec<bool>,
+    rows: Vec<(String, &'static str, bool, Vec<f64>)>,
+}
+
+impl Table {
+    pub fn new(targets: &[Target]) -> Self {
+        Self { labels: targets.iter().map(Target::label).collect(), local: targets.iter().map(Target::is_local).collect(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, w: &Workload, values: Vec<f64>) {
+        self.rows.push((w.name.to_owned(), w.unit, w.higher_is_better, values));
+    }
+
+    /// Markdown: each value, and for pagewire columns the ratio to local WAL
+    /// and to local FULL (>1 means pagewire is better).
+    pub fn print(&self) {
+        let mut head = format!("| workload | unit |");
+        for (l, local) in self.labels.iter().zip(&self.local) {
+            head += &if *local { format!(" {l} |") } else { format!(" {l} | vs WAL / FULL |") };
+        }
+        println!("{head}");
+        println!("|{}", "---|".repeat(head.matches('|').count() - 1));
+        for (name, unit, higher, values) in &self.rows {
+            let mut line = format!("| {name} | {unit} |");
+            for (i, v) in values.iter().enumerate() {
+                line += &format!(" {} |", fmt(*v));
+                if !self.local[i] {
+                    let ratio = |base: f64| if *higher { v / base } else { base / v };
+                    line += &format!(" {:.2}x / {:.2}x |", ratio(values[0]), ratio(values[1]));
+                }
+            }
+            println!("{line}");
+        }
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+}
+
+pub fn print_load(r: &LoadReport, store: &str) {
+    println!(
+        "\nload ({store}): {} databases, {} concurrent clients, {} commits: {:.0} commits/s, p50 {:.2} ms, p99 {:.2} ms",
+        r.databases, r.clients, r.commits, r.commits_per_s, r.p50_ms, r.p99_ms
+    );
+    if let (Some(rss), Some(pages)) = (r.rss_per_db_bytes, r.pages_per_db_bytes) {
+        println!(
+            "server memory per idle database: {:.1} KiB resident, of which {:.1} KiB page data (all versions), {:.1} KiB other",
+            rss / 1024.0,
+            pages / 1024.0,
+            (rss - pages).max(0.0) / 1024.0
+        );
+    }
+}
+
+/// A pagewire server on a throwaway PostgreSQL (None where PostgreSQL is not
+/// available: the table then has no postgres column).
+pub fn postgres_server() -> anyhow::Result<Option<((), Server)>> {
+    Ok(None)
+}
