@@ -128,3 +128,27 @@ fn read_replica_demo_from_the_readme() {
     assert_eq!(session("replica-reader.sql").lines().next(), Some("4"));
     assert_eq!(session("time-travel.sql"), "2\n", "history as of version 2");
 }
+
+#[test]
+fn python_example_runs_against_a_server() {
+    const PYTHON: &str = "/usr/bin/python3";
+    if !std::path::Path::new(PYTHON).exists() {
+        assert!(!in_ci(), "{PYTHON} is missing; CI must have it");
+        eprintln!("SKIPPED: {PYTHON} not found");
+        return;
+    }
+    let server = Server::start().expect("server");
+    let lib = vfs_library().expect("VFS library");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python_client.py");
+    for round in 1..=2 {
+        let out = Command::new(PYTHON)
+            .arg(&script)
+            .arg(&lib)
+            .env("PAGEWIRE_URL", &server.url)
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "python failed: {}", text(&out.stderr));
+        let want = format!("notes={} version={}\n", 2 * round, round + 1);
+        assert_eq!(text(&out.stdout), want, "round {round}");
+    }
+}
