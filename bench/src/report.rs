@@ -22,7 +22,7 @@ impl Table {
     /// Markdown: each value, and for pagewire columns the ratio to local WAL
     /// and to local FULL (>1 means pagewire is better).
     pub fn print(&self) {
-        let mut head = format!("| workload | unit |");
+        let mut head = "| workload | unit |".to_string();
         for (l, local) in self.labels.iter().zip(&self.local) {
             head += &if *local { format!(" {l} |") } else { format!(" {l} | vs WAL / FULL |") };
         }

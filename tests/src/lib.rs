@@ -21,6 +21,8 @@ use std::{
 
 use anyhow::{Context, bail};
 
+pub mod postgres;
+
 /// The directory holding the test executable's sibling binaries (target/<profile>).
 pub fn target_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

@@ -21,7 +21,9 @@ struct Flags {
     /// Address to listen on (port 0: any free port; the line on stdout tells which).
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// Where pages are kept: `memory` (lost when the server stops).
+    /// Where pages are kept: `memory` (lost when the server stops) or
+    /// `postgres://user[:password]@host[:port]/database` (durable; several servers may
+    /// share one database).
     #[arg(long, default_value = "memory")]
     store: String,
     /// How long a silent writer keeps its write lease (e.g. 10s, 500ms).
@@ -52,10 +54,39 @@ struct Flags {
     log: String,
 }
 
-fn open_store(spec: &str) -> anyhow::Result<Arc<dyn PageStore>> {
-    match spec {
-        "memory" => Ok(Arc::new(MemoryStore::new())),
-        other => bail!("unknown store {other:?} (supported: memory)"),
+/// The stores this build supports, for messages.
+const SUPPORTED: &str = if cfg!(feature = "postgres") {
+    "memory, postgres://user@host/database"
+} else {
+    "memory (this build has no PostgreSQL store: build with the `postgres` feature)"
+};
+
+/// Opens the store `spec` names; a store that cannot be reached is an error.
+async fn open_store(spec: &str) -> anyhow::Result<Arc<dyn PageStore>> {
+    if spec == "memory" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    #[cfg(feature = "postgres")]
+    if pagewire_store_postgres::is_postgres_url(spec) {
+        let store = pagewire_store_postgres::PostgresStore::connect(spec)
+            .await
+            .with_context(|| format!("cannot use the PostgreSQL store {}", redact(spec)))?;
+        return Ok(Arc::new(store));
+    }
+    bail!("unknown store {:?} (supported: {SUPPORTED})", redact(spec))
+}
+
+/// `spec` without a password (`postgres://user:secret@host` -> `postgres://user:***@host`).
+fn redact(spec: &str) -> String {
+    let Some((scheme, rest)) = spec.split_once("://") else {
+        return spec.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return spec.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => spec.to_owned(),
     }
 }
 
@@ -99,8 +130,8 @@ async fn shutdown_signal() {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
-    let store = FaultyStore::wrap(open_store(&flags.store)?, flags.inject_fault);
     let config = config(&flags)?;
+    let store = FaultyStore::wrap(open_store(&flags.store).await?, flags.inject_fault);
     let listener = TcpListener::bind(flags.listen)
         .await
         .with_context(|| format!("cannot listen on {}", flags.listen))?;
@@ -117,7 +148,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         });
     tracing::info!(
         %addr,
-        store = %flags.store,
+        store = %redact(&flags.store),
         lease_ttl = ?config.lease_ttl,
         history_retention = ?config.history_retention,
         "serving; {tenants}"
@@ -146,5 +177,24 @@ async fn main() -> ExitCode {
             eprintln!("pagewire-server: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("memory"), "memory");
+    }
+
+    #[tokio::test]
+    async fn unknown_stores_list_the_supported_ones() {
+        let e = open_store("redis://x").await.err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains("unknown store") && e.contains("memory"), "{e}");
     }
 }

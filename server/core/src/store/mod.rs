@@ -1,5 +1,6 @@
 //! The `PageStore` trait: versioned page storage with write leases, behind which every
-//! store (memory today; PostgreSQL and FoundationDB later) sits.
+//! store sits: the memory store here, PostgreSQL in crate `pagewire-store-postgres`
+//! (`server/postgres`). Every store passes the same [`conformance`] suite.
 //!
 //! The service validates client input (see [`crate::validate`]) before calling a store;
 //! a store enforces the rules that need its state, each in one atomic step: lease

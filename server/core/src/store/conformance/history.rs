@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{PS, commit, expect_err, key, writable};
+use super::{Outcome, PS, TestTime, commit, expect_err, key, writable};
 use crate::store::{BeginRead, DbKey, Lease, PageStore, ReadAt, StoreError};
 
 /// Time between commits, so commit times differ.
@@ -267,7 +267,7 @@ pub async fn as_of_time_picks_the_version_then(store: &dyn PageStore) -> anyhow:
 
 /// Commits 10 versions (a week of history compressed), then collects with a window
 /// reaching back to version 7 and a reader pinned at version 3.
-pub async fn gc_keeps_newest_window_and_pins(store: &dyn PageStore) -> anyhow::Result<()> {
+pub async fn gc_keeps_newest_window_and_pins(store: &dyn PageStore, time: &TestTime) -> Outcome {
     let k = key("gc-keep", "a.db");
     let lease = writable(store, &k).await?;
     let mut model = Model::new();
@@ -277,7 +277,7 @@ pub async fn gc_keeps_newest_window_and_pins(store: &dyn PageStore) -> anyhow::R
             .commit(store, &k, &lease, 5, &[(1, v), (page, v)])
             .await?;
     }
-    let pin = Duration::from_secs(1);
+    let pin = time.unit();
     store.begin_read(&k, at(ReadAt::Version(3), 0, pin)).await?;
     let (now, t7) = (model.times[10], model.times[7]);
     let retention = Duration::from_millis(u64::try_from(now - t7)?);
@@ -321,28 +321,28 @@ pub async fn gc_keeps_newest_window_and_pins(store: &dyn PageStore) -> anyhow::R
         store.begin_read(&k, super::newest(2)).await?.cache_invalid,
         "below oldest"
     );
-    pins_expire_unless_read(store, &k, &model, pin, retention).await
+    pins_expire_unless_read(store, time, &k, &model, retention).await
 }
 
 /// The pin on version 3 (taken just before) survives while reads refresh it, then goes.
 async fn pins_expire_unless_read(
     store: &dyn PageStore,
+    time: &TestTime,
     k: &DbKey,
     model: &Model,
-    pin: Duration,
     retention: Duration,
-) -> anyhow::Result<()> {
-    let now = model.times[10];
+) -> Outcome {
+    let (now, pin) = (model.times[10], time.unit());
     let step = pin * 7 / 10;
-    tokio::time::sleep(step).await;
+    time.sleep(step).await;
     store.read_pages(k, 3, &[1], pin).await?; // refreshes the pin
-    tokio::time::sleep(step).await; // past the first pin's end
+    time.sleep(step).await; // past the first pin's end
     store.gc(now, retention).await?;
     ensure!(
         model.reads_right(store, k, 3).await?,
         "refreshed pin kept version 3"
     );
-    tokio::time::sleep(pin).await;
+    time.sleep(pin).await;
     store.gc(now, retention).await?;
     expect_err(
         store.read_pages(k, 3, &[1], pin).await,

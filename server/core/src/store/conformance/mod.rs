@@ -1,21 +1,39 @@
 //! The conformance suite: the rules every [`PageStore`] must keep, as public async
-//! functions taking the store under test (object_store style). Each store's tests call
-//! every function; each uses its own tenant, so they can share one store.
+//! functions taking the store under test (object_store style). Each store's tests run
+//! them all with [`crate::conformance_tests!`] (one `#[tokio::test]` per function); each
+//! function uses its own tenant, so they can also share one store.
 //!
-//! Lease and pin expiry are waited out with `tokio::time::sleep`, so under a paused tokio
-//! clock (`#[tokio::test(start_paused = true)]`) the memory store's tests take no time.
-//! History tests (`history`) take commit times from what the store reports, and space
-//! commits with short tokio sleeps: a store whose commit clock follows tokio's (the memory
-//! store with [`super::Clock::tokio`]) or the wall clock passes them alike.
+//! Time: functions that wait out leases or pins take a [`TestTime`]. With
+//! [`TestTime::Paused`] (the memory store under `#[tokio::test(start_paused = true)]`, its
+//! clocks following tokio's) TTLs are seconds and sleeps take no real time; with
+//! [`TestTime::Real`] (a store with its own clock, e.g. PostgreSQL's `clock_timestamp()`)
+//! TTLs are a short unit and sleeps are real. History tests (`history`) take commit times
+//! from what the store reports, and space commits with short sleeps.
+//!
+//! Besides the rules one by one: concurrency (`concurrency`), a commit of 256 MiB
+//! (`large`), and a randomized run against the memory store as the reference model
+//! (`model`).
 
+mod concurrency;
 mod history;
+mod large;
+mod macros;
+mod model;
+mod time;
 
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use bytes::{BufMut, Bytes, BytesMut};
 
+pub use concurrency::*;
 pub use history::*;
+pub use large::*;
+pub use model::*;
+pub use time::TestTime;
+
+/// What every suite function returns.
+pub type Outcome = anyhow::Result<()>;
 
 use super::{BeginRead, Commit, DbKey, DbState, Lease, PageStore, ReadAt, StoreError, StoreResult};
 
@@ -308,13 +326,13 @@ pub async fn failed_commits_change_nothing(store: &dyn PageStore) -> anyhow::Res
     Ok(())
 }
 
-pub async fn epoch_fencing_after_expiry(store: &dyn PageStore) -> anyhow::Result<()> {
+pub async fn epoch_fencing_after_expiry(store: &dyn PageStore, time: &TestTime) -> Outcome {
     let k = key("fence", "a.db");
     store.open(&k, true).await?;
-    let ttl = Duration::from_secs(1);
+    let ttl = time.unit();
     let a = store.acquire_lease(&k, "a", ttl).await?;
     store.commit(&k, commit(&a, 0, PS, 1, &[(1, 1)])).await?;
-    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    time.sleep(ttl * 3 / 2).await;
     let b = store.acquire_lease(&k, "b", ttl).await?;
     ensure!(
         b.epoch > a.epoch && b.lease_id != a.lease_id,
@@ -416,21 +434,21 @@ pub async fn lease_exclusivity(store: &dyn PageStore) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn lease_renew_and_release(store: &dyn PageStore) -> anyhow::Result<()> {
+pub async fn lease_renew_and_release(store: &dyn PageStore, time: &TestTime) -> Outcome {
     let k = key("renew", "a.db");
     store.open(&k, true).await?;
-    let ttl = Duration::from_secs(1);
-    let step = Duration::from_millis(700);
+    let ttl = time.unit();
+    let step = ttl * 6 / 10;
     let a = store.acquire_lease(&k, "a", ttl).await?;
-    tokio::time::sleep(step).await;
+    time.sleep(step).await;
     let renewed = store.renew_lease(&k, a.lease_id, a.epoch, ttl).await?;
     ensure!(
         renewed.lease_id == a.lease_id && renewed.epoch == a.epoch,
         "renewal keeps the lease"
     );
-    tokio::time::sleep(step).await;
-    store.commit(&k, commit(&a, 0, PS, 1, &[])).await?; // 1.4 s after the grant
-    tokio::time::sleep(step).await;
+    time.sleep(step).await;
+    store.commit(&k, commit(&a, 0, PS, 1, &[])).await?; // 1.2 TTLs after the grant
+    time.sleep(step).await;
     store.commit(&k, commit(&a, 1, PS, 1, &[])).await?; // a commit renewed it too
     let lost = |e: &StoreError| matches!(e, StoreError::LeaseLost(_));
     expect_err(

@@ -202,40 +202,15 @@ impl PageStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::MemoryStore;
-    use crate::store::{Clock, conformance};
+    use crate::store::Clock;
+    use crate::store::conformance::{self, TestTime};
 
-    /// Each test on a store whose commit clock follows tokio's paused clock.
-    macro_rules! conformance_tests {
-        ($($name:ident),* $(,)?) => {$(
-            #[tokio::test(start_paused = true)]
-            async fn $name() -> anyhow::Result<()> {
-                conformance::$name(&MemoryStore::with_clock(Clock::tokio())).await
-            }
-        )*};
+    // Every conformance test, on a store whose clocks follow tokio's paused clock.
+    crate::conformance_tests! {
+        #[tokio::test(start_paused = true)]
+        fixture: Some(((), MemoryStore::with_clock(Clock::tokio()))),
+        time: TestTime::Paused,
     }
-
-    conformance_tests!(
-        read_your_writes_at_versions,
-        unwritten_pages_are_zeros,
-        snapshot_reads_at_old_versions,
-        truncate_then_grow_reads_zeros,
-        failed_commits_change_nothing,
-        epoch_fencing_after_expiry,
-        commit_id_retry_after_release,
-        lease_exclusivity,
-        lease_renew_and_release,
-        tenant_isolation,
-        create_list_delete,
-        begin_read_change_lists,
-        page_size_change,
-        read_errors,
-        as_of_version_reads_that_version,
-        as_of_time_picks_the_version_then,
-        gc_keeps_newest_window_and_pins,
-        gc_keeps_what_a_reader_began,
-        gc_frees_space_and_keeps_newest_whole,
-        gc_never_reads_wrong_data,
-    );
 
     /// The production clock (wall time, real short sleeps): as-of-time still maps right.
     #[tokio::test]

@@ -1,0 +1,66 @@
+//! [`conformance_tests!`](crate::conformance_tests): one test per suite function for a
+//! store.
+
+/// Generates one test per conformance function for a store.
+///
+/// ```ignore
+/// pagewire_server_core::conformance_tests! {
+///     #[tokio::test(start_paused = true)]
+///     fixture: Some(((), MemoryStore::with_clock(Clock::tokio()))),
+///     time: TestTime::Paused,
+/// }
+/// ```
+///
+/// `fixture` is evaluated (inside the async test, so it may `.await`) once per test to an
+/// `Option<(keep_alive, store)>`: `store` is a `PageStore` value, `keep_alive` anything
+/// that must outlive the test (a temporary database); `None` skips the test (the fixture
+/// says why). `time` is the [`TestTime`](crate::store::conformance::TestTime).
+/// The using crate needs a `tokio` dependency with the `macros` feature.
+#[macro_export]
+macro_rules! conformance_tests {
+    (#[$test:meta] fixture: $fixture:expr, time: $time:expr $(,)?) => {
+        $crate::conformance_tests!(@plain [$test] $fixture;
+            read_your_writes_at_versions,
+            unwritten_pages_are_zeros,
+            snapshot_reads_at_old_versions,
+            truncate_then_grow_reads_zeros,
+            failed_commits_change_nothing,
+            commit_id_retry_after_release,
+            lease_exclusivity,
+            tenant_isolation,
+            create_list_delete,
+            recreated_database_starts_empty,
+            begin_read_change_lists,
+            page_size_change,
+            read_errors,
+            concurrent_commits_one_wins,
+            concurrent_acquires_one_wins,
+            large_streaming_commit,
+            matches_reference_model,
+            as_of_version_reads_that_version,
+            as_of_time_picks_the_version_then,
+            gc_keeps_what_a_reader_began,
+            gc_frees_space_and_keeps_newest_whole,
+            gc_never_reads_wrong_data,
+        );
+        $crate::conformance_tests!(@timed [$test] $fixture, $time;
+            epoch_fencing_after_expiry,
+            lease_renew_and_release,
+            gc_keeps_newest_window_and_pins,
+        );
+    };
+    (@plain [$test:meta] $fixture:expr; $($name:ident),* $(,)?) => {$(
+        #[$test]
+        async fn $name() -> $crate::store::conformance::Outcome {
+            let Some((_keep_alive, store)) = $fixture else { return Ok(()) };
+            $crate::store::conformance::$name(&store).await
+        }
+    )*};
+    (@timed [$test:meta] $fixture:expr, $time:expr; $($name:ident),* $(,)?) => {$(
+        #[$test]
+        async fn $name() -> $crate::store::conformance::Outcome {
+            let Some((_keep_alive, store)) = $fixture else { return Ok(()) };
+            $crate::store::conformance::$name(&store, &$time).await
+        }
+    )*};
+}

@@ -1,0 +1,215 @@
+//! A commit: ONE PostgreSQL transaction. It locks the database row (serialising the
+//! database's commits), then checks in order: a known commit id returns its version;
+//! the lease and epoch (database clock); the base version; the page-size rule. Then it
+//! writes the pages in bulk (`UNNEST` of arrays, in chunks of a few MiB within the same
+//! transaction), hole markers when the file grew, the version row, the commit id and the
+//! new newest state, and renews the lease. Durable once COMMIT returns
+//! (`synchronous_commit` stays on); a COMMIT without an answer is `Unavailable`, and a
+//! retry with the same commit id learns what happened.
+
+use std::collections::HashSet;
+
+use deadpool_postgres::GenericClient;
+use pagewire_server_core::store::{Commit, CommitOutcome, DbKey, Id16, StoreError, StoreResult};
+use pagewire_server_core::validate;
+
+use crate::db::{self, DbRow, Lock};
+use crate::error::Pg as _;
+use crate::lease;
+use crate::sql::{self, Client, int};
+
+/// Page bytes per INSERT statement of a commit.
+const CHUNK_BYTES: usize = 8 << 20;
+
+pub(crate) async fn commit(
+    client: &mut Client,
+    key: &DbKey,
+    commit: Commit,
+) -> StoreResult<CommitOutcome> {
+    let tx = client.transaction().await.pg()?;
+    let row = db::get(&tx, key, Lock::NoKeyUpdate).await?;
+    if let Some(version) = applied(&tx, row.id, &commit.commit_id).await? {
+        return Ok(CommitOutcome {
+            version,
+            already_applied: true,
+        });
+    }
+    lease::check(&tx, row.id, commit.lease_id, commit.epoch).await?;
+    if commit.base_version != row.state.version {
+        return Err(StoreError::VersionConflict {
+            base: commit.base_version,
+            current: row.state.version,
+        });
+    }
+    validate::against_base(&commit, &row.state)?;
+    let version = apply(&tx, &row, &commit).await?;
+    lease::touch(&tx, row.id).await?;
+    tx.commit().await.pg()?;
+    Ok(CommitOutcome {
+        version,
+        already_applied: false,
+    })
+}
+
+/// The version a commit id created, if it was applied.
+async fn applied<C: GenericClient>(c: &C, db_id: i64, id: &Id16) -> StoreResult<Option<u64>> {
+    let row = sql::query_opt(
+        c,
+        "SELECT version FROM pagewire.commit_ids WHERE db_id = $1 AND commit_id = $2",
+        &[&db_id, &&id[..]],
+    )
+    .await?;
+    row.map(|r| sql::u64_of(&r, "version")).transpose()
+}
+
+/// Writes a checked commit as the next version; returns it.
+async fn apply<C: GenericClient>(c: &C, row: &DbRow, commit: &Commit) -> StoreResult<u64> {
+    let version = row.state.version + 1;
+    let v = int(version);
+    mark_holes(c, row, commit, v).await?;
+    let mut bytes: i64 = 0;
+    for chunk in chunks(&commit.pages) {
+        bytes += insert_pages(c, row.id, v, chunk).await?;
+    }
+    let committed = row.now_unix_ms.max(row.updated_unix_ms);
+    let changed = changed_pages(commit, row.state.page_count);
+    sql::execute(
+        c,
+        "INSERT INTO pagewire.versions \
+         (db_id, version, committed_unix_ms, page_size, page_count, changed_pages) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &row.id,
+            &v,
+            &committed,
+            &i64::from(commit.page_size),
+            &i64::from(commit.page_count),
+            &changed,
+        ],
+    )
+    .await?;
+    sql::execute(
+        c,
+        "INSERT INTO pagewire.commit_ids (db_id, commit_id, version) VALUES ($1, $2, $3)",
+        &[&row.id, &&commit.commit_id[..], &v],
+    )
+    .await?;
+    sql::execute(
+        c,
+        "UPDATE pagewire.databases SET version = $2, page_size = $3, page_count = $4, \
+         updated_unix_ms = $5, stored_bytes = stored_bytes + $6, \
+         first_commit_unix_ms = coalesce(first_commit_unix_ms, $5) WHERE id = $1",
+        &[
+            &row.id,
+            &v,
+            &i64::from(commit.page_size),
+            &i64::from(commit.page_count),
+            &committed,
+            &bytes,
+        ],
+    )
+    .await?;
+    Ok(version)
+}
+
+/// The commit's pages in runs of about [`CHUNK_BYTES`].
+fn chunks(pages: &[(u32, bytes::Bytes)]) -> Vec<&[(u32, bytes::Bytes)]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, (_, data)) in pages.iter().enumerate() {
+        if size > 0 && size + data.len() > CHUNK_BYTES {
+            out.push(&pages[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += data.len();
+    }
+    if start < pages.len() {
+        out.push(&pages[start..]);
+    }
+    out
+}
+
+/// Inserts one run of pages in one statement; returns its bytes.
+async fn insert_pages<C: GenericClient>(
+    c: &C,
+    db_id: i64,
+    version: i64,
+    pages: &[(u32, bytes::Bytes)],
+) -> StoreResult<i64> {
+    let nos: Vec<i64> = pages.iter().map(|(no, _)| i64::from(*no)).collect();
+    let data: Vec<&[u8]> = pages.iter().map(|(_, d)| &d[..]).collect();
+    sql::execute(
+        c,
+        "INSERT INTO pagewire.pages (db_id, page_no, version, data) \
+         SELECT $1, t.no, $2, t.data FROM unnest($3::bigint[], $4::bytea[]) AS t(no, data)",
+        &[&db_id, &version, &nos, &data],
+    )
+    .await?;
+    Ok(data.iter().map(|d| d.len() as i64).sum())
+}
+
+/// When the file grows, pages past the old end whose newest write (before a truncate) has
+/// data, and that this commit does not carry, get a zero marker at `version`.
+async fn mark_holes<C: GenericClient>(
+    c: &C,
+    row: &DbRow,
+    commit: &Commit,
+    version: i64,
+) -> StoreResult<()> {
+    let old = row.state.page_count;
+    if commit.page_count <= old {
+        return Ok(());
+    }
+    let carried: Vec<i64> = commit
+        .pages
+        .iter()
+        .map(|(no, _)| i64::from(*no))
+        .filter(|&no| no > i64::from(old))
+        .collect();
+    sql::execute(
+        c,
+        "INSERT INTO pagewire.pages (db_id, page_no, version, data) \
+         SELECT $1, w.page_no, $2, NULL FROM ( \
+           SELECT DISTINCT ON (page_no) page_no, data IS NOT NULL AS has_data \
+           FROM pagewire.pages WHERE db_id = $1 AND page_no > $3 AND page_no <= $4 \
+           ORDER BY page_no, version DESC) AS w \
+         WHERE w.has_data AND NOT (w.page_no = ANY($5::bigint[]))",
+        &[
+            &row.id,
+            &version,
+            &i64::from(old),
+            &i64::from(commit.page_count),
+            &carried,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The pages a commit changes, ascending: its pages and every page past the old end.
+fn changed_pages(commit: &Commit, old_count: u32) -> Vec<i64> {
+    let mut changed: HashSet<u32> = commit.pages.iter().map(|(no, _)| *no).collect();
+    changed.extend(old_count.saturating_add(1)..=commit.page_count);
+    let mut changed: Vec<i64> = changed.into_iter().map(i64::from).collect();
+    changed.sort_unstable();
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn chunks_split_by_bytes_and_keep_every_page() {
+        let page = Bytes::from(vec![0u8; 3 << 20]);
+        let pages: Vec<(u32, Bytes)> = (1..=7).map(|no| (no, page.clone())).collect();
+        let runs = chunks(&pages);
+        assert_eq!(
+            runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [2, 2, 2, 1]
+        );
+        assert!(chunks(&[]).is_empty());
+    }
+}

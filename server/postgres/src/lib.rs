@@ -1,0 +1,178 @@
+//! pagewire-store-postgres: the PostgreSQL [`PageStore`]. Durable (a commit returns once
+//! PostgreSQL has it on disk), and shared: several pagewire servers may use one database,
+//! because leases, epochs and pins live in it and its clock decides their expiry.
+//!
+//! `pagewire-server --store postgres://user@host/db` uses it. The crate's map:
+//!
+//! - `schema`: migrations (`migrations/*.sql`), applied at start-up under an advisory lock;
+//! - `db`: database rows (find and lock, create, delete, info, list);
+//! - `lease`: write leases (grant, fencing check, renew, release);
+//! - `commit`: a commit as one PostgreSQL transaction;
+//! - `read`: BeginRead (as-of resolution, change lists, pins) and ReadPages;
+//! - `gc`: history GC;
+//! - `error`: PostgreSQL and pool errors as [`StoreError`]s; `sql`: small helpers.
+
+mod commit;
+mod db;
+mod error;
+mod gc;
+mod lease;
+mod read;
+mod schema;
+mod sql;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use pagewire_server_core::store::{
+    BeginRead, Commit, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease, PageRead,
+    PageStore, ReadView, StoreError, StoreResult,
+};
+use tokio_postgres::NoTls;
+
+use crate::error::{Pg as _, from_pool};
+use crate::sql::Client;
+
+/// Connections kept open to PostgreSQL.
+const POOL_SIZE: usize = 16;
+/// How long a call waits for a free connection, and for a new one to open.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PostgreSQL page store: a connection pool. Cheap to share behind an `Arc`.
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+/// Whether `spec` (a `--store` value) names this store.
+pub fn is_postgres_url(spec: &str) -> bool {
+    spec.starts_with("postgres://") || spec.starts_with("postgresql://")
+}
+
+impl PostgresStore {
+    /// Connects to the PostgreSQL database at `url` (`postgres://user[:password]@host[:port]/db`,
+    /// libpq-style parameters allowed), checks that it answers, and applies the schema's
+    /// migrations. `InvalidArgument` for a bad URL, `Unavailable` when it cannot connect.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            StoreError::InvalidArgument(format!("bad PostgreSQL URL: {}", error::describe(&e)))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Internal(format!("building the connection pool: {e}")))?;
+        let store = Self { pool };
+        let applied = schema::migrate(&mut store.client().await?).await?;
+        tracing::info!(applied, "PostgreSQL store ready");
+        Ok(store)
+    }
+
+    async fn client(&self) -> StoreResult<Client> {
+        self.pool.get().await.map_err(from_pool)
+    }
+}
+
+#[async_trait]
+impl PageStore for PostgresStore {
+    async fn open(&self, key: &DbKey, create: bool) -> StoreResult<(DbState, bool)> {
+        let mut client = self.client().await?;
+        if let Some(row) = db::find(&client, key, db::Lock::None).await? {
+            return Ok((row.state, false));
+        }
+        if !create {
+            return Err(StoreError::NotFound(key.name.clone()));
+        }
+        let tx = client.transaction().await.pg()?;
+        let created = db::create(&tx, key).await?;
+        let row = db::get(&tx, key, db::Lock::None).await?;
+        tx.commit().await.pg()?;
+        Ok((row.state, created))
+    }
+
+    async fn create(&self, key: &DbKey) -> StoreResult<DbInfo> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.pg()?;
+        if !db::create(&tx, key).await? {
+            return Err(StoreError::AlreadyExists(key.name.clone()));
+        }
+        let info = db::info(&tx, key).await?;
+        tx.commit().await.pg()?;
+        Ok(info)
+    }
+
+    async fn delete(&self, key: &DbKey) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.pg()?;
+        db::delete(&tx, key).await?;
+        tx.commit().await.pg()
+    }
+
+    async fn list(&self, tenant: &str) -> StoreResult<Vec<DbInfo>> {
+        db::list(&self.client().await?, tenant).await
+    }
+
+    async fn info(&self, key: &DbKey) -> StoreResult<DbInfo> {
+        db::info(&self.client().await?, key).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &DbKey,
+        client_id: &str,
+        ttl: Duration,
+    ) -> StoreResult<Lease> {
+        lease::acquire(&mut self.client().await?, key, client_id, ttl).await
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &DbKey,
+        lease_id: Id16,
+        epoch: u64,
+        ttl: Duration,
+    ) -> StoreResult<Lease> {
+        lease::renew(&mut self.client().await?, key, lease_id, epoch, ttl).await
+    }
+
+    async fn release_lease(&self, key: &DbKey, lease_id: Id16, epoch: u64) -> StoreResult<()> {
+        lease::release(&self.client().await?, key, lease_id, epoch).await
+    }
+
+    async fn begin_read(&self, key: &DbKey, read: BeginRead) -> StoreResult<ReadView> {
+        read::begin_read(&mut self.client().await?, key, read).await
+    }
+
+    async fn read_pages(
+        &self,
+        key: &DbKey,
+        version: u64,
+        page_nos: &[u32],
+        pin_ttl: Duration,
+    ) -> StoreResult<PageRead> {
+        let mut client = self.client().await?;
+        read::read_pages(&mut client, key, version, page_nos, pin_ttl).await
+    }
+
+    async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {
+        commit::commit(&mut self.client().await?, key, commit).await
+    }
+
+    async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
+        gc::gc(&mut self.client().await?, now_unix_ms, retention).await
+    }
+}

@@ -1,0 +1,296 @@
+//! Reads: which version a read transaction starts at (newest, as of a version, as of a
+//! time), change lists since a cached version, reader pins, and pages at a version.
+//!
+//! ReadPages runs in one REPEATABLE READ snapshot, so a GC pass cannot delete writes
+//! between the check that the version is retained and the page fetch, and fetches the
+//! batch in ONE query (a LATERAL lookup of each page's newest write at or before the
+//! version). Pins are written with `synchronous_commit = off`: they live in the database
+//! (its clock decides expiry), and one lost by a PostgreSQL crash only lets GC collect a
+//! version early, which the reader sees as OUT_OF_RANGE, never as wrong data.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::GenericClient;
+use pagewire_server_core::store::clock::describe_unix_ms;
+use pagewire_server_core::store::{
+    BeginRead, DbKey, DbState, PageRead, ReadAt, ReadView, StoreError, StoreResult,
+};
+use pagewire_server_core::validate;
+use tokio_postgres::IsolationLevel;
+
+use crate::db::{self, DbRow, Lock};
+use crate::error::Pg as _;
+use crate::sql::{self, Client, int, ms, u32_of};
+
+/// A readable version's metadata.
+struct VersionRow {
+    state: DbState,
+    committed_unix_ms: i64,
+}
+
+/// `OutOfRange` for a version no longer retained, saying what is.
+async fn not_retained<C: GenericClient>(c: &C, row: &DbRow, what: &str) -> StoreError {
+    let oldest = sql::query_one(
+        c,
+        "SELECT coalesce(min(version), 0) FROM pagewire.versions WHERE db_id = $1",
+        &[&row.id],
+    )
+    .await
+    .and_then(|r| r.try_get::<_, i64>(0).pg());
+    let oldest = match oldest {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let retention = row
+        .gc_retention_ms
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| {
+            let d = Duration::from_millis(ms);
+            format!(", retention {}", humantime::format_duration(d))
+        })
+        .unwrap_or_default();
+    StoreError::OutOfRange(format!(
+        "{what} is no longer retained (oldest retained: {oldest}{retention})"
+    ))
+}
+
+/// The state at a readable `version`, or `OutOfRange` saying why not.
+async fn readable<C: GenericClient>(c: &C, row: &DbRow, version: u64) -> StoreResult<VersionRow> {
+    if version > row.state.version {
+        return Err(StoreError::OutOfRange(format!(
+            "version {version} does not exist yet (newest: {})",
+            row.state.version
+        )));
+    }
+    let meta = sql::query_opt(
+        c,
+        "SELECT page_size, page_count, committed_unix_ms FROM pagewire.versions \
+         WHERE db_id = $1 AND version = $2 AND retained",
+        &[&row.id, &int(version)],
+    )
+    .await?;
+    let Some(meta) = meta else {
+        return Err(not_retained(c, row, &format!("version {version}")).await);
+    };
+    Ok(VersionRow {
+        state: DbState {
+            version,
+            page_size: u32_of(&meta, "page_size")?,
+            page_count: u32_of(&meta, "page_count")?,
+        },
+        committed_unix_ms: meta.try_get("committed_unix_ms").pg()?,
+    })
+}
+
+/// The newest version committed at or before `unix_ms`.
+async fn version_at_time<C: GenericClient>(c: &C, row: &DbRow, unix_ms: i64) -> StoreResult<u64> {
+    let Some(first) = row.first_commit_unix_ms else {
+        return Err(StoreError::OutOfRange(
+            "the database has no committed version yet".into(),
+        ));
+    };
+    if unix_ms < first {
+        return Err(StoreError::OutOfRange(format!(
+            "no version was committed at or before {}: the first commit (version 1) was at {}",
+            describe_unix_ms(unix_ms),
+            describe_unix_ms(first)
+        )));
+    }
+    let found = sql::query_opt(
+        c,
+        "SELECT version FROM pagewire.versions WHERE db_id = $1 AND committed_unix_ms <= $2 \
+         ORDER BY version DESC LIMIT 1",
+        &[&row.id, &unix_ms],
+    )
+    .await?;
+    match found {
+        Some(r) => sql::u64_of(&r, "version"),
+        None => {
+            let what = format!(
+                "the version committed at or before {}",
+                describe_unix_ms(unix_ms)
+            );
+            Err(not_retained(c, row, &what).await)
+        }
+    }
+}
+
+async fn resolve<C: GenericClient>(c: &C, row: &DbRow, at: ReadAt) -> StoreResult<u64> {
+    match at {
+        ReadAt::Newest => Ok(row.state.version),
+        ReadAt::Version(v) => Ok(v),
+        ReadAt::UnixMs(t) => version_at_time(c, row, t).await,
+    }
+}
+
+/// Pages written in `(cached, target]`, ascending, or `None` when the client must drop
+/// its cache (no cache, unknown or too old, newer than `target`, page-size change).
+async fn changes<C: GenericClient>(
+    c: &C,
+    db_id: i64,
+    cached: u64,
+    target: u64,
+) -> StoreResult<Option<Vec<u32>>> {
+    if cached == 0 || cached > target {
+        return Ok(None);
+    }
+    let rows = sql::query(
+        c,
+        "SELECT version, page_size, changed_pages FROM pagewire.versions \
+         WHERE db_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
+        &[&db_id, &int(cached), &int(target)],
+    )
+    .await?;
+    let complete = rows.len() as u64 == target - cached + 1
+        && rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) == Some(int(cached));
+    let Some(first) = rows.first().filter(|_| complete) else {
+        return Ok(None);
+    };
+    let page_size: i64 = first.try_get(1).pg()?;
+    let mut changed = Vec::new();
+    for r in rows.iter().skip(1) {
+        if r.try_get::<_, i64>(1).pg()? != page_size {
+            return Ok(None);
+        }
+        let pages: Vec<i64> = r.try_get(2).pg()?;
+        changed.extend(pages.into_iter().filter_map(|p| u32::try_from(p).ok()));
+    }
+    changed.sort_unstable();
+    changed.dedup();
+    Ok(Some(changed))
+}
+
+/// BeginRead: resolves the version, lists changes, pins the version. The database row is
+/// held `FOR KEY SHARE` meanwhile, so GC (which locks it `FOR UPDATE`) sees the pin.
+pub(crate) async fn begin_read(
+    client: &mut Client,
+    key: &DbKey,
+    read: BeginRead,
+) -> StoreResult<ReadView> {
+    let tx = client.transaction().await.pg()?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await
+        .pg()?;
+    let row = db::get(&tx, key, Lock::KeyShare).await?;
+    let version = resolve(&tx, &row, read.at).await?;
+    let meta = readable(&tx, &row, version).await?;
+    let changes = changes(&tx, row.id, read.cached_version, version).await?;
+    sql::execute(
+        &tx,
+        "INSERT INTO pagewire.pins (db_id, version, expires_at) \
+         VALUES ($1, $2, clock_timestamp() + $3::bigint * interval '1 millisecond') \
+         ON CONFLICT (db_id, version) \
+         DO UPDATE SET expires_at = greatest(pins.expires_at, EXCLUDED.expires_at)",
+        &[&row.id, &int(version), &ms(read.pin_ttl)],
+    )
+    .await?;
+    tx.commit().await.pg()?;
+    Ok(ReadView {
+        state: meta.state,
+        cache_invalid: changes.is_none(),
+        changed_pages: changes.unwrap_or_default(),
+        committed_unix_ms: if version == 0 {
+            0
+        } else {
+            meta.committed_unix_ms
+        },
+    })
+}
+
+/// Pages at `version` in request order (zeros where never written), then the version's
+/// pin (if a BeginRead made one) extended to `pin_ttl` from now.
+pub(crate) async fn read_pages(
+    client: &mut Client,
+    key: &DbKey,
+    version: u64,
+    page_nos: &[u32],
+    pin_ttl: Duration,
+) -> StoreResult<PageRead> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .pg()?;
+    let row = db::get(&tx, key, Lock::None).await?;
+    let meta = readable(&tx, &row, version).await?;
+    validate::page_nos_in_range(page_nos, meta.state.page_count)?;
+    let pages = fetch(&tx, row.id, version, page_nos, meta.state.page_size).await?;
+    tx.commit().await.pg()?;
+    refresh_pin(client, row.id, version, pin_ttl).await?;
+    Ok(PageRead {
+        page_size: meta.state.page_size,
+        pages,
+    })
+}
+
+/// The newest write at or before `version` of each page, in request order.
+async fn fetch<C: GenericClient>(
+    c: &C,
+    db_id: i64,
+    version: u64,
+    page_nos: &[u32],
+    page_size: u32,
+) -> StoreResult<Vec<Bytes>> {
+    if page_nos.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nos: Vec<i64> = page_nos.iter().map(|&no| i64::from(no)).collect();
+    let rows = sql::query(
+        c,
+        "SELECT n.no, p.data FROM unnest($2::bigint[]) WITH ORDINALITY AS n(no, ord) \
+         LEFT JOIN LATERAL ( \
+           SELECT data FROM pagewire.pages \
+           WHERE db_id = $1 AND page_no = n.no AND version <= $3 \
+           ORDER BY version DESC LIMIT 1) AS p ON true \
+         ORDER BY n.ord",
+        &[&db_id, &nos, &int(version)],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let no: i64 = r.try_get(0).pg()?;
+            let data: Option<Vec<u8>> = r.try_get(1).pg()?;
+            page_of(no, data, version, page_size)
+        })
+        .collect()
+}
+
+/// One page's bytes: stored data of the right size, or zeros.
+fn page_of(no: i64, data: Option<Vec<u8>>, version: u64, page_size: u32) -> StoreResult<Bytes> {
+    let Some(data) = data else {
+        return Ok(Bytes::from(vec![0; page_size as usize]));
+    };
+    if data.len() != page_size as usize {
+        return Err(StoreError::Internal(format!(
+            "page {no} at version {version} is {} bytes, expected {page_size}",
+            data.len()
+        )));
+    }
+    Ok(Bytes::from(data))
+}
+
+/// Extends the pin on `version` (never creates one), committed without waiting for the
+/// WAL flush.
+async fn refresh_pin(
+    client: &mut Client,
+    db_id: i64,
+    version: u64,
+    ttl: Duration,
+) -> StoreResult<()> {
+    let tx = client.transaction().await.pg()?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await
+        .pg()?;
+    sql::execute(
+        &tx,
+        "UPDATE pagewire.pins SET expires_at = \
+           greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond') \
+         WHERE db_id = $1 AND version = $2",
+        &[&db_id, &int(version), &ms(ttl)],
+    )
+    .await?;
+    tx.commit().await.pg()
+}
