@@ -8,6 +8,7 @@
 
 mod child;
 mod load;
+mod pgdirect;
 mod report;
 mod rtt;
 mod target;
@@ -86,6 +87,11 @@ fn main() -> anyhow::Result<()> {
         table.row(w, values);
     }
     table.print();
+    if let (Some((pg, _)), Some(t)) = (&postgres, targets.iter().find(|t| t.label() == "pagewire postgres")) {
+        let runs: &[(usize, usize)] = if args.quick { &[(1, 20), (10, 10), (1000, 2)] } else { &[(1, 300), (10, 200), (1000, 10)] };
+        let rows = pgdirect::compare(t, pg.url(), runs).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        report::print_commit_sizes(&rows);
+    }
     if !args.no_load {
         let (dbs, clients) = if args.quick { (100, 16) } else { (args.load_databases, args.load_clients) };
         let load_server = Server::start()?;

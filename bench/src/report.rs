@@ -1,6 +1,6 @@
 //! The printed tables.
 
-use pagewire_tests::Server;
+use pagewire_tests::{Server, postgres::TempPostgres};
 
 use crate::{load::LoadReport, target::Target, workloads::Workload};
 
@@ -63,6 +63,26 @@ pub fn print_load(r: &LoadReport, store: &str) {
 
 /// A pagewire server on a throwaway PostgreSQL (None where PostgreSQL is not
 /// available: the table then has no postgres column).
-pub fn postgres_server() -> anyhow::Result<Option<((), Server)>> {
-    Ok(None)
+pub fn postgres_server() -> anyhow::Result<Option<(TempPostgres, Server)>> {
+    let pg = match TempPostgres::start() {
+        Ok(pg) => pg,
+        Err(e) => {
+            eprintln!("no PostgreSQL ({e:#}); the postgres column is left out");
+            return Ok(None);
+        }
+    };
+    let server = Server::start_with(&["--store", pg.url()])?;
+    Ok(Some((pg, server)))
+}
+
+pub fn print_commit_sizes(rows: &[crate::pgdirect::CostRow]) {
+    println!("\n| pages per commit | pagewire on PostgreSQL ms/commit (commits/s) | direct tokio-postgres ms/commit (commits/s) | stack / direct | SQLite's own ms (local, no sync) | (stack - SQLite) / direct |");
+    println!("|---|---|---|---|---|---|");
+    for (pages, stack_ms, stack_rate, direct_ms, direct_rate, sqlite_ms) in rows {
+        println!(
+            "| {pages} | {stack_ms:.2} ({stack_rate:.0}) | {direct_ms:.2} ({direct_rate:.0}) | {:.2}x | {sqlite_ms:.2} | {:.2}x |",
+            stack_ms / direct_ms,
+            (stack_ms - sqlite_ms) / direct_ms
+        );
+    }
 }

@@ -46,6 +46,8 @@ pub struct Counters {
     pub read_pages: AtomicU64,
     pub pages_read: AtomicU64,
     pub commit: AtomicU64,
+    /// Pages carried by commits that applied.
+    pub pages_committed: AtomicU64,
 }
 
 impl Counters {
@@ -62,6 +64,7 @@ impl Counters {
             ("read_pages", get(&self.read_pages)),
             ("pages_read", get(&self.pages_read)),
             ("commit", get(&self.commit)),
+            ("pages_committed", get(&self.pages_committed)),
         ]
     }
 }
@@ -175,6 +178,9 @@ impl Client {
                 }
             })
             .await;
+        if result.is_ok() {
+            self.counters.pages_committed.fetch_add(plan.pages.len() as u64, Ordering::Relaxed);
+        }
         result.map_err(|e| if e.is_retryable() { CommitError::Unknown(e) } else { CommitError::Definite(e) })
     }
 

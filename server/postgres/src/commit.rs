@@ -28,13 +28,19 @@ pub(crate) async fn commit(
 ) -> StoreResult<CommitOutcome> {
     let tx = client.transaction().await.pg()?;
     let row = db::get(&tx, key, Lock::NoKeyUpdate).await?;
-    if let Some(version) = applied(&tx, row.id, &commit.commit_id).await? {
+    // Both reads in one round trip (tokio-postgres pipelines concurrent queries);
+    // the commit id is still judged first.
+    let (done, lease) = futures::join!(
+        applied(&tx, row.id, &commit.commit_id),
+        lease::check(&tx, row.id, commit.lease_id, commit.epoch)
+    );
+    if let Some(version) = done? {
         return Ok(CommitOutcome {
             version,
             already_applied: true,
         });
     }
-    lease::check(&tx, row.id, commit.lease_id, commit.epoch).await?;
+    lease?;
     if commit.base_version != row.state.version {
         return Err(StoreError::VersionConflict {
             base: commit.base_version,
@@ -42,8 +48,7 @@ pub(crate) async fn commit(
         });
     }
     validate::against_base(&commit, &row.state)?;
-    let version = apply(&tx, &row, &commit).await?;
-    lease::touch(&tx, row.id).await?;
+    let (version, ()) = futures::try_join!(apply(&tx, &row, &commit), lease::touch(&tx, row.id))?;
     tx.commit().await.pg()?;
     Ok(CommitOutcome {
         version,
@@ -67,48 +72,41 @@ async fn apply<C: GenericClient>(c: &C, row: &DbRow, commit: &Commit) -> StoreRe
     let version = row.state.version + 1;
     let v = int(version);
     mark_holes(c, row, commit, v).await?;
-    let mut bytes: i64 = 0;
-    for chunk in chunks(&commit.pages) {
-        bytes += insert_pages(c, row.id, v, chunk).await?;
-    }
+    let bytes: i64 = commit.pages.iter().map(|(_, d)| d.len() as i64).sum();
     let committed = row.now_unix_ms.max(row.updated_unix_ms);
     let changed = changed_pages(commit, row.state.page_count);
-    sql::execute(
-        c,
-        "INSERT INTO pagewire.versions \
-         (db_id, version, committed_unix_ms, page_size, page_count, changed_pages) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            &row.id,
-            &v,
-            &committed,
-            &i64::from(commit.page_size),
-            &i64::from(commit.page_count),
-            &changed,
-        ],
-    )
-    .await?;
-    sql::execute(
-        c,
-        "INSERT INTO pagewire.commit_ids (db_id, commit_id, version) VALUES ($1, $2, $3)",
-        &[&row.id, &&commit.commit_id[..], &v],
-    )
-    .await?;
-    sql::execute(
-        c,
-        "UPDATE pagewire.databases SET version = $2, page_size = $3, page_count = $4, \
-         updated_unix_ms = $5, stored_bytes = stored_bytes + $6, \
-         first_commit_unix_ms = coalesce(first_commit_unix_ms, $5) WHERE id = $1",
-        &[
-            &row.id,
-            &v,
-            &i64::from(commit.page_size),
-            &i64::from(commit.page_count),
-            &committed,
-            &bytes,
-        ],
-    )
-    .await?;
+    // The writes are independent: sent together, they cost one round trip.
+    let pages = futures::future::try_join_all(
+        chunks(&commit.pages)
+            .into_iter()
+            .map(|chunk| insert_pages(c, row.id, v, chunk)),
+    );
+    let (page_size, page_count) = (i64::from(commit.page_size), i64::from(commit.page_count));
+    let version_row: sql::Params = &[&row.id, &v, &committed, &page_size, &page_count, &changed];
+    let commit_id: sql::Params = &[&row.id, &&commit.commit_id[..], &v];
+    let newest: sql::Params = &[&row.id, &v, &page_size, &page_count, &committed, &bytes];
+    futures::try_join!(
+        pages,
+        sql::execute(
+            c,
+            "INSERT INTO pagewire.versions \
+             (db_id, version, committed_unix_ms, page_size, page_count, changed_pages) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            version_row,
+        ),
+        sql::execute(
+            c,
+            "INSERT INTO pagewire.commit_ids (db_id, commit_id, version) VALUES ($1, $2, $3)",
+            commit_id,
+        ),
+        sql::execute(
+            c,
+            "UPDATE pagewire.databases SET version = $2, page_size = $3, page_count = $4, \
+             updated_unix_ms = $5, stored_bytes = stored_bytes + $6, \
+             first_commit_unix_ms = coalesce(first_commit_unix_ms, $5) WHERE id = $1",
+            newest,
+        ),
+    )?;
     Ok(version)
 }
 
@@ -129,13 +127,13 @@ fn chunks(pages: &[(u32, bytes::Bytes)]) -> Vec<&[(u32, bytes::Bytes)]> {
     out
 }
 
-/// Inserts one run of pages in one statement; returns its bytes.
+/// Inserts one run of pages in one statement.
 async fn insert_pages<C: GenericClient>(
     c: &C,
     db_id: i64,
     version: i64,
     pages: &[(u32, bytes::Bytes)],
-) -> StoreResult<i64> {
+) -> StoreResult<()> {
     let nos: Vec<i64> = pages.iter().map(|(no, _)| i64::from(*no)).collect();
     let data: Vec<&[u8]> = pages.iter().map(|(_, d)| &d[..]).collect();
     sql::execute(
@@ -145,7 +143,7 @@ async fn insert_pages<C: GenericClient>(
         &[&db_id, &version, &nos, &data],
     )
     .await?;
-    Ok(data.iter().map(|d| d.len() as i64).sum())
+    Ok(())
 }
 
 /// When the file grows, pages past the old end whose newest write (before a truncate) has
