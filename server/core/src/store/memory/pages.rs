@@ -69,6 +69,10 @@ impl Pages {
         changed.dedup();
         for (no, data) in commit.pages {
             self.bytes += data.len() as u64;
+            // An exact copy: the decoded page is a slice of the whole received
+            // message, which it would otherwise keep alive for as long as the
+            // version lives.
+            let data = Bytes::copy_from_slice(&data);
             self.writes
                 .entry(no)
                 .or_default()
