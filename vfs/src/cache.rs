@@ -2,8 +2,13 @@
 //! bounded in bytes, least recently used out first.
 //!
 //! It moves forward with the database: a commit of this process inserts the
-//! pages it wrote, a `BeginRead` change list drops the pages that changed. A page
-//! is served only to a reader pinned at the cache's version and page size.
+//! pages it wrote, a `BeginRead` change list drops the pages that changed. It
+//! remembers the change lists of its last few steps, so a reader still pinned
+//! at a recent older version is served every page that has not changed since
+//! (and pages it fetches that have not changed since are kept): readers keep
+//! their cache while a writer commits.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -18,11 +23,25 @@ pub struct PageCache {
     pages: LruCache<u32, Bytes>,
     bytes: usize,
     max_bytes: usize,
+    /// The last steps: (version reached, pages changed to reach it), oldest
+    /// first; contiguous, ending at `version`.
+    steps: VecDeque<(u64, Vec<u32>)>,
 }
+
+/// Steps remembered (a reader pinned further back reads from the server).
+const STEPS: usize = 64;
 
 impl PageCache {
     pub fn new(max_bytes: usize) -> Self {
-        Self { version: 0, page_size: 0, page_count: 0, pages: LruCache::unbounded(), bytes: 0, max_bytes }
+        Self {
+            version: 0,
+            page_size: 0,
+            page_count: 0,
+            pages: LruCache::unbounded(),
+            bytes: 0,
+            max_bytes,
+            steps: VecDeque::new(),
+        }
     }
 
     /// The version whose pages this cache holds.
@@ -30,24 +49,34 @@ impl PageCache {
         self.version
     }
 
-    fn serves(&self, at: DbState) -> bool {
-        self.version == at.version && self.page_size == at.page_size
+    /// Is page `no` the same at version `at` as at the cache's version?
+    fn serves(&self, at: DbState, no: u32) -> bool {
+        if at.page_size != self.page_size || no > at.page_count || no > self.page_count {
+            return false;
+        }
+        if at.version == self.version {
+            return true;
+        }
+        // Known only when every step from `at` to now is remembered.
+        let mut later = self.steps.iter().filter(|(v, _)| *v > at.version);
+        let covered = self.steps.iter().any(|(v, _)| *v == at.version + 1) && at.version < self.version;
+        covered && later.all(|(_, changed)| changed.binary_search(&no).is_err())
     }
 
     pub fn get(&mut self, at: DbState, no: u32) -> Option<Bytes> {
-        if !self.serves(at) {
+        if !self.serves(at, no) {
             return None;
         }
         self.pages.get(&no).cloned()
     }
 
     pub fn contains(&self, at: DbState, no: u32) -> bool {
-        self.serves(at) && self.pages.contains(&no)
+        self.serves(at, no) && self.pages.contains(&no)
     }
 
-    /// Keeps `data` as page `no` of version `at` (ignored for another version).
+    /// Keeps `data`, page `no` at version `at`, if it is still that page now.
     pub fn insert(&mut self, at: DbState, no: u32, data: Bytes) {
-        if !self.serves(at) || data.len() > self.max_bytes {
+        if !self.serves(at, no) || data.len() > self.max_bytes {
             return;
         }
         self.bytes += data.len();
@@ -71,6 +100,7 @@ impl PageCache {
     pub fn clear(&mut self) {
         self.pages.clear();
         self.bytes = 0;
+        self.steps.clear();
     }
 
     /// Forgets everything, including which version it held.
@@ -89,6 +119,20 @@ impl PageCache {
             Some(changed) => {
                 for p in changed {
                     self.remove(*p);
+                }
+                let mut sorted = changed.to_vec();
+                sorted.sort_unstable();
+                sorted.dedup();
+                // One step per version: a change list spanning several versions is
+                // recorded as its last, with the steps before it unknown.
+                if to.version > from + 1 {
+                    self.steps.clear();
+                }
+                if to.version > from {
+                    self.steps.push_back((to.version, sorted));
+                }
+                while self.steps.len() > STEPS {
+                    self.steps.pop_front();
                 }
                 if to.page_count < self.page_count {
                     let beyond: Vec<u32> = self.pages.iter().map(|(p, _)| *p).filter(|p| *p > to.page_count).collect();
@@ -130,5 +174,29 @@ mod tests {
         assert!(c.get(at(2), 1).is_some(), "unchanged pages survive");
         c.advance(1, at(3), Some(&[]));
         assert!(c.get(at(3), 1).is_none(), "a change list from another version is not usable");
+    }
+
+    #[test]
+    fn readers_at_recent_versions_share_unchanged_pages() {
+        let mut c = PageCache::new(1 << 20);
+        c.advance(0, at(5), None);
+        c.insert(at(5), 1, Bytes::from_static(b"p1v5"));
+        c.insert(at(5), 2, Bytes::from_static(b"p2v5"));
+        c.advance(5, at(6), Some(&[1]));
+        c.advance(6, at(7), Some(&[3]));
+        assert!(c.get(at(5), 2).is_some(), "page 2 unchanged since 5");
+        assert!(c.get(at(5), 1).is_none(), "page 1 changed at 6");
+        assert!(c.get(at(6), 1).is_none(), "not cached");
+        // Fetched at 6, unchanged since: kept and served to 7.
+        c.insert(at(6), 1, Bytes::from_static(b"p1v6"));
+        assert_eq!(c.get(at(7), 1).as_deref(), Some(&b"p1v6"[..]));
+        // Fetched at 6 but changed at 7: not kept.
+        c.insert(at(6), 3, Bytes::from_static(b"p3v6"));
+        assert!(c.get(at(7), 3).is_none());
+        // A change list spanning versions forgets the steps before it.
+        c.advance(7, at(9), Some(&[4]));
+        assert!(c.get(at(8), 2).is_some(), "the spanning list covers 8..9");
+        assert!(c.get(at(7), 2).is_none(), "7 -> 8 is not known on its own");
+        assert!(c.get(at(4), 2).is_none(), "never further back than remembered");
     }
 }
