@@ -90,7 +90,8 @@ struct Lease {
 
 impl Lease {
     fn from_response(r: &pb::LeaseResponse, asked_at: Instant) -> Self {
-        let ttl = Duration::from_millis(r.ttl_ms);
+        // A server's word is not trusted to overflow our clock arithmetic.
+        let ttl = Duration::from_millis(r.ttl_ms.min(24 * 3600 * 1000));
         Self { id: r.lease_id.clone(), epoch: r.epoch, ttl, valid_until: Self::deadline(asked_at, ttl) }
     }
 
