@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
-use pagewire_server_core::store::clock::describe_unix_ms;
+use pagewire_server_core::store::clock::{check_after_first_commit, describe_unix_ms};
 use pagewire_server_core::store::{
     BeginRead, DbKey, DbState, PageRead, ReadAt, ReadView, StoreError, StoreResult,
 };
@@ -85,18 +85,7 @@ async fn readable<C: GenericClient>(c: &C, row: &DbRow, version: u64) -> StoreRe
 
 /// The newest version committed at or before `unix_ms`.
 async fn version_at_time<C: GenericClient>(c: &C, row: &DbRow, unix_ms: i64) -> StoreResult<u64> {
-    let Some(first) = row.first_commit_unix_ms else {
-        return Err(StoreError::OutOfRange(
-            "the database has no committed version yet".into(),
-        ));
-    };
-    if unix_ms < first {
-        return Err(StoreError::OutOfRange(format!(
-            "no version was committed at or before {}: the first commit (version 1) was at {}",
-            describe_unix_ms(unix_ms),
-            describe_unix_ms(first)
-        )));
-    }
+    check_after_first_commit(row.first_commit_unix_ms, unix_ms)?;
     let found = sql::query_opt(
         c,
         "SELECT version FROM pagewire.versions WHERE db_id = $1 AND committed_unix_ms <= $2 \

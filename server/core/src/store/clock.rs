@@ -61,3 +61,25 @@ pub fn describe_unix_ms(unix_ms: i64) -> String {
         _ => format!("{ms} ms (Unix)"),
     }
 }
+
+/// The error for an as-of time that no version can answer because it precedes the
+/// database's first commit (or the database has none): the same words from every store.
+pub fn check_after_first_commit(
+    first_commit_unix_ms: Option<i64>,
+    unix_ms: i64,
+) -> crate::store::StoreResult<()> {
+    use crate::store::StoreError;
+    let Some(first) = first_commit_unix_ms else {
+        return Err(StoreError::OutOfRange(
+            "the database has no committed version yet".into(),
+        ));
+    };
+    if unix_ms < first {
+        return Err(StoreError::OutOfRange(format!(
+            "no version was committed at or before {}: the first commit (version 1) was at {}",
+            describe_unix_ms(unix_ms),
+            describe_unix_ms(first)
+        )));
+    }
+    Ok(())
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::pages::KeptVersion;
 use super::pins::Pins;
-use crate::store::clock::describe_unix_ms;
+use crate::store::clock::{check_after_first_commit, describe_unix_ms};
 use crate::store::{DbState, ReadAt, StoreError, StoreResult};
 
 use tokio::time::Instant;
@@ -142,18 +142,7 @@ impl History {
 
     /// The newest version committed at or before `unix_ms`.
     fn version_at_time(&self, unix_ms: i64) -> StoreResult<u64> {
-        let Some(first) = self.first_commit_unix_ms else {
-            return Err(StoreError::OutOfRange(
-                "the database has no committed version yet".into(),
-            ));
-        };
-        if unix_ms < first {
-            return Err(StoreError::OutOfRange(format!(
-                "no version was committed at or before {}: the first commit (version 1) was at {}",
-                describe_unix_ms(unix_ms),
-                describe_unix_ms(first)
-            )));
-        }
+        check_after_first_commit(self.first_commit_unix_ms, unix_ms)?;
         let after = self
             .versions
             .partition_point(|m| m.committed_unix_ms <= unix_ms);
