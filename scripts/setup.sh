@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the build needs and a fresh Debian/Ubuntu machine may lack:
-# libclang (sqlite-plugin runs bindgen at build time) and the sqlite3 shell
-# (used by the Quick Start and its test). protoc is vendored through a crate.
+# libclang (sqlite-plugin runs bindgen at build time), the sqlite3 shell (used by
+# the Quick Start and its test) and, for the test suite's PostgreSQL store tests,
+# PostgreSQL's server binaries (the tests start their own throwaway cluster;
+# nothing is configured system-wide). protoc is vendored through a crate.
 set -euo pipefail
 
 have_libclang() {
@@ -13,6 +15,10 @@ have_libclang() {
 missing=()
 have_libclang || missing+=(libclang-dev)
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+if [ "${1:-}" = "--with-postgres" ] && [ -z "${DATABASE_URL:-}" ]; then
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 ||
+        missing+=(postgresql)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=""

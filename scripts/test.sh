@@ -12,7 +12,7 @@
 # the PostgreSQL tests try on their own, and skip (fail under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --with-postgres
 cargo build --release --workspace
 
 pg_pid=""
