@@ -2,8 +2,8 @@
 # Builds everything and runs the whole test suite: unit tests, the server's
 # gRPC tests, the store conformance suite (memory, and PostgreSQL), and the
 # end-to-end tests (real server process, real SQLite through the real VFS, the
-# stock sqlite3 shell). Release profile throughout, so one compilation serves
-# the binaries and the tests.
+# stock sqlite3 shell and the static one, which this script builds). Release
+# profile throughout, so one compilation serves the binaries and the tests.
 #
 # PostgreSQL: unless DATABASE_URL is already set, one throwaway cluster is started
 # for the whole run (pagewire-test-postgres: initdb in a temporary directory,
@@ -14,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --with-postgres
 cargo build --release --workspace
+# The static shell (sqlite3-pagewire); its SQLite download is cached in target/static.
+scripts/build-static-sqlite.sh
 
 pg_pid=""
 pg_out=""

@@ -40,13 +40,38 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn quick_start_in_the_stock_shell() {
     let Some(shell) = shell() else { return };
-    let server = Server::start().expect("server");
     let lib = vfs_library().expect("VFS library");
-    let lib = lib.display();
+    quick_start(shell, &format!(".load {}\n", lib.display()));
+}
 
+/// The static shell (scripts/build-static-sqlite.sh): pagewire is its default
+/// VFS with nothing to load.
+#[test]
+fn quick_start_in_the_static_shell() {
+    let path = match std::env::var_os("PAGEWIRE_STATIC_SHELL") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => pagewire_tests::target_dir().expect("target").join("../static/sqlite3-pagewire"),
+    };
+    if !path.exists() {
+        assert!(!in_ci(), "{} is missing: scripts/test.sh builds it with scripts/build-static-sqlite.sh", path.display());
+        eprintln!("SKIPPED: no static shell at {} (scripts/build-static-sqlite.sh builds it)", path.display());
+        return;
+    }
+    let shell = path.display().to_string();
+    quick_start(&shell, "");
+    // It starts, and reports the error, when the server is down.
+    let out = run(&shell, "http://127.0.0.1:1", ".open nowhere.db\nselect count(*) from sqlite_schema;\n.print still-alive\n");
+    assert!(text(&out.stderr).contains("unable to open database"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("still-alive"));
+}
+
+/// The README Quick Start: create, insert (also in a multi-statement
+/// transaction), quit, reopen in a new process and see the data.
+fn quick_start(shell: &str, load: &str) {
+    let server = Server::start().expect("server");
     // Terminal 2 of the Quick Start: create, insert, quit.
     let first = run(shell, &server.url, &format!(
-        ".load {lib}\n\
+        "{load}\
          .open acme/orders.db\n\
          create table orders(id integer primary key, item text, qty int);\n\
          insert into orders(item, qty) values ('apples', 3);\n\
@@ -61,7 +86,7 @@ fn quick_start_in_the_stock_shell() {
 
     // A new process sees the data.
     let second = run(shell, &server.url, &format!(
-        ".load {lib}\n\
+        "{load}\
          .open acme/orders.db\n\
          select item, qty from orders order by id;\n\
          pragma integrity_check;\n\

@@ -1,0 +1,22 @@
+# An image with `pagewire-server` and `sqlite3-pagewire` (SQLite's shell with the
+# pagewire VFS as its default) on PATH. A thin wrapper over the repository's own
+# scripts, which the test suite runs:
+#   docker build -f static_dev.Dockerfile -t pagewire .
+#   docker run --rm -p 7878:7878 pagewire pagewire-server --listen 0.0.0.0:7878
+#   docker run --rm -it --network host pagewire sqlite3-pagewire
+FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libclang-dev sqlite3 npm \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release -p pagewire-server -p pagewire-vfs \
+ && scripts/build-static-sqlite.sh
+
+FROM debian:bookworm-slim
+COPY --from=build /src/target/release/pagewire-server /usr/local/bin/
+COPY --from=build /src/target/static/sqlite3-pagewire /usr/local/bin/
+COPY --from=build /src/target/release/libpagewire_vfs.so /usr/local/lib/
+ENV PAGEWIRE_URL=http://127.0.0.1:7878
+EXPOSE 7878
+CMD ["pagewire-server", "--listen", "0.0.0.0:7878"]
