@@ -3,7 +3,8 @@
 # libclang (sqlite-plugin runs bindgen at build time), the sqlite3 shell (used by
 # the Quick Start and its test) and, for the test suite's PostgreSQL store tests,
 # PostgreSQL's server binaries (the tests start their own throwaway cluster;
-# nothing is configured system-wide). protoc is vendored through a crate.
+# nothing is configured system-wide) and npm (the static shell fetches SQLite
+# from the npm registry). protoc is vendored through a crate.
 set -euo pipefail
 
 have_libclang() {
@@ -15,7 +16,10 @@ have_libclang() {
 missing=()
 have_libclang || missing+=(libclang-dev)
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
-if [ "${1:-}" = "--with-postgres" ] && [ -z "${DATABASE_URL:-}" ]; then
+if [ "${1:-}" = "--for-tests" ] && ! command -v npm >/dev/null 2>&1 && [ -z "${SQLITE_SRC:-}" ]; then
+    missing+=(npm)
+fi
+if [ "${1:-}" = "--for-tests" ] && [ -z "${DATABASE_URL:-}" ]; then
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 ||
         missing+=(postgresql)
 fi

@@ -12,7 +12,7 @@
 # the PostgreSQL tests try on their own, and skip (fail under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --with-postgres
+scripts/setup.sh --for-tests
 cargo build --release --workspace
 # The static shell (sqlite3-pagewire); its SQLite download is cached in target/static.
 scripts/build-static-sqlite.sh
