@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --for-tests
 cargo build --release --workspace
+cargo build --release -p pagewire-server-core --examples
 # The static shell (sqlite3-pagewire); its SQLite download is cached in target/static.
 scripts/build-static-sqlite.sh
 

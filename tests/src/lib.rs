@@ -92,6 +92,11 @@ impl Server {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
+
+    /// The exit status, once the process has ended.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
 }
 
 impl Drop for Server {

@@ -1,0 +1,69 @@
+//! The server as a process: graceful shutdown, bad flags, and the embedded
+//! server example.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use pagewire_tests::{Server, server_binary, target_dir, wait_for};
+
+fn exits_cleanly_on(signal: i32) {
+    let mut server = Server::start().expect("server");
+    let db = open(&server, "bye.db");
+    db.execute_batch("create table t(x); insert into t values (1)").expect("write");
+    drop(db);
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(server.pid(), signal) }, 0);
+    let started = Instant::now();
+    let mut status = None;
+    assert!(wait_for(Duration::from_secs(10), || {
+        status = server.try_wait();
+        status.is_some()
+    }), "server still running {:?} after signal {signal}", started.elapsed());
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "signal {signal}: {status:?}");
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_server_gracefully() {
+    exits_cleanly_on(libc::SIGTERM);
+    exits_cleanly_on(libc::SIGINT);
+}
+
+#[test]
+fn bad_flags_fail_with_a_message() {
+    let server = server_binary().expect("server binary");
+    let run = |args: &[&str]| Command::new(&server).args(args).output().expect("run server");
+    let out = run(&["--store", "mongodb://x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("memory"), "lists the stores it knows");
+    let out = run(&["--lease-ttl", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    let out = run(&["--listen", "not-an-address"]);
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[test]
+fn embedded_memory_server_example_serves_sqlite() {
+    let exe = target_dir().expect("target").join("examples/memory_server");
+    if !exe.exists() {
+        assert!(!pagewire_tests::in_ci(), "{} missing: scripts/test.sh builds the examples", exe.display());
+        eprintln!("SKIPPED: {} not built (cargo build --release -p pagewire-server-core --examples)", exe.display());
+        return;
+    }
+    let mut child = Command::new(&exe).arg("127.0.0.1:0").stdout(Stdio::piped()).spawn().expect("example");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
+    let url = line.trim().strip_prefix("pagewire-server listening on ").expect("listening line").to_owned();
+    let db = open_url(&url, "example.db");
+    db.execute_batch("create table t(x); insert into t values (42)").expect("write");
+    let x: i64 = db.query_row("select x from t", [], |r| r.get(0)).expect("read");
+    assert_eq!(x, 42);
+    drop(db);
+    let _ = child.kill();
+    let _ = child.wait();
+}
