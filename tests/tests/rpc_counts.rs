@@ -70,9 +70,63 @@ fn a_commit_is_one_commit_call_and_nothing_else() {
     assert_eq!(diff(trips(&db), before), [0, 0, 0, 1]);
 }
 
+/// The replica's read lease and Watch state (`PRAGMA pagewire_read_lease`).
+fn read_lease(c: &Connection) -> String {
+    c.query_row("pragma pagewire_read_lease", [], |r| r.get(0)).expect("pragma")
+}
+
+/// Waits (up to 5 s) until `c`'s process holds a read lease and has heard of
+/// `version` with its round over.
+fn await_lease_at(c: &Connection, version: u64) {
+    let want = format!("lease=held heard={version} round=0");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while read_lease(c) != want {
+        assert!(std::time::Instant::now() < deadline, "no read lease at {version}: {}", read_lease(c));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+fn version(c: &Connection) -> u64 {
+    c.query_row("pragma pagewire_version", [], |r| r.get::<_, String>(0)).expect("version").parse().expect("a number")
+}
+
 #[test]
-fn replica_read_transaction_on_an_unchanged_database_is_one_round_trip() {
+fn replica_read_transactions_with_a_read_lease_make_no_round_trip() {
     let server = Server::start().expect("server");
+    let writer = client(&server, "rep.db", "writer", "");
+    fill(&writer, 500, 200);
+    let v1 = version(&writer);
+    let replica = client(&server, "rep.db", "replica", "&mode=ro");
+    let sum = |c: &Connection| c.query_row("select sum(length(data)) from t", [], |r| r.get::<_, i64>(0)).expect("sum");
+    assert_eq!(sum(&replica), 500 * 200, "the first read transaction starts the Watch stream");
+    await_lease_at(&replica, v1);
+    for _ in 0..10 {
+        let before = trips(&replica);
+        replica.execute_batch("begin").expect("begin");
+        assert_eq!(sum(&replica), 500 * 200);
+        replica.query_row("select data from t where id = 77", [], |_| Ok(())).expect("point");
+        replica.execute_batch("commit").expect("end");
+        assert_eq!(diff(trips(&replica), before), [0, 0, 0, 0], "read lease held, every page cached");
+    }
+    // After a commit, the next read transaction fetches only what changed: the
+    // RoundEnd listed the changed pages, so no BeginRead either.
+    writer.execute("update t set data = randomblob(200) where id = 250", []).expect("commit");
+    await_lease_at(&replica, v1 + 1);
+    let (before, pages_before) = (trips(&replica), stat(&replica, "pages_read"));
+    assert_eq!(sum(&replica), 500 * 200);
+    let after = diff(trips(&replica), before);
+    let fetched = stat(&replica, "pages_read") - pages_before;
+    assert_eq!(after[1], 0, "no BeginRead: {after:?}");
+    assert!(after[2] <= 2, "changed pages in few calls: {after:?}");
+    // The commit changed page 1 and the row's leaf (maybe an interior page); read-ahead
+    // may bring a few neighbours along, never the table.
+    let table_pages: u64 = replica.query_row("pragma page_count", [], |r| r.get::<_, i64>(0)).expect("pages") as u64;
+    assert!(fetched <= 1 + 16, "{fetched} of {table_pages} pages fetched again");
+}
+
+#[test]
+fn replica_read_transaction_without_a_read_lease_is_one_round_trip() {
+    let server = Server::start_with(&["--read-lease-ttl", "0s"]).expect("server");
     let writer = client(&server, "rep.db", "writer", "");
     fill(&writer, 500, 200);
     let replica = client(&server, "rep.db", "replica", "&mode=ro");
@@ -82,22 +136,10 @@ fn replica_read_transaction_on_an_unchanged_database_is_one_round_trip() {
         let before = trips(&replica);
         replica.execute_batch("begin").expect("begin");
         assert_eq!(sum(&replica), 500 * 200);
-        replica.query_row("select data from t where id = 77", [], |_| Ok(())).expect("point");
         replica.execute_batch("commit").expect("end");
         assert_eq!(diff(trips(&replica), before), [0, 1, 0, 0], "one BeginRead, every page cached");
     }
-    // After a commit, the next read transaction fetches only what changed.
-    writer.execute("update t set data = randomblob(200) where id = 250", []).expect("commit");
-    let (before, pages_before) = (trips(&replica), stat(&replica, "pages_read"));
-    assert_eq!(sum(&replica), 500 * 200);
-    let after = diff(trips(&replica), before);
-    let fetched = stat(&replica, "pages_read") - pages_before;
-    assert_eq!(after[1], 1, "one BeginRead");
-    assert!(after[2] <= 2, "changed pages in few calls: {after:?}");
-    // The commit changed page 1 and the row's leaf (maybe an interior page); read-ahead
-    // may bring a few neighbours along, never the table.
-    let table_pages: u64 = replica.query_row("pragma page_count", [], |r| r.get::<_, i64>(0)).expect("pages") as u64;
-    assert!(fetched <= 1 + 16, "{fetched} of {table_pages} pages fetched again");
+    assert!(read_lease(&replica).starts_with("lease=none"), "{}", read_lease(&replica));
 }
 
 #[test]

@@ -111,6 +111,18 @@ impl PageCache {
         self.page_count = 0;
     }
 
+    /// Moves to `to` when the cache is at `from` and the pages changed in between are
+    /// known (a Watch round); otherwise leaves it, still right for its own version, for
+    /// a BeginRead to move on.
+    pub fn follow(&mut self, from: Option<u64>, to: DbState, changed: Option<&[u32]>) {
+        if let (Some(from), Some(changed)) = (from, changed)
+            && from == self.version
+            && to.version > from
+        {
+            self.advance(from, to, Some(changed));
+        }
+    }
+
     /// Moves the cache from version `from` to `to`, dropping the pages that
     /// changed in between (`changed`, or everything when it is not known).
     pub fn advance(&mut self, from: u64, to: DbState, changed: Option<&[u32]>) {
@@ -198,5 +210,22 @@ mod tests {
         assert!(c.get(at(8), 2).is_some(), "the spanning list covers 8..9");
         assert!(c.get(at(7), 2).is_none(), "7 -> 8 is not known on its own");
         assert!(c.get(at(4), 2).is_none(), "never further back than remembered");
+    }
+
+    #[test]
+    fn follow_moves_only_from_its_own_version() {
+        let mut c = PageCache::new(1 << 20);
+        c.advance(0, at(5), None);
+        c.insert(at(5), 1, Bytes::from_static(b"p1v5"));
+        c.insert(at(5), 2, Bytes::from_static(b"p2v5"));
+        c.follow(Some(4), at(6), Some(&[1]));
+        assert_eq!(c.version(), 5, "from another version: left alone");
+        c.follow(Some(5), at(6), None);
+        assert_eq!(c.version(), 5, "changes unknown: left alone");
+        c.follow(Some(5), at(6), Some(&[1]));
+        assert_eq!(c.version(), 6);
+        assert!(c.get(at(6), 1).is_none() && c.get(at(6), 2).is_some());
+        c.follow(Some(5), at(6), Some(&[2]));
+        assert!(c.get(at(6), 2).is_some(), "never backwards or twice");
     }
 }

@@ -48,6 +48,11 @@ pub struct Counters {
     pub commit: AtomicU64,
     /// Pages carried by commits that applied.
     pub pages_committed: AtomicU64,
+    /// Watch streams opened.
+    pub watch: AtomicU64,
+    /// Read transactions begun with no RPC, on a read lease or snapshot Watch state
+    /// (not an RPC; counted to show how many BeginReads were saved).
+    pub local_reads: AtomicU64,
 }
 
 impl Counters {
@@ -65,6 +70,8 @@ impl Counters {
             ("pages_read", get(&self.pages_read)),
             ("commit", get(&self.commit)),
             ("pages_committed", get(&self.pages_committed)),
+            ("watch", get(&self.watch)),
+            ("local_reads", get(&self.local_reads)),
         ]
     }
 }
@@ -163,6 +170,17 @@ impl Client {
             }
         })
         .await
+    }
+
+    /// Opens a Watch stream fed by `requests` (not retried: the caller falls back to
+    /// BeginRead and opens another later).
+    pub async fn watch(
+        mut self,
+        requests: tokio::sync::mpsc::Receiver<pb::WatchRequest>,
+    ) -> Result<tonic::Streaming<pb::WatchEvent>, Status> {
+        Counters::bump(&self.counters.watch);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(requests);
+        Ok(self.inner.watch(stream).await?.into_inner())
     }
 
     /// Sends one transaction, retrying with the same commit id until the answer

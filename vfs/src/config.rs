@@ -38,6 +38,20 @@ pub struct Config {
     pub cache_size: u64,
     /// Databases up to this size are read whole when first opened (0: never).
     pub preload: u64,
+    /// What a read transaction may see: see [`Consistency`].
+    pub consistency: Consistency,
+}
+
+/// How current a read transaction must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Every commit acknowledged before the transaction began is visible (with a read
+    /// lease, at no round trip; without one, by asking the server).
+    #[default]
+    Strong,
+    /// The newest version this process heard of on its Watch stream: at no round trip,
+    /// possibly a commit behind; commits never wait for this reader.
+    Snapshot,
 }
 
 /// A point in a database's history.
@@ -49,7 +63,8 @@ pub enum AsOf {
 }
 
 /// Settings read from `PAGEWIRE_<KEY>` environment variables.
-const ENV_KEYS: [&str; 9] = [
+const ENV_KEYS: [&str; 10] = [
+    "consistency",
     "url",
     "token",
     "connect_timeout",
@@ -61,7 +76,8 @@ const ENV_KEYS: [&str; 9] = [
     "log",
 ];
 /// Settings a URI parameter may set for one database.
-const URI_KEYS: [&str; 11] = [
+const URI_KEYS: [&str; 12] = [
+    "consistency",
     "cache_size",
     "preload",
     "url",
@@ -89,6 +105,7 @@ impl Default for Config {
             as_of: None,
             cache_size: 64 << 20,
             preload: 1 << 20,
+            consistency: Consistency::Strong,
         }
     }
 }
@@ -152,6 +169,7 @@ impl Config {
             "as_of_version" | "as_of_time" if self.as_of.is_some() => {
                 return Err(bad("give only one of as_of_version= and as_of_time=".into()));
             }
+            "consistency" => self.consistency = parse_consistency(value).map_err(bad)?,
             "as_of_version" => self.as_of = Some(AsOf::Version(parse_version(value).map_err(bad)?)),
             "as_of_time" => self.as_of = Some(AsOf::Time(parse_time(value).map_err(bad)?)),
             _ => {}
@@ -204,6 +222,14 @@ fn parse_time(v: &str) -> Result<i64, String> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| "time out of range".into())
 }
 
+fn parse_consistency(s: &str) -> Result<Consistency, String> {
+    match s {
+        "strong" => Ok(Consistency::Strong),
+        "snapshot" => Ok(Consistency::Snapshot),
+        _ => Err("expected strong or snapshot".into()),
+    }
+}
+
 fn parse_duration(v: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(v).map_err(|e| format!("not a duration like 5s or 500ms: {e}"))?;
     if d.is_zero() {
@@ -243,6 +269,7 @@ mod tests {
             ("PAGEWIRE_TOKEN", ""),
             ("PAGEWIRE_CONNECT_TIMEOUT", "soon"),
             ("PAGEWIRE_RETRY_TIMEOUT", "0s"),
+            ("PAGEWIRE_CONSISTENCY", "eventual"),
         ] {
             let err = env(&[(var, val)]).expect_err(var).to_string();
             assert!(err.contains(var), "{err} should name {var}");
@@ -256,6 +283,9 @@ mod tests {
             .with_uri_params([("url", "http://b:2"), ("mode", "ro"), ("vfs", "pagewire")])
             .expect("valid");
         assert_eq!(c.url, "http://b:2");
+        assert_eq!(c.consistency, Consistency::Strong);
+        let c = base.with_uri_params([("consistency", "snapshot")]).expect("valid");
+        assert_eq!(c.consistency, Consistency::Snapshot);
         let err = base.with_uri_params([("token", "a b")]).expect_err("space").to_string();
         assert!(err.contains("token="), "{err}");
     }

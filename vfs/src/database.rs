@@ -24,10 +24,11 @@ use tonic::Code;
 use crate::{
     cache::PageCache,
     client::{Client, CommitError, CommitPlan},
-    config::AsOf,
+    config::{AsOf, Consistency},
     error::VfsError,
     locks::LockTable,
     runtime::Rt,
+    watch::{self, WatchView},
 };
 
 /// A database at one version.
@@ -112,6 +113,8 @@ struct Shared {
     /// Last time a connection took RESERVED or committed: the lease is given
     /// back once it has been idle for `lease_idle`.
     last_write: Instant,
+    /// The Watch stream and read lease.
+    watch: WatchView,
 }
 
 pub struct Database {
@@ -138,7 +141,7 @@ impl Database {
             settings: ServerSettings::from_open(open),
             lease_idle,
             locks: Mutex::default(),
-            state: Mutex::new(Shared { committed, lease: None, cache: PageCache::new(cache_bytes), last_write: Instant::now() }),
+            state: Mutex::new(Shared { committed, lease: None, cache: PageCache::new(cache_bytes), last_write: Instant::now(), watch: WatchView::default() }),
             connections: AtomicUsize::new(0),
         }
     }
@@ -171,14 +174,37 @@ impl Database {
         }
     }
 
-    /// The version a new read transaction pins. The lease holder is the only
-    /// writer, so while its lease is valid and its cache current it needs no RPC.
-    pub fn begin_read(&self, as_of: Option<AsOf>) -> Result<DbState, VfsError> {
+    /// Learns of a committed state from the Watch stream.
+    pub fn observe_committed(&self, state: DbState) {
+        let mut s = self.state.lock();
+        self.observe(&mut s, state);
+    }
+
+    /// Runs `f` on the watch state and the cache, under the state lock.
+    pub fn with_watch<T>(&self, f: impl FnOnce(&mut WatchView, &mut PageCache) -> T) -> T {
+        let s = &mut *self.state.lock();
+        f(&mut s.watch, &mut s.cache)
+    }
+
+    /// The version a new read transaction pins. With no RPC when it can: the write
+    /// lease holder is the only writer, so while its lease is valid and its cache
+    /// current, that is the newest version; a read lease holder (see [`watch`]) knows
+    /// the newest version from its Watch stream. Otherwise BeginRead asks the server.
+    pub fn begin_read(self: &Arc<Self>, as_of: Option<AsOf>, consistency: Consistency) -> Result<DbState, VfsError> {
         let cached = {
-            let s = self.state.lock();
-            let sole_writer = s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version() == s.committed.version;
-            if sole_writer && as_of.is_none() {
-                return Ok(s.committed);
+            let mut s = self.state.lock();
+            if as_of.is_none() {
+                let sole_writer = s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version() == s.committed.version;
+                if sole_writer {
+                    return Ok(s.committed);
+                }
+                if let Some(state) = s.watch.serves(consistency, s.cache.version()) {
+                    self.client.counters.local_reads.fetch_add(1, Ordering::Relaxed);
+                    return Ok(state);
+                }
+                if let Some(signals) = s.watch.note_read(consistency) {
+                    self.rt.spawn(watch::run(Arc::downgrade(self), self.key.name.clone(), self.lease_idle, signals));
+                }
             }
             s.cache.version()
         };
@@ -326,6 +352,15 @@ impl Database {
         s.cache.reset();
     }
 
+    /// Ends the Watch stream and gives the read lease back (last connection closed),
+    /// so commits of other clients need not wait for it to run out. Best effort.
+    pub fn stop_watch(&self) {
+        let done = self.state.lock().watch.stop();
+        if let Some(done) = done {
+            let _ = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), done).await });
+        }
+    }
+
     /// Gives the lease back (last connection closed). Best effort: if the server
     /// is unreachable the lease simply expires.
     pub fn release_lease(&self) {
@@ -401,7 +436,10 @@ impl Database {
         }
         self.observe(&mut s, state);
         let changed: Vec<u32> = plan.pages.iter().map(|(p, _)| *p).collect();
-        s.cache.advance(base.version, state, Some(&changed));
+        // The Watch stream's RoundEnd may have moved the cache there already.
+        if s.cache.version() < state.version {
+            s.cache.advance(base.version, state, Some(&changed));
+        }
         for (p, d) in &plan.pages {
             s.cache.insert(state, *p, d.clone());
         }

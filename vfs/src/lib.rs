@@ -7,6 +7,7 @@
 //! - `database`   per-process state of one database: lock table, write lease,
 //!   committed state, page cache
 //! - `cache`      the page cache of one database (LRU, bounded in bytes)
+//! - `watch`      the Watch stream and read lease: read transactions at no RPC
 //! - `readahead`  sequential-read detection, for batched page fetches
 //! - `locks`      SQLite lock levels between connections of this process
 //! - `client`     gRPC calls, retries, RPC counters
@@ -33,6 +34,7 @@ mod pragma;
 mod readahead;
 mod runtime;
 mod vfs;
+mod watch;
 
 use std::sync::{
     OnceLock,

@@ -19,7 +19,7 @@ use tonic::Code;
 use crate::{
     buffer::{BaseRead, WriteBuffer},
     client::CommitError,
-    config::{AsOf, Config},
+    config::{AsOf, Config, Consistency},
     database::{Database, DbState},
     error::VfsError,
     header,
@@ -46,6 +46,7 @@ pub struct MainFile {
     /// Read transactions wait for at least this version (read-your-writes).
     pub min_version: u64,
     min_version_timeout: Duration,
+    consistency: Consistency,
 }
 
 impl MainFile {
@@ -63,6 +64,7 @@ impl MainFile {
             as_of: config.as_of,
             min_version: config.min_version,
             min_version_timeout: config.min_version_timeout,
+            consistency: config.consistency,
         }
     }
 
@@ -151,7 +153,7 @@ impl MainFile {
     /// SHARED: pin the version this read transaction sees (the newest, or the
     /// time-travel point).
     pub fn pin(&mut self) -> Result<(), VfsError> {
-        self.view = self.db.begin_read(self.as_of)?;
+        self.view = self.db.begin_read(self.as_of, self.consistency)?;
         Ok(())
     }
 
@@ -164,7 +166,7 @@ impl MainFile {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
-            let state = self.db.begin_read(None)?;
+            let state = self.db.begin_read(None, self.consistency)?;
             if state.version >= self.min_version {
                 return Ok(());
             }

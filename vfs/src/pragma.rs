@@ -9,6 +9,7 @@
 //!   version it committed); `pagewire_min_version=N`: later read transactions
 //!   wait for at least version N (read-your-writes on a replica);
 //!   `pagewire_stats`: RPC counters.
+//!   `pagewire_read_lease`: the read lease and the newest version heard on Watch.
 //!
 //! Values are parsed as SQLite parses them, or the refusal could be bypassed.
 
@@ -48,6 +49,7 @@ pub fn handle(file: &mut MainFile, name: &str, arg: Option<&str>) -> Result<Opti
                 Some(format!("pagewire_min_version: expected a version number, got {arg:?}")),
             )),
         },
+        ("pagewire_read_lease", None) => Ok(Some(file.db.with_watch(|w, _| w.describe()))),
         ("pagewire_stats", None) => {
             let stats = file.db.client.counters.snapshot();
             let text: Vec<String> = stats.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -135,6 +135,7 @@ impl PagewireVfs {
             last
         };
         if last {
+            file.db.stop_watch();
             file.db.release_lease();
         }
     }

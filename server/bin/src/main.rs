@@ -45,6 +45,14 @@ struct Flags {
     /// or ReadPages at it (e.g. 5m).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pin_ttl: Duration,
+    /// How long a reader's read lease lasts (renewed while it reads; e.g. 1s, 500ms).
+    /// Readers holding one answer queries without a round trip and still see every
+    /// acknowledged commit; each commit waits until they acknowledged it (a vanished
+    /// reader stalls commits at most this long), and a freshly started server waits this
+    /// long before its first commit. 0s grants none: required when several servers
+    /// share one store, as they do not tell each other of commits.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    read_lease_ttl: Duration,
     /// Testing only: inject a fault, e.g. `commit-reply-lost=N` (every Nth commit is
     /// applied but answered UNAVAILABLE, as if the reply were lost).
     #[arg(long, hide = true)]
@@ -99,6 +107,7 @@ fn config(flags: &Flags) -> anyhow::Result<ServerConfig> {
         history_retention: flags.history_retention,
         gc_interval: flags.gc_interval,
         pin_ttl: flags.pin_ttl,
+        read_lease_ttl: flags.read_lease_ttl,
         ..ServerConfig::default()
     };
     config.check().context("bad settings")?;

@@ -19,6 +19,8 @@
 //! one as of a version or a time, and pins it (`pin_ttl`, extended by ReadPages at it);
 //! GC keeps the newest version, every version within `history_retention` and every
 //! pinned one, and deletes page writes none of those can read.
+//! - [`watch`]: Watch streams, read leases and the invalidation round every commit runs
+//!   (readers holding a read lease serve reads with no round trip).
 //! - [`error`]: the one mapping from [`StoreError`] to a gRPC status.
 //!
 //! The binary (crate `pagewire-server`, `server/bin`) only parses flags, sets up logging,
@@ -31,6 +33,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod validate;
+pub mod watch;
 
 pub use auth::{Tenant, TokenMap};
 pub use server::{ServerConfig, serve};

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// How long a reader's pin on a version lasts after its last BeginRead or ReadPages
     /// at that version.
     pub pin_ttl: Duration,
+    /// How long a read lease lasts (clients renew it while reading): the longest a
+    /// vanished reader stalls commits, and how long a fresh server waits before its first
+    /// commit. Zero grants none (required when several servers share one store).
+    pub read_lease_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +68,7 @@ impl Default for ServerConfig {
             history_retention: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(30),
             pin_ttl: Duration::from_secs(300),
+            read_lease_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -144,6 +149,12 @@ async fn serve_grpc(
     let limit = config.max_message_bytes;
     let tokens = config.tokens.clone().map(Arc::new);
     let context = Arc::new(Context::new(store, config));
+    let hub = context.hub.clone();
+    // Watch streams never end by themselves: end them so graceful shutdown can finish.
+    let shutdown = async move {
+        shutdown.await;
+        hub.shutdown();
+    };
     let pages = PagesServer::new(PagesService::new(context.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);

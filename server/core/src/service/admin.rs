@@ -36,6 +36,7 @@ pub async fn delete(
 ) -> Result<Response<pb::DeleteDatabaseResponse>, Status> {
     let key = cx.key(&request, &request.get_ref().name)?;
     cx.store.delete(&key).await?;
+    cx.hub.deleted(&key);
     tracing::info!(tenant = %key.tenant, "deleted database");
     Ok(Response::new(pb::DeleteDatabaseResponse {}))
 }

@@ -32,7 +32,11 @@ pub async fn commit(
         .record("pages", commit.pages.len());
     validate::commit(&commit)?;
     let key = DbKey::new(tenant.name, name);
-    let outcome = cx.store.commit(&key, commit).await?;
+    // Spawned: a round must run to its end even if this client goes away.
+    let round = cx.hub.clone().commit(cx.store.clone(), key, commit);
+    let outcome = tokio::spawn(round)
+        .await
+        .map_err(|e| Status::internal(format!("commit task failed: {e}")))??;
     span.record("version", outcome.version);
     tracing::debug!(already_applied = outcome.already_applied, "committed");
     Ok(Response::new(pb::CommitResponse {

@@ -9,16 +9,20 @@ use crate::auth;
 use crate::server::ServerConfig;
 use crate::store::{DbKey, PageStore};
 use crate::validate;
+use crate::watch::Hub;
 
 /// Shared by all handlers of one server.
 pub struct Context {
     pub store: Arc<dyn PageStore>,
     pub config: ServerConfig,
+    /// Watchers, read leases and commit rounds.
+    pub hub: Arc<Hub>,
 }
 
 impl Context {
     pub fn new(store: Arc<dyn PageStore>, config: ServerConfig) -> Self {
-        Self { store, config }
+        let hub = Hub::new(config.read_lease_ttl);
+        Self { store, config, hub }
     }
 
     /// The caller's database `name` (checked), in the caller's tenant.

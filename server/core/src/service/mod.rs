@@ -8,6 +8,7 @@ mod convert;
 mod lease;
 mod open;
 mod read;
+mod watch;
 
 use std::sync::Arc;
 
@@ -89,6 +90,15 @@ impl pb::pages_server::Pages for PagesService {
     ) -> Reply<pb::CommitResponse> {
         commit::commit(&self.context, request).await
     }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Reply<Self::WatchStream> {
+        watch::watch(&self.context, request).await
+    }
 }
 
 #[tonic::async_trait]
@@ -119,5 +129,12 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::GetDatabaseInfoRequest>,
     ) -> Reply<pb::DatabaseInfo> {
         admin::info(&self.context, request).await
+    }
+
+    async fn get_metrics(
+        &self,
+        _request: Request<pb::GetMetricsRequest>,
+    ) -> Reply<pb::Metrics> {
+        Ok(Response::new(self.context.hub.metrics_proto()))
     }
 }

@@ -1,0 +1,68 @@
+//! Server-wide counters of the watch hub, served by `Admin.GetMetrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pagewire_proto::v1 as pb;
+
+/// Bucket upper bounds (µs) of the invalidation-wait histogram; one more bucket holds
+/// everything above the last.
+const BOUNDS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000,
+];
+
+/// A fixed-bucket histogram that many tasks record into without a lock.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BOUNDS_US.partition_point(|&b| b < us);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn to_proto(&self) -> pb::Histogram {
+        pb::Histogram {
+            bounds_us: BOUNDS_US.to_vec(),
+            counts: self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open Watch streams.
+    pub watchers: AtomicU64,
+    /// Commits that went through a round.
+    pub commits: AtomicU64,
+    pub invalidation_wait: Histogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_land_in_their_bucket() {
+        let h = Histogram::default();
+        h.record(Duration::from_micros(50));
+        h.record(Duration::from_micros(51));
+        h.record(Duration::from_secs(5));
+        let p = h.to_proto();
+        assert_eq!(p.counts.len(), p.bounds_us.len() + 1);
+        assert_eq!(p.counts[0], 1, "50 µs is within the first bound");
+        assert_eq!(p.counts[1], 1);
+        assert_eq!(p.counts[p.bounds_us.len()], 1, "5 s overflows");
+        assert_eq!((p.count, p.sum_us), (3, 5_000_101));
+    }
+}

@@ -1,0 +1,295 @@
+//! Watch streams, read leases and commit invalidation rounds.
+//!
+//! A client that watches a database hears of every commit; one that also holds a read
+//! lease may serve the newest state it heard of with no round trip. That is safe
+//! because every commit runs a *round* here ([`Hub::commit`]):
+//!
+//! 1. under the database's round lock, every watcher is sent `Invalidate`;
+//! 2. the commit waits until every holder of an unexpired read lease acknowledged, or
+//!    its lease ran out (a vanished reader stalls commits at most one lease length);
+//! 3. only then the store applies the commit (so neither BeginRead nor anyone else can
+//!    see the new version before), the new state is published to every watcher
+//!    (`RoundEnd`), and the writer gets its reply.
+//!
+//! A watcher that joins during a round is told so and serves nothing until it ends. A
+//! watcher whose stream breaks stays as a *ghost* until its lease runs out: its client
+//! may not have noticed yet. A fresh server waits one lease length before its first
+//! commit, since it does not know who held leases from a previous run.
+//!
+//! All of this is per server: several servers over one store would not see each
+//! other's commits, so such deployments must run with `--read-lease-ttl 0`.
+
+mod metrics;
+mod round;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pagewire_proto::v1 as pb;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tonic::Status;
+
+pub use metrics::Metrics;
+
+use crate::store::{DbKey, DbState, PageStore, StoreResult};
+
+/// Events queued per watcher before it counts as stuck and is disconnected.
+const QUEUE: usize = 256;
+
+pub type EventTx = mpsc::Sender<Result<pb::WatchEvent, Status>>;
+pub type EventRx = mpsc::Receiver<Result<pb::WatchEvent, Status>>;
+
+/// Every watched database of one server.
+pub struct Hub {
+    dbs: Mutex<HashMap<DbKey, Arc<DbWatch>>>,
+    /// Zero: no read leases are granted (Watch still works for snapshot readers).
+    read_lease_ttl: Duration,
+    /// Until then commits wait: leases a previous run granted may still be held.
+    first_commit_at: Instant,
+    next_watcher: AtomicU64,
+    pub metrics: Metrics,
+}
+
+/// One database's watchers and round state.
+struct DbWatch {
+    /// Held for a whole round, so rounds of one database never overlap.
+    round_lock: tokio::sync::Mutex<()>,
+    state: Mutex<WatchState>,
+    /// Woken on every acknowledgement.
+    acked: Notify,
+}
+
+#[derive(Default)]
+struct WatchState {
+    /// The newest published state; `None` until learned from the store (or after a
+    /// commit whose outcome could not be learned).
+    published: Option<DbState>,
+    /// The current or last round's number.
+    round: u64,
+    in_round: bool,
+    watchers: HashMap<u64, Watcher>,
+}
+
+struct Watcher {
+    /// `None` for a ghost: its stream is gone but its lease may still be held.
+    tx: Option<EventTx>,
+    lease_until: Option<Instant>,
+    /// The newest round it acknowledged (or that began before it joined).
+    acked: u64,
+}
+
+impl Watcher {
+    fn lease_valid(&self, now: Instant) -> bool {
+        self.lease_until.is_some_and(|t| t > now)
+    }
+
+    /// Queues an event; a watcher too slow to take it becomes a ghost (its client
+    /// sees the stream end, which voids its lease).
+    fn send(&mut self, event: pb::watch_event::Event) {
+        let full = self.tx.as_ref().is_some_and(|tx| {
+            tx.try_send(Ok(pb::WatchEvent { event: Some(event) })).is_err()
+        });
+        if full {
+            self.tx = None;
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(read_lease_ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            dbs: Mutex::default(),
+            read_lease_ttl,
+            first_commit_at: Instant::now() + read_lease_ttl,
+            next_watcher: AtomicU64::new(1),
+            metrics: Metrics::default(),
+        })
+    }
+
+    fn entry(&self, key: &DbKey) -> Arc<DbWatch> {
+        let mut dbs = self.dbs.lock();
+        dbs.entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(DbWatch {
+                    round_lock: tokio::sync::Mutex::new(()),
+                    state: Mutex::default(),
+                    acked: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets a database's entry once nothing uses it: no watcher or ghost, no call.
+    fn release(&self, key: &DbKey, w: Arc<DbWatch>) {
+        let mut dbs = self.dbs.lock();
+        // References: the map's and `w`.
+        if Arc::strong_count(&w) == 2 && w.state.lock().watchers.is_empty() {
+            dbs.remove(key);
+        }
+    }
+
+    /// Starts watching `key`: the new watcher's id and its event stream, whose first
+    /// event (`WatchStarted`) is already queued.
+    pub async fn watch(&self, store: &dyn PageStore, key: &DbKey) -> StoreResult<(u64, EventRx)> {
+        let w = self.entry(key);
+        let started = self.learn_published(store, key, &w).await;
+        let result = started.map(|()| self.add_watcher(&w));
+        self.release(key, w);
+        result
+    }
+
+    /// Makes sure the published state is known, reading it from the store (between
+    /// rounds, so no commit is half done) when it is not.
+    async fn learn_published(&self, store: &dyn PageStore, key: &DbKey, w: &DbWatch) -> StoreResult<()> {
+        if w.state.lock().published.is_some() {
+            return Ok(());
+        }
+        let _round = w.round_lock.lock().await;
+        if w.state.lock().published.is_none() {
+            let (state, _) = store.open(key, false).await?;
+            w.state.lock().published = Some(state);
+        }
+        Ok(())
+    }
+
+    fn add_watcher(&self, w: &DbWatch) -> (u64, EventRx) {
+        let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut s = w.state.lock();
+        let started = pb::WatchStarted {
+            state: s.published.map(Into::into),
+            in_round: s.in_round,
+            read_lease_ttl_ms: self.read_lease_ttl.as_millis() as u64,
+        };
+        let mut watcher = Watcher { tx: Some(tx), lease_until: None, acked: s.round };
+        watcher.send(pb::watch_event::Event::Started(started));
+        s.watchers.insert(id, watcher);
+        self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
+        (id, rx)
+    }
+
+    /// Grants or renews watcher `id`'s read lease (from now), answering on its stream.
+    pub fn grant(&self, key: &DbKey, id: u64, seq: u64) {
+        self.with_watcher(key, id, |w| {
+            if !self.read_lease_ttl.is_zero() {
+                w.lease_until = Some(Instant::now() + self.read_lease_ttl);
+            }
+            let ttl_ms = self.read_lease_ttl.as_millis() as u64;
+            w.send(pb::watch_event::Event::Granted(pb::ReadLeaseGrant { seq, ttl_ms }));
+        });
+    }
+
+    pub fn release_lease(&self, key: &DbKey, id: u64) {
+        self.with_watcher(key, id, |w| w.lease_until = None);
+    }
+
+    pub fn ack(&self, key: &DbKey, id: u64, round: u64) {
+        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        if let Some(w) = db.state.lock().watchers.get_mut(&id) {
+            w.acked = w.acked.max(round);
+        }
+        db.acked.notify_waiters();
+    }
+
+    fn with_watcher(&self, key: &DbKey, id: u64, f: impl FnOnce(&mut Watcher)) {
+        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        if let Some(w) = db.state.lock().watchers.get_mut(&id) {
+            f(w);
+        }
+    }
+
+    /// Watcher `id`'s stream ended. Its lease, if any, is still honoured until it runs
+    /// out: the client may not know yet.
+    pub fn disconnect(self: &Arc<Self>, key: &DbKey, id: u64) {
+        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        self.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
+        let ghost_until = {
+            let mut s = db.state.lock();
+            let now = Instant::now();
+            match s.watchers.get_mut(&id) {
+                Some(w) if w.lease_valid(now) => {
+                    w.tx = None;
+                    w.lease_until
+                }
+                _ => {
+                    s.watchers.remove(&id);
+                    None
+                }
+            }
+        };
+        match ghost_until {
+            Some(until) => {
+                let hub = self.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(until).await;
+                    hub.remove_ghost(&key, id);
+                });
+            }
+            None => self.release(key, db),
+        }
+    }
+
+    fn remove_ghost(&self, key: &DbKey, id: u64) {
+        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        {
+            let mut s = db.state.lock();
+            let now = Instant::now();
+            if s.watchers.get(&id).is_some_and(|w| w.tx.is_none() && !w.lease_valid(now)) {
+                s.watchers.remove(&id);
+            }
+        }
+        db.acked.notify_waiters();
+        self.release(key, db);
+    }
+
+    /// The database was deleted: its watchers' streams end with NOT_FOUND (leases are
+    /// still honoured until they run out), and its state must be learned again.
+    pub fn deleted(&self, key: &DbKey) {
+        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        let status = Status::not_found(format!("database '{}' was deleted", key.name));
+        end_all(&mut db.state.lock(), status);
+    }
+
+    /// Ends every stream (server shutdown), so graceful shutdown does not wait for
+    /// watchers that would never leave.
+    pub fn shutdown(&self) {
+        let dbs: Vec<_> = self.dbs.lock().values().cloned().collect();
+        for db in dbs {
+            end_all(&mut db.state.lock(), Status::unavailable("the server is shutting down"));
+        }
+    }
+
+    /// Unexpired read leases over all databases (ghosts included).
+    pub fn read_leases_held(&self) -> u64 {
+        let dbs: Vec<_> = self.dbs.lock().values().cloned().collect();
+        let now = Instant::now();
+        let held = dbs.iter().map(|db| {
+            db.state.lock().watchers.values().filter(|w| w.lease_valid(now)).count() as u64
+        });
+        held.sum()
+    }
+
+    pub fn metrics_proto(&self) -> pb::Metrics {
+        pb::Metrics {
+            read_leases_held: self.read_leases_held(),
+            watchers: self.metrics.watchers.load(Ordering::Relaxed),
+            commits: self.metrics.commits.load(Ordering::Relaxed),
+            invalidation_wait: Some(self.metrics.invalidation_wait.to_proto()),
+        }
+    }
+}
+
+/// Ends every watcher's stream with `status`; the published state must be learned anew.
+fn end_all(s: &mut WatchState, status: Status) {
+    s.published = None;
+    for w in s.watchers.values_mut() {
+        if let Some(tx) = w.tx.take() {
+            let _ = tx.try_send(Err(status.clone()));
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! A commit's invalidation round (see the module above for the rules).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use pagewire_proto::v1 as pb;
+use tokio::time::Instant;
+
+use super::{DbWatch, Hub, WatchState};
+use crate::store::{Commit, CommitOutcome, DbKey, DbState, PageStore, StoreResult};
+
+/// What a round tells watchers at its end.
+enum End {
+    /// Nothing changed (the commit failed, or was a retry of one already published).
+    Unchanged,
+    /// The commit applied: the new state and the pages it changed.
+    Applied(DbState, Vec<u32>),
+    /// The state changed in ways not known page by page: drop caches.
+    Reset(DbState),
+    /// The outcome could not be learned: end every stream, learn the state anew.
+    Unknown,
+}
+
+impl Hub {
+    /// Applies `commit` through `store` inside an invalidation round. Runs to the end
+    /// even if the caller goes away (spawn it): a half-done round would stall readers.
+    pub async fn commit(
+        self: Arc<Self>,
+        store: Arc<dyn PageStore>,
+        key: DbKey,
+        commit: Commit,
+    ) -> StoreResult<CommitOutcome> {
+        tokio::time::sleep_until(self.first_commit_at).await;
+        let w = self.entry(&key);
+        let outcome = self.round(&*store, &key, &w, commit).await;
+        self.release(&key, w);
+        outcome
+    }
+
+    async fn round(
+        &self,
+        store: &dyn PageStore,
+        key: &DbKey,
+        w: &DbWatch,
+        commit: Commit,
+    ) -> StoreResult<CommitOutcome> {
+        let _round = w.round_lock.lock().await;
+        let round = begin(&mut w.state.lock());
+        let waited = Instant::now();
+        wait_for_acks(w, round).await;
+        self.metrics.invalidation_wait.record(waited.elapsed());
+        self.metrics.commits.fetch_add(1, Ordering::Relaxed);
+        let written: Vec<u32> = commit.pages.iter().map(|(no, _)| *no).collect();
+        let (page_size, page_count) = (commit.page_size, commit.page_count);
+        let result = store.commit(key, commit).await;
+        let end = match &result {
+            Ok(o) if o.already_applied => End::Unchanged,
+            Ok(o) => End::Applied(DbState { version: o.version, page_size, page_count }, written),
+            Err(e) if e.is_client_error() => End::Unchanged,
+            // The store may or may not have applied it: ask.
+            Err(_) => match store.open(key, false).await {
+                Ok((state, _)) => End::Reset(state),
+                Err(_) => End::Unknown,
+            },
+        };
+        finish(&mut w.state.lock(), round, end);
+        result
+    }
+}
+
+/// Starts round `n`: every watcher hears it; from now on no one serves the old state.
+fn begin(s: &mut WatchState) -> u64 {
+    s.round += 1;
+    s.in_round = true;
+    let round = s.round;
+    for w in s.watchers.values_mut() {
+        w.send(pb::watch_event::Event::Invalidate(pb::Invalidate { round }));
+    }
+    round
+}
+
+/// Waits until every unexpired read lease holder acknowledged `round`.
+async fn wait_for_acks(w: &DbWatch, round: u64) {
+    loop {
+        let acked = w.acked.notified();
+        tokio::pin!(acked);
+        // Registered before looking, so an acknowledgement in between is not missed.
+        acked.as_mut().enable();
+        let now = Instant::now();
+        let next_expiry = {
+            let s = w.state.lock();
+            let pending = s.watchers.values().filter(|x| x.acked < round && x.lease_valid(now));
+            pending.filter_map(|x| x.lease_until).min()
+        };
+        let Some(expiry) = next_expiry else { return };
+        tokio::select! {
+            () = acked => {}
+            () = tokio::time::sleep_until(expiry) => {}
+        }
+    }
+}
+
+/// Ends round `n`: publishes its outcome to every watcher.
+fn finish(s: &mut WatchState, round: u64, end: End) {
+    s.in_round = false;
+    let (state, changed, cache_invalid) = match (end, s.published) {
+        (End::Unknown, _) | (End::Unchanged | End::Applied(..) | End::Reset(_), None) => {
+            super::end_all(s, tonic::Status::unavailable("lost track of the database's state; watch again"));
+            return;
+        }
+        (End::Unchanged, Some(old)) => (old, Vec::new(), false),
+        (End::Reset(new), Some(old)) => (new, Vec::new(), new != old),
+        (End::Applied(new, mut written), Some(old)) => {
+            // Pages past the old end were zeros (or stale) before: list them too.
+            written.extend(old.page_count + 1..=new.page_count);
+            written.sort_unstable();
+            written.dedup();
+            let invalid = old.page_size != new.page_size || new.version != old.version + 1;
+            (new, written, invalid)
+        }
+    };
+    s.published = Some(state);
+    let end = pb::RoundEnd {
+        round,
+        state: Some(state.into()),
+        changed_pages: if cache_invalid { Vec::new() } else { changed },
+        cache_invalid,
+    };
+    for w in s.watchers.values_mut() {
+        w.send(pb::watch_event::Event::RoundEnd(end.clone()));
+    }
+}

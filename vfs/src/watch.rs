@@ -1,0 +1,272 @@
+//! The Watch stream of one database in this process, and its read lease.
+//!
+//! A background task keeps one stream per database while readers use it. It hears
+//! of every commit (`Invalidate` when a round begins, `RoundEnd` with the new state
+//! and changed pages when it ends) and, for strongly consistent readers, holds a read
+//! lease. [`WatchView::serves`] decides when a read transaction may start with no
+//! round trip:
+//! - strong (default): the lease is valid (measured here from when we asked, minus a
+//!   margin, so it ends here before it ends on the server), no round is under way, and
+//!   the cache holds the newest state we heard of. The server publishes no commit
+//!   before every lease holder acknowledged its Invalidate, so that state is current.
+//! - snapshot: the stream is up and the cache holds the newest state we heard of;
+//!   possibly a commit behind, and commits never wait for us.
+//!
+//! A broken stream voids the lease at once; readers fall back to BeginRead.
+
+use std::collections::HashMap;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use pagewire_proto::v1 as pb;
+use pb::watch_event::Event;
+use pb::watch_request::Part;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Consistency;
+use crate::database::{Database, DbState};
+
+/// How long to wait before another stream after one failed.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// What the watch task has learned, kept under the database's state lock.
+pub struct WatchView {
+    /// A task is running (or starting) for this database.
+    running: bool,
+    /// The newest state heard on the stream (`None` until it started).
+    known: Option<DbState>,
+    in_round: bool,
+    /// Local end of the read lease.
+    lease_until: Option<Instant>,
+    /// Last read transaction (the stream and lease are dropped when idle).
+    last_read: Instant,
+    /// A strongly consistent reader used the database: ask for a lease.
+    wants_lease: bool,
+    /// No new stream before this (after one failed).
+    retry_at: Instant,
+    /// Fired (or dropped with the database) to make the task end its stream.
+    stop: Option<oneshot::Sender<()>>,
+    /// Completes when the task has ended its stream.
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl Default for WatchView {
+    fn default() -> Self {
+        let now = Instant::now();
+        Self {
+            running: false,
+            known: None,
+            in_round: false,
+            lease_until: None,
+            last_read: now,
+            wants_lease: false,
+            retry_at: now,
+            stop: None,
+            done: None,
+        }
+    }
+}
+
+impl WatchView {
+    /// The state a new read transaction may pin with no round trip, if any.
+    pub fn serves(&self, consistency: Consistency, cached_version: u64) -> Option<DbState> {
+        let known = self.known.filter(|k| k.version == cached_version)?;
+        match consistency {
+            Consistency::Snapshot => Some(known),
+            Consistency::Strong => {
+                let leased = self.lease_until.is_some_and(|t| Instant::now() < t);
+                (leased && !self.in_round).then_some(known)
+            }
+        }
+    }
+
+    /// For `PRAGMA pagewire_read_lease`: `lease=held|none heard=<version>|none round=0|1`.
+    pub fn describe(&self) -> String {
+        let held = self.lease_until.is_some_and(|t| Instant::now() < t);
+        let heard = self.known.map_or("none".into(), |k| k.version.to_string());
+        format!("lease={} heard={heard} round={}", if held { "held" } else { "none" }, u8::from(self.in_round))
+    }
+
+    /// Notes a read transaction; returns the signals of a task to start for it.
+    pub fn note_read(&mut self, consistency: Consistency) -> Option<TaskSignals> {
+        let now = Instant::now();
+        self.last_read = now;
+        self.wants_lease |= consistency == Consistency::Strong;
+        if self.running || now < self.retry_at {
+            return None;
+        }
+        self.running = true;
+        let (stop, stopped) = oneshot::channel();
+        let (done, finished) = oneshot::channel();
+        self.stop = Some(stop);
+        self.done = Some(finished);
+        Some(TaskSignals { stop: stopped, done })
+    }
+
+    /// Tells the task to end its stream; returns what completes when it has.
+    pub fn stop(&mut self) -> Option<oneshot::Receiver<()>> {
+        drop(self.stop.take()?);
+        self.done.take()
+    }
+
+    fn stopped(&mut self, failed: bool) {
+        self.running = false;
+        self.stop = None;
+        self.done = None;
+        self.known = None;
+        self.in_round = false;
+        self.lease_until = None;
+        self.wants_lease = false;
+        if failed {
+            self.retry_at = Instant::now() + RETRY_PAUSE;
+        }
+    }
+}
+
+/// How a task is told to stop, and tells it has.
+pub struct TaskSignals {
+    stop: oneshot::Receiver<()>,
+    done: oneshot::Sender<()>,
+}
+
+/// The watch task of `db`: runs until the stream breaks, the database is dropped or
+/// closed (`stop` fires), or no one has read for `idle`.
+pub async fn run(db: Weak<Database>, name: String, idle: Duration, signals: TaskSignals) {
+    let failed = match follow(&db, name, idle, signals.stop).await {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "watch stream ended");
+            true
+        }
+    };
+    if let Some(db) = db.upgrade() {
+        db.with_watch(|w, _| w.stopped(failed));
+    }
+    let _ = signals.done.send(());
+}
+
+async fn follow(db: &Weak<Database>, name: String, idle: Duration, mut stop: oneshot::Receiver<()>) -> Result<(), tonic::Status> {
+    let Some(client) = db.upgrade().map(|d| d.client.clone()) else { return Ok(()) };
+    let (tx, rx) = mpsc::channel(16);
+    let outbox = Outbox(tx);
+    outbox.send(Part::Start(pb::WatchStart { name })).await;
+    let mut events = client.watch(rx).await?;
+    let mut lease = LeaseAsks::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            event = events.message() => {
+                let Some(event) = event? else { return Err(tonic::Status::unavailable("the server ended the stream")) };
+                let Some(db) = db.upgrade() else { break };
+                let reply = handle(&db, &mut lease, event.event);
+                if let Some(period) = lease.renew_every.take() {
+                    tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                }
+                if let Some(part) = reply {
+                    outbox.send(part).await;
+                }
+            }
+            _ = tick.tick() => {
+                let Some(db) = db.upgrade() else { break };
+                let (idle_now, wants) = db.with_watch(|w, _| (w.last_read.elapsed() >= idle, w.wants_lease));
+                if idle_now {
+                    break;
+                }
+                if wants && let Some(ask) = lease.ask() {
+                    outbox.send(ask).await;
+                }
+            }
+            _ = &mut stop => break,
+        }
+    }
+    db.upgrade().inspect(|db| db.with_watch(|w, _| w.stopped(false)));
+    close(outbox, events).await;
+    Ok(())
+}
+
+/// Ends the stream cleanly: the lease goes back, then the server ends the stream, so
+/// it knows this client no longer serves anything (an aborted stream would make
+/// commits wait for the lease to run out).
+async fn close(outbox: Outbox, mut events: tonic::Streaming<pb::WatchEvent>) {
+    outbox.send(Part::Release(pb::ReadLeaseRelease {})).await;
+    drop(outbox);
+    let drain = async { while let Ok(Some(_)) = events.message().await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// The client's half of the stream.
+struct Outbox(mpsc::Sender<pb::WatchRequest>);
+
+impl Outbox {
+    async fn send(&self, part: Part) {
+        let _ = self.0.send(pb::WatchRequest { part: Some(part) }).await;
+    }
+}
+
+/// Outstanding lease asks, to measure each grant from when it was asked for.
+#[derive(Default)]
+struct LeaseAsks {
+    ttl: Duration,
+    seq: u64,
+    asked: HashMap<u64, Instant>,
+    /// Set when the renewal period becomes known.
+    renew_every: Option<Duration>,
+}
+
+impl LeaseAsks {
+    fn ask(&mut self) -> Option<Part> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        self.seq += 1;
+        self.asked.retain(|_, at| at.elapsed() < self.ttl);
+        self.asked.insert(self.seq, Instant::now());
+        Some(Part::Lease(pb::ReadLeaseAsk { seq: self.seq }))
+    }
+}
+
+/// Applies one event; returns what to send back.
+fn handle(db: &Database, lease: &mut LeaseAsks, event: Option<Event>) -> Option<Part> {
+    match event? {
+        Event::Started(started) => {
+            // Trust the server's word only within reason: a lease of an hour would be a bug.
+            lease.ttl = Duration::from_millis(started.read_lease_ttl_ms.min(60_000));
+            if !lease.ttl.is_zero() {
+                lease.renew_every = Some(lease.ttl / 3);
+            }
+            let state = DbState::from(started.state);
+            // The cache stays where it is; a BeginRead moves it to `state` (its change
+            // list is not known here), after which reads need no RPC.
+            let wants = db.with_watch(|w, _| {
+                w.in_round = started.in_round;
+                w.known = Some(state);
+                w.wants_lease
+            });
+            if wants { lease.ask() } else { None }
+        }
+        Event::Granted(grant) => {
+            let asked_at = lease.asked.remove(&grant.seq)?;
+            let ttl = Duration::from_millis(grant.ttl_ms.min(60_000));
+            // The margin covers clock-rate differences between us and the server.
+            let until = asked_at + ttl - ttl / 5;
+            db.with_watch(|w, _| w.lease_until = Some(w.lease_until.map_or(until, |t| t.max(until))));
+            None
+        }
+        Event::Invalidate(inv) => {
+            // Stop serving the current state first, then say so.
+            db.with_watch(|w, _| w.in_round = true);
+            Some(Part::Ack(pb::InvalidationAck { round: inv.round }))
+        }
+        Event::RoundEnd(end) => {
+            let state = DbState::from(end.state);
+            let changed = (!end.cache_invalid).then_some(end.changed_pages.as_slice());
+            db.with_watch(|w, cache| {
+                cache.follow(w.known.map(|k| k.version), state, changed);
+                w.known = Some(state);
+                w.in_round = false;
+            });
+            db.observe_committed(state);
+            None
+        }
+    }
+}
