@@ -2,99 +2,20 @@
 //! the server stays up, and no database state changes (checked by version numbers and
 //! page contents).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::*;
 use pagewire_proto::v1 as pb;
 use pagewire_server_core::store::conformance::{page, page_one};
 use pagewire_server_core::store::{Fault, FaultyStore};
-use pagewire_server_core::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
-use pb::admin_client::AdminClient;
-use pb::commit_request::Part;
-use pb::pages_client::PagesClient;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use pagewire_server_core::{MemoryStore, ServerConfig, TokenMap};
+use tonic::{Code, Status};
 
-const PS: u32 = 4096;
 const DB: &str = "acme/orders.db";
-
-/// Adds `authorization: Bearer <token>` when it has a token.
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Pages = PagesClient<InterceptedService<Channel, Bearer>>;
-type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
-
-struct TestServer {
-    channel: Channel,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl TestServer {
-    async fn start(config: ServerConfig) -> anyhow::Result<Self> {
-        Self::start_with(config, Arc::new(MemoryStore::new())).await
-    }
-
-    async fn start_with(config: ServerConfig, store: Arc<dyn PageStore>) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, store, config, async {
-            let _ = stopped.await;
-        }));
-        let channel = Channel::from_shared(url)?.connect().await?;
-        Ok(Self {
-            channel,
-            stop: Some(stop),
-            task,
-        })
-    }
-
-    fn bearer(token: Option<&str>) -> anyhow::Result<Bearer> {
-        Ok(Bearer(
-            token.map(|t| format!("Bearer {t}").parse()).transpose()?,
-        ))
-    }
-
-    fn pages(&self, token: Option<&str>) -> anyhow::Result<Pages> {
-        let client = PagesClient::with_interceptor(self.channel.clone(), Self::bearer(token)?);
-        Ok(client.max_decoding_message_size(64 << 20))
-    }
-
-    fn admin(&self, token: Option<&str>) -> anyhow::Result<Admin> {
-        Ok(AdminClient::with_interceptor(
-            self.channel.clone(),
-            Self::bearer(token)?,
-        ))
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), self.task).await???;
-        Ok(())
-    }
-}
 
 fn tokens() -> anyhow::Result<TokenMap> {
     let mut map = TokenMap::default();
@@ -129,73 +50,6 @@ fn read(version: u64, page_nos: Vec<u32>) -> pb::ReadPagesRequest {
         version,
         page_nos,
     }
-}
-
-/// A valid commit stream's parts, to be broken one way at a time.
-#[derive(Clone)]
-struct Parts {
-    header: pb::CommitHeader,
-    pages: Vec<pb::Page>,
-}
-
-impl Parts {
-    fn new(lease: &pb::LeaseResponse, base: u64, page_count: u32, fill: u8) -> Self {
-        let header = pb::CommitHeader {
-            name: DB.into(),
-            lease_id: lease.lease_id.clone(),
-            epoch: lease.epoch,
-            base_version: base,
-            commit_id: Bytes::from(rand::random::<[u8; 16]>().to_vec()),
-            page_size: PS,
-            page_count,
-        };
-        let mut pages = vec![pb::Page {
-            page_no: 1,
-            data: page_one(PS, page_count, fill),
-        }];
-        pages.extend((2..=page_count).map(|page_no| pb::Page {
-            page_no,
-            data: page(PS, fill),
-        }));
-        Self { header, pages }
-    }
-
-    /// Header, one batch, trailer with the right count.
-    fn stream(&self) -> Vec<pb::CommitRequest> {
-        vec![
-            header(&self.header),
-            batch(self.pages.clone()),
-            trailer(self.pages.len() as u32),
-        ]
-    }
-}
-
-fn header(h: &pb::CommitHeader) -> pb::CommitRequest {
-    pb::CommitRequest {
-        part: Some(Part::Header(h.clone())),
-    }
-}
-
-fn batch(pages: Vec<pb::Page>) -> pb::CommitRequest {
-    pb::CommitRequest {
-        part: Some(Part::Pages(pb::PageBatch { pages })),
-    }
-}
-
-fn trailer(pages_sent: u32) -> pb::CommitRequest {
-    pb::CommitRequest {
-        part: Some(Part::Trailer(pb::CommitTrailer { pages_sent })),
-    }
-}
-
-async fn commit(
-    client: &mut Pages,
-    stream: Vec<pb::CommitRequest>,
-) -> Result<pb::CommitResponse, Status> {
-    Ok(client
-        .commit(tokio_stream::iter(stream))
-        .await?
-        .into_inner())
 }
 
 /// The whole database at `version` as (state, pages).
@@ -249,7 +103,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         })
         .await?
         .into_inner();
-    let first = commit(&mut c, Parts::new(&lease, 0, 3, 1).stream()).await?;
+    let first = commit(&mut c, Parts::new(DB, &lease, 0, 3, 1).stream()).await?;
     assert_eq!((first.version, first.already_applied), (1, false));
     let before = snapshot(&mut c).await?;
     assert_eq!(
@@ -400,7 +254,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
     );
 
     // Commits: each breaks one thing of an otherwise valid commit on version 1.
-    let good = Parts::new(&lease, 1, 3, 2);
+    let good = Parts::new(DB, &lease, 1, 3, 2);
     for bad_size in [1000, 256, 131072] {
         let mut p = good.clone();
         p.header.page_size = bad_size;
@@ -506,7 +360,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
             Code::InvalidArgument,
         );
     }
-    let mut resize = Parts::new(&lease, 1, 2, 2);
+    let mut resize = Parts::new(DB, &lease, 1, 2, 2);
     resize.header.page_size = 8192;
     resize.pages = vec![pb::Page {
         page_no: 1,
@@ -517,7 +371,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         okc(commit(&mut c, resize.stream()).await),
         Code::InvalidArgument,
     );
-    let mut big = Parts::new(&lease, 1, 17, 2);
+    let mut big = Parts::new(DB, &lease, 1, 17, 2);
     big.header.page_count = 17;
     expect(
         "over max_commit_bytes",
@@ -667,7 +521,7 @@ async fn tokens_decide_tenant_and_admin_rights() -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    commit(&mut acme, Parts::new(&lease, 0, 2, 7).stream()).await?;
+    commit(&mut acme, Parts::new(DB, &lease, 0, 2, 7).stream()).await?;
     assert!(beta.open(open(DB, true)).await?.into_inner().created);
     let beta_lease = beta
         .acquire_lease(pb::AcquireLeaseRequest {
@@ -796,7 +650,7 @@ async fn time_travel_and_background_gc() -> anyhow::Result<()> {
         .await?
         .into_inner();
     for v in 0..3 {
-        commit(&mut c, Parts::new(&lease, v, 2, v as u8 + 1).stream()).await?;
+        commit(&mut c, Parts::new(DB, &lease, v, 2, v as u8 + 1).stream()).await?;
     }
     // Version 2, pinned by this BeginRead, outlives GC while the pin lasts.
     let two = c.begin_read(begin_at(2, 0)).await?.into_inner();
@@ -845,8 +699,8 @@ async fn injected_lost_reply_then_retry_learns_the_outcome() -> anyhow::Result<(
         })
         .await?
         .into_inner();
-    commit(&mut c, Parts::new(&lease, 0, 1, 1).stream()).await?;
-    let second = Parts::new(&lease, 1, 1, 2).stream();
+    commit(&mut c, Parts::new(DB, &lease, 0, 1, 1).stream()).await?;
+    let second = Parts::new(DB, &lease, 1, 1, 2).stream();
     let lost = commit(&mut c, second.clone()).await.err().map(|s| s.code());
     assert_eq!(lost, Some(Code::Unavailable));
     let retry = commit(&mut c, second).await?;

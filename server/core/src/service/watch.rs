@@ -29,28 +29,33 @@ pub async fn watch(
     let (id, events) = cx.hub.watch(&*cx.store, &key).await?;
     tracing::debug!(db = %key, watcher = id, "watch started");
     let hub = cx.hub.clone();
+    let closing = hub.closing();
     tokio::spawn(async move {
-        match follow(&hub, &key, id, &mut requests).await {
-            // The client closed its half: it serves nothing any more.
-            Ok(()) => hub.release_lease(&key, id),
-            // Broken: the client may not know yet, so its lease stays until it runs out.
-            Err(status) => {
-                tracing::debug!(db = %key, watcher = id, "watch stream broke: {}", status.message());
-            }
+        // Only a ReadLeaseRelease gives the lease back: after a stream ends or breaks
+        // the client may still serve reads until its lease runs out.
+        if let Err(status) = follow(&hub, &key, id, requests, closing).await {
+            tracing::debug!(db = %key, watcher = id, "watch stream broke: {}", status.message());
         }
         hub.disconnect(&key, id);
     });
     Ok(Response::new(Box::pin(ReceiverStream::new(events))))
 }
 
-/// Handles a watcher's messages until its stream ends.
+/// Handles a watcher's messages until its stream ends or the server shuts down
+/// (dropping `requests` then closes the stream, which graceful shutdown waits for).
 async fn follow(
     hub: &crate::watch::Hub,
     key: &DbKey,
     id: u64,
-    requests: &mut Streaming<pb::WatchRequest>,
+    mut requests: Streaming<pb::WatchRequest>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Status> {
-    while let Some(message) = requests.message().await? {
+    loop {
+        let message = tokio::select! {
+            message = requests.message() => message?,
+            _ = closing.wait_for(|closing| *closing) => return Err(Status::unavailable("shutting down")),
+        };
+        let Some(message) = message else { return Ok(()) };
         match message.part {
             Some(Part::Lease(ask)) => hub.grant(key, id, ask.seq),
             Some(Part::Ack(ack)) => hub.ack(key, id, ack.round),
@@ -60,5 +65,4 @@ async fn follow(
             }
         }
     }
-    Ok(())
 }

@@ -51,6 +51,8 @@ pub struct Hub {
     /// Until then commits wait: leases a previous run granted may still be held.
     first_commit_at: Instant,
     next_watcher: AtomicU64,
+    /// Becomes true at shutdown: stream handlers stop reading.
+    closing: tokio::sync::watch::Sender<bool>,
     pub metrics: Metrics,
 }
 
@@ -106,6 +108,7 @@ impl Hub {
             read_lease_ttl,
             first_commit_at: Instant::now() + read_lease_ttl,
             next_watcher: AtomicU64::new(1),
+            closing: tokio::sync::watch::Sender::new(false),
             metrics: Metrics::default(),
         })
     }
@@ -258,10 +261,16 @@ impl Hub {
     /// Ends every stream (server shutdown), so graceful shutdown does not wait for
     /// watchers that would never leave.
     pub fn shutdown(&self) {
+        self.closing.send_replace(true);
         let dbs: Vec<_> = self.dbs.lock().values().cloned().collect();
         for db in dbs {
             end_all(&mut db.state.lock(), Status::unavailable("the server is shutting down"));
         }
+    }
+
+    /// Changes to true when the server shuts down.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Unexpired read leases over all databases (ghosts included).

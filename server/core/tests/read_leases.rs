@@ -1,0 +1,285 @@
+//! Watch streams, read leases and commit invalidation rounds over real gRPC, driven
+//! message by message: what a reader is told, when a commit may finish, and what
+//! BeginRead may see meanwhile.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pagewire_proto::v1 as pb;
+use pagewire_server_core::ServerConfig;
+use pb::watch_event::Event;
+use pb::watch_request::Part;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tonic::{Code, Streaming};
+
+const DB: &str = "leases.db";
+const TTL: Duration = Duration::from_millis(400);
+
+fn config(read_lease_ttl: Duration) -> ServerConfig {
+    ServerConfig { read_lease_ttl, ..ServerConfig::default() }
+}
+
+/// A raw Watch stream.
+struct Watcher {
+    tx: Option<mpsc::Sender<pb::WatchRequest>>,
+    events: Streaming<pb::WatchEvent>,
+}
+
+impl Watcher {
+    async fn start(client: &mut Pages, name: &str) -> Result<Self, tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let start = Part::Start(pb::WatchStart { name: name.into() });
+        tx.send(pb::WatchRequest { part: Some(start) }).await.expect("queue");
+        let events = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        Ok(Self { tx: Some(tx), events })
+    }
+
+    async fn send(&self, part: Part) {
+        let tx = self.tx.as_ref().expect("stream open");
+        tx.send(pb::WatchRequest { part: Some(part) }).await.expect("send");
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Event> {
+        let event = timeout(Duration::from_secs(5), self.events.message()).await??;
+        event.and_then(|e| e.event).ok_or_else(|| anyhow::anyhow!("stream ended"))
+    }
+
+    /// Starts and takes a read lease; returns the state it started at.
+    async fn leased(client: &mut Pages, name: &str) -> anyhow::Result<(Self, pb::DbState)> {
+        let mut w = Self::start(client, name).await?;
+        let Event::Started(started) = w.next().await? else { anyhow::bail!("no WatchStarted") };
+        w.send(Part::Lease(pb::ReadLeaseAsk { seq: 7 })).await;
+        let granted = w.next().await?;
+        anyhow::ensure!(
+            matches!(granted, Event::Granted(pb::ReadLeaseGrant { seq: 7, ttl_ms }) if ttl_ms == TTL.as_millis() as u64),
+            "{granted:?}"
+        );
+        Ok((w, started.state.unwrap_or_default()))
+    }
+
+    /// Expects an Invalidate; returns its round.
+    async fn invalidated(&mut self) -> anyhow::Result<u64> {
+        match self.next().await? {
+            Event::Invalidate(i) => Ok(i.round),
+            other => anyhow::bail!("want Invalidate, got {other:?}"),
+        }
+    }
+
+    async fn ack(&self, round: u64) {
+        self.send(Part::Ack(pb::InvalidationAck { round })).await;
+    }
+
+    async fn round_end(&mut self) -> anyhow::Result<pb::RoundEnd> {
+        match self.next().await? {
+            Event::RoundEnd(end) => Ok(end),
+            other => anyhow::bail!("want RoundEnd, got {other:?}"),
+        }
+    }
+}
+
+/// A database with one committed version and the writer's lease.
+async fn database(server: &TestServer) -> anyhow::Result<(Pages, pb::LeaseResponse)> {
+    let mut c = server.pages(None)?;
+    c.open(pb::OpenRequest { name: DB.into(), create: true, read_only: false }).await?;
+    let lease = c
+        .acquire_lease(pb::AcquireLeaseRequest { name: DB.into(), client_id: "writer".into() })
+        .await?
+        .into_inner();
+    commit(&mut c, Parts::new(DB, &lease, 0, 2, 1).stream()).await?;
+    Ok((c, lease))
+}
+
+/// Commits version `base + 1` (3 pages) in the background.
+fn commit_next(
+    c: &Pages,
+    lease: &pb::LeaseResponse,
+    base: u64,
+) -> tokio::task::JoinHandle<Result<pb::CommitResponse, tonic::Status>> {
+    let (mut c, stream) = (c.clone(), Parts::new(DB, lease, base, 3, base as u8 + 1).stream());
+    tokio::spawn(async move { commit(&mut c, stream).await })
+}
+
+async fn newest(c: &mut Pages) -> anyhow::Result<u64> {
+    let read = pb::BeginReadRequest { name: DB.into(), ..Default::default() };
+    Ok(c.begin_read(read).await?.into_inner().state.unwrap_or_default().version)
+}
+
+#[tokio::test]
+async fn a_commit_is_published_only_after_every_holder_acknowledged() -> anyhow::Result<()> {
+    let server = TestServer::start(config(TTL)).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    let (mut w, state) = Watcher::leased(&mut reader, DB).await?;
+    assert_eq!(state.version, 1);
+    let pending = commit_next(&writer, &lease, 1);
+    let round = w.invalidated().await?;
+    // Not acknowledged yet: no one may see version 2, however long we wait.
+    tokio::time::sleep(TTL / 4).await;
+    assert!(!pending.is_finished(), "the commit must wait for the acknowledgement");
+    assert_eq!(newest(&mut reader).await?, 1, "BeginRead must not see an unpublished version");
+    let acked = Instant::now();
+    w.ack(round).await;
+    let end = w.round_end().await?;
+    let reply = timeout(Duration::from_secs(5), pending).await???;
+    assert!(acked.elapsed() < TTL / 2, "the acknowledgement releases the commit: {:?}", acked.elapsed());
+    assert_eq!(reply.version, 2);
+    assert_eq!(end.round, round);
+    assert_eq!(end.state.map(|s| (s.version, s.page_count)), Some((2, 3)));
+    assert_eq!(end.changed_pages, [1, 2, 3], "written pages and the growth");
+    assert!(!end.cache_invalid);
+    assert_eq!(newest(&mut reader).await?, 2);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_silent_holder_stalls_commits_at_most_one_lease_length() -> anyhow::Result<()> {
+    let server = TestServer::start(config(TTL)).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    let (mut w, _) = Watcher::leased(&mut reader, DB).await?;
+    let started = Instant::now();
+    let pending = commit_next(&writer, &lease, 1);
+    w.invalidated().await?; // and never acknowledged
+    let reply = timeout(Duration::from_secs(5), pending).await???;
+    let stalled = started.elapsed();
+    assert_eq!(reply.version, 2);
+    assert!(stalled >= TTL / 2 && stalled < TTL + Duration::from_millis(300), "stalled {stalled:?}");
+    // Its lease ran out: the next commit does not wait for it.
+    let started = Instant::now();
+    timeout(Duration::from_secs(5), commit_next(&writer, &lease, 2)).await???;
+    assert!(started.elapsed() < TTL / 2, "{:?}", started.elapsed());
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_broken_stream_is_honoured_until_its_lease_ends_a_closed_one_is_not() -> anyhow::Result<()> {
+    let server = TestServer::start(config(TTL)).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    // Dropped abruptly: its client might still serve reads until the lease ends.
+    let (w, _) = Watcher::leased(&mut reader, DB).await?;
+    drop(w);
+    let started = Instant::now();
+    timeout(Duration::from_secs(5), commit_next(&writer, &lease, 1)).await???;
+    assert!(started.elapsed() >= TTL / 2, "a broken stream's lease is still waited for: {:?}", started.elapsed());
+    // Released, then closed: nothing to wait for.
+    let (mut w, _) = Watcher::leased(&mut reader, DB).await?;
+    w.send(Part::Release(pb::ReadLeaseRelease {})).await;
+    w.tx = None;
+    while timeout(Duration::from_secs(5), w.events.message()).await??.is_some() {}
+    let started = Instant::now();
+    timeout(Duration::from_secs(5), commit_next(&writer, &lease, 2)).await???;
+    assert!(started.elapsed() < TTL / 2, "{:?}", started.elapsed());
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_watcher_joining_during_a_round_serves_nothing_until_it_ends() -> anyhow::Result<()> {
+    let server = TestServer::start(config(TTL)).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    let (mut holder, _) = Watcher::leased(&mut reader, DB).await?;
+    let pending = commit_next(&writer, &lease, 1);
+    let round = holder.invalidated().await?;
+    let mut late = Watcher::start(&mut reader, DB).await?;
+    let Event::Started(started) = late.next().await? else { anyhow::bail!("no WatchStarted") };
+    assert!(started.in_round, "{started:?}");
+    assert_eq!(started.state.map(|s| s.version), Some(1));
+    // A lease granted mid-round is not waited for (the late watcher never heard the
+    // Invalidate), and the round's end reaches it too.
+    late.send(Part::Lease(pb::ReadLeaseAsk { seq: 1 })).await;
+    assert!(matches!(late.next().await?, Event::Granted(_)));
+    holder.ack(round).await;
+    timeout(Duration::from_secs(5), pending).await???;
+    assert_eq!(late.round_end().await?.state.map(|s| s.version), Some(2));
+    server.stop().await
+}
+
+#[tokio::test]
+async fn watchers_without_a_lease_are_told_but_not_waited_for() -> anyhow::Result<()> {
+    let server = TestServer::start(config(TTL)).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    let mut w = Watcher::start(&mut reader, DB).await?;
+    assert!(matches!(w.next().await?, Event::Started(_)));
+    let started = Instant::now();
+    timeout(Duration::from_secs(5), commit_next(&writer, &lease, 1)).await???;
+    assert!(started.elapsed() < TTL / 2, "{:?}", started.elapsed());
+    w.invalidated().await?;
+    assert_eq!(w.round_end().await?.state.map(|s| s.version), Some(2));
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_fresh_server_waits_one_lease_length_before_its_first_commit() -> anyhow::Result<()> {
+    for ttl in [Duration::ZERO, TTL] {
+        let begun = Instant::now();
+        let server = TestServer::start(config(ttl)).await?;
+        database(&server).await?;
+        let took = begun.elapsed();
+        assert!(took >= ttl && took < ttl + Duration::from_secs(1), "ttl {ttl:?}: first commit after {took:?}");
+        server.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_commits_end_the_round_unchanged() -> anyhow::Result<()> {
+    let server = TestServer::start(config(TTL)).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    let (mut w, _) = Watcher::leased(&mut reader, DB).await?;
+    let stale = commit_next(&writer, &lease, 0); // base version 0 is not current
+    let round = w.invalidated().await?;
+    w.ack(round).await;
+    let err = timeout(Duration::from_secs(5), stale).await??.expect_err("stale base");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let end = w.round_end().await?;
+    assert_eq!((end.state.map(|s| s.version), end.changed_pages.len(), end.cache_invalid), (Some(1), 0, false));
+    server.stop().await
+}
+
+#[tokio::test]
+async fn bad_watch_requests_get_clear_errors() -> anyhow::Result<()> {
+    let server = TestServer::start(config(TTL)).await?;
+    let (_writer, _) = database(&server).await?;
+    let mut c = server.pages(None)?;
+    let missing = Watcher::start(&mut c, "missing.db").await.err().map(|s| s.code());
+    assert_eq!(missing, Some(Code::NotFound));
+    let bad_name = Watcher::start(&mut c, "").await.err().map(|s| s.code());
+    assert_eq!(bad_name, Some(Code::InvalidArgument));
+    // A stream that does not start with WatchStart.
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::WatchRequest { part: Some(Part::Ack(pb::InvalidationAck { round: 1 })) }).await?;
+    let got = c.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.err().map(|s| s.code());
+    assert_eq!(got, Some(Code::InvalidArgument));
+    let mut w = Watcher::start(&mut c, DB).await?;
+    assert!(matches!(w.next().await?, Event::Started(_)));
+    // Deleting the database ends its watchers' streams with NOT_FOUND.
+    server.admin(None)?.delete_database(pb::DeleteDatabaseRequest { name: DB.into() }).await?;
+    let ended = timeout(Duration::from_secs(5), w.events.message()).await?.err().map(|s| s.code());
+    assert_eq!(ended, Some(Code::NotFound));
+    server.stop().await
+}
+
+#[tokio::test]
+async fn metrics_count_leases_commits_and_waits() -> anyhow::Result<()> {
+    let server = TestServer::start(config(TTL)).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    let (mut w, _) = Watcher::leased(&mut reader, DB).await?;
+    let pending = commit_next(&writer, &lease, 1);
+    let round = w.invalidated().await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    w.ack(round).await;
+    timeout(Duration::from_secs(5), pending).await???;
+    let m = server.admin(None)?.get_metrics(pb::GetMetricsRequest {}).await?.into_inner();
+    assert_eq!((m.read_leases_held, m.watchers, m.commits), (1, 1, 2));
+    let h = m.invalidation_wait.unwrap_or_default();
+    assert_eq!(h.count, 2);
+    assert!(h.sum_us >= 20_000, "one commit waited 20 ms: {h:?}");
+    server.stop().await
+}
