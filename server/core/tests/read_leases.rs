@@ -283,3 +283,27 @@ async fn metrics_count_leases_commits_and_waits() -> anyhow::Result<()> {
     assert!(h.sum_us >= 20_000, "one commit waited 20 ms: {h:?}");
     server.stop().await
 }
+
+#[tokio::test]
+async fn the_version_lease_holders_read_survives_gc_after_a_commit() -> anyhow::Result<()> {
+    let config = ServerConfig {
+        history_retention: Duration::ZERO,
+        gc_interval: Duration::from_millis(10),
+        ..config(TTL)
+    };
+    let server = TestServer::start(config).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    let (mut w, state) = Watcher::leased(&mut reader, DB).await?;
+    // The holder reads version 1 with no BeginRead (so no pin of its own) while
+    // version 2 is committed and GC runs.
+    let pending = commit_next(&writer, &lease, 1);
+    let round = w.invalidated().await?;
+    w.ack(round).await;
+    timeout(Duration::from_secs(5), pending).await???;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let read = pb::ReadPagesRequest { name: DB.into(), version: state.version, page_nos: vec![1, 2] };
+    let pages = reader.read_pages(read).await?.into_inner().pages;
+    assert_eq!(pages.len(), 2, "version {} is still readable", state.version);
+    server.stop().await
+}

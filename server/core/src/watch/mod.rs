@@ -48,6 +48,8 @@ pub struct Hub {
     dbs: Mutex<HashMap<DbKey, Arc<DbWatch>>>,
     /// Zero: no read leases are granted (Watch still works for snapshot readers).
     read_lease_ttl: Duration,
+    /// How long the version lease holders read is pinned when a commit supersedes it.
+    pin_ttl: Duration,
     /// Until then commits wait: leases a previous run granted may still be held.
     first_commit_at: Instant,
     next_watcher: AtomicU64,
@@ -102,10 +104,11 @@ impl Watcher {
 }
 
 impl Hub {
-    pub fn new(read_lease_ttl: Duration) -> Arc<Self> {
+    pub fn new(read_lease_ttl: Duration, pin_ttl: Duration) -> Arc<Self> {
         Arc::new(Self {
             dbs: Mutex::default(),
             read_lease_ttl,
+            pin_ttl,
             first_commit_at: Instant::now() + read_lease_ttl,
             next_watcher: AtomicU64::new(1),
             closing: tokio::sync::watch::Sender::new(false),

@@ -7,7 +7,7 @@ use pagewire_proto::v1 as pb;
 use tokio::time::Instant;
 
 use super::{DbWatch, Hub, WatchState};
-use crate::store::{Commit, CommitOutcome, DbKey, DbState, PageStore, StoreResult};
+use crate::store::{BeginRead, Commit, CommitOutcome, DbKey, DbState, PageStore, ReadAt, StoreResult};
 
 /// What a round tells watchers at its end.
 enum End {
@@ -45,9 +45,21 @@ impl Hub {
         commit: Commit,
     ) -> StoreResult<CommitOutcome> {
         let _round = w.round_lock.lock().await;
-        let round = begin(&mut w.state.lock());
+        let (round, pin) = begin(&mut w.state.lock());
         let waited = Instant::now();
-        wait_for_acks(w, round).await;
+        // Lease holders read the current version without BeginRead, so nothing pinned
+        // it; pin it now, while it is still the newest, so their running transactions
+        // keep it readable after this commit (until the pin TTL, extended by reads).
+        let pin = async {
+            if let Some(version) = pin {
+                let at = ReadAt::Version(version);
+                let read = BeginRead { cached_version: version, at, pin_ttl: self.pin_ttl };
+                if let Err(e) = store.begin_read(key, read).await {
+                    tracing::debug!(db = %key, version, "pinning for read lease holders failed: {e}");
+                }
+            }
+        };
+        tokio::join!(wait_for_acks(w, round), pin);
         self.metrics.invalidation_wait.record(waited.elapsed());
         self.metrics.commits.fetch_add(1, Ordering::Relaxed);
         let written: Vec<u32> = commit.pages.iter().map(|(no, _)| *no).collect();
@@ -68,15 +80,19 @@ impl Hub {
     }
 }
 
-/// Starts round `n`: every watcher hears it; from now on no one serves the old state.
-fn begin(s: &mut WatchState) -> u64 {
+/// Starts a round: every watcher hears it; from now on no one serves the old state.
+/// Returns its number, and the version to pin when read lease holders may be reading it.
+fn begin(s: &mut WatchState) -> (u64, Option<u64>) {
     s.round += 1;
     s.in_round = true;
     let round = s.round;
+    let now = Instant::now();
+    let leased = s.watchers.values().any(|w| w.lease_valid(now));
     for w in s.watchers.values_mut() {
         w.send(pb::watch_event::Event::Invalidate(pb::Invalidate { round }));
     }
-    round
+    let pin = s.published.map(|p| p.version).filter(|v| leased && *v > 0);
+    (round, pin)
 }
 
 /// Waits until every unexpired read lease holder acknowledged `round`.
