@@ -67,3 +67,40 @@ fn embedded_memory_server_example_serves_sqlite() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn custom_store_example_keeps_data_across_restarts() {
+    let exe = target_dir().expect("target").join("examples/custom_store");
+    if !exe.exists() {
+        assert!(!pagewire_tests::in_ci(), "{} missing: scripts/test.sh builds the examples", exe.display());
+        eprintln!("SKIPPED: {} not built (cargo build --release -p pagewire-server-core --examples)", exe.display());
+        return;
+    }
+    let data = tempfile::tempdir().expect("data directory");
+    let start = || {
+        let mut child =
+            Command::new(&exe).arg(data.path()).arg("127.0.0.1:0").stdout(Stdio::piped()).spawn().expect("example");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
+        let url = line.trim().strip_prefix("pagewire-server listening on ").expect("listening line").to_owned();
+        (child, url)
+    };
+    let (mut child, url) = start();
+    let db = open_url(&url, "kept.db");
+    db.execute_batch("create table t(x); insert into t values (42)").expect("write");
+    drop(db);
+    // Killed, not stopped: what a commit acknowledged is on disk.
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let (mut child, url) = start();
+    let db = open_url(&url, "kept.db");
+    let x: i64 = db.query_row("select x from t", [], |r| r.get(0)).expect("read after restart");
+    assert_eq!(x, 42);
+    db.execute_batch("insert into t values (43)").expect("write after restart");
+    assert_eq!(count(&db, "t"), 2);
+    assert_eq!(integrity(&db), "ok");
+    drop(db);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,1182 @@
+//! Bring your own store: a complete [`PageStore`] that keeps every database in a directory
+//! of files, served by the pagewire server, and checked by the store conformance suite.
+//!
+//!     cargo run --release -p pagewire-server-core --example custom_store -- /tmp/pagewire-data 127.0.0.1:7878
+//!
+//! Then, in `sqlite3`: `.load ./target/release/libpagewire_vfs` and `.open demo.db`. Stop
+//! the server, start it again on the same directory: the data is still there.
+//!
+//!     cargo nextest run --release -p pagewire-server-core --example custom_store
+//!
+//! runs the conformance suite against it (the `tests` module at the bottom).
+//!
+//! # Layout
+//!
+//! ```text
+//! <root>/
+//!   db-1/            one directory per database (tenant and name are inside meta.toml)
+//!     meta.toml      versions (page size, page count, commit time, pages changed),
+//!                    the write lease, recent commit ids
+//!     v1.pages       the pages version 1 wrote
+//!     v2.pages       ...
+//!   db-2/
+//! ```
+//!
+//! # The rules a store keeps, and how this one keeps them
+//!
+//! - **Atomic commits.** A commit first writes its pages to a new `v<N>.pages` file, which
+//!   nothing reads yet; then it writes the new metadata to `meta.toml.tmp` and renames it
+//!   over `meta.toml`. That rename is the commit point: before it, the database is at the
+//!   old version (a restart deletes the unpublished `.pages` file); after it, at the new
+//!   one. Every other change (leases, GC, create, delete) has a rename as its commit
+//!   point too.
+//! - **Leases and epochs.** The lease record lives in `meta.toml`, so fencing survives a
+//!   restart. Expiry is Unix ms from the store's [`Clock`]: the system clock in production,
+//!   one that follows tokio's paused clock in tests (that is how the timed conformance
+//!   tests run in no real time). Epochs come from a counter that only grows.
+//! - **Commit-id deduplication.** The last [`COMMIT_IDS_KEPT`] commit ids are in
+//!   `meta.toml`, checked before anything else, so a retry learns its first outcome.
+//! - **History and GC.** Reads at a version take each page's newest write at or before it.
+//!   GC keeps the newest version, the retention window and pinned versions, and removes
+//!   page writes none of those read (rewriting the `.pages` files that hold them). Reader
+//!   pins live in memory: a pin lost in a restart only lets GC collect early, and the
+//!   reader then gets `OutOfRange`, never wrong data.
+//!
+//! # Simplifications (it is an example)
+//!
+//! One mutex for the whole store, and blocking `std::fs` calls inside the async methods
+//! (a real store would lock per database and do its I/O with `spawn_blocking`). All
+//! metadata is also held in memory, and every change rewrites a database's whole
+//! `meta.toml`: fine for thousands of versions, not for millions. One server process per
+//! directory: nothing stops a second one (a real store would hold a lock file), and lease
+//! expiry follows this machine's wall clock.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read as _, Write};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pagewire_server_core::store::clock::{Clock, check_after_first_commit, describe_unix_ms};
+use pagewire_server_core::store::{
+    BeginRead, Commit, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease, PageRead,
+    PageStore, ReadAt, ReadView, StoreError, StoreResult,
+};
+use pagewire_server_core::{ServerConfig, serve, validate};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = args.next().context("usage: custom_store <dir> [addr]")?;
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:7878".into());
+    let store = DirStore::open(&dir, Clock::System)?;
+    let listener = TcpListener::bind(&addr).await?;
+    println!(
+        "pagewire-server listening on http://{}",
+        listener.local_addr()?
+    );
+    let config = ServerConfig {
+        lease_ttl: Duration::from_secs(5),
+        ..ServerConfig::default()
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    serve(listener, Arc::new(store), config, shutdown).await
+}
+
+/// How many recent commit ids each database remembers for retries.
+const COMMIT_IDS_KEPT: usize = 1024;
+
+// ---------------------------------------------------------------------------------------
+// meta.toml: everything about a database except its pages.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    tenant: String,
+    name: String,
+    created_unix_ms: i64,
+    /// When version 1 was committed (kept through GC, to tell "before the first commit"
+    /// from "no longer retained").
+    first_commit_unix_ms: Option<i64>,
+    /// The retention of the last GC that collected something (for error messages).
+    gc_retention_ms: Option<u64>,
+    /// The highest epoch ever granted: epochs are never reused.
+    max_epoch: u64,
+    /// The version `versions[0]` describes. GC drops the metadata below the oldest version
+    /// it keeps.
+    oldest: u64,
+    lease: Option<LeaseRecord>,
+    /// Recently applied commits, oldest first.
+    commit_ids: Vec<CommitRecord>,
+    /// Versions `oldest..=current`; starts with version 0, the empty database.
+    versions: Vec<VersionMeta>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseRecord {
+    #[serde(with = "hex_id")]
+    lease_id: Id16,
+    epoch: u64,
+    client_id: String,
+    ttl_ms: u64,
+    expires_unix_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CommitRecord {
+    #[serde(with = "hex_id")]
+    id: Id16,
+    version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VersionMeta {
+    page_size: u32,
+    page_count: u32,
+    committed_unix_ms: i64,
+    /// Still readable (false once GC collected it; the entry stays for change lists while
+    /// an older version is kept).
+    retained: bool,
+    /// Pages this version changed, ascending: those it wrote, and every page past the old
+    /// end when the file grew.
+    changed: Vec<u32>,
+}
+
+impl Meta {
+    fn new(key: &DbKey, now: i64) -> Self {
+        Self {
+            tenant: key.tenant.clone(),
+            name: key.name.clone(),
+            created_unix_ms: now,
+            first_commit_unix_ms: None,
+            gc_retention_ms: None,
+            max_epoch: 0,
+            oldest: 0,
+            lease: None,
+            commit_ids: Vec::new(),
+            versions: vec![VersionMeta {
+                page_size: 0,
+                page_count: 0,
+                committed_unix_ms: now,
+                retained: true,
+                changed: Vec::new(),
+            }],
+        }
+    }
+
+    fn current(&self) -> u64 {
+        self.oldest + self.versions.len() as u64 - 1
+    }
+
+    fn version(&self, version: u64) -> Option<&VersionMeta> {
+        let index = version.checked_sub(self.oldest)?;
+        self.versions.get(usize::try_from(index).ok()?)
+    }
+
+    fn newest(&self) -> &VersionMeta {
+        &self.versions[self.versions.len() - 1]
+    }
+
+    fn state(&self) -> DbState {
+        let newest = self.newest();
+        DbState {
+            version: self.current(),
+            page_size: newest.page_size,
+            page_count: newest.page_count,
+        }
+    }
+
+    /// A readable version's state and metadata, or `OutOfRange` saying why not.
+    fn readable(&self, version: u64) -> StoreResult<(DbState, &VersionMeta)> {
+        if version > self.current() {
+            return Err(StoreError::OutOfRange(format!(
+                "version {version} does not exist yet (newest: {})",
+                self.current()
+            )));
+        }
+        match self.version(version) {
+            Some(meta) if meta.retained => {
+                let (page_size, page_count) = (meta.page_size, meta.page_count);
+                let state = DbState {
+                    version,
+                    page_size,
+                    page_count,
+                };
+                Ok((state, meta))
+            }
+            _ => Err(self.not_retained(&format!("version {version}"))),
+        }
+    }
+
+    fn not_retained(&self, what: &str) -> StoreError {
+        let retention = self
+            .gc_retention_ms
+            .map(|ms| format!(", retention {}", humantime::format_duration(millis(ms))))
+            .unwrap_or_default();
+        StoreError::OutOfRange(format!(
+            "{what} is no longer retained (oldest retained: {}{retention})",
+            self.oldest
+        ))
+    }
+
+    /// The version a read at `at` starts at (not yet checked to be readable).
+    fn resolve(&self, at: ReadAt) -> StoreResult<u64> {
+        match at {
+            ReadAt::Newest => Ok(self.current()),
+            ReadAt::Version(v) => Ok(v),
+            ReadAt::UnixMs(t) => {
+                // The same words as every other store for a time before version 1.
+                check_after_first_commit(self.first_commit_unix_ms, t)?;
+                let after = self.versions.partition_point(|m| m.committed_unix_ms <= t);
+                after
+                    .checked_sub(1)
+                    .map(|i| self.oldest + i as u64)
+                    .ok_or_else(|| {
+                        let what =
+                            format!("the version committed at or before {}", describe_unix_ms(t));
+                        self.not_retained(&what)
+                    })
+            }
+        }
+    }
+
+    /// Pages changed in `(cached, target]`, or `None` when the reader must drop its cache.
+    fn changes(&self, cached: u64, target: u64) -> Option<Vec<u32>> {
+        if cached == 0 || cached > target {
+            return None;
+        }
+        let page_size = self.version(cached)?.page_size;
+        let mut changed = Vec::new();
+        for version in cached + 1..=target {
+            let meta = self.version(version)?;
+            if meta.page_size != page_size {
+                return None;
+            }
+            changed.extend_from_slice(&meta.changed);
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        Some(changed)
+    }
+
+    fn live_lease(&self, now: i64) -> Option<&LeaseRecord> {
+        self.lease.as_ref().filter(|l| now < l.expires_unix_ms)
+    }
+
+    /// Fencing: `lease_id` and `epoch` must name the current, unexpired lease.
+    fn check_lease(&self, lease_id: Id16, epoch: u64, now: i64) -> StoreResult<()> {
+        let lost = |why: String| Err(StoreError::LeaseLost(why));
+        match &self.lease {
+            None => lost(format!(
+                "the write lease (epoch {epoch}) is no longer held (released or expired); acquire a new one"
+            )),
+            Some(l) if l.lease_id != lease_id || l.epoch != epoch => lost(format!(
+                "the write lease (epoch {epoch}) was superseded by epoch {}",
+                l.epoch
+            )),
+            Some(l) if now >= l.expires_unix_ms => lost(format!(
+                "the write lease (epoch {epoch}) expired {} ms ago; acquire a new one",
+                now - l.expires_unix_ms
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// Ids as 32 hex digits in meta.toml.
+mod hex_id {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(id: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&id.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {
+        let hex = String::deserialize(d)?;
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect();
+        bytes
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| D::Error::custom(format!("not 32 hex digits: {hex}")))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// v<N>.pages: the pages one version wrote.
+// ---------------------------------------------------------------------------------------
+
+/// What a `.pages` file holds. On disk, little-endian u32s: the page size, how many pages
+/// have data (n), how many read as zeros (z), the n page numbers, the z page numbers;
+/// then the n pages. A zero page is written where the file grew over pages that an older
+/// version had written before a truncate: they must not show through.
+#[derive(Debug, Clone, Default)]
+struct PagesFile {
+    page_size: u32,
+    /// Ascending; page `data[i]` is the i-th page after the header.
+    data: Vec<u32>,
+    zeros: Vec<u32>,
+}
+
+impl PagesFile {
+    fn header(&self) -> Vec<u8> {
+        let counts = [
+            self.page_size,
+            self.data.len() as u32,
+            self.zeros.len() as u32,
+        ];
+        let all = counts.iter().chain(&self.data).chain(&self.zeros);
+        all.flat_map(|n| n.to_le_bytes()).collect()
+    }
+
+    fn read_header(file: &mut File) -> io::Result<Self> {
+        let mut counts = [0; 12];
+        file.read_exact(&mut counts)?;
+        let [page_size, n, z] = [0, 4, 8].map(|at| le_u32(&counts[at..]));
+        let mut nos = vec![0; 4 * (n as usize + z as usize)];
+        file.read_exact(&mut nos)?;
+        let mut nos: Vec<u32> = nos.chunks_exact(4).map(le_u32).collect();
+        let zeros = nos.split_off(n as usize);
+        Ok(Self {
+            page_size,
+            data: nos,
+            zeros,
+        })
+    }
+
+    /// Where page `page_no`'s data starts in the file.
+    fn offset(&self, page_no: u32) -> Option<u64> {
+        let slot = self.data.binary_search(&page_no).ok()?;
+        let header = 4 * (3 + self.data.len() + self.zeros.len());
+        Some((header + slot * self.page_size as usize) as u64)
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.data.len() as u64 * u64::from(self.page_size)
+    }
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Creates (or truncates) `path`, writes it with `write`, and syncs it to disk.
+fn write_synced(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut out = BufWriter::new(File::create(path)?);
+    write(&mut out)?;
+    out.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .sync_all()
+}
+
+/// Makes a directory's entries (new files, renames) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn internal(what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("{what}: {e}"))
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------
+// One database: its directory, its metadata, and an index of its page writes.
+// ---------------------------------------------------------------------------------------
+
+/// One stored write of a page: at `version`, from that version's `.pages` file, or zeros.
+#[derive(Debug, Clone, Copy)]
+struct PageWrite {
+    version: u64,
+    zeros: bool,
+}
+
+struct Db {
+    dir: PathBuf,
+    /// What `meta.toml` says; replaced only after the new one is on disk.
+    meta: Meta,
+    /// The `.pages` files, by version (rebuilt from their headers at start-up).
+    files: BTreeMap<u64, PagesFile>,
+    /// Per page, its writes in ascending version order (derived from `files`).
+    writes: BTreeMap<u32, Vec<PageWrite>>,
+    /// Reader pins: version -> until when (Unix ms). In memory only.
+    pins: BTreeMap<u64, i64>,
+}
+
+impl Db {
+    /// A new, empty database in the new directory `dir` (under `root`).
+    fn create(root: &Path, dir: PathBuf, key: &DbKey, now: i64) -> StoreResult<Self> {
+        fs::create_dir(&dir)
+            .and_then(|()| sync_dir(root))
+            .map_err(|e| internal(dir.display(), e))?;
+        let mut db = Db {
+            dir,
+            meta: Meta::new(key, now),
+            files: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            pins: BTreeMap::new(),
+        };
+        let created = db.publish(db.meta.clone()); // the create's commit point
+        if created.is_err() {
+            let _ = fs::remove_dir_all(&db.dir);
+        }
+        created.map(|()| db)
+    }
+
+    /// The database in `dir`, or `None` when it has no `meta.toml` (its create never
+    /// reached the commit point). Deletes what a crash left behind: `.pages` files of
+    /// versions never published, temporary files.
+    fn load(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let meta_path = dir.join("meta.toml");
+        let text = match fs::read_to_string(&meta_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            read => read.with_context(|| meta_path.display().to_string())?,
+        };
+        let meta: Meta = toml::from_str(&text).with_context(|| meta_path.display().to_string())?;
+        let mut files = BTreeMap::new();
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let version = name
+                .strip_prefix('v')
+                .and_then(|n| n.strip_suffix(".pages"));
+            match version.and_then(|v| v.parse::<u64>().ok()) {
+                Some(v) if v <= meta.current() => {
+                    let header = PagesFile::read_header(&mut File::open(&path)?);
+                    files.insert(v, header.with_context(|| path.display().to_string())?);
+                }
+                _ if name == "meta.toml" => {}
+                _ => fs::remove_file(&path)?,
+            }
+        }
+        let mut db = Db {
+            dir: dir.to_owned(),
+            meta,
+            files: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            pins: BTreeMap::new(),
+        };
+        for (version, file) in files {
+            db.add_file(version, file);
+        }
+        Ok(Some(db))
+    }
+
+    fn key(&self) -> DbKey {
+        DbKey::new(&self.meta.tenant, &self.meta.name)
+    }
+
+    fn pages_path(&self, version: u64) -> PathBuf {
+        self.dir.join(format!("v{version}.pages"))
+    }
+
+    /// Replaces `meta.toml` with `meta`: written to a temporary file, synced, then renamed
+    /// over the old one. The rename is atomic: a crash leaves the old file or the new one,
+    /// never a mix. **It is the commit point of every change.**
+    fn publish(&mut self, meta: Meta) -> StoreResult<()> {
+        let text = toml::to_string(&meta).map_err(|e| internal("encoding meta.toml", e))?;
+        let (tmp, path) = (self.dir.join("meta.toml.tmp"), self.dir.join("meta.toml"));
+        write_synced(&tmp, |out| out.write_all(text.as_bytes()))
+            .map_err(|e| internal(tmp.display(), e))?;
+        fs::rename(&tmp, &path).map_err(|e| internal(path.display(), e))?;
+        // Past the commit point: the change happened. Only its durability is still open,
+        // so a failure now is an unknown outcome (a commit's retry learns it applied).
+        self.meta = meta;
+        sync_dir(&self.dir)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", self.dir.display())))
+    }
+
+    /// Indexes the writes of a published `.pages` file (versions added in ascending order).
+    fn add_file(&mut self, version: u64, file: PagesFile) {
+        let data = file.data.iter().map(|&no| (no, false));
+        for (no, zeros) in data.chain(file.zeros.iter().map(|&no| (no, true))) {
+            self.writes
+                .entry(no)
+                .or_default()
+                .push(PageWrite { version, zeros });
+        }
+        self.files.insert(version, file);
+    }
+
+    fn info(&self, now: i64) -> DbInfo {
+        DbInfo {
+            name: self.meta.name.clone(),
+            state: self.meta.state(),
+            stored_bytes: self.files.values().map(PagesFile::stored_bytes).sum(),
+            oldest_version: self.meta.oldest,
+            created_unix_ms: self.meta.created_unix_ms,
+            updated_unix_ms: self.meta.newest().committed_unix_ms,
+            lease_held: self.meta.live_lease(now).is_some(),
+        }
+    }
+
+    fn grant(&self) -> StoreResult<Lease> {
+        let l = self
+            .meta
+            .lease
+            .as_ref()
+            .ok_or_else(|| internal("lease", "missing"))?;
+        Ok(Lease {
+            lease_id: l.lease_id,
+            epoch: l.epoch,
+            ttl: millis(l.ttl_ms),
+            state: self.meta.state(),
+        })
+    }
+
+    fn acquire(&mut self, client_id: &str, ttl: Duration, now: i64) -> StoreResult<Lease> {
+        if let Some(held) = self.meta.live_lease(now) {
+            return Err(StoreError::LeaseHeld {
+                holder: held.client_id.clone(),
+                remaining: millis((held.expires_unix_ms - now) as u64),
+            });
+        }
+        let mut meta = self.meta.clone();
+        meta.max_epoch += 1;
+        meta.lease = Some(LeaseRecord {
+            lease_id: rand::random(),
+            epoch: meta.max_epoch,
+            client_id: client_id.to_owned(),
+            ttl_ms: ms(ttl) as u64,
+            expires_unix_ms: now.saturating_add(ms(ttl)),
+        });
+        self.publish(meta)?;
+        self.grant()
+    }
+
+    fn renew(&mut self, lease_id: Id16, epoch: u64, ttl: Duration, now: i64) -> StoreResult<Lease> {
+        self.meta.check_lease(lease_id, epoch, now)?;
+        let mut meta = self.meta.clone();
+        if let Some(lease) = &mut meta.lease {
+            lease.ttl_ms = ms(ttl) as u64;
+            lease.expires_unix_ms = now.saturating_add(ms(ttl));
+        }
+        self.publish(meta)?;
+        self.grant()
+    }
+
+    fn release(&mut self, lease_id: Id16, epoch: u64) -> StoreResult<()> {
+        let ours = self
+            .meta
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.lease_id == lease_id && l.epoch == epoch);
+        if !ours {
+            return Ok(());
+        }
+        let mut meta = self.meta.clone();
+        meta.lease = None;
+        self.publish(meta)
+    }
+
+    fn begin_read(&mut self, read: BeginRead, now: i64) -> StoreResult<ReadView> {
+        let version = self.meta.resolve(read.at)?;
+        let (state, meta) = self.meta.readable(version)?;
+        let committed_unix_ms = if version == 0 {
+            0
+        } else {
+            meta.committed_unix_ms
+        };
+        let changes = self.meta.changes(read.cached_version, version);
+        let until = now.saturating_add(ms(read.pin_ttl));
+        let pin = self.pins.entry(version).or_insert(until);
+        *pin = (*pin).max(until);
+        Ok(ReadView {
+            state,
+            cache_invalid: changes.is_none(),
+            changed_pages: changes.unwrap_or_default(),
+            committed_unix_ms,
+        })
+    }
+
+    fn read(
+        &mut self,
+        version: u64,
+        page_nos: &[u32],
+        pin_ttl: Duration,
+        now: i64,
+    ) -> StoreResult<PageRead> {
+        let (state, _) = self.meta.readable(version)?;
+        validate::page_nos_in_range(page_nos, state.page_count)?;
+        let mut open = HashMap::new();
+        let pages = page_nos
+            .iter()
+            .map(|&no| self.page_at(no, version, state.page_size, &mut open))
+            .collect::<StoreResult<_>>()?;
+        // A read extends a pin that a BeginRead put on this version, but makes none.
+        if let Some(pin) = self.pins.get_mut(&version) {
+            *pin = (*pin).max(now.saturating_add(ms(pin_ttl)));
+        }
+        Ok(PageRead {
+            page_size: state.page_size,
+            pages,
+        })
+    }
+
+    /// Page `no` as of `version`: its newest write at or before it; zeros if none.
+    fn page_at(
+        &self,
+        no: u32,
+        version: u64,
+        page_size: u32,
+        open: &mut HashMap<u64, File>,
+    ) -> StoreResult<Bytes> {
+        let writes = self.writes.get(&no).map_or(&[][..], Vec::as_slice);
+        let visible = writes.partition_point(|w| w.version <= version);
+        let newest = visible.checked_sub(1).map(|i| writes[i]);
+        let Some(PageWrite {
+            version: written,
+            zeros: false,
+        }) = newest
+        else {
+            return Ok(Bytes::from(vec![0; page_size as usize]));
+        };
+        let path = self.pages_path(written);
+        let file = self.files.get(&written);
+        let offset = file
+            .filter(|f| f.page_size == page_size)
+            .and_then(|f| f.offset(no));
+        let offset =
+            offset.ok_or_else(|| internal(path.display(), format!("page {no} missing")))?;
+        let mut data = vec![0; page_size as usize];
+        let file = match open.entry(written) {
+            Entry::Occupied(file) => file.into_mut(),
+            Entry::Vacant(slot) => {
+                slot.insert(File::open(&path).map_err(|e| internal(path.display(), e))?)
+            }
+        };
+        file.read_exact_at(&mut data, offset)
+            .map_err(|e| internal(path.display(), e))?;
+        Ok(Bytes::from(data))
+    }
+
+    fn commit(&mut self, mut commit: Commit, now: i64) -> StoreResult<CommitOutcome> {
+        // The checks, in the trait's order; the commit id first, so that a retry after
+        // the lease lapsed still learns that its commit applied.
+        if let Some(done) = self
+            .meta
+            .commit_ids
+            .iter()
+            .find(|c| c.id == commit.commit_id)
+        {
+            return Ok(CommitOutcome {
+                version: done.version,
+                already_applied: true,
+            });
+        }
+        self.meta.check_lease(commit.lease_id, commit.epoch, now)?;
+        let base = self.meta.state();
+        if commit.base_version != base.version {
+            return Err(StoreError::VersionConflict {
+                base: commit.base_version,
+                current: base.version,
+            });
+        }
+        validate::against_base(&commit, &base)?;
+
+        // 1. The pages go to a new file, which nothing reads until meta.toml names it.
+        let version = base.version + 1;
+        commit.pages.sort_unstable_by_key(|(no, _)| *no);
+        let carried: Vec<u32> = commit.pages.iter().map(|(no, _)| *no).collect();
+        let grown = base.page_count.saturating_add(1)..=commit.page_count;
+        let stale = |no: &u32| {
+            let last = self.writes.get(no).and_then(|w| w.last());
+            last.is_some_and(|w| !w.zeros) && carried.binary_search(no).is_err()
+        };
+        let file = PagesFile {
+            page_size: commit.page_size,
+            zeros: grown.clone().filter(stale).collect(),
+            data: carried,
+        };
+        let path = self.pages_path(version);
+        write_synced(&path, |out| {
+            out.write_all(&file.header())?;
+            commit
+                .pages
+                .iter()
+                .try_for_each(|(_, data)| out.write_all(data))
+        })
+        .and_then(|()| sync_dir(&self.dir)) // its name too, before meta.toml names it
+        .map_err(|e| internal(path.display(), e))?;
+
+        // 2. The new metadata: the version, its commit id, the lease renewed.
+        let mut meta = self.meta.clone();
+        let mut changed: Vec<u32> = file.data.iter().copied().chain(grown).collect();
+        changed.sort_unstable();
+        changed.dedup();
+        let committed_unix_ms = now.max(meta.newest().committed_unix_ms); // never backwards
+        meta.versions.push(VersionMeta {
+            page_size: commit.page_size,
+            page_count: commit.page_count,
+            committed_unix_ms,
+            retained: true,
+            changed,
+        });
+        if version == 1 {
+            meta.first_commit_unix_ms = Some(committed_unix_ms);
+        }
+        meta.commit_ids.push(CommitRecord {
+            id: commit.commit_id,
+            version,
+        });
+        let extra = meta.commit_ids.len().saturating_sub(COMMIT_IDS_KEPT);
+        meta.commit_ids.drain(..extra);
+        if let Some(lease) = &mut meta.lease {
+            lease.expires_unix_ms = now.saturating_add(lease.ttl_ms as i64);
+        }
+
+        // 3. The commit point.
+        let published = self.publish(meta);
+        if self.meta.current() == version {
+            self.add_file(version, file);
+        }
+        published?;
+        Ok(CommitOutcome {
+            version,
+            already_applied: false,
+        })
+    }
+
+    /// One GC pass over this database (see [`PageStore::gc`]).
+    fn gc(&mut self, now_unix_ms: i64, retention: Duration, now: i64) -> StoreResult<GcStats> {
+        self.pins.retain(|_, until| *until > now);
+        let cutoff = now_unix_ms.saturating_sub(ms(retention));
+        let current = self.meta.current();
+        // The versions kept, ascending, with their page counts.
+        let kept: Vec<(u64, u32)> = (self.meta.oldest..)
+            .zip(&self.meta.versions)
+            .filter(|(v, m)| {
+                m.retained
+                    && (*v == current || m.committed_unix_ms >= cutoff || self.pins.contains_key(v))
+            })
+            .map(|(v, m)| (v, m.page_count))
+            .collect();
+        let readable = self.meta.versions.iter().filter(|m| m.retained).count();
+        let mut stats = GcStats {
+            databases: 1,
+            versions_collected: (readable - kept.len()) as u64,
+            ..GcStats::default()
+        };
+
+        // 1. The versions not kept become unreadable, and the metadata below the oldest
+        //    kept one goes. This rename is GC's commit point; the page files follow.
+        if stats.versions_collected > 0 {
+            let mut meta = self.meta.clone();
+            for (version, m) in (meta.oldest..).zip(&mut meta.versions) {
+                m.retained = kept.binary_search_by_key(&version, |k| k.0).is_ok();
+            }
+            let oldest_kept = kept.first().map_or(current, |k| k.0);
+            meta.versions.drain(..(oldest_kept - meta.oldest) as usize);
+            meta.oldest = oldest_kept;
+            meta.gc_retention_ms = Some(ms(retention) as u64);
+            self.publish(meta)?;
+        }
+
+        // 2. Remove the page writes no kept version reads: rewrite the files that hold
+        //    them, oldest first, each durable before the next. A zero page goes only when
+        //    no older write of its page is left, so whatever instant a crash (or an I/O
+        //    error) stops this loop at, no old write can show through.
+        for (version, pages) in self.dead_writes(&kept) {
+            let (writes, bytes) = self.shrink_file(version, &pages)?;
+            stats.writes_removed += writes;
+            stats.bytes_freed += bytes;
+        }
+        Ok(stats)
+    }
+
+    /// The writes no kept version reads, by version, page numbers ascending.
+    fn dead_writes(&self, kept: &[(u64, u32)]) -> BTreeMap<u64, Vec<u32>> {
+        let mut dead: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for (&no, writes) in &self.writes {
+            let mut older_left = false;
+            for (i, write) in writes.iter().enumerate() {
+                // This write is what versions [write.version, until) read for this page.
+                let until = writes.get(i + 1).map_or(u64::MAX, |w| w.version);
+                let from = kept.partition_point(|k| k.0 < write.version);
+                let read = kept[from..]
+                    .iter()
+                    .take_while(|k| k.0 < until)
+                    .any(|k| no <= k.1);
+                // A zero page with no older write left reads the same without it.
+                if read && (older_left || !write.zeros) {
+                    older_left = true;
+                } else {
+                    dead.entry(write.version).or_default().push(no);
+                }
+            }
+        }
+        dead
+    }
+
+    /// Rewrites (or deletes) version `version`'s file without the `dead` pages (ascending),
+    /// then drops them from the index. Returns (writes, bytes) removed.
+    fn shrink_file(&mut self, version: u64, dead: &[u32]) -> StoreResult<(u64, u64)> {
+        let Some(old) = self.files.get(&version) else {
+            return Ok((0, 0));
+        };
+        let alive = |no: &&u32| dead.binary_search(no).is_err();
+        let new = PagesFile {
+            page_size: old.page_size,
+            data: old.data.iter().filter(alive).copied().collect(),
+            zeros: old.zeros.iter().filter(alive).copied().collect(),
+        };
+        let path = self.pages_path(version);
+        let freed = old.stored_bytes() - new.stored_bytes();
+        if new.data.is_empty() && new.zeros.is_empty() {
+            fs::remove_file(&path)
+                .and_then(|()| sync_dir(&self.dir))
+                .map_err(|e| internal(path.display(), e))?;
+        } else {
+            // The same trick as meta.toml: a new file, renamed over the old one.
+            let src = File::open(&path).map_err(|e| internal(path.display(), e))?;
+            let tmp = path.with_extension("tmp");
+            let mut page = vec![0; old.page_size as usize];
+            write_synced(&tmp, |out| {
+                out.write_all(&new.header())?;
+                for &no in &new.data {
+                    src.read_exact_at(&mut page, old.offset(no).unwrap_or_default())?;
+                    out.write_all(&page)?;
+                }
+                Ok(())
+            })
+            .and_then(|()| fs::rename(&tmp, &path))
+            .and_then(|()| sync_dir(&self.dir))
+            .map_err(|e| internal(path.display(), e))?;
+        }
+        // On disk now: the index follows.
+        if new.data.is_empty() && new.zeros.is_empty() {
+            self.files.remove(&version);
+        } else {
+            self.files.insert(version, new);
+        }
+        for no in dead {
+            if let Some(writes) = self.writes.get_mut(no) {
+                writes.retain(|w| w.version != version);
+                if writes.is_empty() {
+                    self.writes.remove(no);
+                }
+            }
+        }
+        Ok((dead.len() as u64, freed))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The store: databases by key, and the PageStore methods.
+// ---------------------------------------------------------------------------------------
+
+/// A [`PageStore`] keeping each database in its own directory under one root.
+pub struct DirStore {
+    root: PathBuf,
+    clock: Clock,
+    /// Every call holds this lock from start to end, which makes each call atomic and
+    /// serializes them (the simplest correct choice; see the top of the file).
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    dbs: BTreeMap<DbKey, Db>,
+    /// The number of the next `db-<n>` directory.
+    next_dir: u64,
+}
+
+impl DirStore {
+    /// The store in `root` (created if missing). Lease, pin and commit times come from
+    /// `clock`: [`Clock::System`] in production, [`Clock::tokio`] in tests.
+    pub fn open(root: impl Into<PathBuf>, clock: Clock) -> anyhow::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root).with_context(|| root.display().to_string())?;
+        let mut inner = Inner {
+            dbs: BTreeMap::new(),
+            next_dir: 1,
+        };
+        for entry in fs::read_dir(&root)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if let Some(n) = name.strip_prefix("db-").and_then(|n| n.parse::<u64>().ok()) {
+                inner.next_dir = inner.next_dir.max(n + 1);
+                match Db::load(&path)? {
+                    Some(db) => {
+                        inner.dbs.insert(db.key(), db);
+                    }
+                    None => fs::remove_dir_all(&path)?, // a create that never finished
+                }
+            } else if name.starts_with("deleted-") {
+                fs::remove_dir_all(&path)?; // a delete that did not finish cleaning up
+            }
+        }
+        Ok(Self {
+            root,
+            clock,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// Runs `f` on one database (with the time now) under the store's lock.
+    fn with_db<T>(
+        &self,
+        key: &DbKey,
+        f: impl FnOnce(&mut Db, i64) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut inner = self.inner.lock();
+        let db = inner
+            .dbs
+            .get_mut(key)
+            .ok_or_else(|| StoreError::NotFound(key.name.clone()))?;
+        f(db, self.clock.unix_ms())
+    }
+
+    fn create_db<'a>(&self, inner: &'a mut Inner, key: &DbKey) -> StoreResult<&'a mut Db> {
+        let dir = self.root.join(format!("db-{}", inner.next_dir));
+        inner.next_dir += 1;
+        let db = Db::create(&self.root, dir, key, self.clock.unix_ms())?;
+        Ok(inner.dbs.entry(key.clone()).or_insert(db))
+    }
+}
+
+#[async_trait]
+impl PageStore for DirStore {
+    async fn open(&self, key: &DbKey, create: bool) -> StoreResult<(DbState, bool)> {
+        let mut inner = self.inner.lock();
+        if let Some(db) = inner.dbs.get(key) {
+            return Ok((db.meta.state(), false));
+        }
+        if !create {
+            return Err(StoreError::NotFound(key.name.clone()));
+        }
+        let db = self.create_db(&mut inner, key)?;
+        Ok((db.meta.state(), true))
+    }
+
+    async fn create(&self, key: &DbKey) -> StoreResult<DbInfo> {
+        let mut inner = self.inner.lock();
+        if inner.dbs.contains_key(key) {
+            return Err(StoreError::AlreadyExists(key.name.clone()));
+        }
+        let db = self.create_db(&mut inner, key)?;
+        Ok(db.info(self.clock.unix_ms()))
+    }
+
+    async fn delete(&self, key: &DbKey) -> StoreResult<()> {
+        let mut inner = self.inner.lock();
+        let db = inner
+            .dbs
+            .get(key)
+            .ok_or_else(|| StoreError::NotFound(key.name.clone()))?;
+        // Renaming the directory away is the delete's commit point; then it is removed
+        // (or, after a crash, at the next start).
+        let name = db.dir.file_name().unwrap_or_default().to_string_lossy();
+        let trash = self.root.join(format!("deleted-{name}"));
+        fs::rename(&db.dir, &trash).map_err(|e| internal(db.dir.display(), e))?;
+        inner.dbs.remove(key);
+        let synced = sync_dir(&self.root);
+        let _ = fs::remove_dir_all(&trash);
+        synced.map_err(|e| StoreError::Unavailable(format!("{}: {e}", self.root.display())))
+    }
+
+    async fn list(&self, tenant: &str) -> StoreResult<Vec<DbInfo>> {
+        let inner = self.inner.lock();
+        let now = self.clock.unix_ms();
+        // Sorted by key, so by name within a tenant.
+        let dbs = inner.dbs.iter().filter(|(k, _)| k.tenant == tenant);
+        Ok(dbs.map(|(_, db)| db.info(now)).collect())
+    }
+
+    async fn info(&self, key: &DbKey) -> StoreResult<DbInfo> {
+        self.with_db(key, |db, now| Ok(db.info(now)))
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &DbKey,
+        client_id: &str,
+        ttl: Duration,
+    ) -> StoreResult<Lease> {
+        self.with_db(key, |db, now| db.acquire(client_id, ttl, now))
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &DbKey,
+        lease_id: Id16,
+        epoch: u64,
+        ttl: Duration,
+    ) -> StoreResult<Lease> {
+        self.with_db(key, |db, now| db.renew(lease_id, epoch, ttl, now))
+    }
+
+    async fn release_lease(&self, key: &DbKey, lease_id: Id16, epoch: u64) -> StoreResult<()> {
+        match self.with_db(key, |db, _| db.release(lease_id, epoch)) {
+            Err(StoreError::NotFound(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn begin_read(&self, key: &DbKey, read: BeginRead) -> StoreResult<ReadView> {
+        self.with_db(key, |db, now| db.begin_read(read, now))
+    }
+
+    async fn read_pages(
+        &self,
+        key: &DbKey,
+        version: u64,
+        page_nos: &[u32],
+        pin_ttl: Duration,
+    ) -> StoreResult<PageRead> {
+        self.with_db(key, |db, now| db.read(version, page_nos, pin_ttl, now))
+    }
+
+    async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {
+        self.with_db(key, |db, now| db.commit(commit, now))
+    }
+
+    async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
+        let mut inner = self.inner.lock();
+        let now = self.clock.unix_ms();
+        let mut stats = GcStats::default();
+        for db in inner.dbs.values_mut() {
+            stats.add(db.gc(now_unix_ms, retention, now)?);
+        }
+        Ok(stats)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The conformance suite, run against this store: one test per rule, each on a fresh
+// directory.
+// ---------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use pagewire_server_core::store::conformance::{self, TestTime};
+
+    use super::*;
+
+    /// A store in a new temporary directory (deleted after the test), its clock following
+    /// tokio's paused clock so that lease and pin TTLs pass in no real time.
+    fn fixture() -> Option<(tempfile::TempDir, DirStore)> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = DirStore::open(dir.path(), Clock::tokio()).expect("store");
+        Some((dir, store))
+    }
+
+    pagewire_server_core::conformance_tests! {
+        #[tokio::test(start_paused = true)]
+        fixture: fixture(),
+        time: TestTime::Paused,
+    }
+
+    /// What the files hold survives a restart: versions, pages, the lease and its epoch,
+    /// commit ids; a half-written commit's file is deleted.
+    #[tokio::test(start_paused = true)]
+    async fn survives_a_restart() -> anyhow::Result<()> {
+        let (dir, store) = fixture().expect("fixture");
+        let k = DbKey::new("t", "a.db");
+        store.open(&k, true).await?;
+        let lease = store
+            .acquire_lease(&k, "w", Duration::from_secs(60))
+            .await?;
+        let first = conformance::commit(&lease, 0, 4096, 3, &[(2, 7), (3, 8)]);
+        store.commit(&k, first.clone()).await?;
+        store
+            .commit(&k, conformance::commit(&lease, 1, 4096, 3, &[(3, 9)]))
+            .await?;
+        let before = store.info(&k).await?;
+        drop(store);
+        fs::write(
+            dir.path().join("db-1/v3.pages"),
+            b"a commit that never published",
+        )?;
+
+        let store = DirStore::open(dir.path(), Clock::tokio())?;
+        assert_eq!(store.info(&k).await?, before);
+        assert!(!dir.path().join("db-1/v3.pages").exists());
+        let read = store.read_pages(&k, 1, &[2, 3], Duration::ZERO).await?;
+        assert_eq!(
+            read.pages,
+            [conformance::page(4096, 7), conformance::page(4096, 8)]
+        );
+        let retry = store.commit(&k, first).await?;
+        assert!(retry.already_applied && retry.version == 1);
+        let next = conformance::commit(&lease, 2, 4096, 3, &[(2, 1)]);
+        assert_eq!(
+            store.commit(&k, next).await?.version,
+            3,
+            "the lease survived too"
+        );
+        store.release_lease(&k, lease.lease_id, lease.epoch).await?;
+        let again = store
+            .acquire_lease(&k, "w2", Duration::from_secs(60))
+            .await?;
+        assert_eq!(again.epoch, lease.epoch + 1);
+        Ok(())
+    }
+
+    /// After the randomized run (commits, truncates, page-size changes, GC), a restarted
+    /// store, which rebuilds its index from the files, reads every version the same.
+    #[tokio::test(start_paused = true)]
+    async fn restart_after_random_history_reads_the_same() -> anyhow::Result<()> {
+        let (dir, store) = fixture().expect("fixture");
+        conformance::matches_reference_model(&store).await?;
+        let k = DbKey::new("model", "a.db");
+        let before = store.info(&k).await?;
+        let images = all_versions(&store, &k, &before).await;
+        drop(store);
+        let store = DirStore::open(dir.path(), Clock::tokio())?;
+        assert_eq!(store.info(&k).await?, before);
+        assert!(
+            all_versions(&store, &k, &before).await == images,
+            "same pages after restart"
+        );
+        Ok(())
+    }
+
+    /// Every page of every version from the oldest kept one (or the error).
+    async fn all_versions(
+        store: &DirStore,
+        k: &DbKey,
+        info: &DbInfo,
+    ) -> Vec<StoreResult<PageRead>> {
+        let mut images = Vec::new();
+        for version in info.oldest_version..=info.state.version {
+            let at = BeginRead {
+                cached_version: 0,
+                at: ReadAt::Version(version),
+                pin_ttl: Duration::ZERO,
+            };
+            images.push(match store.begin_read(k, at).await {
+                Ok(view) => {
+                    let nos: Vec<u32> = (1..=view.state.page_count).collect();
+                    store.read_pages(k, version, &nos, Duration::ZERO).await
+                }
+                Err(e) => Err(e),
+            });
+        }
+        images
+    }
+}
