@@ -117,11 +117,13 @@ fn replica_read_transactions_with_a_read_lease_make_no_round_trip() {
     let after = diff(trips(&replica), before);
     let fetched = stat(&replica, "pages_read") - pages_before;
     assert_eq!(after[1], 0, "no BeginRead: {after:?}");
-    assert!(after[2] <= 2, "changed pages in few calls: {after:?}");
+    // The changed pages the replica had cached are fetched again in the background
+    // (one call, maybe within this window); anything still missing on demand.
+    assert!(after[2] <= 3, "changed pages in few calls: {after:?}");
     // The commit changed page 1 and the row's leaf (maybe an interior page); read-ahead
     // may bring a few neighbours along, never the table.
     let table_pages: u64 = replica.query_row("pragma page_count", [], |r| r.get::<_, i64>(0)).expect("pages") as u64;
-    assert!(fetched <= 1 + 16, "{fetched} of {table_pages} pages fetched again");
+    assert!(fetched <= 3 + 16, "{fetched} of {table_pages} pages fetched again");
 }
 
 #[test]

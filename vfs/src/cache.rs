@@ -113,14 +113,15 @@ impl PageCache {
 
     /// Moves to `to` when the cache is at `from` and the pages changed in between are
     /// known (a Watch round); otherwise leaves it, still right for its own version, for
-    /// a BeginRead to move on.
-    pub fn follow(&mut self, from: Option<u64>, to: DbState, changed: Option<&[u32]>) {
-        if let (Some(from), Some(changed)) = (from, changed)
-            && from == self.version
-            && to.version > from
-        {
-            self.advance(from, to, Some(changed));
+    /// a BeginRead to move on. Returns the changed pages it held (worth fetching again).
+    pub fn follow(&mut self, from: Option<u64>, to: DbState, changed: Option<&[u32]>) -> Vec<u32> {
+        let (Some(from), Some(changed)) = (from, changed) else { return Vec::new() };
+        if from != self.version || to.version <= from {
+            return Vec::new();
         }
+        let held = changed.iter().copied().filter(|p| self.pages.contains(p) && *p <= to.page_count).collect();
+        self.advance(from, to, Some(changed));
+        held
     }
 
     /// Moves the cache from version `from` to `to`, dropping the pages that
@@ -222,7 +223,7 @@ mod tests {
         assert_eq!(c.version(), 5, "from another version: left alone");
         c.follow(Some(5), at(6), None);
         assert_eq!(c.version(), 5, "changes unknown: left alone");
-        c.follow(Some(5), at(6), Some(&[1]));
+        assert_eq!(c.follow(Some(5), at(6), Some(&[1, 3])), [1], "the changed pages it held");
         assert_eq!(c.version(), 6);
         assert!(c.get(at(6), 1).is_none() && c.get(at(6), 2).is_some());
         c.follow(Some(5), at(6), Some(&[2]));

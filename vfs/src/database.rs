@@ -274,6 +274,23 @@ impl Database {
         Ok(fetched)
     }
 
+    /// Fetches `pages` at `at` into the cache in the background (after a commit
+    /// changed pages this process had cached). Best effort.
+    pub fn refetch(self: &Arc<Self>, at: DbState, pages: Vec<u32>) -> impl Future<Output = ()> + Send + 'static {
+        let db = self.clone();
+        async move {
+            let req = pb::ReadPagesRequest { name: db.key.name.clone(), version: at.version, page_nos: pages.clone() };
+            let Ok(resp) = db.client.clone().read_pages(req).await else { return };
+            if resp.pages.len() != pages.len() || resp.pages.iter().any(|d| d.len() != at.page_size as usize) {
+                return;
+            }
+            let mut s = db.state.lock();
+            for (p, d) in pages.iter().zip(resp.pages) {
+                s.cache.insert(at, *p, d);
+            }
+        }
+    }
+
     /// Loads a small database whole into the cache (at open), so its first
     /// queries need no page reads.
     pub fn preload(&self, at: DbState, max_bytes: u64) -> Result<(), VfsError> {
@@ -338,6 +355,11 @@ impl Database {
             self.rt.spawn(heartbeat(Arc::downgrade(self), lease.epoch));
         }
         Ok(state)
+    }
+
+    /// Whether this process holds the write lease (so every commit is its own).
+    pub fn holds_write_lease(&self) -> bool {
+        self.state.lock().lease.is_some()
     }
 
     /// Forgets the lease (lost, or the outcome of a commit is unknown).

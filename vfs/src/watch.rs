@@ -15,7 +15,7 @@
 //! A broken stream voids the lease at once; readers fall back to BeginRead.
 
 use std::collections::HashMap;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use pagewire_proto::v1 as pb;
@@ -25,6 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Consistency;
 use crate::database::{Database, DbState};
+
+/// Most changed pages fetched again after a commit (a bigger commit is read on demand).
+const REFETCH_MAX: usize = 64;
 
 /// How long to wait before another stream after one failed.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -226,7 +229,7 @@ impl LeaseAsks {
 }
 
 /// Applies one event; returns what to send back.
-fn handle(db: &Database, lease: &mut LeaseAsks, event: Option<Event>) -> Option<Part> {
+fn handle(db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Event>) -> Option<Part> {
     match event? {
         Event::Started(started) => {
             // Trust the server's word only within reason: a lease of an hour would be a bug.
@@ -260,12 +263,19 @@ fn handle(db: &Database, lease: &mut LeaseAsks, event: Option<Event>) -> Option<
         Event::RoundEnd(end) => {
             let state = DbState::from(end.state);
             let changed = (!end.cache_invalid).then_some(end.changed_pages.as_slice());
-            db.with_watch(|w, cache| {
-                cache.follow(w.known.map(|k| k.version), state, changed);
+            let refetch = db.with_watch(|w, cache| {
+                let held = cache.follow(w.known.map(|k| k.version), state, changed);
                 w.known = Some(state);
                 w.in_round = false;
+                held
             });
             db.observe_committed(state);
+            // Pages this process had cached were in use: fetch their new contents now,
+            // off the readers' path, instead of one round trip each on next use. Not
+            // when this process is the writer: its commit puts them in the cache.
+            if !refetch.is_empty() && refetch.len() <= REFETCH_MAX && !db.holds_write_lease() {
+                tokio::spawn(db.refetch(state, refetch));
+            }
             None
         }
     }
