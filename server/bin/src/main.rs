@@ -160,6 +160,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         store = %redact(&flags.store),
         lease_ttl = ?config.lease_ttl,
         history_retention = ?config.history_retention,
+        read_lease_ttl = ?config.read_lease_ttl,
         "serving; {tenants}"
     );
     serve(listener, store, config, shutdown_signal()).await
