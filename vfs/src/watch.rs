@@ -175,7 +175,14 @@ async fn follow(db: &Weak<Database>, name: String, idle: Duration, mut stop: one
                 if idle_now {
                     break;
                 }
-                if wants && let Some(ask) = lease.ask() {
+                if db.holds_write_lease() {
+                    // The writer's own reads need no read lease, and its commits would
+                    // wait for its own acknowledgement: give the read lease back.
+                    let held = db.with_watch(|w, _| w.lease_until.take().is_some());
+                    if held {
+                        outbox.send(Part::Release(pb::ReadLeaseRelease {})).await;
+                    }
+                } else if wants && let Some(ask) = lease.ask() {
                     outbox.send(ask).await;
                 }
             }
