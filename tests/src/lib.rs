@@ -1,6 +1,6 @@
 //! Harness for the end-to-end tests: a real `pagewire-server` process on a free
-//! loopback port, the built VFS library for the stock `sqlite3` shell, and a TCP
-//! proxy that can cut connections mid-stream.
+//! loopback port, the built VFS library for the stock `sqlite3` shell, a TCP
+//! proxy that can cut connections mid-stream, and one that delays bytes.
 //!
 //! The binaries come from the same target directory as the test executable
 //! (`scripts/test.sh` builds them first); set `PAGEWIRE_SERVER_BIN` /
@@ -9,14 +9,16 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
+    ops::Range,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -176,6 +178,100 @@ fn pipe(from: &TcpStream, to: &TcpStream, cut: Option<(Arc<AtomicU64>, Arc<Atomi
         }
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+/// A TCP proxy in front of a server that delays every chunk of bytes by a random
+/// time drawn from the range of its direction (a slow, jittery network). Bytes stay
+/// in order: a chunk never overtakes an earlier one, so a chunk may wait longer than
+/// its own draw. Connections live until either side closes. `freeze` holds every
+/// byte (a network partition that leaves connections open) until `thaw`.
+pub struct DelayProxy {
+    pub url: String,
+    /// Chunks delayed so far (both directions), to show the proxy was in the path.
+    chunks: Arc<AtomicU64>,
+    frozen: Arc<AtomicBool>,
+}
+
+impl DelayProxy {
+    /// Delays server-to-client chunks by `to_client` and client-to-server chunks by
+    /// `to_server` (an empty range, e.g. `ZERO..ZERO`, forwards at once).
+    pub fn start(upstream: &str, to_client: Range<Duration>, to_server: Range<Duration>) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let chunks = Arc::new(AtomicU64::new(0));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let (up, counter, ice) = (upstream.to_owned(), chunks.clone(), frozen.clone());
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&up) else { continue };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                delayed_pipe(&client, &server, to_server.clone(), counter.clone(), ice.clone());
+                delayed_pipe(&server, &client, to_client.clone(), counter.clone(), ice.clone());
+            }
+        });
+        Ok(Self { url, chunks, frozen })
+    }
+
+    /// Holds every byte in both directions (connections stay open) until `thaw`.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Delivers what was held, in order, and forwards as before.
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    /// Chunks that went through (delayed) so far.
+    pub fn chunks(&self) -> u64 {
+        self.chunks.load(Ordering::Relaxed)
+    }
+}
+
+/// Forwards `from` to `to`, each chunk after its delay: one thread reads and stamps
+/// chunks with their due time, another writes them when due, in order.
+fn delayed_pipe(from: &TcpStream, to: &TcpStream, delay: Range<Duration>, chunks: Arc<AtomicU64>, frozen: Arc<AtomicBool>) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else { return };
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let reader_end = from.try_clone();
+    thread::spawn(move || {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut last_due = Instant::now();
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let wait = if delay.is_empty() { Duration::ZERO } else { rng.random_range(delay.clone()) };
+            last_due = last_due.max(Instant::now() + wait);
+            chunks.fetch_add(1, Ordering::Relaxed);
+            if tx.send((last_due, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+        // Dropping `tx` lets the writer deliver what is queued, then close.
+    });
+    thread::spawn(move || {
+        for (due, chunk) in rx {
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+            while frozen.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        if let Ok(from) = reader_end {
+            let _ = from.shutdown(Shutdown::Both);
+        }
     });
 }
 

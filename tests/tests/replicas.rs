@@ -90,7 +90,9 @@ fn bank_reader() {
             }
         }
     }
-    println!("@@reader reads={reads} violations={violations} checks={checks} versions={}", versions.len());
+    // Read transactions begun with no RPC, under a read lease.
+    let local = stat(&db, "local_reads");
+    println!("@@reader reads={reads} violations={violations} checks={checks} versions={} local={local}", versions.len());
 }
 
 #[test]
@@ -109,16 +111,23 @@ fn bank_invariant_holds_on_every_replica() {
     let readers: Vec<Child> = (0..3).map(|_| spawn_child("bank_reader", &env)).collect();
     let writer_report = report(writer, "writer ");
     let txns = field(&writer_report, "txns");
-    let (mut reads, mut checks) = (0, 0);
+    let (mut reads, mut checks, mut local) = (0, 0, 0);
     for reader in readers {
         let report = report(reader, "reader ");
         assert_eq!(field(&report, "violations"), 0, "{report}");
         assert!(field(&report, "versions") > 10, "the replica saw the writer's versions: {report}");
+        // Read leases are on (the default): every replica served read transactions
+        // with no RPC between the writer's commits.
+        assert!(field(&report, "local") > 0, "the replica never read under its read lease: {report}");
         reads += field(&report, "reads");
         checks += field(&report, "checks");
+        local += field(&report, "local");
     }
     assert!(txns > 100, "{writer_report}");
-    eprintln!("bank: {txns} transfer transactions, {reads} replica read transactions ({checks} integrity checks), 0 violations in {secs}s");
+    eprintln!(
+        "bank: {txns} transfer transactions, {reads} replica read transactions ({local} under read leases, \
+         {checks} integrity checks), 0 violations in {secs}s"
+    );
     let db = open(&server, "bank.db");
     let total: i64 = db.query_row("select sum(bal) from acct", [], |r| r.get(0)).expect("total");
     assert_eq!(total, ACCOUNTS * OPENING_BALANCE);

@@ -199,6 +199,7 @@ impl Database {
                     return Ok(s.committed);
                 }
                 if let Some(state) = s.watch.serves(consistency, s.cache.version()) {
+                    s.watch.touch();
                     self.client.counters.local_reads.fetch_add(1, Ordering::Relaxed);
                     return Ok(state);
                 }

@@ -24,6 +24,7 @@ use pb::watch_request::Part;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Consistency;
+use crate::cache::PageCache;
 use crate::database::{Database, DbState};
 
 /// Most changed pages fetched again after a commit (a bigger commit is read on demand).
@@ -36,6 +37,8 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 pub struct WatchView {
     /// A task is running (or starting) for this database.
     running: bool,
+    /// The current task's generation: a task that is not current changes nothing.
+    task: u64,
     /// The newest state heard on the stream (`None` until it started).
     known: Option<DbState>,
     in_round: bool,
@@ -58,6 +61,7 @@ impl Default for WatchView {
         let now = Instant::now();
         Self {
             running: false,
+            task: 0,
             known: None,
             in_round: false,
             lease_until: None,
@@ -99,11 +103,17 @@ impl WatchView {
             return None;
         }
         self.running = true;
+        self.task += 1;
         let (stop, stopped) = oneshot::channel();
         let (done, finished) = oneshot::channel();
         self.stop = Some(stop);
         self.done = Some(finished);
-        Some(TaskSignals { stop: stopped, done })
+        Some(TaskSignals { task: self.task, stop: stopped, done })
+    }
+
+    /// Notes a read transaction served with no RPC (keeps the lease from going idle).
+    pub fn touch(&mut self) {
+        self.last_read = Instant::now();
     }
 
     /// Tells the task to end its stream; returns what completes when it has.
@@ -112,7 +122,11 @@ impl WatchView {
         self.done.take()
     }
 
-    fn stopped(&mut self, failed: bool) {
+    /// Task `task` ended; changes nothing unless it is the current one.
+    fn stopped(&mut self, task: u64, failed: bool) {
+        if !self.running || self.task != task {
+            return;
+        }
         self.running = false;
         self.stop = None;
         self.done = None;
@@ -128,6 +142,7 @@ impl WatchView {
 
 /// How a task is told to stop, and tells it has.
 pub struct TaskSignals {
+    task: u64,
     stop: oneshot::Receiver<()>,
     done: oneshot::Sender<()>,
 }
@@ -135,21 +150,42 @@ pub struct TaskSignals {
 /// The watch task of `db`: runs until the stream breaks, the database is dropped or
 /// closed (`stop` fires), or no one has read for `idle`.
 pub async fn run(db: Weak<Database>, name: String, idle: Duration, signals: TaskSignals) {
-    let failed = match follow(&db, name, idle, signals.stop).await {
+    let own = Own { db, task: signals.task };
+    let failed = match follow(&own, name, idle, signals.stop).await {
         Ok(()) => false,
         Err(e) => {
             tracing::debug!(error = %e, "watch stream ended");
             true
         }
     };
-    if let Some(db) = db.upgrade() {
-        db.with_watch(|w, _| w.stopped(failed));
+    if let Some(db) = own.db.upgrade() {
+        db.with_watch(|w, _| w.stopped(own.task, failed));
     }
     let _ = signals.done.send(());
 }
 
-async fn follow(db: &Weak<Database>, name: String, idle: Duration, mut stop: oneshot::Receiver<()>) -> Result<(), tonic::Status> {
-    let Some(client) = db.upgrade().map(|d| d.client.clone()) else { return Ok(()) };
+/// A task's hold on its database: it changes the shared view only while it is the
+/// current task (a new one may have started after it decided to stop).
+struct Own {
+    db: Weak<Database>,
+    task: u64,
+}
+
+/// This task was superseded, or its database is gone.
+struct Superseded;
+
+impl Own {
+    fn db(&self) -> Result<Arc<Database>, Superseded> {
+        self.db.upgrade().ok_or(Superseded)
+    }
+
+    fn with<T>(&self, db: &Database, f: impl FnOnce(&mut WatchView, &mut PageCache) -> T) -> Result<T, Superseded> {
+        db.with_watch(|w, cache| (w.running && w.task == self.task).then(|| f(w, cache))).ok_or(Superseded)
+    }
+}
+
+async fn follow(own: &Own, name: String, idle: Duration, mut stop: oneshot::Receiver<()>) -> Result<(), tonic::Status> {
+    let Ok(client) = own.db().map(|d| d.client.clone()) else { return Ok(()) };
     let (tx, rx) = mpsc::channel(16);
     let outbox = Outbox(tx);
     outbox.send(Part::Start(pb::WatchStart { name })).await;
@@ -157,41 +193,45 @@ async fn follow(db: &Weak<Database>, name: String, idle: Duration, mut stop: one
     let mut lease = LeaseAsks::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tokio::select! {
+        let reply = tokio::select! {
             event = events.message() => {
                 let Some(event) = event? else { return Err(tonic::Status::unavailable("the server ended the stream")) };
-                let Some(db) = db.upgrade() else { break };
-                let reply = handle(&db, &mut lease, event.event);
+                let reply = own.db().and_then(|db| handle(own, &db, &mut lease, event.event));
                 if let Some(period) = lease.renew_every.take() {
                     tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                 }
-                if let Some(part) = reply {
-                    outbox.send(part).await;
-                }
+                reply
             }
-            _ = tick.tick() => {
-                let Some(db) = db.upgrade() else { break };
-                let (idle_now, wants) = db.with_watch(|w, _| (w.last_read.elapsed() >= idle, w.wants_lease));
-                if idle_now {
-                    break;
-                }
-                if db.holds_write_lease() {
-                    // The writer's own reads need no read lease, and its commits would
-                    // wait for its own acknowledgement: give the read lease back.
-                    let held = db.with_watch(|w, _| w.lease_until.take().is_some());
-                    if held {
-                        outbox.send(Part::Release(pb::ReadLeaseRelease {})).await;
-                    }
-                } else if wants && let Some(ask) = lease.ask() {
-                    outbox.send(ask).await;
-                }
-            }
-            _ = &mut stop => break,
+            _ = tick.tick() => own.db().and_then(|db| renew(own, &db, &mut lease, idle)),
+            _ = &mut stop => Err(Superseded),
+        };
+        match reply {
+            Ok(Some(part)) => outbox.send(part).await,
+            Ok(None) => {}
+            Err(Superseded) => break,
         }
     }
-    db.upgrade().inspect(|db| db.with_watch(|w, _| w.stopped(false)));
+    if let Some(db) = own.db.upgrade() {
+        db.with_watch(|w, _| w.stopped(own.task, false));
+    }
     close(outbox, events).await;
     Ok(())
+}
+
+/// Every third of a lease: ask for it again, give it back (this process writes), or
+/// stop (no reads for `idle`).
+fn renew(own: &Own, db: &Database, lease: &mut LeaseAsks, idle: Duration) -> Result<Option<Part>, Superseded> {
+    let (idle_now, wants) = own.with(db, |w, _| (w.last_read.elapsed() >= idle, w.wants_lease))?;
+    if idle_now {
+        return Err(Superseded);
+    }
+    if db.holds_write_lease() {
+        // The writer's own reads need no read lease, and its commits would wait for
+        // its own acknowledgement: give the read lease back.
+        let held = own.with(db, |w, _| w.lease_until.take().is_some())?;
+        return Ok(held.then_some(Part::Release(pb::ReadLeaseRelease {})));
+    }
+    Ok(if wants { lease.ask() } else { None })
 }
 
 /// Ends the stream cleanly: the lease goes back, then the server ends the stream, so
@@ -236,8 +276,9 @@ impl LeaseAsks {
 }
 
 /// Applies one event; returns what to send back.
-fn handle(db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Event>) -> Option<Part> {
-    match event? {
+fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Event>) -> Result<Option<Part>, Superseded> {
+    let Some(event) = event else { return Ok(None) };
+    match event {
         Event::Started(started) => {
             // Trust the server's word only within reason: a lease of an hour would be a bug.
             lease.ttl = Duration::from_millis(started.read_lease_ttl_ms.min(60_000));
@@ -247,35 +288,35 @@ fn handle(db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Event>) -> Op
             let state = DbState::from(started.state);
             // The cache stays where it is; a BeginRead moves it to `state` (its change
             // list is not known here), after which reads need no RPC.
-            let wants = db.with_watch(|w, _| {
+            let wants = own.with(db, |w, _| {
                 w.in_round = started.in_round;
                 w.known = Some(state);
                 w.wants_lease
-            });
-            if wants { lease.ask() } else { None }
+            })?;
+            Ok(if wants { lease.ask() } else { None })
         }
         Event::Granted(grant) => {
-            let asked_at = lease.asked.remove(&grant.seq)?;
+            let Some(asked_at) = lease.asked.remove(&grant.seq) else { return Ok(None) };
             let ttl = Duration::from_millis(grant.ttl_ms.min(60_000));
             // The margin covers clock-rate differences between us and the server.
             let until = asked_at + ttl - ttl / 5;
-            db.with_watch(|w, _| w.lease_until = Some(w.lease_until.map_or(until, |t| t.max(until))));
-            None
+            own.with(db, |w, _| w.lease_until = Some(w.lease_until.map_or(until, |t| t.max(until))))?;
+            Ok(None)
         }
         Event::Invalidate(inv) => {
             // Stop serving the current state first, then say so.
-            db.with_watch(|w, _| w.in_round = true);
-            Some(Part::Ack(pb::InvalidationAck { round: inv.round }))
+            own.with(db, |w, _| w.in_round = true)?;
+            Ok(Some(Part::Ack(pb::InvalidationAck { round: inv.round })))
         }
         Event::RoundEnd(end) => {
             let state = DbState::from(end.state);
             let changed = (!end.cache_invalid).then_some(end.changed_pages.as_slice());
-            let refetch = db.with_watch(|w, cache| {
+            let refetch = own.with(db, |w, cache| {
                 let held = cache.follow(w.known.map(|k| k.version), state, changed);
                 w.known = Some(state);
                 w.in_round = false;
                 held
-            });
+            })?;
             db.observe_committed(state);
             // Pages this process had cached were in use: fetch their new contents now,
             // off the readers' path, instead of one round trip each on next use. Not
@@ -283,7 +324,7 @@ fn handle(db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Event>) -> Op
             if !refetch.is_empty() && refetch.len() <= REFETCH_MAX && !db.holds_write_lease() {
                 tokio::spawn(db.refetch(state, refetch));
             }
-            None
+            Ok(None)
         }
     }
 }

@@ -181,7 +181,9 @@ impl Hub {
     /// Grants or renews watcher `id`'s read lease (from now), answering on its stream.
     pub fn grant(&self, key: &DbKey, id: u64, seq: u64) {
         self.with_watcher(key, id, |w| {
-            if !self.read_lease_ttl.is_zero() {
+            // A watcher whose queue overflowed never hears the grant: do not make
+            // commits wait for a lease its client does not know it has.
+            if !self.read_lease_ttl.is_zero() && w.tx.is_some() {
                 w.lease_until = Some(Instant::now() + self.read_lease_ttl);
             }
             let ttl_ms = self.read_lease_ttl.as_millis() as u64;
