@@ -12,18 +12,18 @@ pub fn spec(t: &Target) -> String {
     match t {
         Target::LocalWal(dir) => format!("wal:{}", dir.display()),
         Target::LocalFull(dir) => format!("full:{}", dir.display()),
-        Target::Pagewire { url, label } => format!("pw:{label}:{url}"),
+        Target::Pagewire { url, label, .. } => format!("pw:{label}:{url}"),
     }
 }
 
-fn parse(spec: &str) -> anyhow::Result<Target> {
+pub fn parse(spec: &str) -> anyhow::Result<Target> {
     let (kind, rest) = spec.split_once(':').ok_or_else(|| anyhow::anyhow!("bad target {spec}"))?;
     Ok(match kind {
         "wal" => Target::LocalWal(rest.into()),
         "full" => Target::LocalFull(rest.into()),
         "pw" => {
             let (label, url) = rest.split_once(':').ok_or_else(|| anyhow::anyhow!("bad target {spec}"))?;
-            Target::Pagewire { url: url.into(), label: label.into() }
+            Target::Pagewire { url: url.into(), label: label.into(), no_lease_url: None }
         }
         _ => anyhow::bail!("bad target {spec}"),
     })

@@ -5,8 +5,15 @@
 //! `--postgres URL`). One table of numbers with ratios to the local file, then a
 //! server load test. Run: `scripts/bench.sh` (builds first), or
 //! `target/release/pagewire-bench [--quick]`.
+//!
+//! The read-lease rows (leases.rs) also run each pagewire store on a second server
+//! started with `--read-lease-ttl 0s`, and print the issue-7 targets and what ran
+//! (RPC counters, lease states, server metrics, CPU per commit) below the table.
+//! `--lease-scan [0,1,2,4,8,16]` measures commit latency against the number of
+//! read-lease holders instead of the table.
 
 mod child;
+mod leases;
 mod load;
 mod pgdirect;
 mod report;
@@ -37,6 +44,34 @@ struct Args {
     /// Internal: run the cold-read child.
     #[arg(long, hide = true, num_args = 2)]
     child_cold: Option<Vec<String>>,
+    /// Run only the table rows whose name contains this (no commit-size table, no
+    /// load test).
+    #[arg(long)]
+    only: Option<String>,
+    /// Seconds each timed-for-a-while workload runs (default 2, --quick 0.5).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Leave PostgreSQL out even where it is installed.
+    #[arg(long)]
+    no_postgres: bool,
+    /// Instead of the table: commit latency against the number of read-lease
+    /// holder processes (default 0,1,2,4,8,16), on the memory store.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    lease_scan: Option<Vec<usize>>,
+    /// With --lease-scan: on the PostgreSQL store instead of the memory store.
+    #[arg(long)]
+    scan_postgres: bool,
+    /// With --lease-scan: holders are threads of the bench process (each a client
+    /// of its own) instead of processes.
+    #[arg(long)]
+    holders_in_process: bool,
+    /// With --lease-scan: holders read with consistency=snapshot (Watch stream, no
+    /// read lease), to separate the cost of the events from waiting for acks.
+    #[arg(long)]
+    holders_snapshot: bool,
+    /// Internal: run a read-lease holder child (target spec, database, token, strong|snapshot).
+    #[arg(long, hide = true, num_args = 4)]
+    child_holder: Option<Vec<String>>,
 }
 
 /// Registers the VFS by loading the built extension, as `.load` does.
@@ -51,10 +86,16 @@ pub fn load_vfs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Server flags that turn read leases off.
+const NO_LEASES: [&str; 2] = ["--read-lease-ttl", "0s"];
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(child) = &args.child_cold {
         return child::cold(&child[0], child[1].parse()?);
+    }
+    if let Some(child) = &args.child_holder {
+        return leases::holder(&child[0], &child[1], &child[2], &child[3]);
     }
     load_vfs()?;
     let sizes = if args.quick {
@@ -62,31 +103,64 @@ fn main() -> anyhow::Result<()> {
     } else {
         Sizes { rows: 50_000, point_selects: 20_000, seconds: 2.0 }
     };
+    let sizes = Sizes { seconds: args.seconds.unwrap_or(sizes.seconds), ..sizes };
     let dir = tempfile::tempdir()?;
     let (wal, full) = (dir.path().join("wal"), dir.path().join("full"));
     std::fs::create_dir_all(&wal)?;
     std::fs::create_dir_all(&full)?;
     let memory = Server::start()?;
+    // The same store without read leases, for the rows that compare.
+    let memory_no_lease = Server::start_with(&NO_LEASES)?;
+    target::register_server(&memory.url, memory.pid() as u32);
+    target::register_server(&memory_no_lease.url, memory_no_lease.pid() as u32);
     let mut targets = vec![
         Target::LocalWal(wal),
         Target::LocalFull(full),
-        Target::Pagewire { url: memory.url.clone(), label: "memory".into() },
+        Target::Pagewire { url: memory.url.clone(), label: "memory".into(), no_lease_url: Some(memory_no_lease.url.clone()) },
     ];
-    let postgres = report::postgres_server()?;
-    if let Some((_, server)) = &postgres {
-        targets.push(Target::Pagewire { url: server.url.clone(), label: "postgres".into() });
+    let scan_memory = args.lease_scan.is_some() && !args.scan_postgres;
+    let postgres = if args.no_postgres || scan_memory { None } else { report::postgres_server()? };
+    // A second PostgreSQL database for the server without read leases (two servers
+    // must not share databases of one store when either grants read leases).
+    let postgres_no_lease = match &postgres {
+        Some(_) => {
+            let pg = pagewire_tests::postgres::TempPostgres::start()?;
+            let server = Server::start_with(&["--store", pg.url(), NO_LEASES[0], NO_LEASES[1]])?;
+            target::register_server(&server.url, server.pid() as u32);
+            Some((pg, server))
+        }
+        None => None,
+    };
+    if let (Some((_, server)), Some((_, no_lease))) = (&postgres, &postgres_no_lease) {
+        target::register_server(&server.url, server.pid() as u32);
+        targets.push(Target::Pagewire { url: server.url.clone(), label: "postgres".into(), no_lease_url: Some(no_lease.url.clone()) });
+    }
+    if let Some(counts) = &args.lease_scan {
+        let label = if args.scan_postgres { "pagewire postgres" } else { "pagewire memory" };
+        let t = targets.iter().find(|t| t.label() == label).ok_or_else(|| anyhow::anyhow!("no {label} target"))?;
+        let counts = if counts.is_empty() { &[0, 1, 2, 4, 8, 16][..] } else { counts };
+        let kind = leases::HolderKind { threads: args.holders_in_process, snapshot: args.holders_snapshot };
+        return leases::scan(t, &sizes, counts, kind);
     }
     for t in &targets {
         workloads::prepare_data(t, &sizes)?;
+        if !t.is_local() {
+            workloads::prepare_data(&t.without_read_leases()?, &sizes)?;
+        }
     }
     let (current, multi) = rtt::floor(&memory.url, "bench/data.db")?;
     println!("round-trip floor (BeginRead, plain tonic): {current:.0} us current-thread runtime, {multi:.0} us multi-thread runtime\n");
     let mut table = report::Table::new(&targets);
-    for w in workloads::WORKLOADS {
+    for w in workloads::WORKLOADS.iter().filter(|w| args.only.as_ref().is_none_or(|o| w.name.contains(o.as_str()))) {
         let values = targets.iter().map(|t| (w.run)(t, &sizes)).collect::<anyhow::Result<Vec<_>>>()?;
         table.row(w, values);
     }
     table.print();
+    table.print_lease_targets();
+    report::print_notes();
+    if args.only.is_some() {
+        return Ok(());
+    }
     if let (Some((pg, _)), Some(t)) = (&postgres, targets.iter().find(|t| t.label() == "pagewire postgres")) {
         let runs: &[(usize, usize)] = if args.quick { &[(1, 20), (10, 10), (1000, 2)] } else { &[(1, 300), (10, 200), (1000, 10)] };
         let rows = pgdirect::compare(t, pg.url(), runs).map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -95,10 +169,10 @@ fn main() -> anyhow::Result<()> {
     if !args.no_load {
         let (dbs, clients) = if args.quick { (100, 16) } else { (args.load_databases, args.load_clients) };
         let load_server = Server::start()?;
-        let t = Target::Pagewire { url: load_server.url.clone(), label: "memory".into() };
+        let t = Target::Pagewire { url: load_server.url.clone(), label: "memory".into(), no_lease_url: None };
         report::print_load(&load::run(&t, Some(load_server.pid() as u32), dbs, clients, 10)?, "memory");
         if let Some((_, server)) = &postgres {
-            let t = Target::Pagewire { url: server.url.clone(), label: "postgres".into() };
+            let t = Target::Pagewire { url: server.url.clone(), label: "postgres".into(), no_lease_url: None };
             report::print_load(&load::run(&t, None, dbs, clients, 10)?, "postgres");
         }
     }

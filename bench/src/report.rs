@@ -1,5 +1,7 @@
 //! The printed tables.
 
+use std::sync::Mutex;
+
 use pagewire_tests::{Server, postgres::TempPostgres};
 
 use crate::{load::LoadReport, target::Target, workloads::Workload};
@@ -17,6 +19,38 @@ impl Table {
 
     pub fn row(&mut self, w: &Workload, values: Vec<f64>) {
         self.rows.push((w.name.to_owned(), w.unit, w.higher_is_better, values));
+    }
+
+    /// The value of row `name` in column `label`.
+    pub fn value(&self, name: &str, label: &str) -> Option<f64> {
+        let col = self.labels.iter().position(|l| l == label)?;
+        self.rows.iter().find(|r| r.0 == name).map(|r| r.3[col])
+    }
+
+    /// Issue 7's read-lease targets, from this run's rows.
+    pub fn print_lease_targets(&self) {
+        println!("\nread-lease targets (same run):");
+        let v = |name: &str, label: &str| self.value(name, label);
+        for label in self.labels.iter().zip(&self.local).filter(|(_, local)| !**local).map(|(l, _)| l) {
+            let (leased, unleased) = (v("replica point select, read lease (own tx)", label), v("replica point select, no read lease (own tx)", label));
+            let (wal, full) = (v("replica point select, read lease (own tx)", "local WAL"), v("replica point select, read lease (own tx)", "local FULL"));
+            if let (Some(a), Some(b), Some(w), Some(f)) = (leased, unleased, wal, full) {
+                println!(
+                    "- {label}: replica point selects {a:.0} ops/s with a read lease = {:.2}x local WAL ({w:.0}) / {:.2}x local FULL ({f:.0}) (target >= 0.5x); {b:.0} ops/s without = {:.2}x WAL; lease / no lease {:.1}x",
+                    a / w,
+                    a / f,
+                    b / w,
+                    a / b
+                );
+            }
+            for stat in ["p50", "mean"] {
+                let none = v(&format!("commit {stat}, no read-lease holders"), label);
+                let eight = v(&format!("commit {stat}, 8 read-lease holders (processes)"), label);
+                if let (Some(n), Some(e)) = (none, eight) {
+                    println!("- {label}: commit {stat} {e:.3} ms with 8 read-lease holders vs {n:.3} ms with none = {:.2}x (target <= 2x)", e / n);
+                }
+            }
+        }
     }
 
     /// Markdown: each value, and for pagewire columns the ratio to local WAL
@@ -58,6 +92,24 @@ pub fn print_load(r: &LoadReport, store: &str) {
             pages / 1024.0,
             (rss - pages).max(0.0) / 1024.0
         );
+    }
+}
+
+/// Lines of evidence the workloads leave (counters, lease states), printed after
+/// the table.
+static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+pub fn note(line: String) {
+    NOTES.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+}
+
+pub fn print_notes() {
+    let notes = std::mem::take(&mut *NOTES.lock().unwrap_or_else(|e| e.into_inner()));
+    if !notes.is_empty() {
+        println!("\nread-lease rows, what ran (PRAGMA pagewire_stats deltas of the measured connection, PRAGMA pagewire_read_lease, server GetMetrics):");
+        for n in notes {
+            println!("- {n}");
+        }
     }
 }
 

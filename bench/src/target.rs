@@ -1,7 +1,7 @@
 //! What a workload runs against: a local SQLite file in one of two journal
 //! configurations, or a database on a pagewire server.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Mutex, time::Duration};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -11,8 +11,10 @@ pub enum Target {
     LocalWal(PathBuf),
     /// journal_mode=DELETE, synchronous=FULL
     LocalFull(PathBuf),
-    /// A pagewire server (label names its store).
-    Pagewire { url: String, label: String },
+    /// A pagewire server (label names its store). `no_lease_url`: a second
+    /// server on the same kind of store started with `--read-lease-ttl 0s`, for
+    /// the rows that compare reads with and without read leases.
+    Pagewire { url: String, label: String, no_lease_url: Option<String> },
 }
 
 impl Target {
@@ -26,6 +28,26 @@ impl Target {
 
     pub fn is_local(&self) -> bool {
         !matches!(self, Target::Pagewire { .. })
+    }
+
+    /// The server's URL (None for a local file).
+    pub fn server_url(&self) -> Option<&str> {
+        match self {
+            Target::Pagewire { url, .. } => Some(url),
+            _ => None,
+        }
+    }
+
+    /// The same target on a server that grants no read leases (a local file is
+    /// its own baseline, unchanged).
+    pub fn without_read_leases(&self) -> anyhow::Result<Target> {
+        match self {
+            Target::Pagewire { no_lease_url: Some(url), label, .. } => {
+                Ok(Target::Pagewire { url: url.clone(), label: format!("{label}, no read leases"), no_lease_url: None })
+            }
+            Target::Pagewire { label, .. } => anyhow::bail!("pagewire {label} has no server without read leases"),
+            local => Ok(local.clone()),
+        }
     }
 
     /// A read-write connection to database `name`.
@@ -64,4 +86,15 @@ impl Target {
         }
         Ok(conn)
     }
+}
+
+/// Process ids of the bench's servers by URL, for CPU accounting.
+static SERVER_PIDS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+
+pub fn register_server(url: &str, pid: u32) {
+    SERVER_PIDS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default().insert(url.to_owned(), pid);
+}
+
+pub fn server_pid(url: &str) -> Option<u32> {
+    SERVER_PIDS.lock().unwrap_or_else(|e| e.into_inner()).as_ref()?.get(url).copied()
 }

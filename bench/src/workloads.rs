@@ -13,7 +13,7 @@ use anyhow::Context;
 use rand::Rng;
 use rusqlite::Connection;
 
-use crate::target::Target;
+use crate::{leases, target::Target};
 
 /// How big the runs are (`--quick` shrinks them).
 #[derive(Clone, Copy)]
@@ -40,6 +40,15 @@ pub const WORKLOADS: &[Workload] = &[
     Workload { name: "range scan (100 rows)", unit: "ops/s", higher_is_better: true, run: range_scans },
     Workload { name: "50/50 read/write, 8 threads", unit: "ops/s", higher_is_better: true, run: mixed },
     Workload { name: "replica reads during commits", unit: "ops/s", higher_is_better: true, run: replica_reads },
+    // Read leases (bench/src/leases.rs): a replica that is a client of its own.
+    Workload { name: "replica point select, read lease (own tx)", unit: "ops/s", higher_is_better: true, run: leases::replica_selects_leased },
+    Workload { name: "replica point select, no read lease (own tx)", unit: "ops/s", higher_is_better: true, run: leases::replica_selects_no_lease },
+    Workload { name: "replica reads during commits, other client, read lease", unit: "ops/s", higher_is_better: true, run: leases::replica_during_commits_leased },
+    Workload { name: "replica reads during commits, other client, no read lease", unit: "ops/s", higher_is_better: true, run: leases::replica_during_commits_no_lease },
+    Workload { name: "commit p50, no read-lease holders", unit: "ms", higher_is_better: false, run: leases::commit_p50_no_holders },
+    Workload { name: "commit mean, no read-lease holders", unit: "ms", higher_is_better: false, run: leases::commit_mean_no_holders },
+    Workload { name: "commit p50, 8 read-lease holders (processes)", unit: "ms", higher_is_better: false, run: leases::commit_p50_holders },
+    Workload { name: "commit mean, 8 read-lease holders (processes)", unit: "ms", higher_is_better: false, run: leases::commit_mean_holders },
 ];
 
 /// The shared read-mostly table: `rows` rows of 100 bytes.
@@ -54,7 +63,7 @@ pub fn prepare_data(t: &Target, sizes: &Sizes) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn point(db: &Connection, id: i64) -> anyhow::Result<()> {
+pub fn point(db: &Connection, id: i64) -> anyhow::Result<()> {
     let n: i64 = db.query_row("select length(v) from kv where id = ?1", [id], |r| r.get(0))?;
     anyhow::ensure!(n == 100, "row {id} has {n} bytes");
     Ok(())
@@ -150,7 +159,7 @@ fn range_scans(t: &Target, sizes: &Sizes) -> anyhow::Result<f64> {
 }
 
 /// Runs `f` on `threads` threads until `seconds` pass; returns total ops/s.
-fn for_a_while(threads: usize, seconds: f64, f: impl Fn(usize, &AtomicBool) -> anyhow::Result<u64> + Sync) -> anyhow::Result<f64> {
+pub fn for_a_while(threads: usize, seconds: f64, f: impl Fn(usize, &AtomicBool) -> anyhow::Result<u64> + Sync) -> anyhow::Result<f64> {
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let total = thread::scope(|s| {
