@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use pagewire_proto::v1 as pb;
 use pb::watch_event::Event;
 use pb::watch_request::Part;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::Consistency;
 use crate::cache::PageCache;
@@ -48,6 +48,11 @@ pub struct WatchView {
     last_read: Instant,
     /// A strongly consistent reader used the database: ask for a lease.
     wants_lease: bool,
+    /// A read transaction began since the last Invalidate: without one the lease is
+    /// given back with the acknowledgement (it only made commits wait).
+    read_since_invalidate: bool,
+    /// Wakes the task to ask for a lease now (a strong read found none).
+    wake: Arc<Notify>,
     /// No new stream before this (after one failed).
     retry_at: Instant,
     /// Fired (or dropped with the database) to make the task end its stream.
@@ -67,6 +72,8 @@ impl Default for WatchView {
             lease_until: None,
             last_read: now,
             wants_lease: false,
+            read_since_invalidate: false,
+            wake: Arc::new(Notify::new()),
             retry_at: now,
             stop: None,
             done: None,
@@ -98,7 +105,12 @@ impl WatchView {
     pub fn note_read(&mut self, consistency: Consistency) -> Option<TaskSignals> {
         let now = Instant::now();
         self.last_read = now;
+        self.read_since_invalidate = true;
         self.wants_lease |= consistency == Consistency::Strong;
+        if self.running && consistency == Consistency::Strong {
+            // Ask for the lease now rather than at the next renewal tick.
+            self.wake.notify_one();
+        }
         if self.running || now < self.retry_at {
             return None;
         }
@@ -108,12 +120,13 @@ impl WatchView {
         let (done, finished) = oneshot::channel();
         self.stop = Some(stop);
         self.done = Some(finished);
-        Some(TaskSignals { task: self.task, stop: stopped, done })
+        Some(TaskSignals { task: self.task, stop: stopped, done, wake: self.wake.clone() })
     }
 
     /// Notes a read transaction served with no RPC (keeps the lease from going idle).
     pub fn touch(&mut self) {
         self.last_read = Instant::now();
+        self.read_since_invalidate = true;
     }
 
     /// Tells the task to end its stream; returns what completes when it has.
@@ -143,6 +156,7 @@ impl WatchView {
 /// How a task is told to stop, and tells it has.
 pub struct TaskSignals {
     task: u64,
+    wake: Arc<Notify>,
     stop: oneshot::Receiver<()>,
     done: oneshot::Sender<()>,
 }
@@ -151,7 +165,7 @@ pub struct TaskSignals {
 /// closed (`stop` fires), or no one has read for `idle`.
 pub async fn run(db: Weak<Database>, name: String, idle: Duration, signals: TaskSignals) {
     let own = Own { db, task: signals.task };
-    let failed = match follow(&own, name, idle, signals.stop).await {
+    let failed = match follow(&own, name, idle, signals.stop, &signals.wake).await {
         Ok(()) => false,
         Err(e) => {
             tracing::debug!(error = %e, "watch stream ended");
@@ -184,7 +198,13 @@ impl Own {
     }
 }
 
-async fn follow(own: &Own, name: String, idle: Duration, mut stop: oneshot::Receiver<()>) -> Result<(), tonic::Status> {
+async fn follow(
+    own: &Own,
+    name: String,
+    idle: Duration,
+    mut stop: oneshot::Receiver<()>,
+    wake: &Notify,
+) -> Result<(), tonic::Status> {
     let Ok(client) = own.db().map(|d| d.client.clone()) else { return Ok(()) };
     let (tx, rx) = mpsc::channel(16);
     let outbox = Outbox(tx);
@@ -202,12 +222,16 @@ async fn follow(own: &Own, name: String, idle: Duration, mut stop: oneshot::Rece
                 }
                 reply
             }
-            _ = tick.tick() => own.db().and_then(|db| renew(own, &db, &mut lease, idle)),
+            _ = tick.tick() => own.db().and_then(|db| renew(own, &db, &mut lease, idle)).map(Vec::from_iter),
+            () = wake.notified() => own.db().map(|db| lease.ask_soon(&db).into_iter().collect()),
             _ = &mut stop => Err(Superseded),
         };
         match reply {
-            Ok(Some(part)) => outbox.send(part).await,
-            Ok(None) => {}
+            Ok(parts) => {
+                for part in parts {
+                    outbox.send(part).await;
+                }
+            }
             Err(Superseded) => break,
         }
     }
@@ -221,7 +245,8 @@ async fn follow(own: &Own, name: String, idle: Duration, mut stop: oneshot::Rece
 /// Every third of a lease: ask for it again, give it back (this process writes), or
 /// stop (no reads for `idle`).
 fn renew(own: &Own, db: &Database, lease: &mut LeaseAsks, idle: Duration) -> Result<Option<Part>, Superseded> {
-    let (idle_now, wants) = own.with(db, |w, _| (w.last_read.elapsed() >= idle, w.wants_lease))?;
+    // Only a held lease is renewed here; reads ask for a new one (`ask_soon`).
+    let (idle_now, wants) = own.with(db, |w, _| (w.last_read.elapsed() >= idle, w.wants_lease && w.lease_until.is_some()))?;
     if idle_now {
         return Err(Superseded);
     }
@@ -229,7 +254,7 @@ fn renew(own: &Own, db: &Database, lease: &mut LeaseAsks, idle: Duration) -> Res
         // The writer's own reads need no read lease, and its commits would wait for
         // its own acknowledgement: give the read lease back.
         let held = own.with(db, |w, _| w.lease_until.take().is_some())?;
-        return Ok(held.then_some(Part::Release(pb::ReadLeaseRelease {})));
+        return Ok(held.then(|| lease.release()));
     }
     Ok(if wants { lease.ask() } else { None })
 }
@@ -264,6 +289,24 @@ struct LeaseAsks {
 }
 
 impl LeaseAsks {
+    /// An ask on a reader's demand, unless one is already on its way (or this process
+    /// writes: its reads need none).
+    fn ask_soon(&mut self, db: &Database) -> Option<Part> {
+        let pending = self.asked.values().any(|at| at.elapsed() < Duration::from_millis(20));
+        if pending || db.holds_write_lease() {
+            return None;
+        }
+        self.ask()
+    }
+
+    /// Gives the lease back. Grants for asks sent before it are void: the server
+    /// takes the release after them (the stream keeps order), so it holds no lease
+    /// for us even if such a grant arrives later.
+    fn release(&mut self) -> Part {
+        self.asked.clear();
+        Part::Release(pb::ReadLeaseRelease {})
+    }
+
     fn ask(&mut self) -> Option<Part> {
         if self.ttl.is_zero() {
             return None;
@@ -276,8 +319,8 @@ impl LeaseAsks {
 }
 
 /// Applies one event; returns what to send back.
-fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Event>) -> Result<Option<Part>, Superseded> {
-    let Some(event) = event else { return Ok(None) };
+fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Event>) -> Result<Vec<Part>, Superseded> {
+    let Some(event) = event else { return Ok(Vec::new()) };
     match event {
         Event::Started(started) => {
             // Trust the server's word only within reason: a lease of an hour would be a bug.
@@ -293,38 +336,49 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
                 w.known = Some(state);
                 w.wants_lease
             })?;
-            Ok(if wants { lease.ask() } else { None })
+            Ok(if wants { lease.ask().into_iter().collect() } else { Vec::new() })
         }
         Event::Granted(grant) => {
-            let Some(asked_at) = lease.asked.remove(&grant.seq) else { return Ok(None) };
+            let Some(asked_at) = lease.asked.remove(&grant.seq) else { return Ok(Vec::new()) };
             let ttl = Duration::from_millis(grant.ttl_ms.min(60_000));
             // The margin covers clock-rate differences between us and the server.
             let until = asked_at + ttl - ttl / 5;
             own.with(db, |w, _| w.lease_until = Some(w.lease_until.map_or(until, |t| t.max(until))))?;
-            Ok(None)
+            Ok(Vec::new())
         }
         Event::Invalidate(inv) => {
-            // Stop serving the current state first, then say so.
-            own.with(db, |w, _| w.in_round = true)?;
-            Ok(Some(Part::Ack(pb::InvalidationAck { round: inv.round })))
+            // Stop serving the current state first, then say so. A lease no read used
+            // since the last round only makes commits wait: give it back too (the next
+            // read asks again).
+            let unused = own.with(db, |w, _| {
+                w.in_round = true;
+                let unused = !std::mem::take(&mut w.read_since_invalidate);
+                if unused {
+                    w.lease_until = None;
+                }
+                unused
+            })?;
+            let ack = Part::Ack(pb::InvalidationAck { round: inv.round });
+            Ok(if unused { vec![ack, lease.release()] } else { vec![ack] })
         }
         Event::RoundEnd(end) => {
             let state = DbState::from(end.state);
             let changed = (!end.cache_invalid).then_some(end.changed_pages.as_slice());
-            let refetch = own.with(db, |w, cache| {
+            let (refetch, leased) = own.with(db, |w, cache| {
                 let held = cache.follow(w.known.map(|k| k.version), state, changed);
                 w.known = Some(state);
                 w.in_round = false;
-                held
+                (held, w.lease_until.is_some())
             })?;
             db.observe_committed(state);
             // Pages this process had cached were in use: fetch their new contents now,
-            // off the readers' path, instead of one round trip each on next use. Not
-            // when this process is the writer: its commit puts them in the cache.
-            if !refetch.is_empty() && refetch.len() <= REFETCH_MAX && !db.holds_write_lease() {
+            // off the readers' path, instead of one round trip each on next use. Only
+            // while reads keep the lease (an idle reader gave it back), and not in the
+            // writer's process: its commit puts them in the cache.
+            if leased && !refetch.is_empty() && refetch.len() <= REFETCH_MAX && !db.holds_write_lease() {
                 tokio::spawn(db.refetch(state, refetch));
             }
-            Ok(None)
+            Ok(Vec::new())
         }
     }
 }

@@ -182,24 +182,36 @@ async fn a_watcher_joining_during_a_round_serves_nothing_until_it_ends() -> anyh
     let (writer, lease) = database(&server).await?;
     let mut reader = server.pages(None)?;
     let (mut holder, _) = Watcher::leased(&mut reader, DB).await?;
+    // Watching before the round, without a lease: hears no Invalidate.
+    let mut early = Watcher::start(&mut reader, DB).await?;
+    assert!(matches!(early.next().await?, Event::Started(_)));
     let pending = commit_next(&writer, &lease, 1);
     let round = holder.invalidated().await?;
     let mut late = Watcher::start(&mut reader, DB).await?;
     let Event::Started(started) = late.next().await? else { anyhow::bail!("no WatchStarted") };
     assert!(started.in_round, "{started:?}");
     assert_eq!(started.state.map(|s| s.version), Some(1));
-    // A lease granted mid-round is not waited for (the late watcher never heard the
-    // Invalidate), and the round's end reaches it too.
+    // A joiner knows from WatchStarted: its lease is granted plainly and not waited for.
     late.send(Part::Lease(pb::ReadLeaseAsk { seq: 1 })).await;
     assert!(matches!(late.next().await?, Event::Granted(_)));
+    // An earlier watcher leased mid-round hears the round's Invalidate before its
+    // grant, and the round waits for its ack too.
+    early.send(Part::Lease(pb::ReadLeaseAsk { seq: 1 })).await;
+    assert_eq!(early.invalidated().await?, round);
+    assert!(matches!(early.next().await?, Event::Granted(_)));
     holder.ack(round).await;
+    tokio::time::sleep(TTL / 4).await;
+    assert!(!pending.is_finished(), "the early watcher has not acknowledged yet");
+    early.ack(round).await;
     timeout(Duration::from_secs(5), pending).await???;
-    assert_eq!(late.round_end().await?.state.map(|s| s.version), Some(2));
+    for w in [&mut late, &mut early] {
+        assert_eq!(w.round_end().await?.state.map(|s| s.version), Some(2));
+    }
     server.stop().await
 }
 
 #[tokio::test]
-async fn watchers_without_a_lease_are_told_but_not_waited_for() -> anyhow::Result<()> {
+async fn watchers_without_a_lease_hear_only_round_ends() -> anyhow::Result<()> {
     let server = TestServer::start(config(TTL)).await?;
     let (writer, lease) = database(&server).await?;
     let mut reader = server.pages(None)?;
@@ -208,7 +220,6 @@ async fn watchers_without_a_lease_are_told_but_not_waited_for() -> anyhow::Resul
     let started = Instant::now();
     timeout(Duration::from_secs(5), commit_next(&writer, &lease, 1)).await???;
     assert!(started.elapsed() < TTL / 2, "{:?}", started.elapsed());
-    w.invalidated().await?;
     assert_eq!(w.round_end().await?.state.map(|s| s.version), Some(2));
     server.stop().await
 }

@@ -21,7 +21,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(store: Arc<dyn PageStore>, config: ServerConfig) -> Self {
-        let hub = Hub::new(config.read_lease_ttl, config.pin_ttl);
+        let hub = Hub::new(config.read_lease_ttl, config.pin_ttl, config.history_retention);
         Self { store, config, hub }
     }
 

@@ -4,7 +4,8 @@
 //! lease may serve the newest state it heard of with no round trip. That is safe
 //! because every commit runs a *round* here ([`Hub::commit`]):
 //!
-//! 1. under the database's round lock, every watcher is sent `Invalidate`;
+//! 1. under the database's round lock, every read lease holder is sent `Invalidate`
+//!    (one granted during the round hears it with its grant);
 //! 2. the commit waits until every holder of an unexpired read lease acknowledged, or
 //!    its lease ran out (a vanished reader stalls commits at most one lease length);
 //! 3. only then the store applies the commit (so neither BeginRead nor anyone else can
@@ -50,6 +51,8 @@ pub struct Hub {
     read_lease_ttl: Duration,
     /// How long the version lease holders read is pinned when a commit supersedes it.
     pin_ttl: Duration,
+    /// GC keeps every version committed within this window (no pin needed there).
+    history_retention: Duration,
     /// Until then commits wait: leases a previous run granted may still be held.
     first_commit_at: Instant,
     next_watcher: AtomicU64,
@@ -72,6 +75,8 @@ struct WatchState {
     /// The newest published state; `None` until learned from the store (or after a
     /// commit whose outcome could not be learned).
     published: Option<DbState>,
+    /// When this server published it (`None`: learned from the store).
+    published_at: Option<Instant>,
     /// The current or last round's number.
     round: u64,
     in_round: bool,
@@ -84,6 +89,8 @@ struct Watcher {
     lease_until: Option<Instant>,
     /// The newest round it acknowledged (or that began before it joined).
     acked: u64,
+    /// The newest round it was sent an Invalidate for (only lease holders are).
+    invalidated: u64,
 }
 
 impl Watcher {
@@ -104,11 +111,12 @@ impl Watcher {
 }
 
 impl Hub {
-    pub fn new(read_lease_ttl: Duration, pin_ttl: Duration) -> Arc<Self> {
+    pub fn new(read_lease_ttl: Duration, pin_ttl: Duration, history_retention: Duration) -> Arc<Self> {
         Arc::new(Self {
             dbs: Mutex::default(),
             read_lease_ttl,
             pin_ttl,
+            history_retention,
             first_commit_at: Instant::now() + read_lease_ttl,
             next_watcher: AtomicU64::new(1),
             closing: tokio::sync::watch::Sender::new(false),
@@ -171,7 +179,7 @@ impl Hub {
             in_round: s.in_round,
             read_lease_ttl_ms: self.read_lease_ttl.as_millis() as u64,
         };
-        let mut watcher = Watcher { tx: Some(tx), lease_until: None, acked: s.round };
+        let mut watcher = Watcher { tx: Some(tx), lease_until: None, acked: s.round, invalidated: s.round };
         watcher.send(pb::watch_event::Event::Started(started));
         s.watchers.insert(id, watcher);
         self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
@@ -180,15 +188,23 @@ impl Hub {
 
     /// Grants or renews watcher `id`'s read lease (from now), answering on its stream.
     pub fn grant(&self, key: &DbKey, id: u64, seq: u64) {
-        self.with_watcher(key, id, |w| {
-            // A watcher whose queue overflowed never hears the grant: do not make
-            // commits wait for a lease its client does not know it has.
-            if !self.read_lease_ttl.is_zero() && w.tx.is_some() {
-                w.lease_until = Some(Instant::now() + self.read_lease_ttl);
-            }
-            let ttl_ms = self.read_lease_ttl.as_millis() as u64;
-            w.send(pb::watch_event::Event::Granted(pb::ReadLeaseGrant { seq, ttl_ms }));
-        });
+        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        let s = &mut *db.state.lock();
+        let (round, in_round) = (s.round, s.in_round);
+        let Some(w) = s.watchers.get_mut(&id) else { return };
+        // A watcher whose queue overflowed never hears the grant: do not make commits
+        // wait for a lease its client does not know it has.
+        if !self.read_lease_ttl.is_zero() && w.tx.is_some() {
+            w.lease_until = Some(Instant::now() + self.read_lease_ttl);
+        }
+        // Only lease holders hear Invalidates: one that gets its lease during a round
+        // hears this round's now, before the grant, and the round waits for its ack.
+        if in_round && w.invalidated < round {
+            w.invalidated = round;
+            w.send(pb::watch_event::Event::Invalidate(pb::Invalidate { round }));
+        }
+        let ttl_ms = self.read_lease_ttl.as_millis() as u64;
+        w.send(pb::watch_event::Event::Granted(pb::ReadLeaseGrant { seq, ttl_ms }));
     }
 
     pub fn release_lease(&self, key: &DbKey, id: u64) {
@@ -301,6 +317,7 @@ impl Hub {
 /// Ends every watcher's stream with `status`; the published state must be learned anew.
 fn end_all(s: &mut WatchState, status: Status) {
     s.published = None;
+    s.published_at = None;
     for w in s.watchers.values_mut() {
         if let Some(tx) = w.tx.take() {
             let _ = tx.try_send(Err(status.clone()));

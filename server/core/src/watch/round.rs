@@ -45,7 +45,7 @@ impl Hub {
         commit: Commit,
     ) -> StoreResult<CommitOutcome> {
         let _round = w.round_lock.lock().await;
-        let (round, pin) = begin(&mut w.state.lock());
+        let (round, pin) = self.begin(&mut w.state.lock());
         let waited = Instant::now();
         // Lease holders read the current version without BeginRead, so nothing pinned
         // it; pin it now, while it is still the newest, so their running transactions
@@ -80,19 +80,26 @@ impl Hub {
     }
 }
 
-/// Starts a round: every watcher hears it; from now on no one serves the old state.
-/// Returns its number, and the version to pin when read lease holders may be reading it.
-fn begin(s: &mut WatchState) -> (u64, Option<u64>) {
-    s.round += 1;
-    s.in_round = true;
-    let round = s.round;
-    let now = Instant::now();
-    let leased = s.watchers.values().any(|w| w.lease_valid(now));
-    for w in s.watchers.values_mut() {
-        w.send(pb::watch_event::Event::Invalidate(pb::Invalidate { round }));
+impl Hub {
+    /// Starts a round: every lease holder hears it; from now on no one serves the old
+    /// state. Returns its number, and the version to pin for lease holders: the one
+    /// they may be reading, unless GC keeps it anyway for longer than a pin would
+    /// (committed here within `history_retention - pin_ttl`).
+    fn begin(&self, s: &mut WatchState) -> (u64, Option<u64>) {
+        s.round += 1;
+        s.in_round = true;
+        let round = s.round;
+        let now = Instant::now();
+        let mut leased = false;
+        for w in s.watchers.values_mut().filter(|w| w.lease_valid(now)) {
+            leased = true;
+            w.invalidated = round;
+            w.send(pb::watch_event::Event::Invalidate(pb::Invalidate { round }));
+        }
+        let kept_anyway = s.published_at.is_some_and(|t| t.elapsed() + self.pin_ttl < self.history_retention);
+        let pin = s.published.map(|p| p.version).filter(|v| leased && *v > 0 && !kept_anyway);
+        (round, pin)
     }
-    let pin = s.published.map(|p| p.version).filter(|v| leased && *v > 0);
-    (round, pin)
 }
 
 /// Waits until every unexpired read lease holder acknowledged `round`.
@@ -135,6 +142,9 @@ fn finish(s: &mut WatchState, round: u64, end: End) {
             (new, written, invalid)
         }
     };
+    if s.published != Some(state) {
+        s.published_at = Some(Instant::now());
+    }
     s.published = Some(state);
     let end = pb::RoundEnd {
         round,
