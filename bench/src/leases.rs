@@ -34,8 +34,13 @@ use crate::{report::note, target::Target, workloads::Sizes};
 
 /// Read-lease holder processes in the commit-latency rows.
 pub const HOLDERS: usize = 8;
-/// How often a holder runs a read transaction.
-const HOLDER_PERIOD: Duration = Duration::from_millis(20);
+/// How often a holder runs a read transaction (`PAGEWIRE_BENCH_HOLDER_PERIOD_MS`
+/// overrides it: a holder that reads less often than commits happen gives its lease
+/// back with its next acknowledgement, so the period decides how many stay holders).
+fn holder_period() -> Duration {
+    let ms = std::env::var("PAGEWIRE_BENCH_HOLDER_PERIOD_MS").ok().and_then(|v| v.parse::<f64>().ok());
+    Duration::from_secs_f64(ms.unwrap_or(20.0) / 1000.0)
+}
 /// The commit-latency database and its rows.
 const COMMITS_DB: &str = "commits.db";
 const COMMIT_ROWS: i64 = 1000;
@@ -548,7 +553,7 @@ fn hold(t: &Target, name: &str, token: &str, snapshot: bool, ready: impl FnOnce(
         if !t.is_local() && !snapshot && pragma(&db, "pagewire_read_lease")?.starts_with("lease=held") {
             held += 1;
         }
-        thread::sleep(HOLDER_PERIOD);
+        thread::sleep(holder_period());
     }
     if t.is_local() {
         return Ok(format!("reads={reads}"));

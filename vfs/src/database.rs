@@ -18,7 +18,7 @@ use std::{
 
 use bytes::Bytes;
 use pagewire_proto::v1 as pb;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use tonic::Code;
 
 use crate::{
@@ -128,7 +128,13 @@ pub struct Database {
     state: Mutex<Shared>,
     /// Open connections; the last one to close gives the lease back.
     connections: AtomicUsize,
+    /// Signalled when a Watch round ends (readers waiting for it go on).
+    round_end: Condvar,
 }
+
+/// Longest a read transaction waits for a commit round to end before asking the
+/// server instead.
+const ROUND_WAIT: Duration = Duration::from_millis(5);
 
 impl Database {
     pub fn new(key: DbKey, rt: Arc<Rt>, client: Client, open: &pb::OpenResponse, cache_bytes: usize, lease_idle: Duration) -> Self {
@@ -143,6 +149,7 @@ impl Database {
             locks: Mutex::default(),
             state: Mutex::new(Shared { committed, lease: None, cache: PageCache::new(cache_bytes), last_write: Instant::now(), watch: WatchView::default() }),
             connections: AtomicUsize::new(0),
+            round_end: Condvar::new(),
         }
     }
 
@@ -174,6 +181,11 @@ impl Database {
         }
     }
 
+    /// Wakes read transactions waiting for a round to end.
+    pub fn round_ended(&self) {
+        self.round_end.notify_all();
+    }
+
     /// Learns of a committed state from the Watch stream.
     pub fn observe_committed(&self, state: DbState) {
         let mut s = self.state.lock();
@@ -197,6 +209,12 @@ impl Database {
                 let sole_writer = s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version() == s.committed.version;
                 if sole_writer {
                     return Ok(s.committed);
+                }
+                if consistency == Consistency::Strong && s.watch.round_pending() {
+                    // A commit is being published: its RoundEnd usually follows within
+                    // a round trip, so wait for it rather than ask the server.
+                    let deadline = Instant::now() + ROUND_WAIT;
+                    while s.watch.round_pending() && !self.round_end.wait_until(&mut s, deadline).timed_out() {}
                 }
                 if let Some(state) = s.watch.serves(consistency, s.cache.version()) {
                     s.watch.touch();

@@ -83,6 +83,12 @@ impl Default for WatchView {
 
 impl WatchView {
     /// The state a new read transaction may pin with no round trip, if any.
+    /// A strong reader holding a lease while a round is under way: the round's end
+    /// is worth a short wait (cheaper than a BeginRead round trip).
+    pub fn round_pending(&self) -> bool {
+        self.in_round && self.lease_until.is_some_and(|t| Instant::now() < t)
+    }
+
     pub fn serves(&self, consistency: Consistency, cached_version: u64) -> Option<DbState> {
         let known = self.known.filter(|k| k.version == cached_version)?;
         match consistency {
@@ -364,12 +370,23 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
         Event::RoundEnd(end) => {
             let state = DbState::from(end.state);
             let changed = (!end.cache_invalid).then_some(end.changed_pages.as_slice());
+            let pushed = end.pages;
             let (refetch, leased) = own.with(db, |w, cache| {
-                let held = cache.follow(w.known.map(|k| k.version), state, changed);
+                let mut held = cache.follow(w.known.map(|k| k.version), state, changed);
+                // Small commits come with their pages: keep those this process had
+                // cached (and page 1, which every read transaction looks at).
+                for page in pushed {
+                    let wanted = page.page_no == 1 || held.contains(&page.page_no);
+                    if wanted && page.data.len() == state.page_size as usize {
+                        held.retain(|no| *no != page.page_no);
+                        cache.insert(state, page.page_no, page.data);
+                    }
+                }
                 w.known = Some(state);
                 w.in_round = false;
                 (held, w.lease_until.is_some())
             })?;
+            db.round_ended();
             db.observe_committed(state);
             // Pages this process had cached were in use: fetch their new contents now,
             // off the readers' path, instead of one round trip each on next use. Only

@@ -13,8 +13,9 @@ use crate::store::{BeginRead, Commit, CommitOutcome, DbKey, DbState, PageStore, 
 enum End {
     /// Nothing changed (the commit failed, or was a retry of one already published).
     Unchanged,
-    /// The commit applied: the new state and the pages it changed.
-    Applied(DbState, Vec<u32>),
+    /// The commit applied: the new state, the pages it changed, and the contents of
+    /// small commits.
+    Applied(DbState, Vec<u32>, Vec<pb::Page>),
     /// The state changed in ways not known page by page: drop caches.
     Reset(DbState),
     /// The outcome could not be learned: end every stream, learn the state anew.
@@ -63,11 +64,12 @@ impl Hub {
         self.metrics.invalidation_wait.record(waited.elapsed());
         self.metrics.commits.fetch_add(1, Ordering::Relaxed);
         let written: Vec<u32> = commit.pages.iter().map(|(no, _)| *no).collect();
+        let contents = small_commit_pages(&commit);
         let (page_size, page_count) = (commit.page_size, commit.page_count);
         let result = store.commit(key, commit).await;
         let end = match &result {
             Ok(o) if o.already_applied => End::Unchanged,
-            Ok(o) => End::Applied(DbState { version: o.version, page_size, page_count }, written),
+            Ok(o) => End::Applied(DbState { version: o.version, page_size, page_count }, written, contents),
             Err(e) if e.is_client_error() => End::Unchanged,
             // The store may or may not have applied it: ask.
             Err(_) => match store.open(key, false).await {
@@ -123,23 +125,37 @@ async fn wait_for_acks(w: &DbWatch, round: u64) {
     }
 }
 
+/// Commits up to this size travel to watchers inside `RoundEnd`: readers then need
+/// no ReadPages for what a typical small transaction wrote.
+const PUSHED_PAGES: usize = 16;
+const PUSHED_BYTES: usize = 256 << 10;
+
+/// The written pages (shared, not copied) when the commit is small enough to push.
+fn small_commit_pages(commit: &Commit) -> Vec<pb::Page> {
+    let bytes: usize = commit.pages.iter().map(|(_, d)| d.len()).sum();
+    if commit.pages.len() > PUSHED_PAGES || bytes > PUSHED_BYTES {
+        return Vec::new();
+    }
+    commit.pages.iter().map(|(page_no, data)| pb::Page { page_no: *page_no, data: data.clone() }).collect()
+}
+
 /// Ends round `n`: publishes its outcome to every watcher.
 fn finish(s: &mut WatchState, round: u64, end: End) {
     s.in_round = false;
-    let (state, changed, cache_invalid) = match (end, s.published) {
+    let (state, changed, cache_invalid, pages) = match (end, s.published) {
         (End::Unknown, _) | (End::Unchanged | End::Applied(..) | End::Reset(_), None) => {
             super::end_all(s, tonic::Status::unavailable("lost track of the database's state; watch again"));
             return;
         }
-        (End::Unchanged, Some(old)) => (old, Vec::new(), false),
-        (End::Reset(new), Some(old)) => (new, Vec::new(), new != old),
-        (End::Applied(new, mut written), Some(old)) => {
+        (End::Unchanged, Some(old)) => (old, Vec::new(), false, Vec::new()),
+        (End::Reset(new), Some(old)) => (new, Vec::new(), new != old, Vec::new()),
+        (End::Applied(new, mut written, pages), Some(old)) => {
             // Pages past the old end were zeros (or stale) before: list them too.
             written.extend(old.page_count + 1..=new.page_count);
             written.sort_unstable();
             written.dedup();
             let invalid = old.page_size != new.page_size || new.version != old.version + 1;
-            (new, written, invalid)
+            (new, written, invalid, pages)
         }
     };
     if s.published != Some(state) {
@@ -151,6 +167,7 @@ fn finish(s: &mut WatchState, round: u64, end: End) {
         state: Some(state.into()),
         changed_pages: if cache_invalid { Vec::new() } else { changed },
         cache_invalid,
+        pages: if cache_invalid { Vec::new() } else { pages },
     };
     for w in s.watchers.values_mut() {
         w.send(pb::watch_event::Event::RoundEnd(end.clone()));
