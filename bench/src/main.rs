@@ -169,6 +169,9 @@ fn main() -> anyhow::Result<()> {
     if !args.no_load {
         let (dbs, clients) = if args.quick { (100, 16) } else { (args.load_databases, args.load_clients) };
         let load_server = Server::start()?;
+        // A fresh server holds its first commits for one read-lease TTL (1 s by
+        // default); the load test measures the steady state after it.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         let t = Target::Pagewire { url: load_server.url.clone(), label: "memory".into(), no_lease_url: None };
         report::print_load(&load::run(&t, Some(load_server.pid() as u32), dbs, clients, 10)?, "memory");
         if let Some((_, server)) = &postgres {

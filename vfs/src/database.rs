@@ -368,6 +368,7 @@ impl Database {
             self.observe(&mut s, state);
             let new_epoch = s.lease.as_ref().is_none_or(|l| l.epoch != lease.epoch);
             s.lease = Some(lease.clone());
+            s.watch.wrote();
             new_epoch
         };
         if new_epoch {

@@ -53,6 +53,10 @@ pub struct WatchView {
     read_since_invalidate: bool,
     /// Wakes the task to ask for a lease now (a strong read found none).
     wake: Arc<Notify>,
+    /// Read transactions that asked the server since this process last wrote: the
+    /// stream starts at the second, so a writer (whose transactions all begin with a
+    /// read) never opens one.
+    asked_since_write: u8,
     /// No new stream before this (after one failed).
     retry_at: Instant,
     /// Fired (or dropped with the database) to make the task end its stream.
@@ -74,6 +78,7 @@ impl Default for WatchView {
             wants_lease: false,
             read_since_invalidate: false,
             wake: Arc::new(Notify::new()),
+            asked_since_write: 0,
             retry_at: now,
             stop: None,
             done: None,
@@ -117,7 +122,8 @@ impl WatchView {
             // Ask for the lease now rather than at the next renewal tick.
             self.wake.notify_one();
         }
-        if self.running || now < self.retry_at {
+        self.asked_since_write = self.asked_since_write.saturating_add(1);
+        if self.running || now < self.retry_at || self.asked_since_write < 2 {
             return None;
         }
         self.running = true;
@@ -127,6 +133,11 @@ impl WatchView {
         self.stop = Some(stop);
         self.done = Some(finished);
         Some(TaskSignals { task: self.task, stop: stopped, done, wake: self.wake.clone() })
+    }
+
+    /// This process took the write lease: its reads need no stream for now.
+    pub fn wrote(&mut self) {
+        self.asked_since_write = 0;
     }
 
     /// Notes a read transaction served with no RPC (keeps the lease from going idle).
