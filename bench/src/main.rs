@@ -41,6 +41,11 @@ struct Args {
     load_databases: usize,
     #[arg(long, default_value_t = 64)]
     load_clients: usize,
+    /// Run only the server load test (against `--load-url` if given, else a fresh server).
+    #[arg(long)]
+    load_only: bool,
+    #[arg(long)]
+    load_url: Option<String>,
     /// Internal: run the cold-read child.
     #[arg(long, hide = true, num_args = 2)]
     child_cold: Option<Vec<String>>,
@@ -98,6 +103,12 @@ fn main() -> anyhow::Result<()> {
         return leases::holder(&child[0], &child[1], &child[2], &child[3]);
     }
     load_vfs()?;
+    if args.load_only {
+        let url = args.load_url.clone().unwrap_or_default();
+        let t = Target::Pagewire { url, label: "memory".into(), no_lease_url: None };
+        report::print_load(&load::run(&t, None, args.load_databases, args.load_clients, 10)?, "memory");
+        return Ok(());
+    }
     let sizes = if args.quick {
         Sizes { rows: 5_000, point_selects: 2_000, seconds: 0.5 }
     } else {

@@ -181,6 +181,11 @@ impl Database {
         }
     }
 
+    /// A read-only transaction of a connection ended (see `WatchView::read_txn_ended`).
+    pub fn read_txn_ended(&self) {
+        self.state.lock().watch.read_txn_ended();
+    }
+
     /// Wakes read transactions waiting for a round to end.
     pub fn round_ended(&self) {
         self.round_end.notify_all();
@@ -333,6 +338,7 @@ impl Database {
         let current = {
             let mut s = self.state.lock();
             s.last_write = Instant::now();
+            s.watch.wrote();
             match &s.lease {
                 Some(l) if l.valid() => return Ok(s.committed),
                 other => other.clone(),
@@ -368,7 +374,6 @@ impl Database {
             self.observe(&mut s, state);
             let new_epoch = s.lease.as_ref().is_none_or(|l| l.epoch != lease.epoch);
             s.lease = Some(lease.clone());
-            s.watch.wrote();
             new_epoch
         };
         if new_epoch {

@@ -47,6 +47,8 @@ pub struct MainFile {
     pub min_version: u64,
     min_version_timeout: Duration,
     consistency: Consistency,
+    /// This transaction took RESERVED (it wrote, or tried to).
+    reserved_in_txn: bool,
 }
 
 impl MainFile {
@@ -65,6 +67,7 @@ impl MainFile {
             min_version: config.min_version,
             min_version_timeout: config.min_version_timeout,
             consistency: config.consistency,
+            reserved_in_txn: false,
         }
     }
 
@@ -186,6 +189,7 @@ impl MainFile {
         if self.read_only {
             return Err(VfsError::ReadOnly);
         }
+        self.reserved_in_txn = true;
         let latest = self.db.ensure_lease()?;
         if latest.version != self.view.version {
             return Err(VfsError::Busy(format!(
@@ -214,6 +218,9 @@ impl MainFile {
         self.txn = None;
         self.db.locks.lock().unlock(self.id, from, to);
         self.lock = to;
+        if to == LockLevel::Unlocked && !std::mem::take(&mut self.reserved_in_txn) {
+            self.db.read_txn_ended();
+        }
         result
     }
 

@@ -53,10 +53,10 @@ pub struct WatchView {
     read_since_invalidate: bool,
     /// Wakes the task to ask for a lease now (a strong read found none).
     wake: Arc<Notify>,
-    /// Read transactions that asked the server since this process last wrote: the
-    /// stream starts at the second, so a writer (whose transactions all begin with a
-    /// read) never opens one.
-    asked_since_write: u8,
+    /// Read-only transactions since this process last took RESERVED: the stream
+    /// starts once there were two (a writer's transactions begin with a read, and it
+    /// opens with a schema read, so counting reads would open one for every writer).
+    reads_since_write: u8,
     /// No new stream before this (after one failed).
     retry_at: Instant,
     /// Fired (or dropped with the database) to make the task end its stream.
@@ -78,7 +78,7 @@ impl Default for WatchView {
             wants_lease: false,
             read_since_invalidate: false,
             wake: Arc::new(Notify::new()),
-            asked_since_write: 0,
+            reads_since_write: 0,
             retry_at: now,
             stop: None,
             done: None,
@@ -122,8 +122,7 @@ impl WatchView {
             // Ask for the lease now rather than at the next renewal tick.
             self.wake.notify_one();
         }
-        self.asked_since_write = self.asked_since_write.saturating_add(1);
-        if self.running || now < self.retry_at || self.asked_since_write < 2 {
+        if self.running || now < self.retry_at || self.reads_since_write < 2 {
             return None;
         }
         self.running = true;
@@ -135,9 +134,14 @@ impl WatchView {
         Some(TaskSignals { task: self.task, stop: stopped, done, wake: self.wake.clone() })
     }
 
-    /// This process took the write lease: its reads need no stream for now.
+    /// A transaction of this process took RESERVED: its reads need no stream for now.
     pub fn wrote(&mut self) {
-        self.asked_since_write = 0;
+        self.reads_since_write = 0;
+    }
+
+    /// A read-only transaction ended.
+    pub fn read_txn_ended(&mut self) {
+        self.reads_since_write = self.reads_since_write.saturating_add(1);
     }
 
     /// Notes a read transaction served with no RPC (keeps the lease from going idle).

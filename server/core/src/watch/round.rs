@@ -31,7 +31,9 @@ impl Hub {
         key: DbKey,
         commit: Commit,
     ) -> StoreResult<CommitOutcome> {
-        tokio::time::sleep_until(self.first_commit_at).await;
+        if Instant::now() < self.first_commit_at {
+            tokio::time::sleep_until(self.first_commit_at).await;
+        }
         let w = self.entry(&key);
         let outcome = self.round(&*store, &key, &w, commit).await;
         self.release(&key, w);
