@@ -45,6 +45,9 @@ fn bad_flags_fail_with_a_message() {
     assert_eq!(out.status.code(), Some(2), "clap usage error");
     let out = run(&["--listen", "not-an-address"]);
     assert_ne!(out.status.code(), Some(0));
+    let out = run(&["--listen", "127.0.0.1:0", "--read-lease-ttl", "1h"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read lease TTL"), "names the setting");
 }
 
 #[test]

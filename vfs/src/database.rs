@@ -97,12 +97,33 @@ impl Lease {
     }
 
     fn deadline(asked_at: Instant, ttl: Duration) -> Instant {
-        asked_at + ttl - ttl / 5
+        lease_deadline(asked_at, ttl)
     }
 
     fn valid(&self) -> bool {
         Instant::now() < self.valid_until
     }
+}
+
+/// Where a lease (write or read) asked for at `asked_at` with `ttl` ends here: the
+/// server's expiry minus a fifth, so it always ends here first, whatever the clock
+/// rates and the time the ask took to arrive.
+pub fn lease_deadline(asked_at: Instant, ttl: Duration) -> Instant {
+    asked_at + ttl - ttl / 5
+}
+
+/// One ReadPages call, its answer checked: one page of `at`'s page size per page asked.
+async fn read_chunk(client: Client, name: String, at: DbState, pages: Vec<u32>) -> Result<Vec<Bytes>, VfsError> {
+    let asked = pages.len();
+    let req = pb::ReadPagesRequest { name, version: at.version, page_nos: pages };
+    let resp = client.read_pages(req).await?;
+    if resp.pages.len() != asked || resp.pages.iter().any(|d| d.len() != at.page_size as usize) {
+        return Err(VfsError::Internal(format!(
+            "server sent {} pages for {asked} asked, or pages of the wrong size",
+            resp.pages.len()
+        )));
+    }
+    Ok(resp.pages)
 }
 
 struct Shared {
@@ -280,17 +301,10 @@ impl Database {
     fn fetch(&self, at: DbState, pages: &[u32]) -> Result<HashMap<u32, Bytes>, VfsError> {
         let mut fetched = HashMap::with_capacity(pages.len());
         for chunk in pages.chunks(self.settings.max_pages_per_read) {
-            let req = pb::ReadPagesRequest { name: self.key.name.clone(), version: at.version, page_nos: chunk.to_vec() };
-            let resp = self.rt.block_on(self.client.clone().read_pages(req))??;
-            if resp.pages.len() != chunk.len() || resp.pages.iter().any(|d| d.len() != at.page_size as usize) {
-                return Err(VfsError::Internal(format!(
-                    "server sent {} pages for {} asked, or pages of the wrong size",
-                    resp.pages.len(),
-                    chunk.len()
-                )));
-            }
+            let read = read_chunk(self.client.clone(), self.key.name.clone(), at, chunk.to_vec());
+            let data = self.rt.block_on(read)??;
             let mut s = self.state.lock();
-            for (p, d) in chunk.iter().zip(resp.pages) {
+            for (p, d) in chunk.iter().zip(data) {
                 s.cache.insert(at, *p, d.clone());
                 fetched.insert(*p, d);
             }
@@ -303,13 +317,10 @@ impl Database {
     pub fn refetch(self: &Arc<Self>, at: DbState, pages: Vec<u32>) -> impl Future<Output = ()> + Send + 'static {
         let db = self.clone();
         async move {
-            let req = pb::ReadPagesRequest { name: db.key.name.clone(), version: at.version, page_nos: pages.clone() };
-            let Ok(resp) = db.client.clone().read_pages(req).await else { return };
-            if resp.pages.len() != pages.len() || resp.pages.iter().any(|d| d.len() != at.page_size as usize) {
-                return;
-            }
+            let read = read_chunk(db.client.clone(), db.key.name.clone(), at, pages.clone());
+            let Ok(data) = read.await else { return };
             let mut s = db.state.lock();
-            for (p, d) in pages.iter().zip(resp.pages) {
+            for (p, d) in pages.iter().zip(data) {
                 s.cache.insert(at, *p, d);
             }
         }

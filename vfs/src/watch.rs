@@ -25,10 +25,16 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::Consistency;
 use crate::cache::PageCache;
-use crate::database::{Database, DbState};
+use crate::database::{Database, DbState, lease_deadline};
 
 /// Most changed pages fetched again after a commit (a bigger commit is read on demand).
 const REFETCH_MAX: usize = 64;
+
+/// A read lease TTL from the server, trusted only within reason (a lease of an hour
+/// would be a bug).
+fn read_lease_ttl(ms: u64) -> Duration {
+    Duration::from_millis(ms.min(60_000))
+}
 
 /// How long to wait before another stream after one failed.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -87,13 +93,13 @@ impl Default for WatchView {
 }
 
 impl WatchView {
-    /// The state a new read transaction may pin with no round trip, if any.
     /// A strong reader holding a lease while a round is under way: the round's end
     /// is worth a short wait (cheaper than a BeginRead round trip).
     pub fn round_pending(&self) -> bool {
         self.in_round && self.lease_until.is_some_and(|t| Instant::now() < t)
     }
 
+    /// The state a new read transaction may pin with no round trip, if any.
     pub fn serves(&self, consistency: Consistency, cached_version: u64) -> Option<DbState> {
         let known = self.known.filter(|k| k.version == cached_version)?;
         match consistency {
@@ -344,8 +350,7 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
     let Some(event) = event else { return Ok(Vec::new()) };
     match event {
         Event::Started(started) => {
-            // Trust the server's word only within reason: a lease of an hour would be a bug.
-            lease.ttl = Duration::from_millis(started.read_lease_ttl_ms.min(60_000));
+            lease.ttl = read_lease_ttl(started.read_lease_ttl_ms);
             if !lease.ttl.is_zero() {
                 lease.renew_every = Some(lease.ttl / 3);
             }
@@ -361,9 +366,7 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
         }
         Event::Granted(grant) => {
             let Some(asked_at) = lease.asked.remove(&grant.seq) else { return Ok(Vec::new()) };
-            let ttl = Duration::from_millis(grant.ttl_ms.min(60_000));
-            // The margin covers clock-rate differences between us and the server.
-            let until = asked_at + ttl - ttl / 5;
+            let until = lease_deadline(asked_at, read_lease_ttl(grant.ttl_ms));
             own.with(db, |w, _| w.lease_until = Some(w.lease_until.map_or(until, |t| t.max(until))))?;
             Ok(Vec::new())
         }

@@ -49,7 +49,7 @@ struct Flags {
     /// Readers holding one answer queries without a round trip and still see every
     /// acknowledged commit; each commit waits until they acknowledged it (a vanished
     /// reader stalls commits at most this long), and a freshly started server waits this
-    /// long before its first commit. 0s grants none: required when several servers
+    /// long before its first commit (at most 60s). 0s grants none: required when several servers
     /// share one store, as they do not tell each other of commits.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     read_lease_ttl: Duration,

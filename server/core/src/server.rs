@@ -120,6 +120,12 @@ impl ServerConfig {
             !self.pin_ttl.is_zero(),
             "the pin TTL must be more than zero"
         );
+        // Clients trust at most a minute; a fresh server also waits this long before
+        // its first commit.
+        ensure!(
+            self.read_lease_ttl <= Duration::from_secs(60),
+            "the read lease TTL must be at most 60s (0s: no read leases)"
+        );
         Ok(())
     }
 }

@@ -212,18 +212,18 @@ impl Hub {
     }
 
     pub fn ack(&self, key: &DbKey, id: u64, round: u64) {
-        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
-        if let Some(w) = db.state.lock().watchers.get_mut(&id) {
-            w.acked = w.acked.max(round);
+        if let Some(db) = self.with_watcher(key, id, |w| w.acked = w.acked.max(round)) {
+            db.acked.notify_waiters();
         }
-        db.acked.notify_waiters();
     }
 
-    fn with_watcher(&self, key: &DbKey, id: u64, f: impl FnOnce(&mut Watcher)) {
-        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+    /// Runs `f` on watcher `id` of `key`; returns the database's entry if it has one.
+    fn with_watcher(&self, key: &DbKey, id: u64, f: impl FnOnce(&mut Watcher)) -> Option<Arc<DbWatch>> {
+        let db = self.dbs.lock().get(key).cloned()?;
         if let Some(w) = db.state.lock().watchers.get_mut(&id) {
             f(w);
         }
+        Some(db)
     }
 
     /// Watcher `id`'s stream ended. Its lease, if any, is still honoured until it runs

@@ -31,9 +31,7 @@ impl Hub {
         key: DbKey,
         commit: Commit,
     ) -> StoreResult<CommitOutcome> {
-        if Instant::now() < self.first_commit_at {
-            tokio::time::sleep_until(self.first_commit_at).await;
-        }
+        tokio::time::sleep_until(self.first_commit_at).await;
         let w = self.entry(&key);
         let outcome = self.round(&*store, &key, &w, commit).await;
         self.release(&key, w);
@@ -82,9 +80,7 @@ impl Hub {
         finish(&mut w.state.lock(), round, end);
         result
     }
-}
 
-impl Hub {
     /// Starts a round: every lease holder hears it; from now on no one serves the old
     /// state. Returns its number, and the version to pin for lease holders: the one
     /// they may be reading, unless GC keeps it anyway for longer than a pin would
