@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex};
 use tonic::Code;
 
 use crate::{
-    cache::PageCache,
+    cache::{Changed, PageCache},
     client::{Client, CommitError, CommitPlan},
     config::{AsOf, Consistency},
     error::VfsError,
@@ -258,13 +258,19 @@ impl Database {
             Some(AsOf::Time(t)) => (0, t),
             None => (0, 0),
         };
-        let req = pb::BeginReadRequest { name: self.key.name.clone(), cached_version: cached, at_version, at_unix_ms };
+        let req = pb::BeginReadRequest {
+            name: self.key.name.clone(),
+            cached_version: cached,
+            at_version,
+            at_unix_ms,
+            ranges: true,
+        };
         let resp = self.rt.block_on(self.client.clone().begin_read(req))??;
         let state = DbState::from(resp.state);
         let mut s = self.state.lock();
         self.observe(&mut s, state);
         if state.version >= s.cache.version() {
-            let changed = (!resp.cache_invalid).then_some(resp.changed_pages.as_slice());
+            let changed = (!resp.cache_invalid).then(|| Changed::new(&resp.changed_pages, resp.changed_from));
             s.cache.advance(cached, state, changed);
         }
         Ok(state)
@@ -496,7 +502,7 @@ impl Database {
         let changed: Vec<u32> = plan.pages.iter().map(|(p, _)| *p).collect();
         // The Watch stream's RoundEnd may have moved the cache there already.
         if s.cache.version() < state.version {
-            s.cache.advance(base.version, state, Some(&changed));
+            s.cache.advance(base.version, state, Some(Changed::of_commit(&changed, base.page_count, page_count)));
         }
         for (p, d) in &plan.pages {
             s.cache.insert(state, *p, d.clone());

@@ -24,7 +24,7 @@ use pb::watch_request::Part;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::Consistency;
-use crate::cache::PageCache;
+use crate::cache::{Changed, PageCache};
 use crate::database::{Database, DbState, lease_deadline};
 
 /// Most changed pages fetched again after a commit (a bigger commit is read on demand).
@@ -235,7 +235,7 @@ async fn follow(
     let Ok(client) = own.db().map(|d| d.client.clone()) else { return Ok(()) };
     let (tx, rx) = mpsc::channel(16);
     let outbox = Outbox(tx);
-    outbox.send(Part::Start(pb::WatchStart { name })).await;
+    outbox.send(Part::Start(pb::WatchStart { name, ranges: true })).await;
     let mut events = client.watch(rx).await?;
     let mut lease = LeaseAsks::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -387,7 +387,7 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
         }
         Event::RoundEnd(end) => {
             let state = DbState::from(end.state);
-            let changed = (!end.cache_invalid).then_some(end.changed_pages.as_slice());
+            let changed = (!end.cache_invalid).then(|| Changed::new(&end.changed_pages, end.changed_from));
             let pushed = end.pages;
             let (refetch, leased) = own.with(db, |w, cache| {
                 let mut held = cache.follow(w.known.map(|k| k.version), state, changed);

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod limits;
+
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use pagewire_server_core::store::{Fault, FaultyStore};
@@ -57,6 +59,8 @@ struct Flags {
     /// applied but answered UNAVAILABLE, as if the reply were lost).
     #[arg(long, hide = true)]
     inject_fault: Option<Fault>,
+    #[command(flatten)]
+    limits: limits::LimitFlags,
     /// Log filter (tracing-subscriber EnvFilter syntax), to stderr.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -108,7 +112,7 @@ fn config(flags: &Flags) -> anyhow::Result<ServerConfig> {
         gc_interval: flags.gc_interval,
         pin_ttl: flags.pin_ttl,
         read_lease_ttl: flags.read_lease_ttl,
-        ..ServerConfig::default()
+        limits: flags.limits.limits()?,
     };
     config.check().context("bad settings")?;
     Ok(config)

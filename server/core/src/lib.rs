@@ -5,6 +5,9 @@
 //!
 //! - [`server`]: [`ServerConfig`] and [`serve`], which runs the services on a listener
 //!   until shutdown (health and reflection included), with the history GC task.
+//! - [`limits`]: every bound on what a client can make the server do ([`Limits`]), one
+//!   flag each; [`admission`]: the connection cap, the call cap and the in-flight
+//!   commit budgets, enforced before any handler runs.
 //! - [`gc`]: that task: [`PageStore::gc`] every `gc_interval`, with the retention window.
 //! - [`service`]: the gRPC handlers, one file per RPC family (open, lease, read, commit,
 //!   admin); they validate input and call the store.
@@ -26,9 +29,11 @@
 //! The binary (crate `pagewire-server`, `server/bin`) only parses flags, sets up logging,
 //! picks the store, binds and calls [`serve`].
 
+pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod gc;
+pub mod limits;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -36,5 +41,6 @@ pub mod validate;
 pub mod watch;
 
 pub use auth::{Tenant, TokenMap};
+pub use limits::Limits;
 pub use server::{ServerConfig, serve};
 pub use store::{MemoryStore, PageStore, StoreError};

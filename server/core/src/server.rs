@@ -15,10 +15,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::admission::{Admission, AdmissionLayer, connections};
 use crate::auth::{Authenticator, TokenMap};
 use crate::gc::GcTask;
+use crate::limits::Limits;
 use crate::service::{AdminService, Context, PagesService};
-use crate::store::PageStore;
+use crate::store::{PageStore, PinTtl};
 use crate::validate;
 
 /// Settings of a running server.
@@ -30,13 +32,8 @@ pub struct ServerConfig {
     /// How often clients should renew (told to them on Open). Zero, or not below
     /// `lease_ttl`, means `lease_ttl / 3`.
     pub heartbeat: Duration,
-    /// Largest gRPC message accepted or sent; bounds how many pages one ReadPages returns.
-    pub max_message_bytes: usize,
-    /// Largest transaction (sum of page bytes) one Commit may carry; the server holds a
-    /// commit in memory until it is complete.
-    pub max_commit_bytes: u64,
-    /// Most pages one ReadPages may ask for (further bounded by `max_message_bytes`).
-    pub max_pages_per_read: u32,
+    /// Every bound on what clients can make the server do.
+    pub limits: Limits,
     /// Bearer tokens and their tenants; `None` is development mode (every call is tenant
     /// `default`, with admin rights).
     pub tokens: Option<TokenMap>,
@@ -61,9 +58,7 @@ impl Default for ServerConfig {
         Self {
             lease_ttl,
             heartbeat: lease_ttl / 3,
-            max_message_bytes: 16 << 20,
-            max_commit_bytes: 4 << 30,
-            max_pages_per_read: 1024,
+            limits: Limits::default(),
             tokens: None,
             history_retention: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(30),
@@ -83,12 +78,17 @@ impl ServerConfig {
         }
     }
 
+    /// How long reader pins last.
+    pub fn pin(&self) -> PinTtl {
+        PinTtl { ttl: self.pin_ttl, max_age: self.limits.max_pin_age }
+    }
+
     /// The ReadPages limit told to clients: one that holds whatever the page size, now or
     /// after a VACUUM to another size.
     pub fn advertised_pages_per_read(&self) -> u32 {
         validate::max_pages_per_read(
-            self.max_pages_per_read,
-            self.max_message_bytes,
+            self.limits.max_pages_per_read,
+            self.limits.max_message_bytes,
             validate::MAX_PAGE_SIZE,
         )
     }
@@ -99,19 +99,7 @@ impl ServerConfig {
             !self.lease_ttl.is_zero(),
             "the lease TTL must be more than zero"
         );
-        let smallest = 4 * validate::MAX_PAGE_SIZE as usize;
-        ensure!(
-            self.max_message_bytes >= smallest,
-            "max_message_bytes must be at least {smallest} (a few of the largest pages)"
-        );
-        ensure!(
-            self.max_pages_per_read >= 1,
-            "max_pages_per_read must be at least 1"
-        );
-        ensure!(
-            self.max_commit_bytes >= u64::from(validate::MAX_PAGE_SIZE),
-            "max_commit_bytes is below one page"
-        );
+        self.limits.check()?;
         ensure!(
             !self.gc_interval.is_zero(),
             "the GC interval must be more than zero"
@@ -152,8 +140,10 @@ async fn serve_grpc(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let limit = config.max_message_bytes;
+    let limits = config.limits.clone();
+    let limit = limits.max_message_bytes;
     let tokens = config.tokens.clone().map(Arc::new);
+    let admission = Admission::new(&limits);
     let context = Arc::new(Context::new(store, config));
     let hub = context.hub.clone();
     // Watch streams never end by themselves: end them so graceful shutdown can finish.
@@ -175,8 +165,17 @@ async fn serve_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let keepalive = Some(limits.keepalive_interval);
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(keepalive)
+        .with_keepalive_interval(keepalive);
+    let incoming = connections::limit(incoming, limits.max_connections);
     Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(AdmissionLayer::new(admission))
         .add_service(InterceptedService::new(
             pages,
             Authenticator::new(tokens.clone(), false),

@@ -176,9 +176,25 @@ pub fn commit(c: &Commit) -> Result<()> {
     page_one(data, c.page_size, c.page_count)
 }
 
-/// Rules that need the base version's state: a commit that changes the page size of a
-/// non-empty database (VACUUM to a new size) must rewrite every page.
+/// How far past its highest carried page a commit may grow the file. SQLite writes the
+/// last page of a grown file (zeros if need be: `pager_truncate`), unless it is the
+/// lock-byte page at 1 GiB, which it never writes: one page of slack.
+pub const GROWTH_SLACK_PAGES: u32 = 1;
+
+/// Rules that need the base version's state: a commit grows the file at most
+/// [`GROWTH_SLACK_PAGES`] past the highest page it carries (so a tiny commit cannot claim
+/// four billion pages); a commit that changes the page size of a non-empty database
+/// (VACUUM to a new size) must rewrite every page.
 pub fn against_base(c: &Commit, base: &DbState) -> Result<()> {
+    let highest = c.pages.iter().map(|(no, _)| *no).max().unwrap_or(0);
+    let reach = highest.saturating_add(GROWTH_SLACK_PAGES);
+    if c.page_count > base.page_count && c.page_count > reach {
+        return Err(invalid(format!(
+            "the commit grows the file from {} to {} pages but its highest page is {highest}: \
+             a commit must carry its new last page (or the one before it)",
+            base.page_count, c.page_count
+        )));
+    }
     let resized = base.page_count > 0 && c.page_size != base.page_size;
     if resized && c.pages.len() != c.page_count as usize {
         return Err(invalid(format!(
@@ -219,7 +235,7 @@ pub fn max_pages_per_read(configured: u32, max_message_bytes: usize, page_size: 
 pub fn read_count(asked: usize, limit: u32) -> Result<()> {
     if asked > limit as usize {
         return Err(StoreError::TooLarge(format!(
-            "ReadPages asked for {asked} pages; the limit is {limit} (see Limits.max_pages_per_read)"
+            "ReadPages asked for {asked} pages; the limit is {limit} (server limit --max-pages-per-read, told to clients as Limits.max_pages_per_read)"
         )));
     }
     Ok(())
@@ -229,7 +245,7 @@ pub fn read_count(asked: usize, limit: u32) -> Result<()> {
 pub fn commit_bytes(total: u64, limit: u64) -> Result<()> {
     if total > limit {
         return Err(StoreError::TooLarge(format!(
-            "the commit carries more than {limit} bytes of pages (see Limits.max_commit_bytes)"
+            "the commit carries more than {limit} bytes of pages (server limit --max-commit-bytes, told to clients as Limits.max_commit_bytes)"
         )));
     }
     Ok(())

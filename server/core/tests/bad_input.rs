@@ -12,7 +12,7 @@ use common::*;
 use pagewire_proto::v1 as pb;
 use pagewire_server_core::store::conformance::{page, page_one};
 use pagewire_server_core::store::{Fault, FaultyStore};
-use pagewire_server_core::{MemoryStore, ServerConfig, TokenMap};
+use pagewire_server_core::{Limits, MemoryStore, ServerConfig, TokenMap};
 use tonic::{Code, Status};
 
 const DB: &str = "acme/orders.db";
@@ -30,7 +30,7 @@ fn tokens() -> anyhow::Result<TokenMap> {
 
 fn config() -> anyhow::Result<ServerConfig> {
     Ok(ServerConfig {
-        max_commit_bytes: 16 * u64::from(PS),
+        limits: Limits { max_commit_bytes: 16 * u64::from(PS), ..Limits::default() },
         tokens: Some(tokens()?),
         ..ServerConfig::default()
     })
@@ -158,6 +158,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         cached_version: 0,
         at_version,
         at_unix_ms,
+        ranges: false,
     };
     expect(
         "as of a version and a time at once",
@@ -628,6 +629,7 @@ fn begin_at(at_version: u64, at_unix_ms: i64) -> pb::BeginReadRequest {
         cached_version: 0,
         at_version,
         at_unix_ms,
+        ranges: false,
     }
 }
 

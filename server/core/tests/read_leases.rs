@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use pagewire_proto::v1 as pb;
 use pagewire_server_core::ServerConfig;
+use pagewire_server_core::store::conformance::page_one;
 use pb::watch_event::Event;
 use pb::watch_request::Part;
 use tokio::sync::mpsc;
@@ -31,7 +32,7 @@ struct Watcher {
 impl Watcher {
     async fn start(client: &mut Pages, name: &str) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
-        let start = Part::Start(pb::WatchStart { name: name.into() });
+        let start = Part::Start(pb::WatchStart { name: name.into(), ranges: false });
         tx.send(pb::WatchRequest { part: Some(start) }).await.expect("queue");
         let events = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
         Ok(Self { tx: Some(tx), events })
@@ -194,20 +195,77 @@ async fn a_watcher_joining_during_a_round_serves_nothing_until_it_ends() -> anyh
     // A joiner knows from WatchStarted: its lease is granted plainly and not waited for.
     late.send(Part::Lease(pb::ReadLeaseAsk { seq: 1 })).await;
     assert!(matches!(late.next().await?, Event::Granted(_)));
-    // An earlier watcher leased mid-round hears the round's Invalidate before its
-    // grant, and the round waits for its ack too.
-    early.send(Part::Lease(pb::ReadLeaseAsk { seq: 1 })).await;
-    assert_eq!(early.invalidated().await?, round);
-    assert!(matches!(early.next().await?, Event::Granted(_)));
-    holder.ack(round).await;
+    // An earlier watcher that held no lease when the round began gets one asked for
+    // during the round at its end, so the round never waits for it.
+    early.send(Part::Lease(pb::ReadLeaseAsk { seq: 2 })).await;
     tokio::time::sleep(TTL / 4).await;
-    assert!(!pending.is_finished(), "the early watcher has not acknowledged yet");
-    early.ack(round).await;
+    assert!(!pending.is_finished(), "the holder has not acknowledged yet");
+    let acked = Instant::now();
+    holder.ack(round).await;
     timeout(Duration::from_secs(5), pending).await???;
-    for w in [&mut late, &mut early] {
-        assert_eq!(w.round_end().await?.state.map(|s| s.version), Some(2));
-    }
+    assert!(acked.elapsed() < TTL / 2, "only the holder was waited for: {:?}", acked.elapsed());
+    assert_eq!(late.round_end().await?.state.map(|s| s.version), Some(2));
+    assert_eq!(early.round_end().await?.state.map(|s| s.version), Some(2));
+    let granted = early.next().await?;
+    assert!(matches!(granted, Event::Granted(ref g) if g.seq == 2), "{granted:?}");
     server.stop().await
+}
+
+#[tokio::test]
+async fn a_holder_that_renews_but_never_acknowledges_stalls_commits_one_lease_length_and_loses_its_lease()
+-> anyhow::Result<()> {
+    let server = TestServer::start(config(TTL)).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    let (mut w, _) = Watcher::leased(&mut reader, DB).await?;
+    let started = Instant::now();
+    let pending = commit_next(&writer, &lease, 1);
+    w.invalidated().await?; // never acknowledged, but renewed all along
+    let renewing = async {
+        for seq in 100.. {
+            w.send(Part::Lease(pb::ReadLeaseAsk { seq })).await;
+            tokio::time::sleep(TTL / 10).await;
+        }
+    };
+    tokio::select! {
+        reply = timeout(Duration::from_secs(5), pending) => assert_eq!(reply???.version, 2),
+        () = renewing => unreachable!(),
+    }
+    let stalled = started.elapsed();
+    assert!(stalled < TTL + Duration::from_millis(300), "a commit waits at most one lease length: {stalled:?}");
+    // It owes an acknowledgement: no grant, and the next commit does not wait for it.
+    assert_eq!(w.round_end().await?.state.map(|s| s.version), Some(2));
+    let next = timeout(TTL / 2, w.events.message()).await;
+    assert!(next.is_err(), "no grant while an acknowledgement is owed: {next:?}");
+    let started = Instant::now();
+    timeout(Duration::from_secs(5), commit_next(&writer, &lease, 2)).await???;
+    assert!(started.elapsed() < TTL / 2, "{:?}", started.elapsed());
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_release_mid_round_lets_the_commit_go_at_once() -> anyhow::Result<()> {
+    let server = TestServer::start(config(Duration::from_secs(5))).await?;
+    let (writer, lease) = database(&server).await?;
+    let mut reader = server.pages(None)?;
+    let (mut w, _) = leased_with(&mut reader, Duration::from_secs(5)).await?;
+    let pending = commit_next(&writer, &lease, 1);
+    w.invalidated().await?;
+    let released = Instant::now();
+    w.send(Part::Release(pb::ReadLeaseRelease {})).await;
+    timeout(Duration::from_secs(5), pending).await???;
+    assert!(released.elapsed() < Duration::from_secs(1), "{:?}", released.elapsed());
+    server.stop().await
+}
+
+/// [`Watcher::leased`] on a server with another read lease TTL.
+async fn leased_with(client: &mut Pages, ttl: Duration) -> anyhow::Result<(Watcher, pb::DbState)> {
+    let mut w = Watcher::start(client, DB).await?;
+    let Event::Started(started) = w.next().await? else { anyhow::bail!("no WatchStarted") };
+    w.send(Part::Lease(pb::ReadLeaseAsk { seq: 7 })).await;
+    let granted = w.next().await?;
+    anyhow::ensure!(matches!(granted, Event::Granted(ref g) if g.ttl_ms == ttl.as_millis() as u64), "{granted:?}");
+    Ok((w, started.state.unwrap_or_default()))
 }
 
 #[tokio::test]
@@ -240,14 +298,25 @@ async fn a_fresh_server_waits_one_lease_length_before_its_first_commit() -> anyh
 #[tokio::test]
 async fn failed_commits_end_the_round_unchanged() -> anyhow::Result<()> {
     let server = TestServer::start(config(TTL)).await?;
-    let (writer, lease) = database(&server).await?;
+    let (mut writer, lease) = database(&server).await?;
     let mut reader = server.pages(None)?;
     let (mut w, _) = Watcher::leased(&mut reader, DB).await?;
-    let stale = commit_next(&writer, &lease, 0); // base version 0 is not current
-    let round = w.invalidated().await?;
-    w.ack(round).await;
+    // A stale base version is refused when the header arrives: no round at all.
+    let stale = commit_next(&writer, &lease, 0);
     let err = timeout(Duration::from_secs(5), stale).await??.expect_err("stale base");
     assert_eq!(err.code(), Code::FailedPrecondition);
+    // One that fails only when applied (it grows the file past its last page) runs a
+    // round and ends it unchanged.
+    let mut grows = Parts::new(DB, &lease, 1, 2, 2);
+    grows.header.page_count = 100;
+    grows.pages.retain(|p| p.page_no == 1);
+    grows.pages[0].data = page_one(PS, 0, 2);
+    let failing = tokio::spawn(async move { commit(&mut writer, grows.stream()).await });
+    let round = w.invalidated().await?;
+    w.ack(round).await;
+    let err = timeout(Duration::from_secs(5), failing).await??.expect_err("grows past its pages");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("highest page"), "{err:?}");
     let end = w.round_end().await?;
     assert_eq!((end.state.map(|s| s.version), end.changed_pages.len(), end.cache_invalid), (Some(1), 0, false));
     server.stop().await

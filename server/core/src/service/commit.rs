@@ -1,17 +1,30 @@
 //! Commit: reads the stream (a header, page batches, a trailer) into one checked
 //! [`Commit`], and only then hands it to the store, which applies it all or nothing.
-//! A stream that is out of order, over the limits, broken or unfinished applies nothing.
+//! A stream that is out of order, over the limits, broken, idle or unfinished applies
+//! nothing.
+//!
+//! Admission: the header is checked against the store ([`PageStore::precheck`]: a known
+//! commit id answers at once; a lost lease or stale base version is refused) before any
+//! page is buffered; every byte of the stream is charged as it arrives
+//! ([`CommitCharge`], set up by the admission layer); pages are copied out of the
+//! received messages, so a padded message's buffer is freed as soon as it is decoded.
+//!
+//! [`PageStore::precheck`]: crate::store::PageStore::precheck
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use pagewire_proto::v1 as pb;
 use pb::commit_request::Part;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::field::Empty;
 
 use super::Context;
+use crate::admission::CommitCharge;
 use crate::auth;
-use crate::store::{Commit, DbKey, StoreError};
+use crate::store::{Commit, CommitOutcome, DbKey, StoreError};
 use crate::validate;
 
 #[tracing::instrument(skip_all, fields(db = Empty, base = Empty, pages = Empty, version = Empty))]
@@ -20,39 +33,84 @@ pub async fn commit(
     request: Request<Streaming<pb::CommitRequest>>,
 ) -> Result<Response<pb::CommitResponse>, Status> {
     let tenant = auth::tenant_of(&request)?;
-    let mut stream = request.into_inner();
-    let mut assembly = Assembly::new(cx.config.max_commit_bytes);
-    while let Some(message) = stream.message().await.map_err(broken_stream)? {
+    let charge = request.extensions().get::<Arc<CommitCharge>>().cloned();
+    if let Some(charge) = &charge {
+        charge.set_tenant(&tenant.name)?;
+    }
+    let limits = &cx.config.limits;
+    let mut stream = Messages { stream: request.into_inner(), idle: limits.stream_idle_timeout };
+    let mut assembly = Assembly::new(limits.max_commit_bytes, charge.clone());
+    let first = stream.next().await?;
+    assembly.take(first.ok_or_else(|| invalid("commit stream ended without a header"))?)?;
+    let span = tracing::Span::current();
+    let key = match &assembly.started {
+        Some((name, c)) => {
+            span.record("db", name.as_str()).record("base", c.base_version);
+            let key = DbKey::new(tenant.name, name.clone());
+            if let Some(done) = cx.store.precheck(&key, c.header()).await? {
+                return Ok(reply(done));
+            }
+            key
+        }
+        None => return Err(invalid("commit stream must start with a header").into()),
+    };
+    while let Some(message) = stream.next().await? {
         assembly.take(message)?;
     }
-    let (name, commit) = assembly.finish()?;
-    let span = tracing::Span::current();
-    span.record("db", name.as_str())
-        .record("base", commit.base_version)
-        .record("pages", commit.pages.len());
+    let (_, commit) = assembly.finish()?;
+    span.record("pages", commit.pages.len());
     validate::commit(&commit)?;
-    let key = DbKey::new(tenant.name, name);
-    // Spawned: a round must run to its end even if this client goes away.
+    // Spawned: a round must run to its end even if this client goes away. The charge
+    // goes with it: the pages stay in memory until the store has them.
     let round = cx.hub.clone().commit(cx.store.clone(), key, commit);
-    let outcome = tokio::spawn(round)
+    let outcome = tokio::spawn(async move {
+        let outcome = round.await;
+        drop(charge);
+        outcome
+    });
+    let outcome = outcome
         .await
         .map_err(|e| Status::internal(format!("commit task failed: {e}")))??;
     span.record("version", outcome.version);
     tracing::debug!(already_applied = outcome.already_applied, "committed");
-    Ok(Response::new(pb::CommitResponse {
+    Ok(reply(outcome))
+}
+
+fn reply(outcome: CommitOutcome) -> Response<pb::CommitResponse> {
+    Response::new(pb::CommitResponse {
         version: outcome.version,
         already_applied: outcome.already_applied,
-    }))
+    })
+}
+
+/// The stream's messages, each within the idle timeout.
+struct Messages {
+    stream: Streaming<pb::CommitRequest>,
+    idle: Duration,
+}
+
+impl Messages {
+    async fn next(&mut self) -> Result<Option<pb::CommitRequest>, Status> {
+        match tokio::time::timeout(self.idle, self.stream.message()).await {
+            Ok(message) => message.map_err(broken_stream),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no commit stream message for {} (server limit --stream-idle-timeout); nothing was applied",
+                humantime::format_duration(self.idle)
+            ))),
+        }
+    }
 }
 
 /// A stream that failed before its end (client gone, garbage bytes, message over the
-/// size limit).
+/// size limit, over a budget).
 fn broken_stream(status: Status) -> Status {
     tracing::debug!(code = ?status.code(), "commit stream broke: {}", status.message());
     let nothing = "; nothing was applied";
     match status.code() {
-        Code::ResourceExhausted | Code::OutOfRange => Status::resource_exhausted(format!(
-            "commit stream message too large: {}{nothing}",
+        // Our own limits (the admission layer's charge) say which one.
+        Code::ResourceExhausted => status,
+        Code::OutOfRange => Status::resource_exhausted(format!(
+            "commit stream message too large (server limit --max-message-bytes): {}{nothing}",
             status.message()
         )),
         // tonic reports undecodable protobuf as INTERNAL; for us it is bad client input.
@@ -80,29 +138,42 @@ struct Assembly {
     bytes: u64,
     max_bytes: u64,
     trailer_seen: bool,
+    /// Charged for what each page costs beyond its bytes (the wire bytes are charged
+    /// as they arrive).
+    charge: Option<Arc<CommitCharge>>,
 }
 
+/// Memory a received page costs beyond its data: its entry in the page list and the
+/// duplicate check, and its allocation's header. With 512-byte pages that is an eighth
+/// more than the wire bytes, so it is budgeted too.
+const PAGE_OVERHEAD: u64 = 64;
+
 impl Assembly {
-    fn new(max_bytes: u64) -> Self {
+    fn new(max_bytes: u64, charge: Option<Arc<CommitCharge>>) -> Self {
         Self {
             started: None,
             seen: HashSet::new(),
             bytes: 0,
             max_bytes,
             trailer_seen: false,
+            charge,
         }
     }
 
-    fn take(&mut self, message: pb::CommitRequest) -> Result<(), StoreError> {
+    fn take(&mut self, message: pb::CommitRequest) -> Result<(), Status> {
         if self.trailer_seen {
-            return Err(invalid("commit stream continues after its trailer"));
+            return Err(invalid("commit stream continues after its trailer").into());
         }
-        match message.part {
+        if let (Some(Part::Pages(batch)), Some(charge)) = (&message.part, &self.charge) {
+            charge.take(PAGE_OVERHEAD * batch.pages.len() as u64)?;
+        }
+        let taken = match message.part {
             None => Err(invalid("empty CommitRequest (no header, pages or trailer)")),
             Some(Part::Header(header)) => self.header(header),
             Some(Part::Pages(batch)) => self.pages(batch),
             Some(Part::Trailer(trailer)) => self.trailer(trailer),
-        }
+        };
+        Ok(taken?)
     }
 
     fn header(&mut self, h: pb::CommitHeader) -> Result<(), StoreError> {
@@ -140,7 +211,9 @@ impl Assembly {
             }
             self.bytes += page.data.len() as u64;
             validate::commit_bytes(self.bytes, self.max_bytes)?;
-            commit.pages.push((page.page_no, page.data));
+            // A copy: the decoded bytes are a slice of the whole received message
+            // (padding included), which they would otherwise keep alive.
+            commit.pages.push((page.page_no, Bytes::copy_from_slice(&page.data)));
         }
         Ok(())
     }
@@ -216,8 +289,12 @@ mod tests {
         messages: Vec<pb::CommitRequest>,
         max_bytes: u64,
     ) -> Result<(String, Commit), StoreError> {
-        let mut a = Assembly::new(max_bytes);
-        messages.into_iter().try_for_each(|m| a.take(m))?;
+        let mut a = Assembly::new(max_bytes, None);
+        for m in messages {
+            if let Err(status) = a.take(m) {
+                return Err(StoreError::InvalidArgument(status.message().to_owned()));
+            }
+        }
         a.finish()
     }
 
@@ -268,6 +345,7 @@ mod tests {
     #[test]
     fn running_total_is_bounded() {
         let err = run(vec![header(3), pages(&[1, 2, 3]), trailer(3)], 1024).err();
-        assert!(matches!(err, Some(StoreError::TooLarge(_))), "{err:?}");
+        let err = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("--max-commit-bytes"), "{err:?}");
     }
 }

@@ -9,7 +9,7 @@ use crate::auth;
 use crate::server::ServerConfig;
 use crate::store::{DbKey, PageStore};
 use crate::validate;
-use crate::watch::Hub;
+use crate::watch::{Hub, HubConfig};
 
 /// Shared by all handlers of one server.
 pub struct Context {
@@ -21,7 +21,15 @@ pub struct Context {
 
 impl Context {
     pub fn new(store: Arc<dyn PageStore>, config: ServerConfig) -> Self {
-        let hub = Hub::new(config.read_lease_ttl, config.pin_ttl, config.history_retention);
+        let limits = &config.limits;
+        let hub = Hub::new(HubConfig {
+            read_lease_ttl: config.read_lease_ttl,
+            pin: config.pin(),
+            history_retention: config.history_retention,
+            max_watchers_per_db: limits.max_watchers_per_db,
+            max_watchers_per_tenant: limits.max_watchers_per_tenant,
+            max_change_list: limits.max_change_list,
+        });
         Self { store, config, hub }
     }
 
@@ -36,8 +44,8 @@ impl Context {
     pub fn limits(&self) -> pb::Limits {
         pb::Limits {
             max_pages_per_read: self.config.advertised_pages_per_read(),
-            max_message_bytes: self.config.max_message_bytes as u64,
-            max_commit_bytes: self.config.max_commit_bytes,
+            max_message_bytes: self.config.limits.max_message_bytes as u64,
+            max_commit_bytes: self.config.limits.max_commit_bytes,
         }
     }
 }

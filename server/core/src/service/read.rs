@@ -6,7 +6,7 @@ use pagewire_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Context;
-use crate::store::BeginRead;
+use crate::store::{BeginRead, WireChanges};
 use crate::validate;
 
 #[tracing::instrument(
@@ -24,17 +24,22 @@ pub async fn begin_read(
 ) -> Result<Response<pb::BeginReadResponse>, Status> {
     let key = cx.key(&request, &request.get_ref().name)?;
     let asked = request.get_ref();
+    let limit = cx.config.limits.max_change_list;
     let read = BeginRead {
         cached_version: asked.cached_version,
         at: validate::read_at(asked.at_version, asked.at_unix_ms)?,
-        pin_ttl: cx.config.pin_ttl,
+        pin: cx.config.pin(),
+        max_changes: limit,
     };
+    let ranges = asked.ranges;
     let view = cx.store.begin_read(&key, read).await?;
+    let changes = WireChanges::new(view.changes.as_ref(), ranges, view.state.page_count, limit);
     Ok(Response::new(pb::BeginReadResponse {
         state: Some(view.state.into()),
-        changed_pages: view.changed_pages,
-        cache_invalid: view.cache_invalid,
+        changed_pages: changes.pages,
+        cache_invalid: changes.invalid,
         committed_unix_ms: view.committed_unix_ms,
+        changed_from: changes.from,
     }))
 }
 
@@ -48,16 +53,16 @@ pub async fn read_pages(
 ) -> Result<Response<pb::ReadPagesResponse>, Status> {
     let key = cx.key(&request, &request.get_ref().name)?;
     let read = request.get_ref();
-    let config = &cx.config;
-    validate::read_count(read.page_nos.len(), config.max_pages_per_read)?;
+    let limits = &cx.config.limits;
+    validate::read_count(read.page_nos.len(), limits.max_pages_per_read)?;
     let pages = cx
         .store
-        .read_pages(&key, read.version, &read.page_nos, config.pin_ttl)
+        .read_pages(&key, read.version, &read.page_nos, cx.config.pin())
         .await?;
     // The reply must also fit in one message at this version's page size.
     let fit = validate::max_pages_per_read(
-        config.max_pages_per_read,
-        config.max_message_bytes,
+        limits.max_pages_per_read,
+        limits.max_message_bytes,
         pages.page_size,
     );
     validate::read_count(read.page_nos.len(), fit)?;

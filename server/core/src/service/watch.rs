@@ -20,13 +20,20 @@ pub async fn watch(
 ) -> Result<Response<WatchStream>, Status> {
     let tenant = crate::auth::tenant_of(&request)?;
     let mut requests = request.into_inner();
-    let name = match requests.message().await? {
-        Some(pb::WatchRequest { part: Some(Part::Start(start)) }) => start.name,
+    let idle = cx.config.limits.stream_idle_timeout;
+    let first = tokio::time::timeout(idle, requests.message()).await.map_err(|_| {
+        Status::deadline_exceeded(format!(
+            "no WatchStart within {} (server limit --stream-idle-timeout)",
+            humantime::format_duration(idle)
+        ))
+    })?;
+    let start = match first? {
+        Some(pb::WatchRequest { part: Some(Part::Start(start)) }) => start,
         _ => return Err(Status::invalid_argument("a Watch stream must start with WatchStart")),
     };
-    crate::validate::db_name(&name)?;
-    let key = DbKey::new(tenant.name, name);
-    let (id, events) = cx.hub.watch(&*cx.store, &key).await?;
+    crate::validate::db_name(&start.name)?;
+    let key = DbKey::new(tenant.name, start.name);
+    let (id, events) = cx.hub.watch(&*cx.store, &key, start.ranges).await?;
     tracing::debug!(db = %key, watcher = id, "watch started");
     let hub = cx.hub.clone();
     let closing = hub.closing();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    BeginRead, Commit, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease, PageRead,
+    BeginRead, Commit, CommitHeader, CommitOutcome, PinTtl, DbInfo, DbKey, DbState, GcStats, Id16, Lease, PageRead,
     PageStore, ReadView, StoreError, StoreResult,
 };
 
@@ -134,9 +134,13 @@ impl PageStore for FaultyStore {
         key: &DbKey,
         version: u64,
         page_nos: &[u32],
-        pin_ttl: Duration,
+        pin: PinTtl,
     ) -> StoreResult<PageRead> {
-        self.inner.read_pages(key, version, page_nos, pin_ttl).await
+        self.inner.read_pages(key, version, page_nos, pin).await
+    }
+
+    async fn precheck(&self, key: &DbKey, header: CommitHeader) -> StoreResult<Option<CommitOutcome>> {
+        self.inner.precheck(key, header).await
     }
 
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {

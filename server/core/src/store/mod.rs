@@ -7,6 +7,7 @@
 //! exclusivity and epochs, commit-id deduplication, base-version checks, and the checks of
 //! [`crate::validate::against_base`].
 
+pub mod changes;
 pub mod clock;
 pub mod conformance;
 pub mod faults;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use changes::{ChangeWalk, Changes, WireChanges};
 pub use clock::Clock;
 pub use faults::{Fault, FaultyStore};
 pub use memory::MemoryStore;
@@ -98,15 +100,28 @@ pub enum ReadAt {
     UnixMs(i64),
 }
 
+/// How long reader pins last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinTtl {
+    /// A pin lasts this long after the BeginRead that made it, or the last ReadPages at
+    /// its version.
+    pub ttl: Duration,
+    /// ...but never longer than this after it was made: a reader cannot keep history
+    /// forever (`--max-pin-age`); one that needs longer begins a new read transaction.
+    pub max_age: Duration,
+}
+
 /// A BeginRead, already checked by [`crate::validate::read_at`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BeginRead {
     /// The version whose pages the client holds in cache (0: none).
     pub cached_version: u64,
     pub at: ReadAt,
-    /// How long the returned version stays pinned (safe from GC) after this call;
-    /// ReadPages at that version extends the pin by the same amount.
-    pub pin_ttl: Duration,
+    /// How long the returned version stays pinned (safe from GC).
+    pub pin: PinTtl,
+    /// The change list spans at most this many versions and lists at most this many
+    /// pages (growth is a range and does not count); past it, `changes` is `None`.
+    pub max_changes: usize,
 }
 
 /// The start of a read transaction.
@@ -114,15 +129,21 @@ pub struct BeginRead {
 pub struct ReadView {
     /// The version asked for (the newest, or the as-of one), which the reader pins.
     pub state: DbState,
-    /// Pages written in `(cached_version, state.version]`, ascending, no duplicates.
-    /// Empty when `cache_invalid`.
-    pub changed_pages: Vec<u32>,
-    /// The change list is unavailable (cached version 0, unknown, too old, newer than
-    /// `state.version`, or the page size changed in between): the client must drop its
-    /// whole cache.
-    pub cache_invalid: bool,
+    /// Pages written in `(cached_version, state.version]`, or `None` when the client
+    /// must drop its whole cache: no cache, unknown, too old, newer than
+    /// `state.version`, a page-size change in between, or over `max_changes`.
+    pub changes: Option<Changes>,
     /// When `state.version` was committed (Unix ms; 0 for version 0).
     pub committed_unix_ms: i64,
+}
+
+/// A commit's header, looked at before its pages arrive (see [`PageStore::precheck`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitHeader {
+    pub lease_id: Id16,
+    pub epoch: u64,
+    pub base_version: u64,
+    pub commit_id: Id16,
 }
 
 /// What one history GC pass did.
@@ -170,8 +191,21 @@ pub struct Commit {
     /// The page count after this commit (shrinks or grows the file).
     pub page_count: u32,
     /// The pages written, each `page_size` bytes, page numbers unique and in
-    /// `1..=page_count`, page 1 always present.
+    /// `1..=page_count`, page 1 always present. Owned copies (not slices of received
+    /// messages), so a store may keep them as they are.
     pub pages: Vec<(u32, Bytes)>,
+}
+
+impl Commit {
+    /// The fields [`PageStore::precheck`] looks at.
+    pub fn header(&self) -> CommitHeader {
+        CommitHeader {
+            lease_id: self.lease_id,
+            epoch: self.epoch,
+            base_version: self.base_version,
+            commit_id: self.commit_id,
+        }
+    }
 }
 
 /// The result of a commit.
@@ -290,12 +324,13 @@ pub trait PageStore: Send + Sync + 'static {
     async fn release_lease(&self, key: &DbKey, lease_id: Id16, epoch: u64) -> StoreResult<()>;
 
     /// Starts a read transaction at the newest version or an as-of one (see [`ReadAt`],
-    /// [`ReadView`]) and pins that version for `read.pin_ttl`.
+    /// [`ReadView`]) and pins that version (see [`PinTtl`]).
     async fn begin_read(&self, key: &DbKey, read: BeginRead) -> StoreResult<ReadView>;
 
     /// Pages at `version`, in request order; never-written pages read as zeros. A pin a
-    /// BeginRead put on `version` is extended to `pin_ttl` from now (a reader's pin lasts
-    /// while it keeps reading); a read creates no pin.
+    /// BeginRead put on `version` is extended to `pin.ttl` from now (a reader's pin lasts
+    /// while it keeps reading, up to `pin.max_age` after it was made); a read creates no
+    /// pin.
     /// `OutOfRange` for a version that does not exist (yet, or any more);
     /// `InvalidArgument` for a page number outside `1..=page_count` at that version.
     async fn read_pages(
@@ -303,8 +338,18 @@ pub trait PageStore: Send + Sync + 'static {
         key: &DbKey,
         version: u64,
         page_nos: &[u32],
-        pin_ttl: Duration,
+        pin: PinTtl,
     ) -> StoreResult<PageRead>;
+
+    /// An early look at a commit before its pages arrive, so one that cannot apply costs
+    /// no buffering: `Some` outcome when `commit_id` was already applied; `LeaseLost` or
+    /// `VersionConflict` as [`PageStore::commit`] would answer now. `commit` stays
+    /// authoritative (the lease may lapse meanwhile). A store may skip the look
+    /// (the default): the commit is then refused only once received.
+    async fn precheck(&self, key: &DbKey, header: CommitHeader) -> StoreResult<Option<CommitOutcome>> {
+        let _ = (key, header);
+        Ok(None)
+    }
 
     /// Applies a commit atomically. In order: a known `commit_id` returns its version
     /// (`already_applied`) before any other check; the lease must be the current unexpired

@@ -4,10 +4,12 @@
 //! lease may serve the newest state it heard of with no round trip. That is safe
 //! because every commit runs a *round* here ([`Hub::commit`]):
 //!
-//! 1. under the database's round lock, every read lease holder is sent `Invalidate`
-//!    (one granted during the round hears it with its grant);
+//! 1. under the database's round lock, every read lease holder is sent `Invalidate`;
 //! 2. the commit waits until every holder of an unexpired read lease acknowledged, or
-//!    its lease ran out (a vanished reader stalls commits at most one lease length);
+//!    its lease ran out. No lease is granted or extended to a watcher that owes an
+//!    acknowledgement, and one asked for during a round by a watcher that held none
+//!    when it began is granted at its end: so a commit waits at most one lease length,
+//!    whatever readers do (vanish, or renew and never acknowledge);
 //! 3. only then the store applies the commit (so neither BeginRead nor anyone else can
 //!    see the new version before), the new state is published to every watcher
 //!    (`RoundEnd`), and the writer gets its reply.
@@ -36,7 +38,7 @@ use tonic::Status;
 
 pub use metrics::Metrics;
 
-use crate::store::{DbKey, DbState, PageStore, StoreResult};
+use crate::store::{DbKey, DbState, PageStore, PinTtl, StoreError, StoreResult};
 
 /// Events queued per watcher before it counts as stuck and is disconnected.
 const QUEUE: usize = 256;
@@ -47,10 +49,17 @@ pub type EventRx = mpsc::Receiver<Result<pb::WatchEvent, Status>>;
 /// Every watched database of one server.
 pub struct Hub {
     dbs: Mutex<HashMap<DbKey, Arc<DbWatch>>>,
+    /// Watchers (ghosts included) per tenant, for `--max-watchers-per-tenant`.
+    tenant_watchers: Mutex<HashMap<String, usize>>,
+    max_watchers_per_db: usize,
+    max_watchers_per_tenant: usize,
+    /// `--max-change-list`: longer RoundEnd change lists for older clients become
+    /// `cache_invalid`.
+    max_change_list: usize,
     /// Zero: no read leases are granted (Watch still works for snapshot readers).
     read_lease_ttl: Duration,
-    /// How long the version lease holders read is pinned when a commit supersedes it.
-    pin_ttl: Duration,
+    /// How the version lease holders read is pinned when a commit supersedes it.
+    pin: PinTtl,
     /// GC keeps every version committed within this window (no pin needed there).
     history_retention: Duration,
     /// Until then commits wait: leases a previous run granted may still be held.
@@ -91,11 +100,40 @@ struct Watcher {
     acked: u64,
     /// The newest round it was sent an Invalidate for (only lease holders are).
     invalidated: u64,
+    /// A lease ask not answered yet (its seq): asked while it owed an
+    /// acknowledgement, or during a round it held no lease at the start of.
+    deferred: Option<u64>,
+    /// Its client takes `RoundEnd.changed_from` (else growth is listed for it).
+    ranges: bool,
 }
 
 impl Watcher {
     fn lease_valid(&self, now: Instant) -> bool {
         self.lease_until.is_some_and(|t| t > now)
+    }
+
+    /// It was sent an Invalidate it has not acknowledged.
+    fn owes_ack(&self) -> bool {
+        self.acked < self.invalidated
+    }
+
+    /// Answers lease ask `seq` now, or defers it (see [`Watcher::deferred`]): a
+    /// commit's round must never wait longer because of a lease granted or extended
+    /// after it began.
+    fn ask(&mut self, seq: u64, round: Option<u64>, ttl: Duration) {
+        let joins_round = round.is_some_and(|r| self.invalidated < r);
+        if self.owes_ack() || joins_round {
+            self.deferred = Some(seq);
+            return;
+        }
+        self.deferred = None;
+        // A watcher whose queue overflowed never hears the grant: do not make commits
+        // wait for a lease its client does not know it has.
+        if !ttl.is_zero() && self.tx.is_some() {
+            self.lease_until = Some(Instant::now() + ttl);
+        }
+        let ttl_ms = ttl.as_millis() as u64;
+        self.send(pb::watch_event::Event::Granted(pb::ReadLeaseGrant { seq, ttl_ms }));
     }
 
     /// Queues an event; a watcher too slow to take it becomes a ghost (its client
@@ -110,12 +148,38 @@ impl Watcher {
     }
 }
 
+/// Answers the lease asks deferred during a round, now that it ended (those whose
+/// watcher still owes an acknowledgement wait for it).
+fn grant_deferred(s: &mut WatchState, ttl: Duration) {
+    for w in s.watchers.values_mut() {
+        if let Some(seq) = w.deferred {
+            w.ask(seq, None, ttl);
+        }
+    }
+}
+
+/// What a Hub is configured with.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub read_lease_ttl: Duration,
+    pub pin: PinTtl,
+    pub history_retention: Duration,
+    pub max_watchers_per_db: usize,
+    pub max_watchers_per_tenant: usize,
+    pub max_change_list: usize,
+}
+
 impl Hub {
-    pub fn new(read_lease_ttl: Duration, pin_ttl: Duration, history_retention: Duration) -> Arc<Self> {
+    pub fn new(config: HubConfig) -> Arc<Self> {
+        let HubConfig { read_lease_ttl, pin, history_retention, .. } = config;
         Arc::new(Self {
             dbs: Mutex::default(),
+            tenant_watchers: Mutex::default(),
+            max_watchers_per_db: config.max_watchers_per_db,
+            max_watchers_per_tenant: config.max_watchers_per_tenant,
+            max_change_list: config.max_change_list,
             read_lease_ttl,
-            pin_ttl,
+            pin,
             history_retention,
             first_commit_at: Instant::now() + read_lease_ttl,
             next_watcher: AtomicU64::new(1),
@@ -147,11 +211,12 @@ impl Hub {
     }
 
     /// Starts watching `key`: the new watcher's id and its event stream, whose first
-    /// event (`WatchStarted`) is already queued.
-    pub async fn watch(&self, store: &dyn PageStore, key: &DbKey) -> StoreResult<(u64, EventRx)> {
+    /// event (`WatchStarted`) is already queued. `ranges`: its client takes
+    /// `RoundEnd.changed_from`. Over a watcher cap: `TooLarge` naming it.
+    pub async fn watch(&self, store: &dyn PageStore, key: &DbKey, ranges: bool) -> StoreResult<(u64, EventRx)> {
         let w = self.entry(key);
         let started = self.learn_published(store, key, &w).await;
-        let result = started.map(|()| self.add_watcher(&w));
+        let result = started.and_then(|()| self.add_watcher(key, &w, ranges));
         self.release(key, w);
         result
     }
@@ -170,51 +235,87 @@ impl Hub {
         Ok(())
     }
 
-    fn add_watcher(&self, w: &DbWatch) -> (u64, EventRx) {
+    fn add_watcher(&self, key: &DbKey, w: &DbWatch, ranges: bool) -> StoreResult<(u64, EventRx)> {
+        let mut s = w.state.lock();
+        if s.watchers.len() >= self.max_watchers_per_db {
+            return Err(over_cap(format!("database '{}' has {} watchers", key.name, s.watchers.len()), "--max-watchers-per-db"));
+        }
+        {
+            let mut tenants = self.tenant_watchers.lock();
+            let count = tenants.entry(key.tenant.clone()).or_default();
+            if *count >= self.max_watchers_per_tenant {
+                return Err(over_cap(format!("this tenant has {count} watchers"), "--max-watchers-per-tenant"));
+            }
+            *count += 1;
+        }
         let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let mut s = w.state.lock();
         let started = pb::WatchStarted {
             state: s.published.map(Into::into),
             in_round: s.in_round,
             read_lease_ttl_ms: self.read_lease_ttl.as_millis() as u64,
         };
-        let mut watcher = Watcher { tx: Some(tx), lease_until: None, acked: s.round, invalidated: s.round };
+        let mut watcher = Watcher {
+            tx: Some(tx),
+            lease_until: None,
+            acked: s.round,
+            invalidated: s.round,
+            deferred: None,
+            ranges,
+        };
         watcher.send(pb::watch_event::Event::Started(started));
         s.watchers.insert(id, watcher);
         self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
-        (id, rx)
+        Ok((id, rx))
     }
 
-    /// Grants or renews watcher `id`'s read lease (from now), answering on its stream.
+    /// Removes watcher `id` (its stream and lease are over).
+    fn forget(&self, key: &DbKey, s: &mut WatchState, id: u64) {
+        if s.watchers.remove(&id).is_none() {
+            return;
+        }
+        let mut tenants = self.tenant_watchers.lock();
+        if let Some(count) = tenants.get_mut(&key.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                tenants.remove(&key.tenant);
+            }
+        }
+    }
+
+    /// Watcher `id` asks for (or to renew) its read lease: granted from now, on its
+    /// stream, unless it must wait (see [`Watcher::ask`]).
     pub fn grant(&self, key: &DbKey, id: u64, seq: u64) {
         let Some(db) = self.dbs.lock().get(key).cloned() else { return };
         let s = &mut *db.state.lock();
-        let (round, in_round) = (s.round, s.in_round);
-        let Some(w) = s.watchers.get_mut(&id) else { return };
-        // A watcher whose queue overflowed never hears the grant: do not make commits
-        // wait for a lease its client does not know it has.
-        if !self.read_lease_ttl.is_zero() && w.tx.is_some() {
-            w.lease_until = Some(Instant::now() + self.read_lease_ttl);
+        let round = s.in_round.then_some(s.round);
+        if let Some(w) = s.watchers.get_mut(&id) {
+            w.ask(seq, round, self.read_lease_ttl);
         }
-        // Only lease holders hear Invalidates: one that gets its lease during a round
-        // hears this round's now, before the grant, and the round waits for its ack.
-        if in_round && w.invalidated < round {
-            w.invalidated = round;
-            w.send(pb::watch_event::Event::Invalidate(pb::Invalidate { round }));
-        }
-        let ttl_ms = self.read_lease_ttl.as_millis() as u64;
-        w.send(pb::watch_event::Event::Granted(pb::ReadLeaseGrant { seq, ttl_ms }));
     }
 
+    /// Watcher `id` gives its lease back; a round waiting for it goes on at once.
     pub fn release_lease(&self, key: &DbKey, id: u64) {
-        self.with_watcher(key, id, |w| w.lease_until = None);
-    }
-
-    pub fn ack(&self, key: &DbKey, id: u64, round: u64) {
-        if let Some(db) = self.with_watcher(key, id, |w| w.acked = w.acked.max(round)) {
+        if let Some(db) = self.with_watcher(key, id, |w| w.lease_until = None) {
             db.acked.notify_waiters();
         }
+    }
+
+    /// Watcher `id` acknowledged `round`; an ask it made meanwhile is answered.
+    pub fn ack(&self, key: &DbKey, id: u64, round: u64) {
+        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        {
+            let s = &mut *db.state.lock();
+            let current = s.in_round.then_some(s.round);
+            if let Some(w) = s.watchers.get_mut(&id) {
+                // An ack of a round not begun yet is a lie that would excuse the next one.
+                w.acked = w.acked.max(round.min(w.invalidated));
+                if let Some(seq) = w.deferred {
+                    w.ask(seq, current, self.read_lease_ttl);
+                }
+            }
+        }
+        db.acked.notify_waiters();
     }
 
     /// Runs `f` on watcher `id` of `key`; returns the database's entry if it has one.
@@ -237,14 +338,18 @@ impl Hub {
             match s.watchers.get_mut(&id) {
                 Some(w) if w.lease_valid(now) => {
                     w.tx = None;
+                    w.deferred = None;
                     w.lease_until
                 }
                 _ => {
-                    s.watchers.remove(&id);
+                    self.forget(key, &mut s, id);
                     None
                 }
             }
         };
+        // A round waiting for it looks again (a ghost is still waited for until its
+        // lease runs out, but one without a lease no longer).
+        db.acked.notify_waiters();
         match ghost_until {
             Some(until) => {
                 let hub = self.clone();
@@ -264,7 +369,7 @@ impl Hub {
             let mut s = db.state.lock();
             let now = Instant::now();
             if s.watchers.get(&id).is_some_and(|w| w.tx.is_none() && !w.lease_valid(now)) {
-                s.watchers.remove(&id);
+                self.forget(key, &mut s, id);
             }
         }
         db.acked.notify_waiters();
@@ -312,6 +417,10 @@ impl Hub {
             invalidation_wait: Some(self.metrics.invalidation_wait.to_proto()),
         }
     }
+}
+
+fn over_cap(what: String, flag: &str) -> StoreError {
+    StoreError::TooLarge(format!("{what} (server limit {flag}); watch refused"))
 }
 
 /// Ends every watcher's stream with `status`; the published state must be learned anew.

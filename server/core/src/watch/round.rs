@@ -2,18 +2,21 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use pagewire_proto::v1 as pb;
 use tokio::time::Instant;
 
 use super::{DbWatch, Hub, WatchState};
-use crate::store::{BeginRead, Commit, CommitOutcome, DbKey, DbState, PageStore, ReadAt, StoreResult};
+use crate::store::{
+    BeginRead, Changes, Commit, CommitOutcome, DbKey, DbState, PageStore, ReadAt, StoreResult, WireChanges,
+};
 
 /// What a round tells watchers at its end.
 enum End {
     /// Nothing changed (the commit failed, or was a retry of one already published).
     Unchanged,
-    /// The commit applied: the new state, the pages it changed, and the contents of
+    /// The commit applied: the new state, the pages it carried, and the contents of
     /// small commits.
     Applied(DbState, Vec<u32>, Vec<pb::Page>),
     /// The state changed in ways not known page by page: drop caches.
@@ -54,7 +57,7 @@ impl Hub {
         let pin = async {
             if let Some(version) = pin {
                 let at = ReadAt::Version(version);
-                let read = BeginRead { cached_version: version, at, pin_ttl: self.pin_ttl };
+                let read = BeginRead { cached_version: version, at, pin: self.pin, max_changes: 0 };
                 if let Err(e) = store.begin_read(key, read).await {
                     tracing::debug!(db = %key, version, "pinning for read lease holders failed: {e}");
                 }
@@ -77,7 +80,8 @@ impl Hub {
                 Err(_) => End::Unknown,
             },
         };
-        finish(&mut w.state.lock(), round, end);
+        finish(&mut w.state.lock(), round, end, self.max_change_list, self.read_lease_ttl);
+        w.acked.notify_waiters();
         result
     }
 
@@ -96,7 +100,7 @@ impl Hub {
             w.invalidated = round;
             w.send(pb::watch_event::Event::Invalidate(pb::Invalidate { round }));
         }
-        let kept_anyway = s.published_at.is_some_and(|t| t.elapsed() + self.pin_ttl < self.history_retention);
+        let kept_anyway = s.published_at.is_some_and(|t| t.elapsed() + self.pin.ttl < self.history_retention);
         let pin = s.published.map(|p| p.version).filter(|v| leased && *v > 0 && !kept_anyway);
         (round, pin)
     }
@@ -137,37 +141,43 @@ fn small_commit_pages(commit: &Commit) -> Vec<pb::Page> {
     commit.pages.iter().map(|(page_no, data)| pb::Page { page_no: *page_no, data: data.clone() }).collect()
 }
 
-/// Ends round `n`: publishes its outcome to every watcher.
-fn finish(s: &mut WatchState, round: u64, end: End) {
+/// Ends round `n`: publishes its outcome to every watcher, and grants the read leases
+/// asked for during it.
+fn finish(s: &mut WatchState, round: u64, end: End, limit: usize, ttl: Duration) {
     s.in_round = false;
-    let (state, changed, cache_invalid, pages) = match (end, s.published) {
+    let (state, changes, pages) = match (end, s.published) {
         (End::Unknown, _) | (End::Unchanged | End::Applied(..) | End::Reset(_), None) => {
             super::end_all(s, tonic::Status::unavailable("lost track of the database's state; watch again"));
             return;
         }
-        (End::Unchanged, Some(old)) => (old, Vec::new(), false, Vec::new()),
-        (End::Reset(new), Some(old)) => (new, Vec::new(), new != old, Vec::new()),
-        (End::Applied(new, mut written, pages), Some(old)) => {
-            // Pages past the old end were zeros (or stale) before: list them too.
-            written.extend(old.page_count + 1..=new.page_count);
-            written.sort_unstable();
-            written.dedup();
-            let invalid = old.page_size != new.page_size || new.version != old.version + 1;
-            (new, written, invalid, pages)
+        (End::Unchanged, Some(old)) => (old, Some(Changes::default()), Vec::new()),
+        (End::Reset(new), Some(old)) => (new, (new == old).then(Changes::default), Vec::new()),
+        (End::Applied(new, written, pages), Some(old)) => {
+            // Pages past the old end were zeros (or stale) before: a range.
+            let usable = old.page_size == new.page_size && new.version == old.version + 1;
+            (new, usable.then(|| Changes::of_commit(written, old.page_count, new.page_count)), pages)
         }
     };
     if s.published != Some(state) {
         s.published_at = Some(Instant::now());
     }
     s.published = Some(state);
-    let end = pb::RoundEnd {
-        round,
-        state: Some(state.into()),
-        changed_pages: if cache_invalid { Vec::new() } else { changed },
-        cache_invalid,
-        pages: if cache_invalid { Vec::new() } else { pages },
+    // Built once per flavour: clients that take ranges, and older ones.
+    let flavour = |ranges: bool| {
+        let wire = WireChanges::new(changes.as_ref(), ranges, state.page_count, limit);
+        pb::RoundEnd {
+            round,
+            state: Some(state.into()),
+            pages: if wire.invalid { Vec::new() } else { pages.clone() },
+            changed_pages: wire.pages,
+            cache_invalid: wire.invalid,
+            changed_from: wire.from,
+        }
     };
+    let (newer, older) = (flavour(true), flavour(false));
     for w in s.watchers.values_mut() {
+        let end = if w.ranges { &newer } else { &older };
         w.send(pb::watch_event::Event::RoundEnd(end.clone()));
     }
+    super::grant_deferred(s, ttl);
 }

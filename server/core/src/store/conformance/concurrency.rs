@@ -92,7 +92,7 @@ pub async fn recreated_database_starts_empty(store: &dyn PageStore) -> Outcome {
         "the old incarnation's lease",
     )?;
     expect_err(
-        store.read_pages(&k, 1, &[1], TTL).await,
+        store.read_pages(&k, 1, &[1], super::PIN).await,
         |e| matches!(e, StoreError::OutOfRange(_)),
         "old versions are gone",
     )?;

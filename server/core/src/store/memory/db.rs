@@ -12,7 +12,7 @@ use super::lease::{LeaseRecord, LeaseSlot};
 use super::pages::Pages;
 use super::pins::Pins;
 use crate::store::{
-    BeginRead, Commit, CommitOutcome, DbInfo, DbState, GcStats, Id16, Lease, PageRead, ReadView,
+    BeginRead, Commit, CommitHeader, CommitOutcome, PinTtl, DbInfo, DbState, GcStats, Id16, Lease, PageRead, ReadView,
     StoreError, StoreResult,
 };
 use crate::validate;
@@ -130,12 +130,11 @@ impl MemDb {
         } else {
             meta.committed_unix_ms
         };
-        let changes = self.history.changes(read.cached_version, version);
-        self.pins.pin(version, now + read.pin_ttl);
+        let changes = self.history.changes(read.cached_version, version, read.max_changes);
+        self.pins.pin(version, read.pin, now);
         Ok(ReadView {
             state,
-            cache_invalid: changes.is_none(),
-            changed_pages: changes.unwrap_or_default(),
+            changes,
             committed_unix_ms,
         })
     }
@@ -144,7 +143,8 @@ impl MemDb {
         &mut self,
         version: u64,
         page_nos: &[u32],
-        pin_until: Instant,
+        pin: PinTtl,
+        now: Instant,
     ) -> StoreResult<PageRead> {
         let (state, _) = self.history.readable(version)?;
         validate::page_nos_in_range(page_nos, state.page_count)?;
@@ -152,11 +152,31 @@ impl MemDb {
             .iter()
             .map(|&no| self.pages.at(no, version, state.page_size))
             .collect::<StoreResult<_>>()?;
-        self.pins.refresh(version, pin_until);
+        self.pins.refresh(version, pin, now);
         Ok(PageRead {
             page_size: state.page_size,
             pages,
         })
+    }
+
+    /// The checks of [`MemDb::commit`] that need only the header: `Some` outcome when
+    /// the commit id is known, else the lease and base version.
+    pub(super) fn precheck(&mut self, h: &CommitHeader, now: Instant) -> StoreResult<Option<CommitOutcome>> {
+        if let Some(version) = self.commit_ids.get(&h.commit_id) {
+            return Ok(Some(CommitOutcome {
+                version,
+                already_applied: true,
+            }));
+        }
+        self.lease.check(h.lease_id, h.epoch, now)?;
+        let current = self.state().version;
+        if h.base_version != current {
+            return Err(StoreError::VersionConflict {
+                base: h.base_version,
+                current,
+            });
+        }
+        Ok(None)
     }
 
     pub(super) fn commit(
@@ -165,20 +185,10 @@ impl MemDb {
         now: Instant,
         now_unix_ms: i64,
     ) -> StoreResult<CommitOutcome> {
-        if let Some(version) = self.commit_ids.get(&commit.commit_id) {
-            return Ok(CommitOutcome {
-                version,
-                already_applied: true,
-            });
+        if let Some(done) = self.precheck(&commit.header(), now)? {
+            return Ok(done);
         }
-        self.lease.check(commit.lease_id, commit.epoch, now)?;
         let base = self.state();
-        if commit.base_version != base.version {
-            return Err(StoreError::VersionConflict {
-                base: commit.base_version,
-                current: base.version,
-            });
-        }
         validate::against_base(&commit, &base)?;
         let version = self.apply(commit, base, now_unix_ms);
         self.lease.touch(now);

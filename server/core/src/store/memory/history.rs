@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::pages::KeptVersion;
 use super::pins::Pins;
 use crate::store::clock::{check_after_first_commit, describe_unix_ms};
-use crate::store::{DbState, ReadAt, StoreError, StoreResult};
+use crate::store::{ChangeWalk, Changes, DbState, ReadAt, StoreError, StoreResult};
 
 use tokio::time::Instant;
 
@@ -17,8 +17,8 @@ pub(super) struct VersionMeta {
     pub page_size: u32,
     pub page_count: u32,
     pub committed_unix_ms: i64,
-    /// Pages written by this version (including grown holes), ascending.
-    pub changed: Vec<u32>,
+    /// Pages written by this version, and its growth past the old end.
+    pub changed: Changes,
     /// Still readable (false once GC collected it; its metadata stays for change lists
     /// while an older version is kept).
     pub retained: bool,
@@ -43,7 +43,7 @@ impl History {
             page_size: 0,
             page_count: 0,
             committed_unix_ms: created_unix_ms,
-            changed: Vec::new(),
+            changed: Changes::default(),
             retained: true,
         };
         Self {
@@ -155,25 +155,23 @@ impl History {
         }
     }
 
-    /// Pages written in `(cached, target]`, ascending, or `None` when the client must
-    /// drop its cache (no cache, unknown or too old, newer than `target`, or a page-size
-    /// change in between).
-    pub(super) fn changes(&self, cached: u64, target: u64) -> Option<Vec<u32>> {
-        if cached == 0 || cached > target {
+    /// Pages written in `(cached, target]`, or `None` when the client must drop its
+    /// cache (no cache, unknown or too old, newer than `target`, a page-size change in
+    /// between, or more than `limit` versions or listed pages).
+    pub(super) fn changes(&self, cached: u64, target: u64, limit: usize) -> Option<Changes> {
+        if cached == 0 {
             return None;
         }
         let page_size = self.meta(cached)?.page_size;
-        let mut changed = Vec::new();
+        let mut walk = ChangeWalk::new(cached, target, limit)?;
         for version in cached + 1..=target {
             let meta = self.meta(version)?;
             if meta.page_size != page_size {
                 return None;
             }
-            changed.extend_from_slice(&meta.changed);
+            walk = walk.step(&meta.changed.pages, meta.changed.from)?;
         }
-        changed.sort_unstable();
-        changed.dedup();
-        Some(changed)
+        Some(walk.finish())
     }
 
     /// The versions GC keeps, ascending: the newest, those committed at or after

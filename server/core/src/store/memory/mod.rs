@@ -22,8 +22,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
 use super::{
-    BeginRead, Clock, Commit, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease,
-    PageRead, PageStore, ReadView, StoreError, StoreResult,
+    BeginRead, Clock, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats,
+    Id16, Lease, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult,
 };
 use db::MemDb;
 
@@ -173,10 +173,13 @@ impl PageStore for MemoryStore {
         key: &DbKey,
         version: u64,
         page_nos: &[u32],
-        pin_ttl: Duration,
+        pin: PinTtl,
     ) -> StoreResult<PageRead> {
-        let pin_until = Instant::now() + pin_ttl;
-        self.with_db(key, |db| db.read(version, page_nos, pin_until))
+        self.with_db(key, |db| db.read(version, page_nos, pin, Instant::now()))
+    }
+
+    async fn precheck(&self, key: &DbKey, header: CommitHeader) -> StoreResult<Option<CommitOutcome>> {
+        self.with_db(key, |db| db.precheck(&header, Instant::now()))
     }
 
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {

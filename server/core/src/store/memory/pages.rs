@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 
-use crate::store::{Commit, StoreError, StoreResult};
+use crate::store::{Changes, Commit, StoreError, StoreResult};
 use crate::validate;
 
 /// Zero bytes that zero-filled pages are sliced from (without copying).
@@ -57,28 +57,18 @@ impl Pages {
         Ok(data.clone())
     }
 
-    /// Stores a checked commit's pages as `version`; returns the page numbers it changed,
-    /// ascending: its pages and, when the file grew, every page past the old end (whether
-    /// or not a hole marker was needed: GC may have deleted the stale write a client still
-    /// caches).
-    pub(super) fn write(&mut self, commit: Commit, base_count: u32, version: u64) -> Vec<u32> {
+    /// Stores a checked commit's pages as `version`; returns what it changed: its pages
+    /// and, when the file grew, the range past the old end (whether or not a hole marker
+    /// was needed: GC may have deleted the stale write a client still caches).
+    pub(super) fn write(&mut self, commit: Commit, base_count: u32, version: u64) -> Changes {
         self.mark_holes(&commit, base_count, version);
-        let mut changed: Vec<u32> = commit.pages.iter().map(|(no, _)| *no).collect();
-        changed.extend(base_count.saturating_add(1)..=commit.page_count);
-        changed.sort_unstable();
-        changed.dedup();
+        let changes = Changes::of_commit(commit.pages.iter().map(|(no, _)| *no), base_count, commit.page_count);
         for (no, data) in commit.pages {
             self.bytes += data.len() as u64;
-            // An exact copy: the decoded page is a slice of the whole received
-            // message, which it would otherwise keep alive for as long as the
-            // version lives.
-            let data = Bytes::copy_from_slice(&data);
-            self.writes
-                .entry(no)
-                .or_default()
-                .push((version, Some(data)));
+            // Kept as it is: the service copied it out of the received message.
+            self.writes.entry(no).or_default().push((version, Some(data)));
         }
-        changed
+        changes
     }
 
     /// When the file grows, pages past the old end that an older version had written (before

@@ -1,37 +1,51 @@
 //! Reader pins: per database, version -> when its pin expires. A pinned version is safe
-//! from GC. Small: one entry per version some reader used within the pin TTL.
+//! from GC. Small: one entry per version some reader used within the pin TTL. A pin
+//! never outlives its maximum age (counted from when it was made), however often it is
+//! extended, so no reader keeps history forever.
 
 use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
+use crate::store::PinTtl;
+
+#[derive(Debug, Clone, Copy)]
+struct Pin {
+    until: Instant,
+    /// The latest `until` may ever be: made + max age.
+    cap: Instant,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Pins {
-    expires: BTreeMap<u64, Instant>,
+    expires: BTreeMap<u64, Pin>,
 }
 
 impl Pins {
-    /// Pins `version` until at least `until` (a later pin is never shortened).
-    pub(super) fn pin(&mut self, version: u64, until: Instant) {
-        let expiry = self.expires.entry(version).or_insert(until);
-        *expiry = (*expiry).max(until);
+    /// Pins `version` for `ttl.ttl` from `now` (a later pin is never shortened; an
+    /// existing pin keeps its age limit).
+    pub(super) fn pin(&mut self, version: u64, ttl: PinTtl, now: Instant) {
+        let cap = now + ttl.max_age;
+        let pin = self.expires.entry(version).or_insert(Pin { until: now, cap });
+        pin.until = pin.until.max((now + ttl.ttl).min(pin.cap));
     }
 
-    /// Extends the pin on `version` to at least `until`, if a reader pinned it.
-    pub(super) fn refresh(&mut self, version: u64, until: Instant) {
-        if let Some(expiry) = self.expires.get_mut(&version) {
-            *expiry = (*expiry).max(until);
+    /// Extends the pin on `version` to `ttl.ttl` from `now` (within its age limit), if
+    /// a reader pinned it.
+    pub(super) fn refresh(&mut self, version: u64, ttl: PinTtl, now: Instant) {
+        if let Some(pin) = self.expires.get_mut(&version) {
+            pin.until = pin.until.max((now + ttl.ttl).min(pin.cap));
         }
     }
 
     /// Forgets pins that expired by `now`.
     pub(super) fn expire(&mut self, now: Instant) {
-        self.expires.retain(|_, until| *until > now);
+        self.expires.retain(|_, pin| pin.until > now);
     }
 
     /// Whether `version` is pinned at `now`.
     pub(super) fn holds(&self, version: u64, now: Instant) -> bool {
-        self.expires.get(&version).is_some_and(|until| *until > now)
+        self.expires.get(&version).is_some_and(|pin| pin.until > now)
     }
 }
 
@@ -41,19 +55,39 @@ mod tests {
 
     use super::*;
 
+    fn ttl(secs: u64) -> PinTtl {
+        PinTtl { ttl: Duration::from_secs(secs), max_age: Duration::from_secs(3600) }
+    }
+
     #[test]
     fn pins_expire_and_extend() {
         let now = Instant::now();
+        let s = Duration::from_secs;
         let mut pins = Pins::default();
-        pins.pin(3, now + Duration::from_secs(5));
-        pins.pin(3, now + Duration::from_secs(1)); // never shortened
-        assert!(pins.holds(3, now + Duration::from_secs(4)));
+        pins.pin(3, ttl(5), now);
+        pins.pin(3, ttl(1), now); // never shortened
+        assert!(pins.holds(3, now + s(4)));
         assert!(!pins.holds(4, now));
-        pins.refresh(4, now + Duration::from_secs(5)); // refresh never creates a pin
+        pins.refresh(4, ttl(5), now); // refresh never creates a pin
         assert!(!pins.holds(4, now));
-        pins.refresh(3, now + Duration::from_secs(6));
+        pins.refresh(3, ttl(5), now + s(1));
         assert!(pins.holds(3, now + Duration::from_millis(5500)));
-        pins.expire(now + Duration::from_secs(6));
+        pins.expire(now + s(6));
         assert!(!pins.holds(3, now));
+    }
+
+    #[test]
+    fn pins_never_outlive_their_max_age() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let short = PinTtl { ttl: s(2), max_age: s(5) };
+        let mut pins = Pins::default();
+        pins.pin(7, short, now);
+        for t in 1..10 {
+            pins.refresh(7, short, now + s(t));
+            pins.pin(7, short, now + s(t));
+        }
+        assert!(pins.holds(7, now + Duration::from_millis(4900)));
+        assert!(!pins.holds(7, now + s(5)), "capped at made + max age");
     }
 }
