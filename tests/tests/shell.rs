@@ -177,3 +177,31 @@ fn python_example_runs_against_a_server() {
         assert_eq!(text(&out.stdout), want, "round {round}");
     }
 }
+
+/// A database growing past 1 GiB: SQLite never writes the lock-byte page (the page
+/// holding byte offset 1 GiB), so a commit's highest page may sit right past it, and a
+/// file may end just before it. The server's growth rule (a commit grows the file at
+/// most one page past the highest page it carries) must let every such commit through.
+/// 64 KiB pages: the lock-byte page is page 16385; each transaction adds ~256 MiB.
+#[test]
+fn growing_past_the_lock_byte_page_at_one_gibibyte() {
+    let Some(shell) = shell() else { return };
+    let lib = vfs_library().expect("VFS library");
+    let server = Server::start().expect("server");
+    let grow = "begin; insert into t select randomblob(1000000) from c limit 256; commit;\n";
+    let script = format!(
+        ".load {}\n.open lockbyte.db\npragma page_size=65536;\ncreate table t(b blob);\n\
+         create temp view c as with recursive n(x) as (select 1 union all select x+1 from n limit 2000) select x from n;\n\
+         {}select count(*), sum(length(b)) from t;\npragma page_count;\npragma integrity_check;\n",
+        lib.display(),
+        grow.repeat(5)
+    );
+    let out = run(shell, &server.url, &script);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first().copied(), Some("1280|1280000000"), "{stdout}");
+    let pages: u64 = lines.get(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+    assert!(pages > 16_385, "the file grew past the lock-byte page: {pages} pages");
+    assert_eq!(lines.get(2).copied(), Some("ok"), "{stdout}");
+}
