@@ -15,7 +15,8 @@
 //! ```text
 //! <root>/
 //!   db-1/            one directory per database (tenant and name are inside meta.toml)
-//!     meta.toml      versions (page size, page count, commit time, pages changed),
+//!     meta.toml      versions (page size, page count, commit time, pages changed and
+//!                    where the file grew),
 //!                    the write lease, recent commit ids
 //!     v1.pages       the pages version 1 wrote
 //!     v2.pages       ...
@@ -65,8 +66,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pagewire_server_core::store::clock::{Clock, check_after_first_commit, describe_unix_ms};
 use pagewire_server_core::store::{
-    BeginRead, Commit, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease, PageRead,
-    PageStore, ReadAt, ReadView, StoreError, StoreResult,
+    BeginRead, ChangeWalk, Changes, Commit, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16,
+    Lease, PageRead, PageStore, PinTtl, ReadAt, ReadView, StoreError, StoreResult,
 };
 use pagewire_server_core::{ServerConfig, serve, validate};
 use parking_lot::Mutex;
@@ -148,9 +149,13 @@ struct VersionMeta {
     /// Still readable (false once GC collected it; the entry stays for change lists while
     /// an older version is kept).
     retained: bool,
-    /// Pages this version changed, ascending: those it wrote, and every page past the old
-    /// end when the file grew.
+    /// Pages this version wrote below the old end, ascending.
     changed: Vec<u32>,
+    /// When the file grew: the first page past the old end (every page from it on
+    /// changed). A range, never a list: a commit may grow the file by billions of pages.
+    /// (Absent in files written before it existed, whose `changed` lists the growth.)
+    #[serde(default)]
+    grown_from: Option<u32>,
 }
 
 impl Meta {
@@ -171,6 +176,7 @@ impl Meta {
                 committed_unix_ms: now,
                 retained: true,
                 changed: Vec::new(),
+                grown_from: None,
             }],
         }
     }
@@ -251,23 +257,23 @@ impl Meta {
         }
     }
 
-    /// Pages changed in `(cached, target]`, or `None` when the reader must drop its cache.
-    fn changes(&self, cached: u64, target: u64) -> Option<Vec<u32>> {
-        if cached == 0 || cached > target {
+    /// Pages changed in `(cached, target]`, or `None` when the reader must drop its cache:
+    /// no cache, unknown, a page-size change in between, or over `limit` (more versions,
+    /// or more listed pages; [`ChangeWalk`] keeps count).
+    fn changes(&self, cached: u64, target: u64, limit: usize) -> Option<Changes> {
+        if cached == 0 {
             return None;
         }
         let page_size = self.version(cached)?.page_size;
-        let mut changed = Vec::new();
+        let mut walk = ChangeWalk::new(cached, target, limit)?;
         for version in cached + 1..=target {
             let meta = self.version(version)?;
             if meta.page_size != page_size {
                 return None;
             }
-            changed.extend_from_slice(&meta.changed);
+            walk = walk.step(&meta.changed, meta.grown_from)?;
         }
-        changed.sort_unstable();
-        changed.dedup();
-        Some(changed)
+        Some(walk.finish())
     }
 
     fn live_lease(&self, now: i64) -> Option<&LeaseRecord> {
@@ -420,8 +426,23 @@ struct Db {
     files: BTreeMap<u64, PagesFile>,
     /// Per page, its writes in ascending version order (derived from `files`).
     writes: BTreeMap<u32, Vec<PageWrite>>,
-    /// Reader pins: version -> until when (Unix ms). In memory only.
-    pins: BTreeMap<u64, i64>,
+    /// Reader pins by version. In memory only.
+    pins: BTreeMap<u64, Pin>,
+}
+
+/// A reader pin, in Unix ms: it holds until `until`, which is never moved past `cap`
+/// (when it was made + the maximum pin age).
+#[derive(Debug, Clone, Copy)]
+struct Pin {
+    until: i64,
+    cap: i64,
+}
+
+impl Pin {
+    /// Extends the pin to `ttl` from `now`, within its cap; never shortens it.
+    fn extend(&mut self, ttl: Duration, now: i64) {
+        self.until = self.until.max(now.saturating_add(ms(ttl)).min(self.cap));
+    }
 }
 
 impl Db {
@@ -598,14 +619,16 @@ impl Db {
         } else {
             meta.committed_unix_ms
         };
-        let changes = self.meta.changes(read.cached_version, version);
-        let until = now.saturating_add(ms(read.pin_ttl));
-        let pin = self.pins.entry(version).or_insert(until);
-        *pin = (*pin).max(until);
+        let changes = self
+            .meta
+            .changes(read.cached_version, version, read.max_changes);
+        // A new pin's age counts from now; an existing one keeps its cap.
+        let cap = now.saturating_add(ms(read.pin.max_age));
+        let pin = self.pins.entry(version).or_insert(Pin { until: now, cap });
+        pin.extend(read.pin.ttl, now);
         Ok(ReadView {
             state,
-            cache_invalid: changes.is_none(),
-            changed_pages: changes.unwrap_or_default(),
+            changes,
             committed_unix_ms,
         })
     }
@@ -614,7 +637,7 @@ impl Db {
         &mut self,
         version: u64,
         page_nos: &[u32],
-        pin_ttl: Duration,
+        pin: PinTtl,
         now: i64,
     ) -> StoreResult<PageRead> {
         let (state, _) = self.meta.readable(version)?;
@@ -625,8 +648,8 @@ impl Db {
             .map(|&no| self.page_at(no, version, state.page_size, &mut open))
             .collect::<StoreResult<_>>()?;
         // A read extends a pin that a BeginRead put on this version, but makes none.
-        if let Some(pin) = self.pins.get_mut(&version) {
-            *pin = (*pin).max(now.saturating_add(ms(pin_ttl)));
+        if let Some(made) = self.pins.get_mut(&version) {
+            made.extend(pin.ttl, now);
         }
         Ok(PageRead {
             page_size: state.page_size,
@@ -699,14 +722,17 @@ impl Db {
         let version = base.version + 1;
         commit.pages.sort_unstable_by_key(|(no, _)| *no);
         let carried: Vec<u32> = commit.pages.iter().map(|(no, _)| *no).collect();
-        let grown = base.page_count.saturating_add(1)..=commit.page_count;
-        let stale = |no: &u32| {
-            let last = self.writes.get(no).and_then(|w| w.last());
-            last.is_some_and(|w| !w.zeros) && carried.binary_search(no).is_err()
-        };
+        // Pages past the old end that an older version wrote (before a truncate) and this
+        // commit does not carry: found among the written pages, never by walking the grown
+        // range, which may be billions of pages long.
+        let grown = (commit.page_count > base.page_count)
+            .then(|| self.writes.range(base.page_count + 1..=commit.page_count));
+        let stale = grown.into_iter().flatten().filter(|(no, writes)| {
+            writes.last().is_some_and(|w| !w.zeros) && carried.binary_search(no).is_err()
+        });
         let file = PagesFile {
             page_size: commit.page_size,
-            zeros: grown.clone().filter(stale).collect(),
+            zeros: stale.map(|(&no, _)| no).collect(),
             data: carried,
         };
         let path = self.pages_path(version);
@@ -722,16 +748,19 @@ impl Db {
 
         // 2. The new metadata: the version, its commit id, the lease renewed.
         let mut meta = self.meta.clone();
-        let mut changed: Vec<u32> = file.data.iter().copied().chain(grown).collect();
-        changed.sort_unstable();
-        changed.dedup();
+        let changed = Changes::of_commit(
+            file.data.iter().copied(),
+            base.page_count,
+            commit.page_count,
+        );
         let committed_unix_ms = now.max(meta.newest().committed_unix_ms); // never backwards
         meta.versions.push(VersionMeta {
             page_size: commit.page_size,
             page_count: commit.page_count,
             committed_unix_ms,
             retained: true,
-            changed,
+            changed: changed.pages,
+            grown_from: changed.from,
         });
         if version == 1 {
             meta.first_commit_unix_ms = Some(committed_unix_ms);
@@ -760,7 +789,7 @@ impl Db {
 
     /// One GC pass over this database (see [`PageStore::gc`]).
     fn gc(&mut self, now_unix_ms: i64, retention: Duration, now: i64) -> StoreResult<GcStats> {
-        self.pins.retain(|_, until| *until > now);
+        self.pins.retain(|_, pin| pin.until > now);
         let cutoff = now_unix_ms.saturating_sub(ms(retention));
         let current = self.meta.current();
         // The versions kept, ascending, with their page counts.
@@ -1046,9 +1075,9 @@ impl PageStore for DirStore {
         key: &DbKey,
         version: u64,
         page_nos: &[u32],
-        pin_ttl: Duration,
+        pin: PinTtl,
     ) -> StoreResult<PageRead> {
-        self.with_db(key, |db, now| db.read(version, page_nos, pin_ttl, now))
+        self.with_db(key, |db, now| db.read(version, page_nos, pin, now))
     }
 
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {
@@ -1076,6 +1105,12 @@ mod tests {
     use pagewire_server_core::store::conformance::{self, TestTime};
 
     use super::*;
+
+    /// Reads that pin nothing.
+    const NO_PIN: PinTtl = PinTtl {
+        ttl: Duration::ZERO,
+        max_age: Duration::ZERO,
+    };
 
     /// A store in a new temporary directory (deleted after the test), its clock following
     /// tokio's paused clock so that lease and pin TTLs pass in no real time.
@@ -1116,7 +1151,7 @@ mod tests {
         let store = DirStore::open(dir.path(), Clock::tokio())?;
         assert_eq!(store.info(&k).await?, before);
         assert!(!dir.path().join("db-1/v3.pages").exists());
-        let read = store.read_pages(&k, 1, &[2, 3], Duration::ZERO).await?;
+        let read = store.read_pages(&k, 1, &[2, 3], NO_PIN).await?;
         assert_eq!(
             read.pages,
             [conformance::page(4096, 7), conformance::page(4096, 8)]
@@ -1134,6 +1169,42 @@ mod tests {
             .acquire_lease(&k, "w2", Duration::from_secs(60))
             .await?;
         assert_eq!(again.epoch, lease.epoch + 1);
+        Ok(())
+    }
+
+    /// A commit that grows the file to four billion pages costs what its pages cost: the
+    /// growth is a range in meta.toml, in the change list, and in the zero-page scan.
+    #[tokio::test(start_paused = true)]
+    async fn growth_is_a_range() -> anyhow::Result<()> {
+        let (dir, store) = fixture().expect("fixture");
+        let k = DbKey::new("t", "huge.db");
+        store.open(&k, true).await?;
+        let lease = store
+            .acquire_lease(&k, "w", Duration::from_secs(60))
+            .await?;
+        store
+            .commit(&k, conformance::commit(&lease, 0, 4096, 3, &[(3, 3)]))
+            .await?;
+        let last = u32::MAX - 1;
+        let huge = conformance::commit(&lease, 1, 4096, last, &[(2, 2), (last, 9)]);
+        store.commit(&k, huge).await?;
+        let view = store.begin_read(&k, conformance::newest(1)).await?;
+        let expected = Changes {
+            pages: vec![1, 2],
+            from: Some(4),
+        };
+        assert_eq!(view.changes, Some(expected));
+        let read = store.read_pages(&k, 2, &[last, 3, 4], NO_PIN).await?;
+        assert_eq!(
+            read.pages,
+            [
+                conformance::page(4096, 9),
+                conformance::page(4096, 3),
+                conformance::page(4096, 0)
+            ]
+        );
+        let meta = fs::read_to_string(dir.path().join("db-1/meta.toml"))?;
+        assert!(meta.len() < 4096, "{meta}");
         Ok(())
     }
 
@@ -1167,12 +1238,13 @@ mod tests {
             let at = BeginRead {
                 cached_version: 0,
                 at: ReadAt::Version(version),
-                pin_ttl: Duration::ZERO,
+                pin: NO_PIN,
+                max_changes: 0,
             };
             images.push(match store.begin_read(k, at).await {
                 Ok(view) => {
                     let nos: Vec<u32> = (1..=view.state.page_count).collect();
-                    store.read_pages(k, version, &nos, Duration::ZERO).await
+                    store.read_pages(k, version, &nos, NO_PIN).await
                 }
                 Err(e) => Err(e),
             });

@@ -1,20 +1,26 @@
 //! A commit: ONE PostgreSQL transaction. It locks the database row (serialising the
 //! database's commits), then checks in order: a known commit id returns its version;
-//! the lease and epoch (database clock); the base version; the page-size rule. Then it
-//! writes the pages in bulk (`UNNEST` of arrays, in chunks of a few MiB within the same
-//! transaction), hole markers when the file grew, the version row, the commit id and the
-//! new newest state, and renews the lease. Durable once COMMIT returns
-//! (`synchronous_commit` stays on); a COMMIT without an answer is `Unavailable`, and a
-//! retry with the same commit id learns what happened.
-
-use std::collections::HashSet;
+//! the lease and epoch (database clock); the base version; the rules of
+//! `validate::against_base`. Then it writes the pages in bulk (`UNNEST` of arrays, in
+//! chunks of a few MiB within the same transaction), hole markers when the file grew, the
+//! version row (its change list: the carried pages below the old end, and growth as
+//! `grown_from`, never enumerated), the commit id and the new newest state, and renews
+//! the lease. Durable once COMMIT returns (`synchronous_commit` stays on); a COMMIT
+//! without an answer is `Unavailable`, and a retry with the same commit id learns what
+//! happened.
+//!
+//! `precheck` makes the same checks (but `against_base`) in one statement when the
+//! commit's header arrives, so a commit that cannot apply is refused before its pages
+//! are buffered.
 
 use deadpool_postgres::GenericClient;
-use pagewire_server_core::store::{Commit, CommitOutcome, DbKey, Id16, StoreError, StoreResult};
+use pagewire_server_core::store::{
+    Changes, Commit, CommitHeader, CommitOutcome, DbKey, Id16, StoreError, StoreResult,
+};
 use pagewire_server_core::validate;
 
 use crate::db::{self, DbRow, Lock};
-use crate::error::Pg as _;
+use crate::error::{Pg as _, corrupt};
 use crate::lease;
 use crate::sql::{self, Client, int};
 
@@ -56,6 +62,52 @@ pub(crate) async fn commit(
     })
 }
 
+/// A commit's early look ([`PageStore::precheck`]): ONE statement, no row lock, reading
+/// in one snapshot the database's version, the commit id's version (if applied) and the
+/// lease as the database clock sees it now; then judges in [`commit`]'s order. The
+/// commit stays authoritative (the lease may lapse, or another commit land, meanwhile).
+///
+/// [`PageStore::precheck`]: pagewire_server_core::store::PageStore::precheck
+pub(crate) async fn precheck(
+    client: &Client,
+    key: &DbKey,
+    header: CommitHeader,
+) -> StoreResult<Option<CommitOutcome>> {
+    let sql = format!(
+        "SELECT d.version, \
+           (SELECT c.version FROM pagewire.commit_ids c \
+            WHERE c.db_id = d.id AND c.commit_id = $3) AS applied, \
+           {} \
+         FROM pagewire.databases d LEFT JOIN pagewire.leases l ON l.db_id = d.id \
+         WHERE d.tenant = $1 AND d.name = $2",
+        lease::HELD_COLUMNS
+    );
+    let row = sql::query_opt(
+        client,
+        &sql,
+        &[&key.tenant, &key.name, &&header.commit_id[..]],
+    )
+    .await?
+    .ok_or_else(|| StoreError::NotFound(key.name.clone()))?;
+    let applied: Option<i64> = row.try_get("applied").pg()?;
+    if let Some(version) = applied {
+        let version = u64::try_from(version).map_err(|_| corrupt("version", version))?;
+        return Ok(Some(CommitOutcome {
+            version,
+            already_applied: true,
+        }));
+    }
+    lease::check_row(&row, header.lease_id, header.epoch)?;
+    let current = sql::u64_of(&row, "version")?;
+    if header.base_version != current {
+        return Err(StoreError::VersionConflict {
+            base: header.base_version,
+            current,
+        });
+    }
+    Ok(None)
+}
+
 /// The version a commit id created, if it was applied.
 async fn applied<C: GenericClient>(c: &C, db_id: i64, id: &Id16) -> StoreResult<Option<u64>> {
     let row = sql::query_opt(
@@ -74,7 +126,13 @@ async fn apply<C: GenericClient>(c: &C, row: &DbRow, commit: &Commit) -> StoreRe
     mark_holes(c, row, commit, v).await?;
     let bytes: i64 = commit.pages.iter().map(|(_, d)| d.len() as i64).sum();
     let committed = row.now_unix_ms.max(row.updated_unix_ms);
-    let changed = changed_pages(commit, row.state.page_count);
+    let changed = Changes::of_commit(
+        commit.pages.iter().map(|(no, _)| *no),
+        row.state.page_count,
+        commit.page_count,
+    );
+    let listed: Vec<i64> = changed.pages.iter().map(|&no| i64::from(no)).collect();
+    let grown_from = changed.from.map(i64::from);
     // The writes are independent: sent together, they cost one round trip.
     let pages = futures::future::try_join_all(
         chunks(&commit.pages)
@@ -82,7 +140,15 @@ async fn apply<C: GenericClient>(c: &C, row: &DbRow, commit: &Commit) -> StoreRe
             .map(|chunk| insert_pages(c, row.id, v, chunk)),
     );
     let (page_size, page_count) = (i64::from(commit.page_size), i64::from(commit.page_count));
-    let version_row: sql::Params = &[&row.id, &v, &committed, &page_size, &page_count, &changed];
+    let version_row: sql::Params = &[
+        &row.id,
+        &v,
+        &committed,
+        &page_size,
+        &page_count,
+        &listed,
+        &grown_from,
+    ];
     let commit_id: sql::Params = &[&row.id, &&commit.commit_id[..], &v];
     let newest: sql::Params = &[&row.id, &v, &page_size, &page_count, &committed, &bytes];
     futures::try_join!(
@@ -90,8 +156,8 @@ async fn apply<C: GenericClient>(c: &C, row: &DbRow, commit: &Commit) -> StoreRe
         sql::execute(
             c,
             "INSERT INTO pagewire.versions \
-             (db_id, version, committed_unix_ms, page_size, page_count, changed_pages) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             (db_id, version, committed_unix_ms, page_size, page_count, changed_pages, \
+              grown_from) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             version_row,
         ),
         sql::execute(
@@ -182,15 +248,6 @@ async fn mark_holes<C: GenericClient>(
     )
     .await?;
     Ok(())
-}
-
-/// The pages a commit changes, ascending: its pages and every page past the old end.
-fn changed_pages(commit: &Commit, old_count: u32) -> Vec<i64> {
-    let mut changed: HashSet<u32> = commit.pages.iter().map(|(no, _)| *no).collect();
-    changed.extend(old_count.saturating_add(1)..=commit.page_count);
-    let mut changed: Vec<i64> = changed.into_iter().map(i64::from).collect();
-    changed.sort_unstable();
-    changed
 }
 
 #[cfg(test)]

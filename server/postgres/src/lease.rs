@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use pagewire_server_core::store::{DbKey, Id16, Lease, StoreError, StoreResult};
+use tokio_postgres::Row;
 
 use crate::db::{self, DbRow, Lock};
 use crate::error::Pg as _;
@@ -23,28 +24,40 @@ struct Held {
     ago_ms: i64,
 }
 
+/// The lease columns [`Held`] is read from, for a query that joins `pagewire.leases` as
+/// `l` (all NULL when there is no lease row).
+pub(crate) const HELD_COLUMNS: &str = "l.lease_id, l.epoch, l.client_id, l.ttl_ms, \
+    l.expires_at > clock_timestamp() AS live, \
+    greatest(1, ceil(extract(epoch FROM l.expires_at - clock_timestamp()) * 1000))::bigint \
+      AS remaining_ms, \
+    greatest(0, floor(extract(epoch FROM clock_timestamp() - l.expires_at) * 1000))::bigint \
+      AS ago_ms";
+
+impl Held {
+    /// The lease in a row with [`HELD_COLUMNS`]; `None` when they are NULL (no lease).
+    fn from_row(r: &Row) -> StoreResult<Option<Self>> {
+        let Some(lease_id) = r.try_get("lease_id").pg()? else {
+            return Ok(None);
+        };
+        Ok(Some(Held {
+            lease_id,
+            epoch: r.try_get("epoch").pg()?,
+            client_id: r.try_get("client_id").pg()?,
+            ttl_ms: r.try_get("ttl_ms").pg()?,
+            live: r.try_get("live").pg()?,
+            remaining_ms: r.try_get("remaining_ms").pg()?,
+            ago_ms: r.try_get("ago_ms").pg()?,
+        }))
+    }
+}
+
 async fn held<C: GenericClient>(c: &C, db_id: i64) -> StoreResult<Option<Held>> {
-    let row = sql::query_opt(
-        c,
-        "SELECT lease_id, epoch, client_id, ttl_ms, expires_at > clock_timestamp() AS live, \
-         greatest(1, ceil(extract(epoch FROM expires_at - clock_timestamp()) * 1000))::bigint \
-           AS remaining_ms, \
-         greatest(0, floor(extract(epoch FROM clock_timestamp() - expires_at) * 1000))::bigint \
-           AS ago_ms \
-         FROM pagewire.leases WHERE db_id = $1",
-        &[&db_id],
-    )
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    Ok(Some(Held {
-        lease_id: r.try_get("lease_id").pg()?,
-        epoch: r.try_get("epoch").pg()?,
-        client_id: r.try_get("client_id").pg()?,
-        ttl_ms: r.try_get("ttl_ms").pg()?,
-        live: r.try_get("live").pg()?,
-        remaining_ms: r.try_get("remaining_ms").pg()?,
-        ago_ms: r.try_get("ago_ms").pg()?,
-    }))
+    let sql = format!("SELECT {HELD_COLUMNS} FROM pagewire.leases l WHERE l.db_id = $1");
+    let row = sql::query_opt(c, &sql, &[&db_id]).await?;
+    match row {
+        Some(r) => Held::from_row(&r),
+        None => Ok(None),
+    }
 }
 
 fn lease_of(row: &DbRow, lease_id: Id16, epoch: u64, ttl: Duration) -> Lease {
@@ -102,7 +115,16 @@ pub(crate) async fn check<C: GenericClient>(
     lease_id: Id16,
     epoch: u64,
 ) -> StoreResult<i64> {
-    let Some(h) = held(c, db_id).await? else {
+    judge(held(c, db_id).await?, lease_id, epoch)
+}
+
+/// [`check`] on a row already read with [`HELD_COLUMNS`] (NULL when no lease).
+pub(crate) fn check_row(row: &Row, lease_id: Id16, epoch: u64) -> StoreResult<i64> {
+    judge(Held::from_row(row)?, lease_id, epoch)
+}
+
+fn judge(held: Option<Held>, lease_id: Id16, epoch: u64) -> StoreResult<i64> {
+    let Some(h) = held else {
         return Err(StoreError::LeaseLost(format!(
             "the write lease (epoch {epoch}) is no longer held (released or expired); acquire a new one"
         )));

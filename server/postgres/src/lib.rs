@@ -7,7 +7,7 @@
 //! - `schema`: migrations (`migrations/*.sql`), applied at start-up under an advisory lock;
 //! - `db`: database rows (find and lock, create, delete, info, list);
 //! - `lease`: write leases (grant, fencing check, renew, release);
-//! - `commit`: a commit as one PostgreSQL transaction;
+//! - `commit`: a commit as one PostgreSQL transaction, and its precheck (one statement);
 //! - `read`: BeginRead (as-of resolution, change lists, pins) and ReadPages;
 //! - `gc`: history GC;
 //! - `error`: PostgreSQL and pool errors as [`StoreError`]s; `sql`: small helpers.
@@ -27,8 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use pagewire_server_core::store::{
-    BeginRead, Commit, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease, PageRead,
-    PageStore, ReadView, StoreError, StoreResult,
+    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease,
+    PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult,
 };
 use tokio_postgres::NoTls;
 
@@ -162,10 +162,18 @@ impl PageStore for PostgresStore {
         key: &DbKey,
         version: u64,
         page_nos: &[u32],
-        pin_ttl: Duration,
+        pin: PinTtl,
     ) -> StoreResult<PageRead> {
         let mut client = self.client().await?;
-        read::read_pages(&mut client, key, version, page_nos, pin_ttl).await
+        read::read_pages(&mut client, key, version, page_nos, pin).await
+    }
+
+    async fn precheck(
+        &self,
+        key: &DbKey,
+        header: CommitHeader,
+    ) -> StoreResult<Option<CommitOutcome>> {
+        commit::precheck(&self.client().await?, key, header).await
     }
 
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {

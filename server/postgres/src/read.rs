@@ -6,7 +6,12 @@
 //! batch in ONE query (a LATERAL lookup of each page's newest write at or before the
 //! version). Pins are written with `synchronous_commit = off`: they live in the database
 //! (its clock decides expiry), and one lost by a PostgreSQL crash only lets GC collect a
-//! version early, which the reader sees as OUT_OF_RANGE, never as wrong data.
+//! version early, which the reader sees as OUT_OF_RANGE, never as wrong data. A pin
+//! remembers when it was made (`created_at`) and is never extended past that plus the
+//! maximum pin age.
+//!
+//! Change lists walk the version rows from the cached version with `ChangeWalk`, under
+//! the request's limit: growth is a range (`grown_from`), never a list.
 
 use std::time::Duration;
 
@@ -14,13 +19,14 @@ use bytes::Bytes;
 use deadpool_postgres::GenericClient;
 use pagewire_server_core::store::clock::{check_after_first_commit, describe_unix_ms};
 use pagewire_server_core::store::{
-    BeginRead, DbKey, DbState, PageRead, ReadAt, ReadView, StoreError, StoreResult,
+    BeginRead, ChangeWalk, Changes, DbKey, DbState, PageRead, PinTtl, ReadAt, ReadView, StoreError,
+    StoreResult,
 };
 use pagewire_server_core::validate;
 use tokio_postgres::IsolationLevel;
 
 use crate::db::{self, DbRow, Lock};
-use crate::error::Pg as _;
+use crate::error::{Pg as _, corrupt};
 use crate::sql::{self, Client, int, ms, u32_of};
 
 /// A readable version's metadata.
@@ -113,41 +119,64 @@ async fn resolve<C: GenericClient>(c: &C, row: &DbRow, at: ReadAt) -> StoreResul
     }
 }
 
-/// Pages written in `(cached, target]`, ascending, or `None` when the client must drop
-/// its cache (no cache, unknown or too old, newer than `target`, page-size change).
+/// Pages changed in `(cached, target]`, or `None` when the client must drop its cache
+/// (no cache, unknown or too old, newer than `target`, a page-size change, or more than
+/// `limit` versions or listed pages). Bounded: the span is judged before any query, and
+/// the query fetches at most `limit + 1` version rows (the list of the row it starts at,
+/// which the walk never reads, is not fetched).
 async fn changes<C: GenericClient>(
     c: &C,
     db_id: i64,
     cached: u64,
     target: u64,
-) -> StoreResult<Option<Vec<u32>>> {
-    if cached == 0 || cached > target {
+    limit: usize,
+) -> StoreResult<Option<Changes>> {
+    if cached == 0 {
         return Ok(None);
     }
+    let Some(mut walk) = ChangeWalk::new(cached, target, limit) else {
+        return Ok(None);
+    };
     let rows = sql::query(
         c,
-        "SELECT version, page_size, changed_pages FROM pagewire.versions \
-         WHERE db_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
-        &[&db_id, &int(cached), &int(target)],
+        "SELECT version, page_size, \
+           CASE WHEN version = $2 THEN '{}'::bigint[] ELSE changed_pages END AS pages, \
+           grown_from FROM pagewire.versions \
+         WHERE db_id = $1 AND version >= $2 AND version <= $3 ORDER BY version LIMIT $4",
+        &[
+            &db_id,
+            &int(cached),
+            &int(target),
+            &int((limit as u64).saturating_add(1)),
+        ],
     )
     .await?;
+    // Every version of the span must be there (GC drops rows below the oldest kept one).
     let complete = rows.len() as u64 == target - cached + 1
         && rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) == Some(int(cached));
     let Some(first) = rows.first().filter(|_| complete) else {
         return Ok(None);
     };
     let page_size: i64 = first.try_get(1).pg()?;
-    let mut changed = Vec::new();
     for r in rows.iter().skip(1) {
         if r.try_get::<_, i64>(1).pg()? != page_size {
             return Ok(None);
         }
-        let pages: Vec<i64> = r.try_get(2).pg()?;
-        changed.extend(pages.into_iter().filter_map(|p| u32::try_from(p).ok()));
+        let listed: Vec<i64> = r.try_get(2).pg()?;
+        let pages: Vec<u32> = listed
+            .into_iter()
+            .map(|p| u32::try_from(p).map_err(|_| corrupt("changed page", p)))
+            .collect::<StoreResult<_>>()?;
+        let from: Option<i64> = r.try_get(3).pg()?;
+        let from = from
+            .map(|f| u32::try_from(f).map_err(|_| corrupt("grown_from", f)))
+            .transpose()?;
+        match walk.step(&pages, from) {
+            Some(next) => walk = next,
+            None => return Ok(None),
+        }
     }
-    changed.sort_unstable();
-    changed.dedup();
-    Ok(Some(changed))
+    Ok(Some(walk.finish()))
 }
 
 /// BeginRead: resolves the version, lists changes, pins the version. The database row is
@@ -164,21 +193,12 @@ pub(crate) async fn begin_read(
     let row = db::get(&tx, key, Lock::KeyShare).await?;
     let version = resolve(&tx, &row, read.at).await?;
     let meta = readable(&tx, &row, version).await?;
-    let changes = changes(&tx, row.id, read.cached_version, version).await?;
-    sql::execute(
-        &tx,
-        "INSERT INTO pagewire.pins (db_id, version, expires_at) \
-         VALUES ($1, $2, clock_timestamp() + $3::bigint * interval '1 millisecond') \
-         ON CONFLICT (db_id, version) \
-         DO UPDATE SET expires_at = greatest(pins.expires_at, EXCLUDED.expires_at)",
-        &[&row.id, &int(version), &ms(read.pin_ttl)],
-    )
-    .await?;
+    let changes = changes(&tx, row.id, read.cached_version, version, read.max_changes).await?;
+    pin(&tx, row.id, version, read.pin).await?;
     tx.commit().await.pg()?;
     Ok(ReadView {
         state: meta.state,
-        cache_invalid: changes.is_none(),
-        changed_pages: changes.unwrap_or_default(),
+        changes,
         committed_unix_ms: if version == 0 {
             0
         } else {
@@ -188,13 +208,13 @@ pub(crate) async fn begin_read(
 }
 
 /// Pages at `version` in request order (zeros where never written), then the version's
-/// pin (if a BeginRead made one) extended to `pin_ttl` from now.
+/// pin (if a BeginRead made one) extended to `pin.ttl` from now, within its age limit.
 pub(crate) async fn read_pages(
     client: &mut Client,
     key: &DbKey,
     version: u64,
     page_nos: &[u32],
-    pin_ttl: Duration,
+    pin: PinTtl,
 ) -> StoreResult<PageRead> {
     let tx = client
         .build_transaction()
@@ -208,7 +228,7 @@ pub(crate) async fn read_pages(
     validate::page_nos_in_range(page_nos, meta.state.page_count)?;
     let pages = fetch(&tx, row.id, version, page_nos, meta.state.page_size).await?;
     tx.commit().await.pg()?;
-    refresh_pin(client, row.id, version, pin_ttl).await?;
+    refresh_pin(client, row.id, version, pin).await?;
     Ok(PageRead {
         page_size: meta.state.page_size,
         pages,
@@ -261,13 +281,37 @@ fn page_of(no: i64, data: Option<Vec<u8>>, version: u64, page_size: u32) -> Stor
     Ok(Bytes::from(data))
 }
 
-/// Extends the pin on `version` (never creates one), committed without waiting for the
-/// WAL flush.
+/// Pins `version` (BeginRead, in its transaction): a new pin lasts `ttl` but at most
+/// `max_age`, counted from `created_at`, which later pins of the version keep; an existing
+/// pin is extended to `ttl` from now, never past `created_at + max_age`, and never
+/// shortened.
+async fn pin<C: GenericClient>(c: &C, db_id: i64, version: u64, pin: PinTtl) -> StoreResult<()> {
+    sql::execute(
+        c,
+        "INSERT INTO pagewire.pins (db_id, version, expires_at, created_at) \
+         SELECT $1, $2, t.now + least($3::bigint, $4::bigint) * interval '1 millisecond', t.now \
+         FROM (SELECT clock_timestamp() AS now) AS t \
+         ON CONFLICT (db_id, version) DO UPDATE SET expires_at = greatest(pins.expires_at, \
+           least(clock_timestamp() + $3::bigint * interval '1 millisecond', \
+                 pins.created_at + $4::bigint * interval '1 millisecond'))",
+        &[
+            &db_id,
+            &int(version),
+            &pin_ms(pin.ttl),
+            &pin_ms(pin.max_age),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Extends the pin on `version` (never creates one) like [`pin`] does, committed without
+/// waiting for the WAL flush.
 async fn refresh_pin(
     client: &mut Client,
     db_id: i64,
     version: u64,
-    ttl: Duration,
+    pin: PinTtl,
 ) -> StoreResult<()> {
     let tx = client.transaction().await.pg()?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")
@@ -275,11 +319,26 @@ async fn refresh_pin(
         .pg()?;
     sql::execute(
         &tx,
-        "UPDATE pagewire.pins SET expires_at = \
-           greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond') \
+        "UPDATE pagewire.pins SET expires_at = greatest(expires_at, \
+           least(clock_timestamp() + $3::bigint * interval '1 millisecond', \
+                 created_at + $4::bigint * interval '1 millisecond')) \
          WHERE db_id = $1 AND version = $2",
-        &[&db_id, &int(version), &ms(ttl)],
+        &[
+            &db_id,
+            &int(version),
+            &pin_ms(pin.ttl),
+            &pin_ms(pin.max_age),
+        ],
     )
     .await?;
     tx.commit().await.pg()
 }
+
+/// A pin duration in ms, at most [`PIN_MS_MAX`] (so that adding it to a timestamp stays
+/// within PostgreSQL's range, whatever the configuration says).
+fn pin_ms(d: Duration) -> i64 {
+    ms(d).min(PIN_MS_MAX)
+}
+
+/// About 1000 years.
+const PIN_MS_MAX: i64 = 1000 * 366 * 86_400_000;

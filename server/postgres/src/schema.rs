@@ -13,11 +13,18 @@ use pagewire_server_core::store::{StoreError, StoreResult};
 const MIGRATION_LOCK: i64 = 0x7061_6765_7769_7265;
 
 /// (number, description, SQL), in order. Never edit one that has shipped: add another.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial schema",
-    include_str!("migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial schema",
+        include_str!("migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "growth as a range in change lists, pin age limit",
+        include_str!("migrations/0002_growth_ranges_pin_age.sql"),
+    ),
+];
 
 const BOOTSTRAP: &str = "
     CREATE SCHEMA IF NOT EXISTS pagewire;
