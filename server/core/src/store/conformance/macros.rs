@@ -42,11 +42,15 @@ macro_rules! conformance_tests {
             gc_keeps_what_a_reader_began,
             gc_frees_space_and_keeps_newest_whole,
             gc_never_reads_wrong_data,
+            huge_growth_is_a_range,
+            change_lists_stop_at_their_limit,
+            precheck_answers_as_commit_would,
         );
         $crate::conformance_tests!(@timed [$test] $fixture, $time;
             epoch_fencing_after_expiry,
             lease_renew_and_release,
             gc_keeps_newest_window_and_pins,
+            pins_stop_at_their_max_age,
         );
     };
     (@plain [$test:meta] $fixture:expr; $($name:ident),* $(,)?) => {$(

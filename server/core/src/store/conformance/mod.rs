@@ -17,6 +17,7 @@
 mod concurrency;
 mod history;
 mod large;
+mod limits;
 mod macros;
 mod model;
 mod time;
@@ -29,6 +30,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub use concurrency::*;
 pub use history::*;
 pub use large::*;
+pub use limits::*;
 pub use model::*;
 pub use time::TestTime;
 
