@@ -23,6 +23,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
+pub mod hostile;
 pub mod postgres;
 
 /// The directory holding the test executable's sibling binaries (target/<profile>).
@@ -72,7 +73,24 @@ impl Server {
     /// Starts the server with extra flags on 127.0.0.1:0 and waits for its
     /// "listening on" line.
     pub fn start_with(args: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(server_binary()?)
+        Self::start_wrapped(&[], args)
+    }
+
+    /// [`Server::start_with`] under a wrapper command that execs the server in its own
+    /// process (same pid), e.g. `&["prlimit", "--as=1073741824"]`: runs
+    /// `wrapper... <server binary> --listen 127.0.0.1:0 args...`. An empty wrapper runs
+    /// the server directly.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> anyhow::Result<Self> {
+        let server = server_binary()?;
+        let mut command = match wrapper.split_first() {
+            None => Command::new(&server),
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(&server);
+                c
+            }
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
