@@ -12,6 +12,9 @@ pub struct LimitFlags {
     /// Largest gRPC message accepted or sent.
     #[arg(long, default_value = "16MiB", value_parser = bytes)]
     max_message_bytes: u64,
+    /// Largest message of any call but Commit (those are a few KiB).
+    #[arg(long, default_value = "64KiB", value_parser = bytes)]
+    max_request_message_bytes: u64,
     /// Largest transaction, counted in bytes received on its Commit stream.
     #[arg(long, default_value = "2GiB", value_parser = bytes)]
     max_commit_bytes: u64,
@@ -36,7 +39,8 @@ pub struct LimitFlags {
     /// HTTP/2 streams per connection (clients queue beyond it).
     #[arg(long, default_value_t = Limits::default().max_concurrent_streams)]
     max_concurrent_streams: u32,
-    /// Longest wait for a Commit stream's next message or a Watch stream's first one.
+    /// Longest a request message may take to arrive whole (a call's first one counted
+    /// from the call's start), and longest wait for a Commit stream's next message.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     stream_idle_timeout: Duration,
     /// How often idle connections are pinged (HTTP/2 and TCP keepalive).
@@ -66,6 +70,7 @@ impl LimitFlags {
     pub fn limits(&self) -> anyhow::Result<Limits> {
         Ok(Limits {
             max_message_bytes: usize::try_from(self.max_message_bytes)?,
+            max_request_message_bytes: self.max_request_message_bytes,
             max_commit_bytes: self.max_commit_bytes,
             max_inflight_commit_bytes: self.max_inflight_commit_bytes,
             max_tenant_inflight_commit_bytes: self.max_tenant_inflight_commit_bytes,

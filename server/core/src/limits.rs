@@ -17,6 +17,9 @@ pub struct Limits {
     /// `--max-message-bytes`: largest gRPC message accepted or sent; bounds how many
     /// pages one ReadPages returns, and what tonic buffers per stream.
     pub max_message_bytes: usize,
+    /// `--max-request-message-bytes`: largest message of any call but Commit (they are
+    /// a few KiB; tonic reserves a message's declared size as its prefix arrives).
+    pub max_request_message_bytes: u64,
     /// `--max-commit-bytes`: largest transaction, counted in bytes received on its stream
     /// (padding included), so a 1 GiB VACUUM fits with the default.
     pub max_commit_bytes: u64,
@@ -39,8 +42,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// `--max-concurrent-streams`: HTTP/2 streams per connection (clients queue beyond).
     pub max_concurrent_streams: u32,
-    /// `--stream-idle-timeout`: longest wait for the next message of a Commit stream, or
-    /// for the first message of a Watch stream.
+    /// `--stream-idle-timeout`: longest a request message (and a call's first one, from
+    /// its start) may take to arrive whole, and longest wait for a Commit stream's next
+    /// message.
     pub stream_idle_timeout: Duration,
     /// `--keepalive-interval`: HTTP/2 pings (and TCP keepalive) on idle connections; a
     /// peer that does not answer within `keepalive_timeout` is disconnected.
@@ -62,19 +66,20 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_bytes: 16 << 20,
+            max_request_message_bytes: 64 << 10,
             max_commit_bytes: 2 * GIB,
             max_inflight_commit_bytes: 4 * GIB,
             max_tenant_inflight_commit_bytes: 2 * GIB,
             max_pages_per_read: 1024,
             max_change_list: 65_536,
-            max_calls: 65_536,
+            max_calls: 16_384,
             max_connections: 16_384,
             max_concurrent_streams: 1024,
             stream_idle_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
-            max_watchers_per_db: 4096,
-            max_watchers_per_tenant: 32_768,
+            max_watchers_per_db: 1024,
+            max_watchers_per_tenant: 4096,
             max_pin_age: Duration::from_secs(3600),
         }
     }
@@ -101,6 +106,10 @@ impl Limits {
             self.max_commit_bytes <= self.max_tenant_inflight_commit_bytes,
             "--max-commit-bytes is above --max-tenant-inflight-commit-bytes: the largest \
              commit could never be received"
+        );
+        ensure!(
+            self.max_request_message_bytes >= 4096,
+            "--max-request-message-bytes must be at least 4KiB"
         );
         ensure!(self.max_change_list >= 1, "--max-change-list must be at least 1");
         ensure!(self.max_calls >= 1, "--max-calls must be at least 1");

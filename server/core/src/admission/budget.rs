@@ -78,9 +78,11 @@ pub struct CommitCharge {
 
 #[derive(Default)]
 struct ChargeState {
-    /// Bytes received on the stream, all taken from the server budget (and from the
-    /// tenant's once it is known).
+    /// Bytes taken for the stream, from the server budget (and from the tenant's once
+    /// it is known).
     total: u64,
+    /// Of those, bytes received (the commit's size as `--max-commit-bytes` counts it).
+    received: u64,
     tenant: Option<Arc<Budget>>,
 }
 
@@ -106,10 +108,21 @@ impl CommitCharge {
 
     /// Takes `n` more received bytes, or refuses the stream naming the limit.
     pub fn take(&self, n: u64) -> Result<(), Status> {
+        self.take_as(n, true)
+    }
+
+    /// Takes `n` bytes of memory the server spends on the commit beyond what it
+    /// received (budgeted, but not part of the commit's size).
+    pub fn take_overhead(&self, n: u64) -> Result<(), Status> {
+        self.take_as(n, false)
+    }
+
+    fn take_as(&self, n: u64, received: bool) -> Result<(), Status> {
         let mut s = self.state.lock();
         let total = s.total.saturating_add(n);
+        let size = s.received.saturating_add(if received { n } else { 0 });
         let b = &self.budgets;
-        if total > b.max_commit_bytes {
+        if size > b.max_commit_bytes {
             let what = format!("the commit stream carried more than {} bytes", b.max_commit_bytes);
             return Err(exhausted(what, "--max-commit-bytes"));
         }
@@ -123,14 +136,10 @@ impl CommitCharge {
             b.server.give(n);
             return Err(tenant_full(tenant));
         }
-        s.total = total;
+        (s.total, s.received) = (total, size);
         Ok(())
     }
 
-    /// Bytes received on the stream so far.
-    pub fn total(&self) -> u64 {
-        self.state.lock().total
-    }
 }
 
 fn tenant_full(budget: &Budget) -> Status {

@@ -3,11 +3,14 @@
 //! - [`connections`]: at most `--max-connections` open client connections.
 //! - [`AdmissionLayer`] (a tower layer over every service, health and reflection
 //!   included): at most `--max-calls` calls in progress, each holding a permit until its
-//!   response ends (so a stream counts for as long as it lives); and, for Commit streams,
-//!   a [`CommitCharge`] on the request body that counts every byte received (padding
-//!   and framing included, as they arrive, before tonic buffers them) against
-//!   `--max-commit-bytes` per stream and the in-flight budgets, server-wide and per
-//!   tenant. The commit handler names the tenant once it is authenticated.
+//!   response ends (so a stream counts for as long as it lives); and every request body
+//!   metered (`body.rs`): each message judged by the size it declares before tonic
+//!   reserves room for it (a Commit's charged, with padding and framing, to a
+//!   [`CommitCharge`] against `--max-commit-bytes` per stream and the in-flight
+//!   budgets, server-wide and per tenant; any other call's at most
+//!   `--max-request-message-bytes`), and each message due whole within
+//!   `--stream-idle-timeout`. The commit handler names the tenant once it is
+//!   authenticated.
 
 mod body;
 mod budget;
@@ -15,6 +18,7 @@ pub mod connections;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
@@ -33,6 +37,8 @@ pub struct Admission {
     calls: Arc<Semaphore>,
     max_calls: usize,
     budgets: Arc<Budgets>,
+    max_request_message_bytes: u64,
+    idle: Duration,
 }
 
 impl Admission {
@@ -41,6 +47,8 @@ impl Admission {
             calls: Arc::new(Semaphore::new(limits.max_calls)),
             max_calls: limits.max_calls,
             budgets: Arc::new(Budgets::new(limits)),
+            max_request_message_bytes: limits.max_request_message_bytes,
+            idle: limits.stream_idle_timeout,
         })
     }
 
@@ -98,11 +106,15 @@ where
             let refused = limits::exhausted(what, "--max-calls").into_http();
             return Box::pin(async move { Ok(refused) });
         };
-        if request.uri().path() == COMMIT_PATH {
+        let meter = if request.uri().path() == COMMIT_PATH {
             let charge = Arc::new(CommitCharge::new(self.admission.budgets.clone()));
             request.extensions_mut().insert(charge.clone());
-            request = request.map(|b| Body::new(body::Charged::new(b, charge)));
-        }
+            body::Meter::Commit(charge)
+        } else {
+            body::Meter::Small(self.admission.max_request_message_bytes)
+        };
+        let idle = self.admission.idle;
+        request = request.map(|b| Body::new(body::Metered::new(b, meter, idle)));
         // The clone is the one polled ready (tower's rule for services moved into futures).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

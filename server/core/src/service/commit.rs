@@ -107,8 +107,8 @@ fn broken_stream(status: Status) -> Status {
     tracing::debug!(code = ?status.code(), "commit stream broke: {}", status.message());
     let nothing = "; nothing was applied";
     match status.code() {
-        // Our own limits (the admission layer's charge) say which one.
-        Code::ResourceExhausted => status,
+        // Our own limits (the admission layer's metering) say which one.
+        Code::ResourceExhausted | Code::DeadlineExceeded => status,
         Code::OutOfRange => Status::resource_exhausted(format!(
             "commit stream message too large (server limit --max-message-bytes): {}{nothing}",
             status.message()
@@ -165,7 +165,7 @@ impl Assembly {
             return Err(invalid("commit stream continues after its trailer").into());
         }
         if let (Some(Part::Pages(batch)), Some(charge)) = (&message.part, &self.charge) {
-            charge.take(PAGE_OVERHEAD * batch.pages.len() as u64)?;
+            charge.take_overhead(PAGE_OVERHEAD * batch.pages.len() as u64)?;
         }
         let taken = match message.part {
             None => Err(invalid("empty CommitRequest (no header, pages or trailer)")),
