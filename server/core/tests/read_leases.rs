@@ -387,3 +387,20 @@ async fn the_version_lease_holders_read_survives_gc_after_a_commit() -> anyhow::
     assert_eq!(pages.len(), 2, "version {} is still readable", state.version);
     server.stop().await
 }
+
+#[tokio::test]
+async fn a_watch_stream_that_never_starts_is_cut_after_the_idle_timeout() -> anyhow::Result<()> {
+    let idle = Duration::from_millis(300);
+    let limits = pagewire_server_core::Limits { stream_idle_timeout: idle, ..Default::default() };
+    let server = TestServer::start(ServerConfig { limits, ..config(TTL) }).await?;
+    let (_writer, _) = database(&server).await?;
+    let mut c = server.pages(None)?;
+    let (_tx, rx) = mpsc::channel::<pb::WatchRequest>(1);
+    let began = Instant::now();
+    let got = timeout(Duration::from_secs(5), c.watch(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
+    let status = got.err().expect("refused");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("--stream-idle-timeout"), "{status:?}");
+    assert!(began.elapsed() >= idle && began.elapsed() < idle * 5, "{:?}", began.elapsed());
+    server.stop().await
+}
