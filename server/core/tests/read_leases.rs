@@ -50,12 +50,17 @@ impl Watcher {
 
     /// Starts and takes a read lease; returns the state it started at.
     async fn leased(client: &mut Pages, name: &str) -> anyhow::Result<(Self, pb::DbState)> {
+        Self::leased_for(client, name, TTL).await
+    }
+
+    /// [`Watcher::leased`] on a server whose read lease TTL is `ttl`.
+    async fn leased_for(client: &mut Pages, name: &str, ttl: Duration) -> anyhow::Result<(Self, pb::DbState)> {
         let mut w = Self::start(client, name).await?;
         let Event::Started(started) = w.next().await? else { anyhow::bail!("no WatchStarted") };
         w.send(Part::Lease(pb::ReadLeaseAsk { seq: 7 })).await;
         let granted = w.next().await?;
         anyhow::ensure!(
-            matches!(granted, Event::Granted(pb::ReadLeaseGrant { seq: 7, ttl_ms }) if ttl_ms == TTL.as_millis() as u64),
+            matches!(granted, Event::Granted(pb::ReadLeaseGrant { seq: 7, ttl_ms }) if ttl_ms == ttl.as_millis() as u64),
             "{granted:?}"
         );
         Ok((w, started.state.unwrap_or_default()))
@@ -248,7 +253,7 @@ async fn a_release_mid_round_lets_the_commit_go_at_once() -> anyhow::Result<()> 
     let server = TestServer::start(config(Duration::from_secs(5))).await?;
     let (writer, lease) = database(&server).await?;
     let mut reader = server.pages(None)?;
-    let (mut w, _) = leased_with(&mut reader, Duration::from_secs(5)).await?;
+    let (mut w, _) = Watcher::leased_for(&mut reader, DB, Duration::from_secs(5)).await?;
     let pending = commit_next(&writer, &lease, 1);
     w.invalidated().await?;
     let released = Instant::now();
@@ -258,15 +263,6 @@ async fn a_release_mid_round_lets_the_commit_go_at_once() -> anyhow::Result<()> 
     server.stop().await
 }
 
-/// [`Watcher::leased`] on a server with another read lease TTL.
-async fn leased_with(client: &mut Pages, ttl: Duration) -> anyhow::Result<(Watcher, pb::DbState)> {
-    let mut w = Watcher::start(client, DB).await?;
-    let Event::Started(started) = w.next().await? else { anyhow::bail!("no WatchStarted") };
-    w.send(Part::Lease(pb::ReadLeaseAsk { seq: 7 })).await;
-    let granted = w.next().await?;
-    anyhow::ensure!(matches!(granted, Event::Granted(ref g) if g.ttl_ms == ttl.as_millis() as u64), "{granted:?}");
-    Ok((w, started.state.unwrap_or_default()))
-}
 
 #[tokio::test]
 async fn watchers_without_a_lease_hear_only_round_ends() -> anyhow::Result<()> {
