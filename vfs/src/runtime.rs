@@ -54,6 +54,11 @@ pub fn get() -> Result<Arc<Rt>, VfsError> {
     Ok(rt)
 }
 
+/// The error for a database opened before this process forked, used in the child.
+pub fn forked() -> VfsError {
+    VfsError::Internal("this database was opened before the process forked; open it again in the child".into())
+}
+
 impl Rt {
     /// Runs `fut` to completion on this runtime, from a thread SQLite called us on.
     pub fn block_on<F>(&self, fut: F) -> Result<F::Output, VfsError>
@@ -62,9 +67,7 @@ impl Rt {
         F::Output: Send + 'static,
     {
         if !self.is_current() {
-            return Err(VfsError::Internal(
-                "this database was opened before the process forked; open it again in the child".into(),
-            ));
+            return Err(forked());
         }
         if Handle::try_current().is_err() {
             return Ok(self.runtime.block_on(fut));

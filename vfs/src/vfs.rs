@@ -162,6 +162,17 @@ fn guard<T>(op: Op, what: impl FnOnce() -> Result<T, VfsError>) -> VfsResult<T> 
     }
 }
 
+/// [`guard`] for an operation on an open file. A main file opened before this process
+/// forked is refused on every path before anything else: its runtime's threads are in
+/// the parent, a lock one of them held may never be released here, and its cached
+/// state (write lease, read lease) would let reads go on with no RPC at all.
+fn on_file<T>(op: Op, h: &mut Handle, what: impl FnOnce(&mut Handle) -> Result<T, VfsError>) -> VfsResult<T> {
+    guard(op, || match h {
+        Handle::Main(m) if !m.db.rt().is_current() => Err(runtime::forked()),
+        _ => what(h),
+    })
+}
+
 /// The stored name: the path without leading `./` or `/`.
 fn normalize_name(path: &str) -> Result<String, VfsError> {
     let mut name = path;
@@ -247,14 +258,14 @@ impl Vfs for PagewireVfs {
     }
 
     fn file_size(&self, h: &mut Handle) -> VfsResult<usize> {
-        guard(Op::Size, || match h {
+        on_file(Op::Size, h, |h| match h {
             Handle::Main(m) => Ok(m.file_size()? as usize),
             Handle::Local(l) => Ok(l.size() as usize),
         })
     }
 
     fn truncate(&self, h: &mut Handle, size: usize) -> VfsResult<()> {
-        guard(Op::Write, || match h {
+        on_file(Op::Write, h, |h| match h {
             Handle::Main(m) => m.truncate(size as u64),
             Handle::Local(l) => {
                 l.truncate(size as u64);
@@ -264,7 +275,7 @@ impl Vfs for PagewireVfs {
     }
 
     fn write(&self, h: &mut Handle, offset: usize, data: &[u8]) -> VfsResult<usize> {
-        guard(Op::Write, || {
+        on_file(Op::Write, h, |h| {
             match h {
                 Handle::Main(m) => m.write(offset as u64, data)?,
                 Handle::Local(l) => l.write(offset as u64, data),
@@ -274,35 +285,35 @@ impl Vfs for PagewireVfs {
     }
 
     fn read(&self, h: &mut Handle, offset: usize, buf: &mut [u8]) -> VfsResult<usize> {
-        guard(Op::Read, || match h {
+        on_file(Op::Read, h, |h| match h {
             Handle::Main(m) => m.read(offset as u64, buf),
             Handle::Local(l) => Ok(l.read(offset as u64, buf)),
         })
     }
 
     fn lock(&self, h: &mut Handle, level: LockLevel) -> VfsResult<()> {
-        guard(Op::Lock, || match h {
+        on_file(Op::Lock, h, |h| match h {
             Handle::Main(m) => m.lock(level),
             Handle::Local(_) => Ok(()),
         })
     }
 
     fn unlock(&self, h: &mut Handle, level: LockLevel) -> VfsResult<()> {
-        guard(Op::Unlock, || match h {
+        on_file(Op::Unlock, h, |h| match h {
             Handle::Main(m) => m.unlock(level),
             Handle::Local(_) => Ok(()),
         })
     }
 
     fn check_reserved_lock(&self, h: &mut Handle) -> VfsResult<bool> {
-        guard(Op::Lock, || match h {
+        on_file(Op::Lock, h, |h| match h {
             Handle::Main(m) => Ok(m.check_reserved_lock()),
             Handle::Local(_) => Ok(false),
         })
     }
 
     fn sync(&self, h: &mut Handle) -> VfsResult<()> {
-        guard(Op::Sync, || match h {
+        on_file(Op::Sync, h, |h| match h {
             Handle::Main(m) => m.sync(),
             Handle::Local(_) => Ok(()),
         })
@@ -310,8 +321,12 @@ impl Vfs for PagewireVfs {
 
     fn close(&self, h: Handle) -> VfsResult<()> {
         guard(Op::Unlock, || {
-            if let Handle::Main(m) = h {
-                self.close_main(*m);
+            match h {
+                // In a forked child: touch nothing the parent's threads may have held
+                // (locks, the runtime); the parent still owns lease and streams.
+                Handle::Main(m) if !m.db.rt().is_current() => std::mem::forget(m),
+                Handle::Main(m) => self.close_main(*m),
+                Handle::Local(_) => {}
             }
             Ok(())
         })
@@ -319,6 +334,9 @@ impl Vfs for PagewireVfs {
 
     fn pragma(&self, h: &mut Handle, p: Pragma<'_>) -> Result<Option<String>, PragmaErr> {
         match h {
+            Handle::Main(m) if !m.db.rt().is_current() => {
+                Err(PragmaErr::Fail(vars::SQLITE_IOERR, Some(runtime::forked().to_string())))
+            }
             Handle::Main(m) => catch_unwind(AssertUnwindSafe(|| pragma::handle(m, p.name, p.arg)))
                 .unwrap_or(Err(PragmaErr::Fail(vars::SQLITE_INTERNAL, Some("pagewire: internal error".into())))),
             Handle::Local(_) => Err(PragmaErr::NotFound),

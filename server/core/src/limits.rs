@@ -1,6 +1,6 @@
 //! Every bound the server puts on what a client can make it do, in one place. Each is a
-//! `pagewire-server` flag (named in [`Limits::FLAGS`] order in the README) and each
-//! refusal names its flag, so an operator knows which one to raise. Per-tenant quotas
+//! `pagewire-server` flag (the README's "Limits" table lists them) and each refusal
+//! names its flag, so an operator knows which one to raise. Per-tenant quotas
 //! extend these (a tenant's share of a server-wide bound), they do not add a second
 //! mechanism.
 

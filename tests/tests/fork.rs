@@ -1,0 +1,90 @@
+//! fork() from Python's sqlite3 module (Debian's /usr/bin/python3), with the parent
+//! holding a write lease on one database and a read lease on another: the child's
+//! inherited connections fail on every path, including the ones that need no RPC;
+//! a fresh open in the child works; the parent goes on unharmed.
+
+use std::process::Command;
+
+use pagewire_tests::{Server, in_ci, vfs_library};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+const SCRIPT: &str = r#"
+import os, sqlite3, sys, time
+loader = sqlite3.connect(":memory:")
+loader.enable_load_extension(True)
+loader.load_extension(sys.argv[1])
+loader.close()
+
+def connect(name, ro=False):
+    return sqlite3.connect(f"file:{name}" + ("?mode=ro" if ro else ""), uri=True, isolation_level=None)
+
+setup = connect("fork-r.db")
+setup.execute("create table t(x)")
+setup.execute("insert into t values (1), (2)")
+setup.close()
+
+w = connect("fork-w.db")
+w.execute("create table t(x)")
+w.execute("insert into t values (1)")        # holds the write lease (sticky)
+r = connect("fork-r.db", ro=True)
+deadline = time.time() + 10
+while "lease=held" not in r.execute("pragma pagewire_read_lease").fetchone()[0]:
+    assert r.execute("select count(*) from t").fetchone()[0] == 2
+    assert time.time() < deadline, "no read lease"
+    time.sleep(0.05)
+assert w.execute("select count(*) from t").fetchone()[0] == 1
+
+pid = os.fork()
+if pid == 0:
+    failures = []
+    def refused(what, f):
+        try:
+            f()
+            failures.append(what + ": worked in the child")
+        except sqlite3.Error as e:
+            pass
+    refused("read under the write lease", lambda: w.execute("select count(*) from t").fetchone())
+    refused("write under the write lease", lambda: w.execute("insert into t values (2)"))
+    refused("read under the read lease", lambda: r.execute("select count(*) from t").fetchone())
+    refused("pragma", lambda: r.execute("pragma pagewire_version").fetchone())
+    try:
+        fresh = connect("fork-r.db", ro=True)
+        n = fresh.execute("select count(*) from t").fetchone()[0]
+        if n != 2: failures.append(f"fresh read: {n} rows")
+        fresh_w = connect("fork-w.db", ro=True)
+        n = fresh_w.execute("select count(*) from t").fetchone()[0]
+        if n != 1: failures.append(f"fresh read of the written database: {n} rows")
+    except sqlite3.Error as e:
+        failures.append(f"fresh open in the child failed: {e}")
+    for f in failures: print("child:", f)
+    sys.stdout.flush()
+    os._exit(1 if failures else 0)
+
+_, status = os.waitpid(pid, 0)
+assert os.WEXITSTATUS(status) == 0, f"child exit {status}"
+w.execute("insert into t values (3)")
+assert w.execute("select count(*) from t").fetchone()[0] == 2
+assert r.execute("select count(*) from t").fetchone()[0] == 2
+print("ok")
+"#;
+
+#[test]
+fn a_forked_child_refuses_inherited_connections_on_every_path() {
+    if !std::path::Path::new(PYTHON).exists() {
+        assert!(!in_ci(), "{PYTHON} is missing; CI must have it");
+        eprintln!("SKIPPED: {PYTHON} not found");
+        return;
+    }
+    let server = Server::start().expect("server");
+    let lib = vfs_library().expect("VFS library");
+    let out = Command::new(PYTHON)
+        .args(["-c", SCRIPT])
+        .arg(&lib)
+        .env("PAGEWIRE_URL", &server.url)
+        .env("PAGEWIRE_LOG", "off")
+        .output()
+        .expect("python");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.trim_end().ends_with("ok"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
