@@ -38,6 +38,9 @@ pub struct MainFile {
     txn: Option<WriteBuffer>,
     /// The journal mode SQLite was last told to use, answered when WAL or OFF is refused.
     pub journal_mode: &'static str,
+    /// The `synchronous` level last set (as `PRAGMA synchronous` prints it; SQLite's
+    /// default FULL), answered when OFF is refused.
+    pub synchronous: u8,
     /// Set when a commit's outcome stayed unknown: the connection can no longer
     /// vouch for what the server holds.
     poisoned: Option<String>,
@@ -62,6 +65,7 @@ impl MainFile {
             view,
             txn: None,
             journal_mode: "delete",
+            synchronous: 2,
             poisoned: None,
             as_of: config.as_of,
             min_version: config.min_version,

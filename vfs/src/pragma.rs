@@ -1,13 +1,19 @@
 //! Pragmas the VFS answers itself (SQLITE_FCNTL_PRAGMA).
 //!
+//! Every pragma answered here returns a text (SQLite makes it the one row of the
+//! result, and its column name): answered without one, the column name is NULL,
+//! which some bindings refuse (Python's `sqlite3` raises `MemoryError`). Pragmas
+//! not answered here pass through to SQLite (`NotFound`).
+//!
 //! - `journal_mode=wal|off` is refused, answering the mode in force: WAL needs
 //!   shared memory between clients, and OFF would make ROLLBACK impossible.
-//! - `synchronous=off` is refused (silently kept at the current level): the sync
-//!   of the main file is the commit point, so it must always come. Durability is
-//!   the server's job, so a sync costs the client nothing.
+//! - `synchronous=off` is refused (the level stays as it was), answering
+//!   SQLite's default level as `PRAGMA synchronous` prints it: the sync of the
+//!   main file is the commit point, so it must always come. Durability is the
+//!   server's job, so a sync costs the client nothing. Other levels pass through.
 //! - `pagewire_version`: the version this connection reads (after a commit: the
 //!   version it committed); `pagewire_min_version=N`: later read transactions
-//!   wait for at least version N (read-your-writes on a replica);
+//!   wait for at least version N (read-your-writes on a replica), answering N;
 //!   `pagewire_stats`: RPC counters.
 //!   `pagewire_read_lease`: the read lease and the newest version heard on Watch.
 //!
@@ -33,16 +39,23 @@ pub fn handle(file: &mut MainFile, name: &str, arg: Option<&str>) -> Result<Opti
             }
             None => Err(PragmaErr::NotFound),
         },
-        ("synchronous", Some(arg)) if synchronous_is_off(arg) => {
-            tracing::info!(db = %file.db.name(), "synchronous=OFF refused: the sync is pagewire's commit point");
-            Ok(None)
-        }
+        ("synchronous", Some(arg)) => match synchronous_level(arg) {
+            0 => {
+                tracing::info!(db = %file.db.name(), "synchronous=OFF refused: the sync is pagewire's commit point");
+                // The level in force, as `PRAGMA synchronous` prints it.
+                Ok(Some(file.synchronous.to_string()))
+            }
+            level => {
+                file.synchronous = level;
+                Err(PragmaErr::NotFound)
+            }
+        },
         ("pagewire_version", None) => Ok(Some(file.view().version.to_string())),
         ("pagewire_min_version", None) => Ok(Some(file.min_version.to_string())),
         ("pagewire_min_version", Some(arg)) => match arg.trim().parse::<u64>() {
             Ok(v) => {
                 file.min_version = v;
-                Ok(None)
+                Ok(Some(v.to_string()))
             }
             Err(_) => Err(PragmaErr::Fail(
                 sqlite_plugin::vars::SQLITE_ERROR,
@@ -66,17 +79,25 @@ fn journal_mode(arg: &str) -> Option<&'static str> {
     JOURNAL_MODES.into_iter().find(|m| m.starts_with(&arg))
 }
 
-/// SQLite's getSafetyLevel: keywords, or a number n meaning level (n+1) & 7
-/// (0 -> 1), where level 1 is OFF.
-fn synchronous_is_off(arg: &str) -> bool {
+/// The level `PRAGMA synchronous=arg` sets, as `PRAGMA synchronous` prints it (0 OFF,
+/// 1 NORMAL, 2 FULL, 3 EXTRA), parsed as SQLite does (pragma.c, getSafetyLevel): a
+/// number n, or a keyword's value (unknown words are NORMAL's 1), then level (n+1) & 7,
+/// where 0 becomes 1, printed minus one.
+fn synchronous_level(arg: &str) -> u8 {
     let a = arg.to_ascii_lowercase();
-    if a.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+    let value: i64 = if a.as_bytes().first().is_some_and(u8::is_ascii_digit) {
         let digits: String = a.chars().take_while(char::is_ascii_digit).collect();
-        let n: i64 = digits.parse::<i32>().map_or(0, i64::from);
-        let level = (n + 1) & 7;
-        return level == 0 || level == 1;
-    }
-    matches!(a.as_str(), "off" | "no" | "false")
+        digits.parse::<i32>().map_or(0, i64::from)
+    } else {
+        match a.as_str() {
+            "off" | "no" | "false" => 0,
+            "extra" => 3,
+            "full" => 2,
+            _ => 1,
+        }
+    };
+    let level = ((value + 1) & 7).max(1);
+    (level - 1) as u8
 }
 
 #[cfg(test)]
@@ -96,12 +117,12 @@ mod tests {
     }
 
     #[test]
-    fn synchronous_off_spellings() {
+    fn synchronous_levels_as_sqlite_parses_them() {
         for off in ["off", "OFF", "0", "no", "False", "8", "7", "00"] {
-            assert!(synchronous_is_off(off), "{off}");
+            assert_eq!(synchronous_level(off), 0, "{off}");
         }
-        for on in ["normal", "full", "extra", "1", "2", "3", "on", "yes", "true"] {
-            assert!(!synchronous_is_off(on), "{on}");
+        for (arg, level) in [("normal", 1), ("on", 1), ("yes", 1), ("true", 1), ("1", 1), ("full", 2), ("2", 2), ("extra", 3), ("3", 3)] {
+            assert_eq!(synchronous_level(arg), level, "{arg}");
         }
     }
 }

@@ -5,9 +5,10 @@
 //! chunks of a few MiB within the same transaction), hole markers when the file grew, the
 //! version row (its change list: the carried pages below the old end, and growth as
 //! `grown_from`, never enumerated), the commit id and the new newest state, and renews
-//! the lease. Durable once COMMIT returns (`synchronous_commit` stays on); a COMMIT
-//! without an answer is `Unavailable`, and a retry with the same commit id learns what
-//! happened.
+//! the lease. Durable once COMMIT returns: the transaction runs with `synchronous_commit`
+//! at least `on` (see [`DURABLE`]), whatever the role, database or server configure; a
+//! COMMIT without an answer is `Unavailable`, and a retry with the same commit id learns
+//! what happened.
 //!
 //! `precheck` makes the same checks (but `against_base`) in one statement when the
 //! commit's header arrives, so a commit that cannot apply is refused before its pages
@@ -27,13 +28,28 @@ use crate::sql::{self, Client, int};
 /// Page bytes per INSERT statement of a commit.
 const CHUNK_BYTES: usize = 8 << 20;
 
+/// Makes the commit transaction durable: `synchronous_commit = off` (set for the role,
+/// the database, the server or the session) becomes `on` for this transaction only, the
+/// equivalent of `SET LOCAL`. Every other value already waits for the local WAL flush
+/// (`local`, `remote_write`, `on`, `remote_apply`), and an operator who chose one of the
+/// stronger ones keeps it. Judged by the server in the transaction itself (no cached
+/// guess of the session's setting), and sent pipelined with the row lock, so it costs no
+/// round trip; the setting is read at COMMIT, so any point in the transaction will do.
+const DURABLE: &str = "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' \
+     THEN set_config('synchronous_commit', 'on', true) END";
+
 pub(crate) async fn commit(
     client: &mut Client,
     key: &DbKey,
     commit: Commit,
 ) -> StoreResult<CommitOutcome> {
     let tx = client.transaction().await.pg()?;
-    let row = db::get(&tx, key, Lock::NoKeyUpdate).await?;
+    // One round trip: a simple query needs no prepare, and tokio-postgres pipelines it
+    // with the row lock's statement.
+    let ((), row) = futures::try_join!(
+        async { tx.batch_execute(DURABLE).await.pg() },
+        db::get(&tx, key, Lock::NoKeyUpdate)
+    )?;
     // Both reads in one round trip (tokio-postgres pipelines concurrent queries);
     // the commit id is still judged first.
     let (done, lease) = futures::join!(
