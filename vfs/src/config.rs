@@ -1,6 +1,12 @@
 //! Client settings: environment variables parsed once at registration, then
 //! per-database overrides from URI parameters (`file:x.db?url=...&token=...`).
 //! A bad value is an error naming the variable or parameter, never a silent default.
+//!
+//! The token from the environment belongs to the environment's server: a URI whose
+//! `url=` names another server gets no token unless it gives its own `token=`
+//! ([`Config::with_uri_params`]). No token is ever printed: errors leave the value out,
+//! `Debug` shows `***`, and [`redact`] scrubs `token=` values and URL passwords from any
+//! text the VFS logs.
 
 use std::time::Duration;
 
@@ -13,7 +19,7 @@ enum Source {
     Uri,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// Server address, `http://host:port`.
     pub url: String,
@@ -91,6 +97,40 @@ const URI_KEYS: [&str; 12] = [
     "as_of_time",
 ];
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field named (no `..`), so a new one cannot be forgotten here.
+        let Config {
+            url,
+            token,
+            connect_timeout,
+            retry_timeout,
+            log,
+            lease_idle,
+            min_version,
+            min_version_timeout,
+            as_of,
+            cache_size,
+            preload,
+            consistency,
+        } = self;
+        f.debug_struct("Config")
+            .field("url", url)
+            .field("token", &token.as_ref().map(|_| "***"))
+            .field("connect_timeout", connect_timeout)
+            .field("retry_timeout", retry_timeout)
+            .field("log", log)
+            .field("lease_idle", lease_idle)
+            .field("min_version", min_version)
+            .field("min_version_timeout", min_version_timeout)
+            .field("as_of", as_of)
+            .field("cache_size", cache_size)
+            .field("preload", preload)
+            .field("consistency", consistency)
+            .finish()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -127,17 +167,33 @@ impl Config {
         Ok(c)
     }
 
-    /// Applies URI parameters (pairs as SQLite stores them after the file name).
-    /// Parameters this VFS does not own (`vfs`, `mode`, `cache`, ...) are left to SQLite.
+    /// Applies URI parameters (pairs as SQLite stores them after the file name) to the
+    /// settings from the environment (`self`). Parameters this VFS does not own (`vfs`,
+    /// `mode`, `cache`, ...) are left to SQLite.
+    ///
+    /// The environment's token (`PAGEWIRE_TOKEN`) goes only to the environment's server
+    /// (`PAGEWIRE_URL`): when `url=` names another server ([`same_server`]), the database
+    /// is opened with the URI's own `token=`, or with none. So a filename (an `ATTACH`
+    /// in a query, say) cannot send the process's token to a host it chose.
     pub fn with_uri_params<'a>(
         &self,
         params: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, VfsError> {
         let mut c = self.clone();
+        let mut own_token = false;
         for (k, v) in params {
             if URI_KEYS.contains(&k) {
                 c.set(k, v, Source::Uri)?;
+                own_token |= k == "token";
             }
+        }
+        if !own_token && c.token.is_some() && !same_server(&c.url, &self.url) {
+            tracing::debug!(
+                url = %c.url,
+                "not sending PAGEWIRE_TOKEN: it is for {}; give this server's own token= in the URI",
+                self.url
+            );
+            c.token = None;
         }
         if c.as_of.is_some() && c.min_version > 0 {
             return Err(VfsError::Config("as_of_* and min_version= cannot be combined".into()));
@@ -150,7 +206,9 @@ impl Config {
             Source::Env => format!("PAGEWIRE_{}", key.to_ascii_uppercase()),
             Source::Uri => format!("URI parameter {key}="),
         };
-        let bad = |why: String| VfsError::Config(format!("{name}: {why} (got {value:?})"));
+        // Never echo a token; other values may hold one too (a URL with a query).
+        let shown = if key == "token" { String::new() } else { format!(" (got {:?})", redact(value)) };
+        let bad = |why: String| VfsError::Config(format!("{name}: {why}{shown}"));
         match key {
             "url" => self.url = parse_url(value).map_err(bad)?,
             "token" if value.is_empty() => return Err(bad("must not be empty".into())),
@@ -189,7 +247,86 @@ fn parse_url(v: &str) -> Result<String, String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("missing host".into());
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("a user or password in the URL is not supported; give the token as token= or PAGEWIRE_TOKEN".into());
+    }
+    if uri.query().is_some() {
+        return Err("the server URL takes no query (?...); give the token as token= or PAGEWIRE_TOKEN".into());
+    }
     Ok(v.trim_end_matches('/').to_owned())
+}
+
+/// Whether two server URLs (as [`parse_url`] accepted them) name the same server:
+/// same scheme, host (ASCII case-insensitive) and port (the scheme's default when
+/// none is given). Textually different names of one host (`localhost`, `127.0.0.1`)
+/// count as different servers: the token then stays home, the safe side.
+pub fn same_server(a: &str, b: &str) -> bool {
+    fn origin(url: &str) -> Option<(String, String, u16)> {
+        let uri: tonic::transport::Uri = url.parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let port = match (uri.port_u16(), scheme.as_str()) {
+            (Some(p), _) => p,
+            (None, "http") => 80,
+            (None, "https") => 443,
+            (None, _) => return None,
+        };
+        let host = uri.host()?.trim_end_matches('.').to_ascii_lowercase();
+        Some((scheme, host, port))
+    }
+    match (origin(a), origin(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `text` with every `token=` value (URI parameters) and URL password replaced by
+/// `***`, for anything the VFS logs or reports: a filename or URL in a message may
+/// carry one.
+pub fn redact(text: &str) -> String {
+    const KEY: &str = "token=";
+    let ends_value = |c: char| matches!(c, '&' | '"' | '\'' | '\\' | '#' | ')' | ']' | '>' | ',' | ';') || c.is_whitespace();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = find_ascii_ci(rest, KEY) {
+        let (head, tail) = rest.split_at(at + KEY.len());
+        out.push_str(head);
+        let end = tail.find(ends_value).unwrap_or(tail.len());
+        if end > 0 {
+            out.push_str("***");
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    redact_passwords(&out)
+}
+
+/// The byte offset of `needle` (ASCII, lower case) in `hay`, ignoring ASCII case.
+fn find_ascii_ci(hay: &str, needle: &str) -> Option<usize> {
+    let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
+    hay.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// `scheme://user:password@host` -> `scheme://user:***@host`, everywhere in `text`.
+fn redact_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail.find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace());
+        let authority = &tail[..authority_end.unwrap_or(tail.len())];
+        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
+            Some((colon, at)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+                rest = &tail[authority.len()..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Bytes: `65536`, `64KiB`, `64MiB`, `1GiB` (also KB/MB/GB, same powers of 1024).
@@ -288,6 +425,59 @@ mod tests {
         assert_eq!(c.consistency, Consistency::Snapshot);
         let err = base.with_uri_params([("token", "a b")]).expect_err("space").to_string();
         assert!(err.contains("token="), "{err}");
+    }
+
+    #[test]
+    fn the_env_token_stays_with_the_env_server() {
+        let base = env(&[("PAGEWIRE_URL", "http://db1:7878"), ("PAGEWIRE_TOKEN", "env-secret")]).expect("valid");
+        let token = |params: &[(&str, &str)]| base.with_uri_params(params.iter().copied()).expect("valid").token;
+        assert_eq!(token(&[]).as_deref(), Some("env-secret"));
+        for same in ["http://db1:7878", "http://DB1:7878/", "HTTP://db1:7878", "http://db1.:7878"] {
+            assert_eq!(token(&[("url", same)]).as_deref(), Some("env-secret"), "{same}");
+        }
+        for other in ["http://elsewhere:7878", "http://db1:7879", "http://db1", "http://10.0.0.1:7878", "http://db1.evil:7878"] {
+            assert_eq!(token(&[("url", other)]), None, "{other}");
+            assert_eq!(token(&[("url", other), ("token", "own")]).as_deref(), Some("own"), "{other}");
+            assert_eq!(token(&[("token", "own"), ("url", other)]).as_deref(), Some("own"), "{other}");
+        }
+        // The default server is the environment's server when PAGEWIRE_URL is unset.
+        let default = env(&[("PAGEWIRE_TOKEN", "t")]).expect("valid");
+        let keep = default.with_uri_params([("url", "http://127.0.0.1:7878")]).expect("valid");
+        assert_eq!(keep.token.as_deref(), Some("t"));
+        let drop = default.with_uri_params([("url", "http://localhost:7878")]).expect("valid");
+        assert_eq!(drop.token, None, "another name is another server");
+        assert!(same_server("http://[::1]:80", "http://[::1]"));
+        assert!(!same_server("http://a:1", "not a url"));
+    }
+
+    #[test]
+    fn tokens_never_appear_in_errors_or_debug() {
+        let err = Config::default().with_uri_params([("token", "s3cret value")]).expect_err("space").to_string();
+        assert!(err.contains("token=") && !err.contains("s3cret"), "{err}");
+        let err = env(&[("PAGEWIRE_TOKEN", "s3cret\tx")]).expect_err("tab").to_string();
+        assert!(err.contains("PAGEWIRE_TOKEN") && !err.contains("s3cret"), "{err}");
+        for url in ["http://h:1/?token=s3cret", "http://u:s3cret@h:1"] {
+            let err = Config::default().with_uri_params([("url", url)]).expect_err(url).to_string();
+            assert!(err.contains("url=") && !err.contains("s3cret"), "{err}");
+        }
+        let c = Config::default().with_uri_params([("token", "s3cret")]).expect("valid");
+        let debug = format!("{c:?}");
+        assert!(debug.contains("token: Some(\"***\")") && !debug.contains("s3cret"), "{debug}");
+    }
+
+    #[test]
+    fn redaction() {
+        for (text, want) in [
+            ("cannot open \"file:x?url=http://h:1&token=abc&mode=ro\"", "cannot open \"file:x?url=http://h:1&token=***&mode=ro\""),
+            ("file:x?TOKEN=abc", "file:x?TOKEN=***"),
+            ("a token=abc b", "a token=*** b"),
+            ("token=", "token="),
+            ("postgres://u:pw@h/db and http://v:pw2@g:1", "postgres://u:***@h/db and http://v:***@g:1"),
+            ("http://h:1/x@y and ordinary text", "http://h:1/x@y and ordinary text"),
+            ("über token=ü€ ok", "über token=*** ok"),
+        ] {
+            assert_eq!(redact(text), want, "{text}");
+        }
     }
 
     #[test]

@@ -55,6 +55,8 @@ static SQLITE_LOG: OnceLock<SqliteLogger> = OnceLock::new();
 /// Reports an error on stderr (through tracing, filtered by `PAGEWIRE_LOG`) and
 /// to SQLite's error log (`sqlite3_log`).
 pub(crate) fn log_error(msg: &str) {
+    // A filename or URL in a message may carry a token.
+    let msg = &config::redact(msg);
     tracing::warn!("pagewire: {msg}");
     if let Some(log) = SQLITE_LOG.get() {
         // sqlite3_log truncates long lines; NULs would make CString fail.

@@ -187,6 +187,15 @@ fn normalize_name(path: &str) -> Result<String, VfsError> {
     if name.is_empty() {
         return Err(VfsError::BadName(format!("{path:?} names no database")));
     }
+    // A URI filename SQLite did not parse (URI processing off): its parameters, a
+    // token among them, would become part of the name, and reach the server's logs.
+    if name.starts_with("file:") && name.contains('?') {
+        return Err(VfsError::BadName(
+            "the name is a URI filename (file:...?...) that SQLite did not parse as one: \
+             open it with SQLITE_OPEN_URI (Python: uri=True)"
+                .into(),
+        ));
+    }
     if name.len() > MAX_NAME_BYTES || name.contains('\u{FFFD}') {
         return Err(VfsError::BadName(format!(
             "names are valid UTF-8 of at most {MAX_NAME_BYTES} bytes (got {} bytes)",

@@ -21,6 +21,8 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "pagewire-server", version)]
 struct Flags {
     /// Address to listen on (port 0: any free port; the line on stdout tells which).
+    /// An address other than loopback (127.0.0.0/8, ::1) needs --tokens, or
+    /// --insecure-no-auth.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
     /// Where pages are kept: `memory` (lost when the server stops) or
@@ -35,6 +37,10 @@ struct Flags {
     /// `default` with admin rights (development mode).
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// Serve a non-loopback --listen address without --tokens: anyone who can reach
+    /// the port is an admin of every database. For a trusted network only.
+    #[arg(long, conflicts_with = "tokens")]
+    insecure_no_auth: bool,
     /// History retention: every version committed within this window stays readable
     /// (time travel, lagging replicas); older versions are collected unless a reader
     /// pins them (e.g. 1h, 7days; 0s keeps only the newest and pinned versions).
@@ -102,7 +108,40 @@ fn redact(spec: &str) -> String {
     }
 }
 
+/// Loopback only: 127.0.0.0/8, ::1 (and ::ffff:127.x.y.z, the same over IPv6).
+fn is_loopback(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// Refuses to serve a non-loopback address without tokens (every caller would be an
+/// admin of tenant `default`), unless `--insecure-no-auth` says so.
+fn check_exposure(flags: &Flags) -> anyhow::Result<()> {
+    if flags.tokens.is_some() || is_loopback(&flags.listen) {
+        return Ok(());
+    }
+    if flags.insecure_no_auth {
+        tracing::warn!(
+            listen = %flags.listen,
+            "--insecure-no-auth: serving without authentication; anyone who reaches this port \
+             can read, change and delete every database"
+        );
+        return Ok(());
+    }
+    bail!(
+        "refusing to listen on {} without --tokens: that address is not loopback \
+         (127.0.0.0/8 or ::1), and without a tokens file every caller is an admin of every \
+         database. Give --tokens FILE (a TOML file of [[token]] entries: token, tenant, \
+         admin; see README, \"Running the server\"), listen on 127.0.0.1, or pass \
+         --insecure-no-auth to serve it unauthenticated anyway",
+        flags.listen
+    )
+}
+
 fn config(flags: &Flags) -> anyhow::Result<ServerConfig> {
+    check_exposure(flags)?;
     let tokens = flags.tokens.as_deref().map(TokenMap::load).transpose()?;
     let config = ServerConfig {
         lease_ttl: flags.lease_ttl,
@@ -203,6 +242,29 @@ mod tests {
         assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("memory"), "memory");
+    }
+
+    #[test]
+    fn only_loopback_is_loopback() {
+        for ok in ["127.0.0.1:1", "127.1.2.3:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            assert!(is_loopback(&ok.parse().expect(ok)), "{ok}");
+        }
+        for public in ["0.0.0.0:1", "10.0.0.1:1", "[::]:1", "[::ffff:10.0.0.1]:1", "[fe80::1]:1"] {
+            assert!(!is_loopback(&public.parse().expect(public)), "{public}");
+        }
+    }
+
+    #[test]
+    fn public_listen_needs_tokens_or_the_insecure_flag() {
+        let parse = |args: &[&str]| Flags::try_parse_from([&["pagewire-server"], args].concat());
+        let check = |args: &[&str]| check_exposure(&parse(args).expect("flags")).map_err(|e| e.to_string());
+        let e = check(&["--listen", "0.0.0.0:7878"]).expect_err("refused");
+        assert!(e.contains("--tokens") && e.contains("--insecure-no-auth") && e.contains("0.0.0.0:7878"), "{e}");
+        assert!(check(&["--listen", "0.0.0.0:7878", "--tokens", "t.toml"]).is_ok());
+        assert!(check(&["--listen", "0.0.0.0:7878", "--insecure-no-auth"]).is_ok());
+        assert!(check(&["--listen", "127.0.0.1:7878"]).is_ok());
+        assert!(check(&[]).is_ok(), "the default is loopback");
+        assert!(parse(&["--tokens", "t.toml", "--insecure-no-auth"]).is_err(), "contradictory");
     }
 
     #[tokio::test]

@@ -93,7 +93,8 @@ impl TokenMap {
 
     /// Parses the TOML text of a tokens file.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let file: TokensFile = toml::from_str(text).map_err(|e| format!("bad TOML: {e}"))?;
+        let file: TokensFile =
+            toml::from_str(text).map_err(|e| format!("bad TOML: {}", toml_error(text, &e)))?;
         let mut map = TokenMap::default();
         for (i, entry) in file.token.into_iter().enumerate() {
             let n = i + 1;
@@ -132,6 +133,35 @@ impl TokenMap {
 
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
+    }
+}
+
+/// A TOML error without any of the file's text: toml's own message quotes the line and
+/// the value it choked on, which may be a token (the server prints this at start-up).
+/// Kept: the line and column, and what was wrong ("invalid type: string, expected a
+/// boolean").
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message();
+    let message = match ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|p| message.strip_prefix(p).map(|rest| (p, rest)))
+    {
+        // "invalid type: string \"s3cret\", expected a boolean": keep the kind only.
+        Some((prefix, rest)) => {
+            let kind = rest.split([' ', '`', '"', ',']).next().unwrap_or_default();
+            let expected = rest.rfind(", expected").map_or("", |at| &rest[at..]);
+            format!("{prefix}{kind}{expected}")
+        }
+        None => message.to_owned(),
+    };
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
@@ -273,6 +303,29 @@ mod tests {
         for (text, want) in bad {
             let err = TokenMap::parse(text).err().unwrap_or_default();
             assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn errors_never_quote_a_token() {
+        let bad = [
+            ("[[token]]\ntoken = \"SECRET1\" tenant = \"a\"\n", "line 2, column 19"),
+            ("[[token]]\ntoken = \"SECRET2\ntenant = \"a\"\n", "line 2"),
+            ("[[token]]\ntoken = 12345\ntenant = \"a\"\n", "invalid type: integer, expected a string"),
+            (
+                "[[token]]\ntoken = \"SECRET4\"\ntenant = \"a\"\nadmin = \"SECRET4\"\n",
+                "line 4, column 9: invalid type: string, expected a boolean",
+            ),
+            ("[[token]]\ntoken = 'SECRET5'\ntenant = \"a\"\nadmn = true\n", "unknown field `admn`"),
+            (
+                "[[token]]\ntoken = \"SECRET6\"\ntenant = \"a\"\n[[token]]\ntoken = \"SECRET6\"\ntenant = \"b\"\n",
+                "duplicate token",
+            ),
+        ];
+        for (text, want) in bad {
+            let err = TokenMap::parse(text).err().unwrap_or_default();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(!err.contains("SECRET") && !err.contains("12345"), "{err}");
         }
     }
 

@@ -40,6 +40,22 @@ pub fn db_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The name of a database about to be created: a [`db_name`] without control
+/// characters (`char::is_control`: U+0000..=U+001F, U+007F..=U+009F), which would let a
+/// name forge log lines or garble a terminal. Only creating checks this: a database
+/// created before this rule keeps its name, and stays listable, readable and deletable.
+pub fn new_db_name(name: &str) -> Result<()> {
+    db_name(name)?;
+    if let Some((at, c)) = name.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(invalid(format!(
+            "database name contains the control character U+{:04X} at byte {at}: \
+             new names may not contain control characters",
+            u32::from(c)
+        )));
+    }
+    Ok(())
+}
+
 /// A page size: a power of two in 512..=65536.
 pub fn page_size(page_size: u32) -> Result<()> {
     if !page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {

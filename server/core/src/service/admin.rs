@@ -1,11 +1,18 @@
-//! The control plane: list, create, delete and describe the caller's databases. The
-//! Admin interceptor has already refused callers without admin rights.
+//! The control plane: list, create, delete and describe the caller's databases, and the
+//! caller's metrics. The Admin interceptor has already refused callers without admin
+//! rights.
+//!
+//! Creating a database is the one place a new name appears, so it is also where the
+//! rules for new names ([`validate::new_db_name`]) apply: [`create`] here and
+//! [`open_or_create`] for `Open` with `create`.
 
 use pagewire_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Context;
 use crate::auth;
+use crate::store::{DbKey, DbState, StoreError, StoreResult};
+use crate::validate;
 
 #[tracing::instrument(skip_all)]
 pub async fn list(
@@ -24,6 +31,7 @@ pub async fn create(
     request: Request<pb::CreateDatabaseRequest>,
 ) -> Result<Response<pb::DatabaseInfo>, Status> {
     let key = cx.key(&request, &request.get_ref().name)?;
+    validate::new_db_name(&key.name)?;
     let info = cx.store.create(&key).await?;
     tracing::info!(tenant = %key.tenant, "created database");
     Ok(Response::new(info.into()))
@@ -48,4 +56,30 @@ pub async fn info(
 ) -> Result<Response<pb::DatabaseInfo>, Status> {
     let key = cx.key(&request, &request.get_ref().name)?;
     Ok(Response::new(cx.store.info(&key).await?.into()))
+}
+
+/// Opens `key`, creating it when `create` is set and it does not exist yet; returns its
+/// state and whether this call created it. A name is checked as a new one
+/// ([`validate::new_db_name`]) only when it would be created, so a database whose name
+/// predates those rules still opens (with or without `create`).
+pub async fn open_or_create(cx: &Context, key: &DbKey, create: bool) -> StoreResult<(DbState, bool)> {
+    if create {
+        match cx.store.open(key, false).await {
+            Err(StoreError::NotFound(_)) => validate::new_db_name(&key.name)?,
+            found => return found,
+        }
+    }
+    // Created meanwhile by someone else: then this opens it (`created` is false).
+    cx.store.open(key, create).await
+}
+
+/// The caller's tenant's counters (read leases held, watchers, commits, invalidation
+/// waits): a tenant never sees another's activity. Without a tokens file every caller
+/// is the one tenant `default`, so it sees everything.
+pub async fn metrics(
+    cx: &Context,
+    request: Request<pb::GetMetricsRequest>,
+) -> Result<Response<pb::Metrics>, Status> {
+    let tenant = auth::tenant_of(&request)?;
+    Ok(Response::new(cx.hub.metrics_proto(&tenant.name)))
 }

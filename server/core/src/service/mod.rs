@@ -133,8 +133,8 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn get_metrics(
         &self,
-        _request: Request<pb::GetMetricsRequest>,
+        request: Request<pb::GetMetricsRequest>,
     ) -> Reply<pb::Metrics> {
-        Ok(Response::new(self.context.hub.metrics_proto()))
+        admin::metrics(&self.context, request).await
     }
 }

@@ -15,7 +15,7 @@ pub async fn open(
     let open = request.into_inner();
     // A read-only open (a replica) never creates.
     let create = open.create && !open.read_only;
-    let (state, created) = cx.store.open(&key, create).await?;
+    let (state, created) = super::admin::open_or_create(cx, &key, create).await?;
     if created {
         tracing::info!(tenant = %key.tenant, "created database");
     }

@@ -34,6 +34,30 @@ fn database_names() {
 }
 
 #[test]
+fn new_names_have_no_control_characters() {
+    for ok in ["a", "acme/orders.db", "é ü 日本", "tab-free name", "x\u{a0}y"] {
+        assert!(new_db_name(ok).is_ok(), "{ok:?}");
+    }
+    for (bad, code) in [
+        ("a\nb", "U+000A"),
+        ("line\r\n2026-01-01T00:00:00Z INFO forged", "U+000D"),
+        ("\tx", "U+0009"),
+        ("x\u{1b}[31m", "U+001B"),
+        ("del\u{7f}", "U+007F"),
+        ("c1\u{85}", "U+0085"),
+        ("c1\u{9f}", "U+009F"),
+    ] {
+        let m = msg(new_db_name(bad));
+        assert!(m.contains(code) && m.contains("control character"), "{bad:?}: {m}");
+        // Existing databases keep such names: every other call accepts them.
+        assert!(db_name(bad).is_ok(), "{bad:?}");
+    }
+    // The plain name checks come first.
+    assert!(msg(new_db_name("")).contains("empty"));
+    assert!(msg(new_db_name("a\0b")).contains("NUL"));
+}
+
+#[test]
 fn page_sizes() {
     for ok in [512, 1024, 4096, 32768, 65536] {
         assert!(page_size(ok).is_ok(), "{ok}");

@@ -1,9 +1,13 @@
-//! Server-wide counters of the watch hub, served by `Admin.GetMetrics`.
+//! Counters of the watch hub, per tenant, served by `Admin.GetMetrics` to that tenant
+//! only (one tenant must not see another's activity).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pagewire_proto::v1 as pb;
+use parking_lot::Mutex;
 
 /// Bucket upper bounds (µs) of the invalidation-wait histogram; one more bucket holds
 /// everything above the last.
@@ -39,13 +43,38 @@ impl Histogram {
     }
 }
 
+/// One tenant's counters.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub struct TenantMetrics {
     /// Open Watch streams.
     pub watchers: AtomicU64,
     /// Commits that went through a round.
     pub commits: AtomicU64,
     pub invalidation_wait: Histogram,
+}
+
+/// Every tenant's counters. An entry is made when a tenant first watches or commits
+/// and kept: tenants are only those of the tokens file (or `default` without one), so
+/// the map never holds more than that.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    tenants: Mutex<HashMap<String, Arc<TenantMetrics>>>,
+}
+
+impl Metrics {
+    /// `tenant`'s counters, made on first use.
+    pub fn tenant(&self, tenant: &str) -> Arc<TenantMetrics> {
+        let mut tenants = self.tenants.lock();
+        if let Some(m) = tenants.get(tenant) {
+            return m.clone();
+        }
+        tenants.entry(tenant.to_owned()).or_default().clone()
+    }
+
+    /// `tenant`'s counters, if it ever watched or committed.
+    pub fn get(&self, tenant: &str) -> Option<Arc<TenantMetrics>> {
+        self.tenants.lock().get(tenant).cloned()
+    }
 }
 
 #[cfg(test)]
@@ -64,5 +93,15 @@ mod tests {
         assert_eq!(p.counts[1], 1);
         assert_eq!(p.counts[p.bounds_us.len()], 1, "5 s overflows");
         assert_eq!((p.count, p.sum_us), (3, 5_000_101));
+    }
+
+    #[test]
+    fn tenants_count_apart() {
+        let m = Metrics::default();
+        m.tenant("a").commits.fetch_add(2, Ordering::Relaxed);
+        m.tenant("b").commits.fetch_add(1, Ordering::Relaxed);
+        m.tenant("a").commits.fetch_add(1, Ordering::Relaxed);
+        let commits = |t: &str| m.get(t).map(|t| t.commits.load(Ordering::Relaxed));
+        assert_eq!((commits("a"), commits("b"), commits("c")), (Some(3), Some(1), None));
     }
 }

@@ -265,7 +265,7 @@ impl Hub {
         };
         watcher.send(pb::watch_event::Event::Started(started));
         s.watchers.insert(id, watcher);
-        self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tenant(&key.tenant).watchers.fetch_add(1, Ordering::Relaxed);
         Ok((id, rx))
     }
 
@@ -331,7 +331,7 @@ impl Hub {
     /// out: the client may not know yet.
     pub fn disconnect(self: &Arc<Self>, key: &DbKey, id: u64) {
         let Some(db) = self.dbs.lock().get(key).cloned() else { return };
-        self.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.tenant(&key.tenant).watchers.fetch_sub(1, Ordering::Relaxed);
         let ghost_until = {
             let mut s = db.state.lock();
             let now = Instant::now();
@@ -401,7 +401,17 @@ impl Hub {
 
     /// Unexpired read leases over all databases (ghosts included).
     pub fn read_leases_held(&self) -> u64 {
-        let dbs: Vec<_> = self.dbs.lock().values().cloned().collect();
+        self.read_leases_held_where(|_| true)
+    }
+
+    /// Unexpired read leases over the databases of `tenant` (ghosts included).
+    pub fn tenant_read_leases_held(&self, tenant: &str) -> u64 {
+        self.read_leases_held_where(|key| key.tenant == tenant)
+    }
+
+    fn read_leases_held_where(&self, mut select: impl FnMut(&DbKey) -> bool) -> u64 {
+        let dbs: Vec<_> =
+            self.dbs.lock().iter().filter(|(key, _)| select(key)).map(|(_, db)| db.clone()).collect();
         let now = Instant::now();
         let held = dbs.iter().map(|db| {
             db.state.lock().watchers.values().filter(|w| w.lease_valid(now)).count() as u64
@@ -409,12 +419,14 @@ impl Hub {
         held.sum()
     }
 
-    pub fn metrics_proto(&self) -> pb::Metrics {
+    /// `tenant`'s metrics, for `Admin.GetMetrics`: only its own databases' activity.
+    pub fn metrics_proto(&self, tenant: &str) -> pb::Metrics {
+        let m = self.metrics.get(tenant).unwrap_or_default();
         pb::Metrics {
-            read_leases_held: self.read_leases_held(),
-            watchers: self.metrics.watchers.load(Ordering::Relaxed),
-            commits: self.metrics.commits.load(Ordering::Relaxed),
-            invalidation_wait: Some(self.metrics.invalidation_wait.to_proto()),
+            read_leases_held: self.tenant_read_leases_held(tenant),
+            watchers: m.watchers.load(Ordering::Relaxed),
+            commits: m.commits.load(Ordering::Relaxed),
+            invalidation_wait: Some(m.invalidation_wait.to_proto()),
         }
     }
 }

@@ -64,8 +64,9 @@ impl Hub {
             }
         };
         tokio::join!(wait_for_acks(w, round), pin);
-        self.metrics.invalidation_wait.record(waited.elapsed());
-        self.metrics.commits.fetch_add(1, Ordering::Relaxed);
+        let metrics = self.metrics.tenant(&key.tenant);
+        metrics.invalidation_wait.record(waited.elapsed());
+        metrics.commits.fetch_add(1, Ordering::Relaxed);
         let written: Vec<u32> = commit.pages.iter().map(|(no, _)| *no).collect();
         let contents = small_commit_pages(&commit);
         let (page_size, page_count) = (commit.page_size, commit.page_count);
