@@ -107,14 +107,17 @@ pub struct Metered {
     meter: Meter,
     framing: Framing,
     idle: Duration,
-    /// Runs while a message is under way (and before the first one).
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// While a message is under way (and before the first one): when it is due.
+    due: Option<Instant>,
+    /// The timer for `due`, made only when the body has to wait (most requests
+    /// arrive whole at once and never need one).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Metered {
     pub fn new(inner: Body, meter: Meter, idle: Duration) -> Self {
-        let deadline = Some(Box::pin(tokio::time::sleep(idle)));
-        Self { inner, meter, framing: Framing::default(), idle, deadline }
+        let due = Some(Instant::now() + idle);
+        Self { inner, meter, framing: Framing::default(), idle, due, timer: None }
     }
 
     fn take(&mut self, data: &[u8]) -> Result<(), Status> {
@@ -122,12 +125,19 @@ impl Metered {
         let meter = &self.meter;
         self.framing.feed(data, |declared| meter.begin(declared))?;
         if self.framing.resting() {
-            self.deadline = None;
-        } else if was_resting || self.deadline.is_none() {
+            (self.due, self.timer) = (None, None);
+        } else if was_resting || self.due.is_none() {
             // A new message began: it has the idle timeout to arrive whole.
-            self.deadline = Some(Box::pin(tokio::time::sleep_until(Instant::now() + self.idle)));
+            (self.due, self.timer) = (Some(Instant::now() + self.idle), None);
         }
         Ok(())
+    }
+
+    /// Ready once the message under way is overdue.
+    fn poll_overdue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(due) = self.due else { return Poll::Pending };
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        timer.as_mut().poll(cx)
     }
 
     fn timed_out(&self) -> Status {
@@ -153,12 +163,12 @@ impl HttpBody for Metered {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => {
-                    this.deadline = None;
+            Poll::Pending => match this.poll_overdue(cx) {
+                Poll::Ready(()) => {
+                    (this.due, this.timer) = (None, None);
                     Poll::Ready(Some(Err(this.timed_out())))
                 }
-                _ => Poll::Pending,
+                Poll::Pending => Poll::Pending,
             },
             other => other,
         }
