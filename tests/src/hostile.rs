@@ -243,7 +243,7 @@ pub struct PythonTenant {
     started: Instant,
 }
 
-pub const PYTHON: &str = "/usr/bin/python3";
+pub use crate::PYTHON;
 
 impl PythonTenant {
     /// Runs `script` (`python3 -c`) with `env` plus `HOSTILE_STOP` (the stop file's path

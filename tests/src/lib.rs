@@ -305,6 +305,19 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Debian's Python, whose `sqlite3` module can load extensions.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// [`PYTHON`], or None (skip) where it is missing outside CI (where it must be there).
+pub fn python() -> Option<&'static str> {
+    if std::path::Path::new(PYTHON).exists() {
+        return Some(PYTHON);
+    }
+    assert!(!in_ci(), "{PYTHON} is missing; CI must have it");
+    eprintln!("SKIPPED: {PYTHON} not found");
+    None
+}
+
 /// True on a CI machine, where tests that need something must fail, not skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")

@@ -5,9 +5,7 @@
 
 use std::process::Command;
 
-use pagewire_tests::{Server, in_ci, vfs_library};
-
-const PYTHON: &str = "/usr/bin/python3";
+use pagewire_tests::{Server, python, vfs_library};
 
 const SCRIPT: &str = r#"
 import os, sqlite3, sys, time
@@ -71,14 +69,10 @@ print("ok")
 
 #[test]
 fn a_forked_child_refuses_inherited_connections_on_every_path() {
-    if !std::path::Path::new(PYTHON).exists() {
-        assert!(!in_ci(), "{PYTHON} is missing; CI must have it");
-        eprintln!("SKIPPED: {PYTHON} not found");
-        return;
-    }
+    let Some(python) = python() else { return };
     let server = Server::start().expect("server");
     let lib = vfs_library().expect("VFS library");
-    let out = Command::new(PYTHON)
+    let out = Command::new(python)
         .args(["-c", SCRIPT])
         .arg(&lib)
         .env("PAGEWIRE_URL", &server.url)

@@ -10,20 +10,9 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use pagewire_tests::{Server, in_ci, vfs_library};
+use pagewire_tests::{Server, in_ci, python, vfs_library};
 
-const PYTHON: &str = "/usr/bin/python3";
 const SHELL: &str = "/usr/bin/sqlite3";
-
-/// Python, or None (skip) where it is missing outside CI.
-fn python() -> Option<&'static str> {
-    if std::path::Path::new(PYTHON).exists() {
-        return Some(PYTHON);
-    }
-    assert!(!in_ci(), "{PYTHON} is missing; CI must have it");
-    eprintln!("SKIPPED: {PYTHON} not found");
-    None
-}
 
 /// Loads the VFS (argv[1]: the library) into the process, making it the default.
 const LOAD: &str = r#"

@@ -156,17 +156,12 @@ fn read_replica_demo_from_the_readme() {
 
 #[test]
 fn python_example_runs_against_a_server() {
-    const PYTHON: &str = "/usr/bin/python3";
-    if !std::path::Path::new(PYTHON).exists() {
-        assert!(!in_ci(), "{PYTHON} is missing; CI must have it");
-        eprintln!("SKIPPED: {PYTHON} not found");
-        return;
-    }
+    let Some(python) = pagewire_tests::python() else { return };
     let server = Server::start().expect("server");
     let lib = vfs_library().expect("VFS library");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python_client.py");
     for round in 1..=2 {
-        let out = Command::new(PYTHON)
+        let out = Command::new(python)
             .arg(&script)
             .arg(&lib)
             .env("PAGEWIRE_URL", &server.url)
