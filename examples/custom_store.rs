@@ -15,8 +15,8 @@
 //! ```text
 //! <root>/
 //!   db-1/            one directory per database (tenant and name are inside meta.toml)
-//!     meta.toml      versions (page size, page count, commit time, pages changed and
-//!                    where the file grew),
+//!     meta.toml      the incarnation, versions (page size, page count, commit time,
+//!                    tag, pages changed and where the file grew),
 //!                    the write lease, recent commit ids
 //!     v1.pages       the pages version 1 wrote
 //!     v2.pages       ...
@@ -36,7 +36,14 @@
 //!   one that follows tokio's paused clock in tests (that is how the timed conformance
 //!   tests run in no real time). Epochs come from a counter that only grows.
 //! - **Commit-id deduplication.** The last [`COMMIT_IDS_KEPT`] commit ids are in
-//!   `meta.toml`, checked before anything else, so a retry learns its first outcome.
+//!   `meta.toml`, checked before anything but the incarnation, so a retry learns its first
+//!   outcome.
+//! - **Identity.** Each database has an incarnation, chosen at random when it is created
+//!   (a deleted and re-created one gets a new one), and each version a random tag chosen
+//!   when it is committed; both are in `meta.toml`, so they survive a restart, and a copy
+//!   of the directory restored from a backup keeps the ones it holds. A commit (and its
+//!   precheck) naming another incarnation, or another tag for its base version, is refused
+//!   (`Replaced`). Files written before identity existed get both at the next start.
 //! - **History and GC.** Reads at a version take each page's newest write at or before it.
 //!   GC keeps the newest version, the retention window and pinned versions, and removes
 //!   page writes none of those read (rewriting the `.pages` files that hold them). Reader
@@ -66,8 +73,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pagewire_server_core::store::clock::{Clock, check_after_first_commit, describe_unix_ms};
 use pagewire_server_core::store::{
-    BeginRead, ChangeWalk, Changes, Commit, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16,
-    Lease, PageRead, PageStore, PinTtl, ReadAt, ReadView, StoreError, StoreResult,
+    BeginRead, ChangeWalk, Changes, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState,
+    GcStats, Id16, Incarnation, Lease, NO_TAG, PageRead, PageStore, PinTtl, ReadAt, ReadView,
+    StoreError, StoreResult, VersionTag, random_id,
 };
 use pagewire_server_core::{ServerConfig, serve, validate};
 use parking_lot::Mutex;
@@ -106,6 +114,10 @@ const COMMIT_IDS_KEPT: usize = 1024;
 struct Meta {
     tenant: String,
     name: String,
+    /// Chosen at create. (Absent, read as [`ABSENT`], in files written before it existed:
+    /// [`Db::load`] then chooses one and rewrites the file.)
+    #[serde(default = "absent", with = "hex_id")]
+    incarnation: Incarnation,
     created_unix_ms: i64,
     /// When version 1 was committed (kept through GC, to tell "before the first commit"
     /// from "no longer retained").
@@ -146,6 +158,10 @@ struct VersionMeta {
     page_size: u32,
     page_count: u32,
     committed_unix_ms: i64,
+    /// Chosen at commit ([`NO_TAG`] for version 0). (Absent, read as [`ABSENT`], in files
+    /// written before it existed: [`Db::load`] then chooses them.)
+    #[serde(default = "absent", with = "hex_id")]
+    tag: VersionTag,
     /// Still readable (false once GC collected it; the entry stays for change lists while
     /// an older version is kept).
     retained: bool,
@@ -158,11 +174,20 @@ struct VersionMeta {
     grown_from: Option<u32>,
 }
 
+/// What an id missing from an older `meta.toml` reads as: 16 zero bytes, which
+/// [`random_id`] never chooses (but with probability 2^-128).
+const ABSENT: Id16 = [0; 16];
+
+fn absent() -> Id16 {
+    ABSENT
+}
+
 impl Meta {
     fn new(key: &DbKey, now: i64) -> Self {
         Self {
             tenant: key.tenant.clone(),
             name: key.name.clone(),
+            incarnation: random_id(),
             created_unix_ms: now,
             first_commit_unix_ms: None,
             gc_retention_ms: None,
@@ -174,6 +199,7 @@ impl Meta {
                 page_size: 0,
                 page_count: 0,
                 committed_unix_ms: now,
+                tag: NO_TAG,
                 retained: true,
                 changed: Vec::new(),
                 grown_from: None,
@@ -194,13 +220,37 @@ impl Meta {
         &self.versions[self.versions.len() - 1]
     }
 
+    /// Gives what a file written before identity existed lacks (see [`ABSENT`]): an
+    /// incarnation, and a tag for every version but 0. Whether anything changed.
+    fn fill_identity(&mut self) -> bool {
+        let mut changed = false;
+        if self.incarnation == ABSENT {
+            self.incarnation = random_id();
+            changed = true;
+        }
+        for (version, meta) in (self.oldest..).zip(&mut self.versions) {
+            if version > 0 && meta.tag == ABSENT {
+                meta.tag = random_id();
+                changed = true;
+            }
+        }
+        changed
+    }
+
     fn state(&self) -> DbState {
         let newest = self.newest();
         DbState {
             version: self.current(),
             page_size: newest.page_size,
             page_count: newest.page_count,
+            incarnation: self.incarnation,
+            tag: newest.tag,
         }
+    }
+
+    /// The tag of `version` while its metadata is kept.
+    fn tag_of(&self, version: u64) -> Option<VersionTag> {
+        self.version(version).map(|m| m.tag)
     }
 
     /// A readable version's state and metadata, or `OutOfRange` saying why not.
@@ -213,11 +263,12 @@ impl Meta {
         }
         match self.version(version) {
             Some(meta) if meta.retained => {
-                let (page_size, page_count) = (meta.page_size, meta.page_count);
                 let state = DbState {
                     version,
-                    page_size,
-                    page_count,
+                    page_size: meta.page_size,
+                    page_count: meta.page_count,
+                    incarnation: self.incarnation,
+                    tag: meta.tag,
                 };
                 Ok((state, meta))
             }
@@ -474,7 +525,9 @@ impl Db {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             read => read.with_context(|| meta_path.display().to_string())?,
         };
-        let meta: Meta = toml::from_str(&text).with_context(|| meta_path.display().to_string())?;
+        let mut meta: Meta =
+            toml::from_str(&text).with_context(|| meta_path.display().to_string())?;
+        let upgraded = meta.fill_identity();
         let mut files = BTreeMap::new();
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
@@ -500,6 +553,11 @@ impl Db {
         };
         for (version, file) in files {
             db.add_file(version, file);
+        }
+        if upgraded {
+            // Before any client can learn them: the same ids after every later restart.
+            db.publish(db.meta.clone())
+                .with_context(|| format!("adding identity to {}", meta_path.display()))?;
         }
         Ok(Some(db))
     }
@@ -630,6 +688,7 @@ impl Db {
             state,
             changes,
             committed_unix_ms,
+            seen_tag: self.meta.tag_of(read.seen_version),
         })
     }
 
@@ -652,6 +711,7 @@ impl Db {
             made.extend(pin.ttl, now);
         }
         Ok(PageRead {
+            state,
             page_size: state.page_size,
             pages,
         })
@@ -694,28 +754,38 @@ impl Db {
         Ok(Bytes::from(data))
     }
 
-    fn commit(&mut self, mut commit: Commit, now: i64) -> StoreResult<CommitOutcome> {
-        // The checks, in the trait's order; the commit id first, so that a retry after
-        // the lease lapsed still learns that its commit applied.
-        if let Some(done) = self
-            .meta
-            .commit_ids
-            .iter()
-            .find(|c| c.id == commit.commit_id)
-        {
-            return Ok(CommitOutcome {
+    /// The checks of a commit that need only its header, in the trait's order: the
+    /// incarnation; then the commit id (`Some` outcome when it applied), so that a retry
+    /// after the lease lapsed still learns that its commit applied; the lease; the base
+    /// version and its tag. Also [`PageStore::precheck`].
+    fn check(&self, h: &CommitHeader, now: i64) -> StoreResult<Option<CommitOutcome>> {
+        let (meta, name) = (&self.meta, &self.meta.name);
+        h.identity.check_incarnation(name, &meta.incarnation)?;
+        if let Some(done) = meta.commit_ids.iter().find(|c| c.id == h.commit_id) {
+            return Ok(Some(CommitOutcome {
                 version: done.version,
                 already_applied: true,
-            });
+                incarnation: meta.incarnation,
+                tag: meta.tag_of(done.version),
+            }));
         }
-        self.meta.check_lease(commit.lease_id, commit.epoch, now)?;
-        let base = self.meta.state();
-        if commit.base_version != base.version {
+        meta.check_lease(h.lease_id, h.epoch, now)?;
+        let current = meta.state();
+        if h.base_version != current.version {
             return Err(StoreError::VersionConflict {
-                base: commit.base_version,
-                current: base.version,
+                base: h.base_version,
+                current: current.version,
             });
         }
+        h.identity.check_state(name, &current)?;
+        Ok(None)
+    }
+
+    fn commit(&mut self, mut commit: Commit, now: i64) -> StoreResult<CommitOutcome> {
+        if let Some(done) = self.check(&commit.header(), now)? {
+            return Ok(done);
+        }
+        let base = self.meta.state();
         validate::against_base(&commit, &base)?;
 
         // 1. The pages go to a new file, which nothing reads until meta.toml names it.
@@ -754,10 +824,12 @@ impl Db {
             commit.page_count,
         );
         let committed_unix_ms = now.max(meta.newest().committed_unix_ms); // never backwards
+        let tag = random_id();
         meta.versions.push(VersionMeta {
             page_size: commit.page_size,
             page_count: commit.page_count,
             committed_unix_ms,
+            tag,
             retained: true,
             changed: changed.pages,
             grown_from: changed.from,
@@ -784,6 +856,8 @@ impl Db {
         Ok(CommitOutcome {
             version,
             already_applied: false,
+            incarnation: self.meta.incarnation,
+            tag: Some(tag),
         })
     }
 
@@ -1080,6 +1154,14 @@ impl PageStore for DirStore {
         self.with_db(key, |db, now| db.read(version, page_nos, pin, now))
     }
 
+    async fn precheck(
+        &self,
+        key: &DbKey,
+        header: CommitHeader,
+    ) -> StoreResult<Option<CommitOutcome>> {
+        self.with_db(key, |db, now| db.check(&header, now))
+    }
+
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {
         self.with_db(key, |db, now| db.commit(commit, now))
     }
@@ -1172,6 +1254,80 @@ mod tests {
         Ok(())
     }
 
+    /// A directory written before identity existed (no incarnation, no version tags in
+    /// meta.toml) gets them at the next start, written to meta.toml: the same after every
+    /// later restart, and commits naming them apply.
+    #[tokio::test(start_paused = true)]
+    async fn old_meta_files_get_an_identity() -> anyhow::Result<()> {
+        let (dir, store) = fixture().expect("fixture");
+        let k = DbKey::new("t", "old.db");
+        store.open(&k, true).await?;
+        let lease = store
+            .acquire_lease(&k, "w", Duration::from_secs(60))
+            .await?;
+        for base in 0..2 {
+            let c = conformance::commit(&lease, base, 4096, 1, &[(1, base as u8)]);
+            store.commit(&k, c).await?;
+        }
+        drop(store);
+        let path = dir.path().join("db-1/meta.toml");
+        let text = fs::read_to_string(&path)?;
+        let old: String = text
+            .lines()
+            .filter(|l| !l.starts_with("incarnation =") && !l.starts_with("tag ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(text.lines().count() - old.lines().count(), 4, "{text}");
+        fs::write(&path, old)?;
+
+        let store = DirStore::open(dir.path(), Clock::tokio())?;
+        let state = store.open(&k, false).await?.0;
+        assert!(
+            state.incarnation != ABSENT && state.tag != NO_TAG,
+            "{state:?}"
+        );
+        let tags = seen_tags(&store, &k).await?;
+        assert_eq!(
+            (tags[0], tags[2], tags[3]),
+            (Some(NO_TAG), Some(state.tag), None)
+        );
+        assert!(
+            tags[1].is_some_and(|t| t != NO_TAG && Some(t) != tags[2]),
+            "{tags:?}"
+        );
+        assert!(fs::read_to_string(&path)?.contains("incarnation ="));
+
+        drop(store);
+        let store = DirStore::open(dir.path(), Clock::tokio())?;
+        assert_eq!(store.open(&k, false).await?.0, state);
+        assert_eq!(seen_tags(&store, &k).await?, tags);
+        let identity = pagewire_server_core::store::Identity {
+            incarnation: Some(state.incarnation),
+            version: Some((2, state.tag)),
+        };
+        let next = Commit {
+            identity,
+            ..conformance::commit(&lease, 2, 4096, 1, &[(1, 9)])
+        };
+        assert_eq!(store.precheck(&k, next.header()).await?, None);
+        let done = store.commit(&k, next).await?;
+        assert_eq!((done.version, done.incarnation), (3, state.incarnation));
+        Ok(())
+    }
+
+    /// The `seen_tag` of BeginReads that saw versions 0 to 3.
+    async fn seen_tags(store: &DirStore, k: &DbKey) -> StoreResult<Vec<Option<VersionTag>>> {
+        let mut tags = Vec::new();
+        for seen_version in 0..=3 {
+            let read = BeginRead {
+                seen_version,
+                ..conformance::newest(0)
+            };
+            tags.push(store.begin_read(k, read).await?.seen_tag);
+        }
+        Ok(tags)
+    }
+
     /// A commit that grows the file to four billion pages costs what its pages cost: the
     /// growth is a range in meta.toml, in the change list, and in the zero-page scan.
     #[tokio::test(start_paused = true)]
@@ -1240,6 +1396,7 @@ mod tests {
                 at: ReadAt::Version(version),
                 pin: NO_PIN,
                 max_changes: 0,
+                seen_version: 0,
             };
             images.push(match store.begin_read(k, at).await {
                 Ok(view) => {

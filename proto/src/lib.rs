@@ -10,3 +10,19 @@ pub mod v1 {
     /// Encoded descriptors of pagewire.v1, for tonic-reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pagewire_descriptor");
 }
+
+/// Protocol revisions within pagewire.v1, so each side can tell an older peer: 1 the
+/// first; 2 growth ranges (`changed_from`); 3 database incarnations and version tags.
+pub const PROTOCOL_REVISION: u32 = 3;
+
+/// The oldest client revision a server of this build serves (0: clients that send no
+/// revision, which keep working without the checks that need one).
+pub const MIN_CLIENT_PROTOCOL: u32 = 0;
+
+/// Capabilities a server announces in `OpenResponse.capabilities`.
+pub mod capability {
+    /// Incarnations and version tags (calls that carry them are checked).
+    pub const INCARNATIONS: &str = "incarnations";
+    /// Growth sent as `changed_from` ranges to clients that ask.
+    pub const RANGES: &str = "ranges";
+}

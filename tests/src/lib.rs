@@ -81,6 +81,16 @@ impl Server {
     /// `wrapper... <server binary> --listen 127.0.0.1:0 args...`. An empty wrapper runs
     /// the server directly.
     pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(wrapper, "127.0.0.1:0", args)
+    }
+
+    /// [`Server::start_with`] listening on `listen` (to start a server again on the port
+    /// an earlier one had).
+    pub fn start_at(listen: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(&[], listen, args)
+    }
+
+    fn spawn(wrapper: &[&str], listen: &str, args: &[&str]) -> anyhow::Result<Self> {
         let server = server_binary()?;
         let mut command = match wrapper.split_first() {
             None => Command::new(&server),
@@ -91,7 +101,7 @@ impl Server {
             }
         };
         let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
@@ -321,4 +331,111 @@ pub fn python() -> Option<&'static str> {
 /// True on a CI machine, where tests that need something must fail, not skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A TCP proxy in front of a server that is a slow link which keeps moving: it
+/// forwards at most `bytes_per_sec` in each direction (reading only as fast as it
+/// forwards, so TCP backpressure reaches the sender), and optionally goes silent for
+/// `pause` at the start of every `period` (both directions), like a flaky link whose
+/// stalls stay short. `freeze` holds every byte until `thaw`.
+pub struct ThrottleProxy {
+    pub url: String,
+    /// Client-to-server bytes forwarded so far.
+    upstream_bytes: Arc<AtomicU64>,
+    frozen: Arc<AtomicBool>,
+}
+
+/// How a [`ThrottleProxy`] shapes its traffic.
+#[derive(Clone, Copy, Debug)]
+pub struct Throttle {
+    pub bytes_per_sec: u64,
+    /// `(period, pause)`: silent for `pause` at the start of every `period`.
+    pub pauses: Option<(Duration, Duration)>,
+}
+
+impl ThrottleProxy {
+    pub fn start(upstream: &str, throttle: Throttle) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let upstream_bytes = Arc::new(AtomicU64::new(0));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let (up, counter, ice) = (upstream.to_owned(), upstream_bytes.clone(), frozen.clone());
+        let epoch = Instant::now();
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&up) else { continue };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                throttled_pipe(&client, &server, throttle, epoch, Some(counter.clone()), ice.clone());
+                throttled_pipe(&server, &client, throttle, epoch, None, ice.clone());
+            }
+        });
+        Ok(Self { url, upstream_bytes, frozen })
+    }
+
+    /// Holds every byte in both directions (connections stay open) until `thaw`.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    /// Client-to-server bytes forwarded so far.
+    pub fn upstream_bytes(&self) -> u64 {
+        self.upstream_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Forwards `from` to `to` at the throttle's rate, in chunks of at most 16 KiB, each
+/// sent when the rate allows (no catching up after a pause: a burst is one chunk).
+fn throttled_pipe(
+    from: &TcpStream,
+    to: &TcpStream,
+    throttle: Throttle,
+    epoch: Instant,
+    counter: Option<Arc<AtomicU64>>,
+    frozen: Arc<AtomicBool>,
+) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else { return };
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut next_send = Instant::now();
+        let rate = throttle.bytes_per_sec.max(1) as f64;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            loop {
+                let now = Instant::now();
+                if frozen.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                if let Some((period, pause)) = throttle.pauses {
+                    let into = Duration::from_nanos((now - epoch).as_nanos() as u64 % period.as_nanos().max(1) as u64);
+                    if into < pause {
+                        thread::sleep(pause - into);
+                        continue;
+                    }
+                }
+                if next_send > now {
+                    thread::sleep(next_send - now);
+                    continue;
+                }
+                break;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if let Some(c) = &counter {
+                c.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            next_send = next_send.max(Instant::now()) + Duration::from_secs_f64(n as f64 / rate);
+        }
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+    });
 }

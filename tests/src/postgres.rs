@@ -318,8 +318,8 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// `PAGEWIRE_PG_BIN`, the newest `/usr/lib/postgresql/<n>/bin`, or the directory of
-/// `initdb` on `PATH`.
-fn find_bin_dir() -> anyhow::Result<PathBuf> {
+/// `initdb` on `PATH`: PostgreSQL's server binaries (`initdb`, `pg_dump`, ...).
+pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("PAGEWIRE_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }

@@ -769,6 +769,7 @@ async fn open(pages: &mut PagesClient<Channel>, name: &str) -> pb::OpenResponse 
         name: name.into(),
         create: true,
         read_only: false,
+        ..Default::default()
     };
     pages
         .open(authed(request, A_TOKEN))
@@ -783,6 +784,7 @@ async fn open_for_writing(pages: &mut PagesClient<Channel>, name: &str) -> (Db, 
     let request = pb::AcquireLeaseRequest {
         name: name.into(),
         client_id: "hostile tenant A".into(),
+        ..Default::default()
     };
     let lease = pages
         .acquire_lease(authed(request, A_TOKEN))
@@ -809,6 +811,7 @@ fn header(db: &Db, base_version: u64, page_count: u32) -> pb::CommitRequest {
             commit_id: Bytes::from(rand::random::<[u8; 16]>().to_vec()),
             page_size: PAGE as u32,
             page_count,
+            ..Default::default()
         })),
     }
 }
@@ -1106,6 +1109,7 @@ async fn after_growth(
         name: a.tiny.name.clone(),
         version: new,
         page_nos: vec![count, count - 1],
+        ..Default::default()
     };
     match a
         .bounded(read, limit, pages.read_pages(authed(request, A_TOKEN)))
@@ -1536,6 +1540,7 @@ async fn old_pin(a: Arc<Attack>) {
             name: a.pin.name.clone(),
             version: pinned,
             page_nos: vec![1],
+            ..Default::default()
         };
         match pages.read_pages(authed(request, A_TOKEN)).await {
             Ok(_) if started.elapsed() > deadline => {

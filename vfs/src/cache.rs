@@ -209,7 +209,7 @@ mod tests {
     }
 
     fn at(version: u64) -> DbState {
-        DbState { version, page_size: 4, page_count: 10 }
+        DbState { version, page_size: 4, page_count: 10, ..Default::default() }
     }
 
     #[test]
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn growth_ranges_drop_every_page_past_the_mark() {
         let mut c = PageCache::new(1 << 20);
-        let sized = |version, page_count| DbState { version, page_size: 4, page_count };
+        let sized = |version, page_count| DbState { version, page_size: 4, page_count, ..Default::default() };
         c.advance(0, sized(1, 6), None);
         for p in 1..=6 {
             c.insert(sized(1, 6), p, Bytes::from_static(b"abcd"));

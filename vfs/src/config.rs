@@ -28,8 +28,15 @@ pub struct Config {
     /// How long to wait for a TCP connection to the server.
     pub connect_timeout: Duration,
     /// How long to keep retrying a call whose outcome is unknown (lost reply,
-    /// server restarting) before giving up with an I/O error.
+    /// server restarting) before giving up with an I/O error: a retry starts only
+    /// within this time from the call's start.
     pub retry_timeout: Duration,
+    /// Deadline of one attempt of a call (see `client.rs`): a unary call must be
+    /// answered within it (ReadPages plus time for its answer's bytes), a Commit stream
+    /// must take a message at least this often and be answered within it (plus time
+    /// for its bytes) once sent whole. A call whose second attempt also times out
+    /// fails, whatever is left of `retry_timeout`.
+    pub call_timeout: Duration,
     /// Filter for the VFS's own log lines on stderr (tracing syntax).
     pub log: String,
     /// Give the write lease back after this long without writing.
@@ -69,12 +76,13 @@ pub enum AsOf {
 }
 
 /// Settings read from `PAGEWIRE_<KEY>` environment variables.
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 11] = [
     "consistency",
     "url",
     "token",
     "connect_timeout",
     "retry_timeout",
+    "call_timeout",
     "lease_idle",
     "min_version_timeout",
     "cache_size",
@@ -82,7 +90,7 @@ const ENV_KEYS: [&str; 10] = [
     "log",
 ];
 /// Settings a URI parameter may set for one database.
-const URI_KEYS: [&str; 12] = [
+const URI_KEYS: [&str; 13] = [
     "consistency",
     "cache_size",
     "preload",
@@ -90,6 +98,7 @@ const URI_KEYS: [&str; 12] = [
     "token",
     "connect_timeout",
     "retry_timeout",
+    "call_timeout",
     "lease_idle",
     "min_version_timeout",
     "min_version",
@@ -105,6 +114,7 @@ impl std::fmt::Debug for Config {
             token,
             connect_timeout,
             retry_timeout,
+            call_timeout,
             log,
             lease_idle,
             min_version,
@@ -119,6 +129,7 @@ impl std::fmt::Debug for Config {
             .field("token", &token.as_ref().map(|_| "***"))
             .field("connect_timeout", connect_timeout)
             .field("retry_timeout", retry_timeout)
+            .field("call_timeout", call_timeout)
             .field("log", log)
             .field("lease_idle", lease_idle)
             .field("min_version", min_version)
@@ -138,6 +149,7 @@ impl Default for Config {
             token: None,
             connect_timeout: Duration::from_secs(3),
             retry_timeout: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(5),
             log: "warn".into(),
             lease_idle: Duration::from_secs(5),
             min_version: 0,
@@ -218,6 +230,7 @@ impl Config {
             "token" => self.token = Some(value.to_owned()),
             "connect_timeout" => self.connect_timeout = parse_duration(value).map_err(bad)?,
             "retry_timeout" => self.retry_timeout = parse_duration(value).map_err(bad)?,
+            "call_timeout" => self.call_timeout = parse_duration(value).map_err(bad)?,
             "log" => self.log = value.to_owned(),
             "cache_size" => self.cache_size = parse_size(value).map_err(bad)?,
             "preload" => self.preload = parse_size(value).map_err(bad)?,
@@ -406,11 +419,39 @@ mod tests {
             ("PAGEWIRE_TOKEN", ""),
             ("PAGEWIRE_CONNECT_TIMEOUT", "soon"),
             ("PAGEWIRE_RETRY_TIMEOUT", "0s"),
+            ("PAGEWIRE_CALL_TIMEOUT", "0s"),
             ("PAGEWIRE_CONSISTENCY", "eventual"),
         ] {
             let err = env(&[(var, val)]).expect_err(var).to_string();
             assert!(err.contains(var), "{err} should name {var}");
         }
+    }
+
+    #[test]
+    fn call_timeout_from_env_and_uri() {
+        assert_eq!(Config::default().call_timeout, Duration::from_secs(5));
+        let c = env(&[("PAGEWIRE_CALL_TIMEOUT", "2s")]).expect("valid");
+        assert_eq!(c.call_timeout, Duration::from_secs(2));
+        assert_eq!(c.retry_timeout, Duration::from_secs(30), "the retry budget is its own setting");
+        let c = env(&[("PAGEWIRE_CALL_TIMEOUT", "1500ms")]).expect("valid");
+        assert_eq!(c.call_timeout, Duration::from_millis(1500));
+        let c = env(&[("PAGEWIRE_CALL_TIMEOUT", "1m 30s")]).expect("valid");
+        assert_eq!(c.call_timeout, Duration::from_secs(90));
+        // The URI parameter overrides the environment, for that database only.
+        let base = env(&[("PAGEWIRE_CALL_TIMEOUT", "2s")]).expect("valid");
+        let c = base.with_uri_params([("call_timeout", "250ms")]).expect("valid");
+        assert_eq!(c.call_timeout, Duration::from_millis(250));
+        assert_eq!(base.with_uri_params([]).expect("valid").call_timeout, Duration::from_secs(2));
+        for bad in ["0s", "0", "0ms", "soon", "-1s", "", "5 parsecs"] {
+            let err = env(&[("PAGEWIRE_CALL_TIMEOUT", bad)]).expect_err(bad).to_string();
+            assert!(err.contains("PAGEWIRE_CALL_TIMEOUT"), "{bad:?}: {err}");
+            let err = Config::default().with_uri_params([("call_timeout", bad)]).expect_err(bad).to_string();
+            assert!(err.contains("call_timeout="), "{bad:?}: {err}");
+        }
+        let err = env(&[("PAGEWIRE_CALL_TIMEOUT", "0s")]).expect_err("zero").to_string();
+        assert!(err.contains("greater than zero"), "{err}");
+        let debug = format!("{:?}", Config::default());
+        assert!(debug.contains("call_timeout: 5s"), "{debug}");
     }
 
     #[test]

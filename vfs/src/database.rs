@@ -31,25 +31,44 @@ use crate::{
     watch::{self, WatchView},
 };
 
-/// A database at one version.
+/// A database's incarnation, or a version's tag: 16 bytes the server chose (see
+/// "Identity" in `pagewire.proto`). A version number alone never names pages.
+pub type Id16 = [u8; 16];
+
+/// A database at one version, with the tag that names that version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DbState {
     pub version: u64,
     pub page_size: u32,
     pub page_count: u32,
+    pub tag: Id16,
 }
 
 impl DbState {
     pub fn file_size(&self) -> u64 {
         self.page_size as u64 * self.page_count as u64
     }
+
+    /// A state the server sent, checked (it is trusted no further than that) and with
+    /// its incarnation: a page size SQLite can have (0 only while empty), a page count
+    /// within SQLite's, 16-byte ids.
+    pub fn from_wire(s: Option<&pb::DbState>) -> Result<(Self, Id16), VfsError> {
+        let s = s.ok_or_else(|| bad_reply("a reply without the database's state"))?;
+        let sized = s.page_size == 0 || (s.page_size.is_power_of_two() && (512..=65536).contains(&s.page_size));
+        if !sized || (s.page_size == 0) != (s.page_count == 0) || s.page_count == u32::MAX {
+            return Err(bad_reply(&format!("page size {} and count {}", s.page_size, s.page_count)));
+        }
+        let id = |what: &str, b: &[u8]| -> Result<Id16, VfsError> {
+            b.try_into().map_err(|_| bad_reply(&format!("{what} of {} bytes", b.len())))
+        };
+        let state = Self { version: s.version, page_size: s.page_size, page_count: s.page_count, tag: id("a version tag", &s.tag)? };
+        Ok((state, id("an incarnation", &s.incarnation)?))
+    }
 }
 
-impl From<Option<pb::DbState>> for DbState {
-    fn from(s: Option<pb::DbState>) -> Self {
-        let s = s.unwrap_or_default();
-        Self { version: s.version, page_size: s.page_size, page_count: s.page_count }
-    }
+/// The server sent something this client cannot use.
+fn bad_reply(what: &str) -> VfsError {
+    VfsError::Internal(format!("the server sent {what}; is it a pagewire server of a compatible version?"))
 }
 
 /// What identifies a database to this process.
@@ -90,10 +109,13 @@ struct Lease {
 }
 
 impl Lease {
-    fn from_response(r: &pb::LeaseResponse, asked_at: Instant) -> Self {
+    fn from_response(r: &pb::LeaseResponse, asked_at: Instant) -> Result<Self, VfsError> {
+        if r.lease_id.len() != 16 {
+            return Err(bad_reply(&format!("a lease id of {} bytes", r.lease_id.len())));
+        }
         // A server's word is not trusted to overflow our clock arithmetic.
         let ttl = Duration::from_millis(r.ttl_ms.min(24 * 3600 * 1000));
-        Self { id: r.lease_id.clone(), epoch: r.epoch, ttl, valid_until: Self::deadline(asked_at, ttl) }
+        Ok(Self { id: r.lease_id.clone(), epoch: r.epoch, ttl, valid_until: Self::deadline(asked_at, ttl) })
     }
 
     fn deadline(asked_at: Instant, ttl: Duration) -> Instant {
@@ -113,11 +135,19 @@ pub fn lease_deadline(asked_at: Instant, ttl: Duration) -> Instant {
 }
 
 /// One ReadPages call, its answer checked: one page of `at`'s page size per page asked.
-async fn read_chunk(client: Client, name: String, at: DbState, pages: Vec<u32>) -> Result<Vec<Bytes>, VfsError> {
+/// The request names the incarnation and `at`'s tag, so the server never answers with
+/// another database's pages.
+async fn read_chunk(client: Client, name: String, incarnation: Id16, at: DbState, pages: Vec<u32>) -> Result<Vec<Bytes>, VfsError> {
     let asked = pages.len();
-    let req = pb::ReadPagesRequest { name, version: at.version, page_nos: pages };
+    let req = pb::ReadPagesRequest {
+        name,
+        version: at.version,
+        page_nos: pages,
+        incarnation: Bytes::copy_from_slice(&incarnation),
+        tag: Bytes::copy_from_slice(&at.tag),
+    };
     let resp = client.read_pages(req).await?;
-    if resp.pages.len() != asked || resp.pages.iter().any(|d| d.len() != at.page_size as usize) {
+    if resp.page_size != at.page_size || resp.pages.len() != asked || resp.pages.iter().any(|d| d.len() != at.page_size as usize) {
         return Err(VfsError::Internal(format!(
             "server sent {} pages for {asked} asked, or pages of the wrong size",
             resp.pages.len()
@@ -129,6 +159,9 @@ async fn read_chunk(client: Client, name: String, at: DbState, pages: Vec<u32>) 
 struct Shared {
     /// Newest committed state this process knows of.
     committed: DbState,
+    /// Set once the database is known to be replaced (deleted, created again, restored):
+    /// every call of every connection fails with it until they reopen.
+    replaced: Option<String>,
     lease: Option<Lease>,
     cache: PageCache,
     /// Last time a connection took RESERVED or committed: the lease is given
@@ -138,8 +171,29 @@ struct Shared {
     watch: WatchView,
 }
 
+impl Shared {
+    /// Marks the database replaced (the first reason stays) and forgets everything
+    /// believed about it: cached pages, the write lease (not given back: the server
+    /// that holds it is another database's), the Watch stream and read lease.
+    fn void(&mut self, name: &str, why: &str) -> VfsError {
+        let why = self
+            .replaced
+            .get_or_insert_with(|| {
+                tracing::warn!(db = %name, "{why}");
+                why.to_owned()
+            })
+            .clone();
+        self.lease = None;
+        self.cache.reset();
+        self.watch.void();
+        VfsError::Replaced(why)
+    }
+}
+
 pub struct Database {
     pub key: DbKey,
+    /// The incarnation opened: every state learned later must be of it.
+    incarnation: Id16,
     rt: Arc<Rt>,
     pub client: Client,
     pub settings: ServerSettings,
@@ -158,17 +212,26 @@ pub struct Database {
 const ROUND_WAIT: Duration = Duration::from_millis(5);
 
 impl Database {
-    pub fn new(key: DbKey, rt: Arc<Rt>, client: Client, open: &pb::OpenResponse, cache_bytes: usize, lease_idle: Duration) -> Self {
-        let committed = DbState::from(open.state);
+    /// `open`'s state, already checked (see [`DbState::from_wire`]).
+    pub fn new(key: DbKey, rt: Arc<Rt>, client: Client, open: &pb::OpenResponse, opened: (DbState, Id16), cache_bytes: usize, lease_idle: Duration) -> Self {
+        let (committed, incarnation) = opened;
         Self {
             client_id: format!("{}:{}", hostname(), std::process::id()),
             key,
+            incarnation,
             rt,
             client,
             settings: ServerSettings::from_open(open),
             lease_idle,
             locks: Mutex::default(),
-            state: Mutex::new(Shared { committed, lease: None, cache: PageCache::new(cache_bytes), last_write: Instant::now(), watch: WatchView::default() }),
+            state: Mutex::new(Shared {
+                committed,
+                replaced: None,
+                lease: None,
+                cache: PageCache::new(cache_bytes),
+                last_write: Instant::now(),
+                watch: WatchView::default(),
+            }),
             connections: AtomicUsize::new(0),
             round_end: Condvar::new(),
         }
@@ -195,11 +258,63 @@ impl Database {
         self.state.lock().committed
     }
 
-    /// Learns of a committed state (from Open, BeginRead, a lease grant).
-    fn observe(&self, s: &mut Shared, state: DbState) {
-        if state.version > s.committed.version {
+    pub fn incarnation(&self) -> Id16 {
+        self.incarnation
+    }
+
+    /// The error every call gets once the database is known to be replaced.
+    pub fn check_replaced(&self) -> Result<(), VfsError> {
+        match &self.state.lock().replaced {
+            Some(why) => Err(VfsError::Replaced(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_replaced(&self) -> bool {
+        self.state.lock().replaced.is_some()
+    }
+
+    /// The database this process opened is gone (deleted, created again, restored):
+    /// drops every cached page, the leases and the Watch stream, and fails every later
+    /// call with `why`.
+    pub fn mark_replaced(&self, why: &str) -> VfsError {
+        self.state.lock().void(&self.key.name, why)
+    }
+
+    /// An error from a call that named this incarnation: NOT_FOUND means the database
+    /// it named is gone, which marks it replaced.
+    fn gone(&self, e: VfsError) -> VfsError {
+        match &e {
+            VfsError::Status(st) if st.code() == Code::NotFound => self.mark_replaced(st.message()),
+            _ => e,
+        }
+    }
+
+    /// Learns of a committed state the server sent. `newest`: the server says nothing
+    /// newer exists (BeginRead of the newest version, a lease grant) than this version,
+    /// the newest seen here when the call was sent; a version below it means history
+    /// went back. (One seen since, from the Watch stream, may be newer: the reply can
+    /// have been decided before that commit.) Refuses (and marks the database
+    /// replaced) a state of another incarnation, an older newest, or a known version
+    /// with another tag.
+    fn learn(&self, s: &mut Shared, wire: Option<&pb::DbState>, newest: Option<u64>) -> Result<DbState, VfsError> {
+        let (state, incarnation) = DbState::from_wire(wire)?;
+        let seen = s.committed;
+        let why = if incarnation != self.incarnation {
+            Some("it was deleted and created again (or restored from a backup) since this connection opened it".to_owned())
+        } else if state.version == seen.version && state.tag != seen.tag {
+            Some(format!("its version {} is not the one this connection saw (restored from a backup?)", seen.version))
+        } else {
+            let went_back = newest.filter(|asked| state.version < *asked);
+            went_back.map(|asked| format!("its newest version is {} but this connection saw {asked} (restored from a backup?)", state.version))
+        };
+        if let Some(why) = why {
+            return Err(s.void(&self.key.name, &format!("database '{}' was replaced: {why}; reopen it", self.key.name)));
+        }
+        if state.version > seen.version {
             s.committed = state;
         }
+        Ok(state)
     }
 
     /// A read-only transaction of a connection ended (see `WatchView::read_txn_ended`).
@@ -212,10 +327,18 @@ impl Database {
         self.round_end.notify_all();
     }
 
-    /// Learns of a committed state from the Watch stream.
-    pub fn observe_committed(&self, state: DbState) {
+    /// A state the Watch stream sent, checked as [`Database::learn`] does (a stream
+    /// may lag a commit this process made, so an older version is not "newest").
+    pub fn learn_watched(&self, wire: Option<&pb::DbState>) -> Result<DbState, VfsError> {
         let mut s = self.state.lock();
-        self.observe(&mut s, state);
+        self.learn(&mut s, wire, None)
+    }
+
+    /// The Watch stream ended with `status`: NOT_FOUND means the database is gone.
+    pub fn watch_failed(&self, status: &tonic::Status) {
+        if status.code() == Code::NotFound {
+            self.mark_replaced(status.message());
+        }
     }
 
     /// Runs `f` on the watch state and the cache, under the state lock.
@@ -229,8 +352,11 @@ impl Database {
     /// current, that is the newest version; a read lease holder (see [`watch`]) knows
     /// the newest version from its Watch stream. Otherwise BeginRead asks the server.
     pub fn begin_read(self: &Arc<Self>, as_of: Option<AsOf>, consistency: Consistency) -> Result<DbState, VfsError> {
-        let cached = {
+        let (cached, seen) = {
             let mut s = self.state.lock();
+            if let Some(why) = &s.replaced {
+                return Err(VfsError::Replaced(why.clone()));
+            }
             if as_of.is_none() {
                 let sole_writer = s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version() == s.committed.version;
                 if sole_writer {
@@ -251,7 +377,7 @@ impl Database {
                     self.rt.spawn(watch::run(Arc::downgrade(self), self.key.name.clone(), self.lease_idle, signals));
                 }
             }
-            s.cache.version()
+            (s.cache.version(), s.committed)
         };
         let (at_version, at_unix_ms) = match as_of {
             Some(AsOf::Version(v)) => (v, 0),
@@ -264,11 +390,16 @@ impl Database {
             at_version,
             at_unix_ms,
             ranges: true,
+            incarnation: Bytes::copy_from_slice(&self.incarnation),
+            seen_version: seen.version,
+            seen_tag: Bytes::copy_from_slice(&seen.tag),
         };
-        let resp = self.rt.block_on(self.client.clone().begin_read(req))??;
-        let state = DbState::from(resp.state);
+        let resp = self.rt.block_on(self.client.clone().begin_read(req))?.map_err(|e| self.gone(e))?;
         let mut s = self.state.lock();
-        self.observe(&mut s, state);
+        let state = self.learn(&mut s, resp.state.as_ref(), as_of.is_none().then_some(seen.version))?;
+        if at_version != 0 && state.version != at_version {
+            return Err(bad_reply(&format!("version {} for a read as of version {at_version}", state.version)));
+        }
         if state.version >= s.cache.version() {
             let changed = (!resp.cache_invalid).then(|| Changed::new(&resp.changed_pages, resp.changed_from));
             s.cache.advance(cached, state, changed);
@@ -284,6 +415,9 @@ impl Database {
         let mut fetch: Vec<u32> = Vec::new();
         {
             let mut s = self.state.lock();
+            if let Some(why) = &s.replaced {
+                return Err(VfsError::Replaced(why.clone()));
+            }
             for p in pages {
                 let hit = s.cache.get(at, *p);
                 if hit.is_none() {
@@ -307,8 +441,8 @@ impl Database {
     fn fetch(&self, at: DbState, pages: &[u32]) -> Result<HashMap<u32, Bytes>, VfsError> {
         let mut fetched = HashMap::with_capacity(pages.len());
         for chunk in pages.chunks(self.settings.max_pages_per_read) {
-            let read = read_chunk(self.client.clone(), self.key.name.clone(), at, chunk.to_vec());
-            let data = self.rt.block_on(read)??;
+            let read = read_chunk(self.client.clone(), self.key.name.clone(), self.incarnation, at, chunk.to_vec());
+            let data = self.rt.block_on(read)?.map_err(|e| self.gone(e))?;
             let mut s = self.state.lock();
             for (p, d) in chunk.iter().zip(data) {
                 s.cache.insert(at, *p, d.clone());
@@ -323,8 +457,11 @@ impl Database {
     pub fn refetch(self: &Arc<Self>, at: DbState, pages: Vec<u32>) -> impl Future<Output = ()> + Send + 'static {
         let db = self.clone();
         async move {
-            let read = read_chunk(db.client.clone(), db.key.name.clone(), at, pages.clone());
-            let Ok(data) = read.await else { return };
+            let read = read_chunk(db.client.clone(), db.key.name.clone(), db.incarnation, at, pages.clone());
+            let data = match read.await {
+                Ok(data) => data,
+                Err(e) => return drop(db.gone(e)),
+            };
             let mut s = db.state.lock();
             for (p, d) in pages.iter().zip(data) {
                 s.cache.insert(at, *p, d);
@@ -352,20 +489,28 @@ impl Database {
     /// Makes sure this process holds the write lease; returns the newest
     /// committed state (a writer pinned to an older one must not write).
     pub fn ensure_lease(self: &Arc<Self>) -> Result<DbState, VfsError> {
-        let current = {
+        let (current, seen) = {
             let mut s = self.state.lock();
+            if let Some(why) = &s.replaced {
+                return Err(VfsError::Replaced(why.clone()));
+            }
             s.last_write = Instant::now();
             s.watch.wrote();
             match &s.lease {
                 Some(l) if l.valid() => return Ok(s.committed),
-                other => other.clone(),
+                other => (other.clone(), s.committed.version),
             }
         };
         let asked_at = Instant::now();
         let renewed = match current {
             Some(l) => {
-                let req = pb::RenewLeaseRequest { name: self.key.name.clone(), lease_id: l.id, epoch: l.epoch };
-                match self.rt.block_on(self.client.clone().renew_lease(req))? {
+                let req = pb::RenewLeaseRequest {
+                    name: self.key.name.clone(),
+                    lease_id: l.id,
+                    epoch: l.epoch,
+                    incarnation: Bytes::copy_from_slice(&self.incarnation),
+                };
+                match self.rt.block_on(self.client.clone().renew_lease(req))?.map_err(|e| self.gone(e)) {
                     Err(VfsError::Status(s)) if s.code() == Code::FailedPrecondition => None,
                     other => Some(other?),
                 }
@@ -375,8 +520,12 @@ impl Database {
         let resp = match renewed {
             Some(r) => r,
             None => {
-                let req = pb::AcquireLeaseRequest { name: self.key.name.clone(), client_id: self.client_id.clone() };
-                match self.rt.block_on(self.client.clone().acquire_lease(req))? {
+                let req = pb::AcquireLeaseRequest {
+                    name: self.key.name.clone(),
+                    client_id: self.client_id.clone(),
+                    incarnation: Bytes::copy_from_slice(&self.incarnation),
+                };
+                match self.rt.block_on(self.client.clone().acquire_lease(req))?.map_err(|e| self.gone(e)) {
                     Err(VfsError::Status(s)) if s.code() == Code::Aborted => {
                         return Err(VfsError::Busy(s.message().to_owned()));
                     }
@@ -384,14 +533,13 @@ impl Database {
                 }
             }
         };
-        let lease = Lease::from_response(&resp, asked_at);
-        let state = DbState::from(resp.state);
-        let new_epoch = {
+        let lease = Lease::from_response(&resp, asked_at)?;
+        let (state, new_epoch) = {
             let mut s = self.state.lock();
-            self.observe(&mut s, state);
+            let state = self.learn(&mut s, resp.state.as_ref(), Some(seen))?;
             let new_epoch = s.lease.as_ref().is_none_or(|l| l.epoch != lease.epoch);
             s.lease = Some(lease.clone());
-            new_epoch
+            (state, new_epoch)
         };
         if new_epoch {
             self.rt.spawn(heartbeat(Arc::downgrade(self), lease.epoch));
@@ -470,6 +618,7 @@ impl Database {
     /// Sends a transaction built on `base`. On success the cache and committed
     /// state move to the new version.
     pub fn commit(&self, base: DbState, page_size: u32, page_count: u32, pages: Vec<(u32, Bytes)>) -> Result<DbState, CommitError> {
+        self.check_replaced().map_err(CommitError::Definite)?;
         let Some(lease) = self.state.lock().lease.clone() else {
             return Err(CommitError::Definite(VfsError::Status(tonic::Status::failed_precondition(
                 "this connection does not hold the write lease",
@@ -483,6 +632,8 @@ impl Database {
             commit_id: Bytes::copy_from_slice(&rand::random::<[u8; 16]>()),
             page_size,
             page_count,
+            incarnation: Bytes::copy_from_slice(&self.incarnation),
+            base_tag: Bytes::copy_from_slice(&base.tag),
         };
         let chunk_bytes = (self.settings.max_message_bytes / 2).max(page_size as usize);
         let plan = Arc::new(CommitPlan { header, pages, chunk_bytes });
@@ -490,15 +641,31 @@ impl Database {
         let resp = self
             .rt
             .block_on(self.client.clone().commit(plan.clone()))
-            .map_err(CommitError::Unknown)??;
-        let state = DbState { version: resp.version, page_size, page_count };
+            .map_err(CommitError::Unknown)?
+            .map_err(|e| match e {
+                CommitError::Definite(e) => CommitError::Definite(self.gone(e)),
+                unknown => unknown,
+            })?;
+        // Only the lease holder commits, on the current version: the new one is the next.
+        let tag: Option<Id16> = resp.tag.as_ref().try_into().ok();
+        let (Some(tag), true) = (tag, resp.version == base.version + 1) else {
+            return Err(CommitError::Unknown(bad_reply(&format!(
+                "version {} (tag of {} bytes) for a commit on version {}",
+                resp.version,
+                resp.tag.len(),
+                base.version
+            ))));
+        };
+        let state = DbState { version: resp.version, page_size, page_count, tag };
         let mut s = self.state.lock();
         s.last_write = Instant::now();
         // A commit renews the lease on the server.
         if let Some(l) = s.lease.as_mut().filter(|l| l.epoch == lease.epoch) {
             l.valid_until = l.valid_until.max(Lease::deadline(asked_at, l.ttl));
         }
-        self.observe(&mut s, state);
+        if state.version > s.committed.version {
+            s.committed = state;
+        }
         let changed: Vec<u32> = plan.pages.iter().map(|(p, _)| *p).collect();
         // The Watch stream's RoundEnd may have moved the cache there already.
         if s.cache.version() < state.version {
@@ -531,14 +698,33 @@ async fn heartbeat(db: Weak<Database>, epoch: u64) {
             Idle::Gone => return,
             Idle::Release(call) => return call.await,
         }
-        let Some(lease) = db.state.lock().lease.clone().filter(|l| l.epoch == epoch) else { return };
+        let (lease, seen) = {
+            let s = db.state.lock();
+            (s.lease.clone().filter(|l| l.epoch == epoch), s.committed.version)
+        };
+        let Some(lease) = lease else { return };
         let asked_at = Instant::now();
-        let req = pb::RenewLeaseRequest { name: db.key.name.clone(), lease_id: lease.id.clone(), epoch };
-        match db.client.clone().renew_lease(req).await {
+        let req = pb::RenewLeaseRequest {
+            name: db.key.name.clone(),
+            lease_id: lease.id.clone(),
+            epoch,
+            incarnation: Bytes::copy_from_slice(&db.incarnation),
+        };
+        match db.client.clone().renew_lease(req).await.map_err(|e| db.gone(e)) {
             Ok(resp) => {
                 let mut s = db.state.lock();
-                if let Some(l) = s.lease.as_mut().filter(|l| l.epoch == epoch) {
-                    l.valid_until = Lease::from_response(&resp, asked_at).valid_until;
+                let renewed = Lease::from_response(&resp, asked_at).and_then(|l| Ok((l, db.learn(&mut s, resp.state.as_ref(), Some(seen))?)));
+                match renewed {
+                    Ok((renewed, _)) => {
+                        if let Some(l) = s.lease.as_mut().filter(|l| l.epoch == epoch) {
+                            l.valid_until = renewed.valid_until;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(db = %db.key.name, error = %e, "write lease renewal answered badly; dropping the lease");
+                        s.lease = None;
+                        return;
+                    }
                 }
             }
             Err(e) if !e.is_retryable() => {

@@ -24,6 +24,10 @@ pub enum VfsError {
     /// stayed unknown); it answers I/O errors until reopened.
     #[error("connection poisoned: {0}")]
     Poisoned(String),
+    /// The database this connection opened was deleted, created again or restored
+    /// (see "Identity" in `pagewire.proto`): it answers I/O errors until reopened.
+    #[error("{0}")]
+    Replaced(String),
     /// Read-only connection asked to write.
     #[error("read-only database")]
     ReadOnly,

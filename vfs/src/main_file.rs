@@ -83,10 +83,12 @@ impl MainFile {
         self.view
     }
 
+    /// Poisoned connections, and every connection of a replaced database, answer
+    /// errors to every call until reopened.
     fn check_poison(&self) -> Result<(), VfsError> {
         match &self.poisoned {
             Some(why) => Err(VfsError::Poisoned(why.clone())),
-            None => Ok(()),
+            None => self.db.check_replaced(),
         }
     }
 

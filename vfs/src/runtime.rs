@@ -4,6 +4,10 @@
 //! on our runtime and waits for it. One runtime per process, rebuilt when the
 //! process id changes (a fork: the parent's worker threads do not exist in the
 //! child, so waiting on them would hang forever).
+//!
+//! One HTTP/2 connection per server URL ([`Conn`]), replaced when a call on it got no
+//! answer within its deadline, so the retry does not wait on a connection that may be
+//! dead (a peer gone without a FIN, a NAT or load balancer that dropped its state).
 
 use std::{
     collections::HashMap,
@@ -22,8 +26,39 @@ use crate::error::VfsError;
 pub struct Rt {
     pid: u32,
     runtime: Runtime,
-    /// One multiplexed HTTP/2 channel per server URL, shared by all databases.
-    channels: Mutex<HashMap<String, Channel>>,
+    /// One multiplexed HTTP/2 connection per server URL, shared by all databases.
+    channels: Mutex<HashMap<String, Arc<Conn>>>,
+}
+
+/// The connection to one server, shared by every database on it: a channel and its
+/// generation. [`Conn::reconnect`] replaces it; calls in flight on the old one go on
+/// there (a Watch stream stays until the connection's keepalive gives up on it), and it
+/// closes when the last of them ends.
+pub struct Conn {
+    endpoint: Endpoint,
+    handle: Handle,
+    current: Mutex<(u64, Channel)>,
+}
+
+impl Conn {
+    /// The channel to use now and its generation (for [`Conn::reconnect`]).
+    pub fn get(&self) -> (u64, Channel) {
+        let current = self.current.lock();
+        (current.0, current.1.clone())
+    }
+
+    /// Replaces the channel of generation `seen` with a new connection (made lazily, on
+    /// the next call), unless another caller already did.
+    pub fn reconnect(&self, seen: u64) {
+        let mut current = self.current.lock();
+        if current.0 != seen {
+            return;
+        }
+        // connect_lazy needs a runtime context to spawn its connection task.
+        let _guard = self.handle.enter();
+        *current = (seen + 1, self.endpoint.connect_lazy());
+        tracing::debug!(generation = seen + 1, "new connection to the server after a call timed out");
+    }
 }
 
 static CURRENT: OnceLock<Mutex<Option<Arc<Rt>>>> = OnceLock::new();
@@ -94,11 +129,12 @@ impl Rt {
         self.runtime.spawn(fut);
     }
 
-    /// The shared channel to `url` (connected lazily, on first call).
-    pub fn channel(&self, url: &str, connect_timeout: Duration) -> Result<Channel, VfsError> {
+    /// The shared connection to `url` (connected lazily, on first call). The first
+    /// database opened on a server sets its connect timeout.
+    pub fn channel(&self, url: &str, connect_timeout: Duration) -> Result<Arc<Conn>, VfsError> {
         let mut channels = self.channels.lock();
-        if let Some(ch) = channels.get(url) {
-            return Ok(ch.clone());
+        if let Some(conn) = channels.get(url) {
+            return Ok(conn.clone());
         }
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| VfsError::Config(format!("bad server URL {url:?}: {e}")))?
@@ -109,8 +145,9 @@ impl Rt {
             .keep_alive_while_idle(true);
         // connect_lazy needs a runtime context to spawn its connection task.
         let _guard = self.runtime.enter();
-        let ch = endpoint.connect_lazy();
-        channels.insert(url.to_owned(), ch.clone());
-        Ok(ch)
+        let channel = endpoint.connect_lazy();
+        let conn = Arc::new(Conn { endpoint, handle: self.runtime.handle().clone(), current: Mutex::new((0, channel)) });
+        channels.insert(url.to_owned(), conn.clone());
+        Ok(conn)
     }
 }

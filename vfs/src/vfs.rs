@@ -31,6 +31,32 @@ use crate::{
     pragma, runtime,
 };
 
+mod compat {
+    //! What this VFS needs of a server, checked at Open so an older or newer peer fails
+    //! there, saying which side to upgrade, instead of misbehaving later.
+
+    use pagewire_proto::{PROTOCOL_REVISION, capability, v1 as pb};
+
+    use crate::error::VfsError;
+
+    pub fn check_open(resp: &pb::OpenResponse) -> Result<(), VfsError> {
+        if resp.min_client_protocol > PROTOCOL_REVISION {
+            return Err(VfsError::Internal(format!(
+                "the server needs pagewire protocol revision {} or newer, and this VFS speaks {PROTOCOL_REVISION}: upgrade the VFS",
+                resp.min_client_protocol
+            )));
+        }
+        if !resp.capabilities.iter().any(|c| c == capability::INCARNATIONS) {
+            return Err(VfsError::Internal(format!(
+                "the server is older than this VFS (protocol revision {}, this VFS speaks {PROTOCOL_REVISION}): it cannot tell a \
+                 replaced database from the one opened; upgrade the server",
+                resp.protocol
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Longest database name: sqlite-plugin's mxPathname is 512 and it cuts longer
 /// names silently, so longer ones are refused before that happens.
 pub const MAX_NAME_BYTES: usize = 511;
@@ -82,25 +108,27 @@ impl PagewireVfs {
                 rt.channel(&config.url, config.connect_timeout)?,
                 config.token.as_deref(),
                 config.retry_timeout,
+                config.call_timeout,
                 MAX_MESSAGE_BYTES,
             )?,
         };
-        let req = pb::OpenRequest { name, create, read_only };
-        let resp = rt.block_on(client.clone().open(req))?.map_err(|e| {
-            VfsError::Open(format!("{:?} at {}: {e}", key.name, config.url))
-        })?;
+        let req = pb::OpenRequest { name, create, read_only, protocol: pagewire_proto::PROTOCOL_REVISION };
+        let cannot_open = |e: VfsError| VfsError::Open(format!("{:?} at {}: {e}", key.name, config.url));
+        let resp = rt.block_on(client.clone().open(req))?.map_err(cannot_open)?;
+        let opened = compat::check_open(&resp).and_then(|()| DbState::from_wire(resp.state.as_ref())).map_err(cannot_open)?;
         let db = {
             let mut dbs = self.databases.lock();
-            let db = match dbs.get(&key).and_then(Weak::upgrade).filter(|db| db.rt().is_current()) {
+            let live = dbs.get(&key).and_then(Weak::upgrade).filter(|db| db.rt().is_current());
+            let db = match live.filter(|db| same_incarnation(db, opened.1)) {
                 Some(db) => db,
-                None => Arc::new(Database::new(key.clone(), rt, client, &resp, config.cache_size as usize, config.lease_idle)),
+                None => Arc::new(Database::new(key.clone(), rt, client, &resp, opened, config.cache_size as usize, config.lease_idle)),
             };
             dbs.insert(key, Arc::downgrade(&db));
             db.connection_opened();
             db
         };
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let state = DbState::from(resp.state);
+        let state = opened.0;
         if config.as_of.is_none() {
             // One round trip now instead of one per page of the first queries.
             if let Err(e) = db.preload(state, config.preload) {
@@ -124,12 +152,15 @@ impl PagewireVfs {
         self.databases.lock().get(key).and_then(Weak::upgrade).filter(|db| db.rt().is_current())
     }
 
+
     fn close_main(&self, mut file: MainFile) {
         file.close();
         let last = {
             let mut dbs = self.databases.lock();
             let last = file.db.connection_closed();
-            if last {
+            // A replaced database's entry may already be its successor's.
+            let ours = dbs.get(&file.db.key).is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&file.db)));
+            if last && ours {
                 dbs.remove(&file.db.key);
             }
             last
@@ -139,6 +170,23 @@ impl PagewireVfs {
             file.db.release_lease();
         }
     }
+}
+
+/// Whether a fresh Open of `db`'s name found the incarnation `db` has. If not, `db` was
+/// replaced: its connections fail from now on, and the new one gets a new `Database`.
+fn same_incarnation(db: &Database, opened: crate::database::Id16) -> bool {
+    if db.is_replaced() {
+        return false;
+    }
+    if db.incarnation() == opened {
+        return true;
+    }
+    let why = format!(
+        "database '{}' was replaced: it was deleted and created again (or restored from a backup) since this connection opened it; reopen it",
+        db.name()
+    );
+    db.mark_replaced(&why);
+    false
 }
 
 /// Runs one VFS operation: never lets a panic cross into SQLite, and turns

@@ -156,6 +156,14 @@ impl WatchView {
         self.read_since_invalidate = true;
     }
 
+    /// The database was replaced: serve nothing from what the stream said, and end it.
+    pub fn void(&mut self) {
+        self.known = None;
+        self.lease_until = None;
+        self.in_round = false;
+        let _ = self.stop();
+    }
+
     /// Tells the task to end its stream; returns what completes when it has.
     pub fn stop(&mut self) -> Option<oneshot::Receiver<()>> {
         drop(self.stop.take()?);
@@ -196,6 +204,9 @@ pub async fn run(db: Weak<Database>, name: String, idle: Duration, signals: Task
         Ok(()) => false,
         Err(e) => {
             tracing::debug!(error = %e, "watch stream ended");
+            if let Some(db) = own.db.upgrade() {
+                db.watch_failed(&e);
+            }
             true
         }
     };
@@ -232,10 +243,11 @@ async fn follow(
     mut stop: oneshot::Receiver<()>,
     wake: &Notify,
 ) -> Result<(), tonic::Status> {
-    let Ok(client) = own.db().map(|d| d.client.clone()) else { return Ok(()) };
+    let Ok((client, incarnation)) = own.db().map(|d| (d.client.clone(), d.incarnation())) else { return Ok(()) };
     let (tx, rx) = mpsc::channel(16);
     let outbox = Outbox(tx);
-    outbox.send(Part::Start(pb::WatchStart { name, ranges: true })).await;
+    let incarnation = bytes::Bytes::copy_from_slice(&incarnation);
+    outbox.send(Part::Start(pb::WatchStart { name, ranges: true, incarnation })).await;
     let mut events = client.watch(rx).await?;
     let mut lease = LeaseAsks::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -354,7 +366,8 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
             if !lease.ttl.is_zero() {
                 lease.renew_every = Some(lease.ttl / 3);
             }
-            let state = DbState::from(started.state);
+            // A state of another database ends the task (the database is marked replaced).
+            let state = db.learn_watched(started.state.as_ref()).map_err(|_| Superseded)?;
             // The cache stays where it is; a BeginRead moves it to `state` (its change
             // list is not known here), after which reads need no RPC.
             let wants = own.with(db, |w, _| {
@@ -386,7 +399,7 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
             Ok(if unused { vec![ack, lease.release()] } else { vec![ack] })
         }
         Event::RoundEnd(end) => {
-            let state = DbState::from(end.state);
+            let state = db.learn_watched(end.state.as_ref()).map_err(|_| Superseded)?;
             let changed = (!end.cache_invalid).then(|| Changed::new(&end.changed_pages, end.changed_from));
             let pushed = end.pages;
             let (refetch, leased) = own.with(db, |w, cache| {
@@ -405,7 +418,6 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
                 (held, w.lease_until.is_some())
             })?;
             db.round_ended();
-            db.observe_committed(state);
             // Pages this process had cached were in use: fetch their new contents now,
             // off the readers' path, instead of one round trip each on next use. Only
             // while reads keep the lease (an idle reader gave it back), and not in the

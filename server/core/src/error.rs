@@ -10,7 +10,7 @@ use crate::store::StoreError;
 pub fn code(e: &StoreError) -> Code {
     match e {
         StoreError::InvalidArgument(_) => Code::InvalidArgument,
-        StoreError::NotFound(_) => Code::NotFound,
+        StoreError::NotFound(_) | StoreError::Replaced(_) => Code::NotFound,
         StoreError::AlreadyExists(_) => Code::AlreadyExists,
         StoreError::LeaseHeld { .. } => Code::Aborted,
         StoreError::LeaseLost(_) | StoreError::VersionConflict { .. } => Code::FailedPrecondition,

@@ -41,6 +41,7 @@ fn open(name: &str, create: bool) -> pb::OpenRequest {
         name: name.into(),
         create,
         read_only: false,
+        ..Default::default()
     }
 }
 
@@ -49,6 +50,7 @@ fn read(version: u64, page_nos: Vec<u32>) -> pb::ReadPagesRequest {
         name: DB.into(),
         version,
         page_nos,
+        ..Default::default()
     }
 }
 
@@ -100,6 +102,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         .acquire_lease(pb::AcquireLeaseRequest {
             name: DB.into(),
             client_id: "writer:1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -111,7 +114,8 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         pb::DbState {
             version: 1,
             page_size: PS,
-            page_count: 3
+            page_count: 3,
+            ..Default::default()
         }
     );
 
@@ -145,6 +149,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         name: "nope.db".into(),
         create: true,
         read_only: true,
+        ..Default::default()
     };
     expect(
         "read-only open never creates",
@@ -159,6 +164,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         at_version,
         at_unix_ms,
         ranges: false,
+        ..Default::default()
     };
     expect(
         "as of a version and a time at once",
@@ -201,6 +207,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         name: "nope.db".into(),
         version: 1,
         page_nos: vec![1],
+        ..Default::default()
     };
     expect(
         "read unknown db",
@@ -212,6 +219,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
     let acquire = pb::AcquireLeaseRequest {
         name: DB.into(),
         client_id: "intruder".into(),
+        ..Default::default()
     };
     let held = other.acquire_lease(acquire).await;
     if let Err(s) = &held {
@@ -226,6 +234,7 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         name: DB.into(),
         lease_id,
         epoch,
+        ..Default::default()
     };
     expect(
         "renew with a short lease id",
@@ -450,7 +459,8 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         pb::DbState {
             version: 2,
             page_size: PS,
-            page_count: 3
+            page_count: 3,
+            ..Default::default()
         }
     );
     assert!(
@@ -519,6 +529,7 @@ async fn tokens_decide_tenant_and_admin_rights() -> anyhow::Result<()> {
         .acquire_lease(pb::AcquireLeaseRequest {
             name: DB.into(),
             client_id: "a".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -528,6 +539,7 @@ async fn tokens_decide_tenant_and_admin_rights() -> anyhow::Result<()> {
         .acquire_lease(pb::AcquireLeaseRequest {
             name: DB.into(),
             client_id: "b".into(),
+            ..Default::default()
         })
         .await?;
     assert_eq!(beta_lease.into_inner().state.map(|s| s.version), Some(0));
@@ -630,6 +642,7 @@ fn begin_at(at_version: u64, at_unix_ms: i64) -> pb::BeginReadRequest {
         at_version,
         at_unix_ms,
         ranges: false,
+        ..Default::default()
     }
 }
 
@@ -648,6 +661,7 @@ async fn time_travel_and_background_gc() -> anyhow::Result<()> {
         .acquire_lease(pb::AcquireLeaseRequest {
             name: DB.into(),
             client_id: "w".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -656,13 +670,13 @@ async fn time_travel_and_background_gc() -> anyhow::Result<()> {
     }
     // Version 2, pinned by this BeginRead, outlives GC while the pin lasts.
     let two = c.begin_read(begin_at(2, 0)).await?.into_inner();
-    assert_eq!(two.state.map(|s| s.version), Some(2));
+    assert_eq!(two.state.as_ref().map(|s| s.version), Some(2));
     assert!(two.committed_unix_ms > 0, "{two:?}");
     let then = c
         .begin_read(begin_at(0, two.committed_unix_ms))
         .await?
         .into_inner();
-    let version = then.state.map_or(0, |s| s.version);
+    let version = then.state.as_ref().map_or(0, |s| s.version);
     assert!(
         version >= 2 && then.committed_unix_ms == two.committed_unix_ms,
         "{then:?}"
@@ -698,6 +712,7 @@ async fn injected_lost_reply_then_retry_learns_the_outcome() -> anyhow::Result<(
         .acquire_lease(pb::AcquireLeaseRequest {
             name: DB.into(),
             client_id: "w".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

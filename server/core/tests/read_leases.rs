@@ -32,7 +32,7 @@ struct Watcher {
 impl Watcher {
     async fn start(client: &mut Pages, name: &str) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
-        let start = Part::Start(pb::WatchStart { name: name.into(), ranges: false });
+        let start = Part::Start(pb::WatchStart { name: name.into(), ranges: false, ..Default::default() });
         tx.send(pb::WatchRequest { part: Some(start) }).await.expect("queue");
         let events = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
         Ok(Self { tx: Some(tx), events })
@@ -89,9 +89,9 @@ impl Watcher {
 /// A database with one committed version and the writer's lease.
 async fn database(server: &TestServer) -> anyhow::Result<(Pages, pb::LeaseResponse)> {
     let mut c = server.pages(None)?;
-    c.open(pb::OpenRequest { name: DB.into(), create: true, read_only: false }).await?;
+    c.open(pb::OpenRequest { name: DB.into(), create: true, read_only: false, ..Default::default() }).await?;
     let lease = c
-        .acquire_lease(pb::AcquireLeaseRequest { name: DB.into(), client_id: "writer".into() })
+        .acquire_lease(pb::AcquireLeaseRequest { name: DB.into(), client_id: "writer".into(), ..Default::default() })
         .await?
         .into_inner();
     commit(&mut c, Parts::new(DB, &lease, 0, 2, 1).stream()).await?;
@@ -378,7 +378,7 @@ async fn the_version_lease_holders_read_survives_gc_after_a_commit() -> anyhow::
     w.ack(round).await;
     timeout(Duration::from_secs(5), pending).await???;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let read = pb::ReadPagesRequest { name: DB.into(), version: state.version, page_nos: vec![1, 2] };
+    let read = pb::ReadPagesRequest { name: DB.into(), version: state.version, page_nos: vec![1, 2], ..Default::default() };
     let pages = reader.read_pages(read).await?.into_inner().pages;
     assert_eq!(pages.len(), 2, "version {} is still readable", state.version);
     server.stop().await

@@ -1,22 +1,28 @@
 //! A commit: ONE PostgreSQL transaction. It locks the database row (serialising the
-//! database's commits), then checks in order: a known commit id returns its version;
-//! the lease and epoch (database clock); the base version; the rules of
-//! `validate::against_base`. Then it writes the pages in bulk (`UNNEST` of arrays, in
-//! chunks of a few MiB within the same transaction), hole markers when the file grew, the
-//! version row (its change list: the carried pages below the old end, and growth as
-//! `grown_from`, never enumerated), the commit id and the new newest state, and renews
-//! the lease. Durable once COMMIT returns: the transaction runs with `synchronous_commit`
-//! at least `on` (see [`DURABLE`]), whatever the role, database or server configure; a
-//! COMMIT without an answer is `Unavailable`, and a retry with the same commit id learns
-//! what happened.
+//! database's commits), then checks in order: the client's incarnation (`Replaced`); a
+//! known commit id returns its version (and its tag, while its version row is kept); the
+//! lease and epoch (database clock); the base version; the base version's tag
+//! (`Replaced`); the rules of `validate::against_base`. Then it writes the pages in bulk
+//! (`UNNEST` of arrays, in chunks of a few MiB within the same transaction), hole markers
+//! when the file grew, the version row (its new random tag, its change list: the carried
+//! pages below the old end, and growth as `grown_from`, never enumerated), the commit id
+//! and the new newest state (with that tag), and renews the lease. Durable once COMMIT
+//! returns: the transaction runs with `synchronous_commit` at least `on` (see
+//! [`DURABLE`]), whatever the role, database or server configure; a COMMIT without an
+//! answer is `Unavailable`, and a retry with the same commit id learns what happened.
 //!
 //! `precheck` makes the same checks (but `against_base`) in one statement when the
 //! commit's header arrives, so a commit that cannot apply is refused before its pages
 //! are buffered.
+//!
+//! Identity costs no round trip: the incarnation and the newest tag are columns of the
+//! database row both already read, the retried version's tag is joined to the commit-id
+//! lookup, and the new tag is chosen here and written by statements already sent.
 
 use deadpool_postgres::GenericClient;
 use pagewire_server_core::store::{
-    Changes, Commit, CommitHeader, CommitOutcome, DbKey, Id16, StoreError, StoreResult,
+    Changes, Commit, CommitHeader, CommitOutcome, DbKey, DbState, Id16, StoreError, StoreResult,
+    VersionTag, random_id,
 };
 use pagewire_server_core::validate;
 
@@ -50,37 +56,60 @@ pub(crate) async fn commit(
         async { tx.batch_execute(DURABLE).await.pg() },
         db::get(&tx, key, Lock::NoKeyUpdate)
     )?;
-    // Both reads in one round trip (tokio-postgres pipelines concurrent queries);
-    // the commit id is still judged first.
+    // Both reads in one round trip (tokio-postgres pipelines concurrent queries); the
+    // incarnation (on the locked row) is judged first, then the commit id.
     let (done, lease) = futures::join!(
         applied(&tx, row.id, &commit.commit_id),
         lease::check(&tx, row.id, commit.lease_id, commit.epoch)
     );
-    if let Some(version) = done? {
-        return Ok(CommitOutcome {
-            version,
-            already_applied: true,
-        });
+    commit
+        .identity
+        .check_incarnation(&key.name, &row.state.incarnation)?;
+    if let Some((version, tag)) = done? {
+        return Ok(retried(&row.state, version, tag));
     }
     lease?;
-    if commit.base_version != row.state.version {
-        return Err(StoreError::VersionConflict {
-            base: commit.base_version,
-            current: row.state.version,
-        });
-    }
+    check_base(&key.name, &commit.header(), &row.state)?;
     validate::against_base(&commit, &row.state)?;
-    let (version, ()) = futures::try_join!(apply(&tx, &row, &commit), lease::touch(&tx, row.id))?;
+    let tag = random_id();
+    let (version, ()) =
+        futures::try_join!(apply(&tx, &row, &commit, &tag), lease::touch(&tx, row.id))?;
     tx.commit().await.pg()?;
     Ok(CommitOutcome {
         version,
         already_applied: false,
+        incarnation: row.state.incarnation,
+        tag: Some(tag),
     })
 }
 
+/// The outcome of a retry whose commit id created `version` (`tag`: that version's,
+/// `None` when its row is no longer kept).
+fn retried(current: &DbState, version: u64, tag: Option<VersionTag>) -> CommitOutcome {
+    CommitOutcome {
+        version,
+        already_applied: true,
+        incarnation: current.incarnation,
+        tag,
+    }
+}
+
+/// The base-version checks, after the lease's: `VersionConflict` unless the base is the
+/// newest version, then `Replaced` unless the client's tag for it is the newest tag.
+fn check_base(name: &str, header: &CommitHeader, current: &DbState) -> StoreResult<()> {
+    if header.base_version != current.version {
+        return Err(StoreError::VersionConflict {
+            base: header.base_version,
+            current: current.version,
+        });
+    }
+    header.identity.check_state(name, current)
+}
+
 /// A commit's early look ([`PageStore::precheck`]): ONE statement, no row lock, reading
-/// in one snapshot the database's version, the commit id's version (if applied) and the
-/// lease as the database clock sees it now; then judges in [`commit`]'s order. The
+/// in one snapshot the database's newest state (with its incarnation and tag), the commit
+/// id's version and tag (if applied) and the lease as the database clock sees it now;
+/// then judges in [`commit`]'s order. The
 /// commit stays authoritative (the lease may lapse, or another commit land, meanwhile).
 ///
 /// [`PageStore::precheck`]: pagewire_server_core::store::PageStore::precheck
@@ -90,11 +119,10 @@ pub(crate) async fn precheck(
     header: CommitHeader,
 ) -> StoreResult<Option<CommitOutcome>> {
     let sql = format!(
-        "SELECT d.version, \
-           (SELECT c.version FROM pagewire.commit_ids c \
-            WHERE c.db_id = d.id AND c.commit_id = $3) AS applied, \
-           {} \
+        "SELECT d.version, d.page_size, d.page_count, d.incarnation, d.tag, \
+           a.version AS applied, a.tag AS applied_tag, {} \
          FROM pagewire.databases d LEFT JOIN pagewire.leases l ON l.db_id = d.id \
+         LEFT JOIN LATERAL ({APPLIED} WHERE c.db_id = d.id AND c.commit_id = $3) a ON true \
          WHERE d.tenant = $1 AND d.name = $2",
         lease::HELD_COLUMNS
     );
@@ -105,38 +133,45 @@ pub(crate) async fn precheck(
     )
     .await?
     .ok_or_else(|| StoreError::NotFound(key.name.clone()))?;
+    let current = db::state_of(&row)?;
+    header
+        .identity
+        .check_incarnation(&key.name, &current.incarnation)?;
     let applied: Option<i64> = row.try_get("applied").pg()?;
     if let Some(version) = applied {
         let version = u64::try_from(version).map_err(|_| corrupt("version", version))?;
-        return Ok(Some(CommitOutcome {
-            version,
-            already_applied: true,
-        }));
+        let tag = sql::opt_id16_of(&row, "applied_tag")?;
+        return Ok(Some(retried(&current, version, tag)));
     }
     lease::check_row(&row, header.lease_id, header.epoch)?;
-    let current = sql::u64_of(&row, "version")?;
-    if header.base_version != current {
-        return Err(StoreError::VersionConflict {
-            base: header.base_version,
-            current,
-        });
-    }
+    check_base(&key.name, &header, &current)?;
     Ok(None)
 }
 
-/// The version a commit id created, if it was applied.
-async fn applied<C: GenericClient>(c: &C, db_id: i64, id: &Id16) -> StoreResult<Option<u64>> {
-    let row = sql::query_opt(
-        c,
-        "SELECT version FROM pagewire.commit_ids WHERE db_id = $1 AND commit_id = $2",
-        &[&db_id, &&id[..]],
-    )
-    .await?;
-    row.map(|r| sql::u64_of(&r, "version")).transpose()
+/// A commit id's version and that version's tag (NULL once GC dropped its row), from
+/// `pagewire.commit_ids c`: the caller adds the WHERE clause.
+const APPLIED: &str = "SELECT c.version, v.tag FROM pagewire.commit_ids c \
+    LEFT JOIN pagewire.versions v ON v.db_id = c.db_id AND v.version = c.version";
+
+/// The version a commit id created, if it was applied, with its tag while its row is kept.
+async fn applied<C: GenericClient>(
+    c: &C,
+    db_id: i64,
+    id: &Id16,
+) -> StoreResult<Option<(u64, Option<VersionTag>)>> {
+    let sql = format!("{APPLIED} WHERE c.db_id = $1 AND c.commit_id = $2");
+    let row = sql::query_opt(c, &sql, &[&db_id, &&id[..]]).await?;
+    row.map(|r| Ok((sql::u64_of(&r, "version")?, sql::opt_id16_of(&r, "tag")?)))
+        .transpose()
 }
 
-/// Writes a checked commit as the next version; returns it.
-async fn apply<C: GenericClient>(c: &C, row: &DbRow, commit: &Commit) -> StoreResult<u64> {
+/// Writes a checked commit as the next version, tagged `tag`; returns it.
+async fn apply<C: GenericClient>(
+    c: &C,
+    row: &DbRow,
+    commit: &Commit,
+    tag: &VersionTag,
+) -> StoreResult<u64> {
     let version = row.state.version + 1;
     let v = int(version);
     mark_holes(c, row, commit, v).await?;
@@ -156,6 +191,7 @@ async fn apply<C: GenericClient>(c: &C, row: &DbRow, commit: &Commit) -> StoreRe
             .map(|chunk| insert_pages(c, row.id, v, chunk)),
     );
     let (page_size, page_count) = (i64::from(commit.page_size), i64::from(commit.page_count));
+    let tag = &tag[..];
     let version_row: sql::Params = &[
         &row.id,
         &v,
@@ -164,16 +200,25 @@ async fn apply<C: GenericClient>(c: &C, row: &DbRow, commit: &Commit) -> StoreRe
         &page_count,
         &listed,
         &grown_from,
+        &tag,
     ];
     let commit_id: sql::Params = &[&row.id, &&commit.commit_id[..], &v];
-    let newest: sql::Params = &[&row.id, &v, &page_size, &page_count, &committed, &bytes];
+    let newest: sql::Params = &[
+        &row.id,
+        &v,
+        &page_size,
+        &page_count,
+        &committed,
+        &bytes,
+        &tag,
+    ];
     futures::try_join!(
         pages,
         sql::execute(
             c,
             "INSERT INTO pagewire.versions \
              (db_id, version, committed_unix_ms, page_size, page_count, changed_pages, \
-              grown_from) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+              grown_from, tag) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             version_row,
         ),
         sql::execute(
@@ -184,7 +229,7 @@ async fn apply<C: GenericClient>(c: &C, row: &DbRow, commit: &Commit) -> StoreRe
         sql::execute(
             c,
             "UPDATE pagewire.databases SET version = $2, page_size = $3, page_count = $4, \
-             updated_unix_ms = $5, stored_bytes = stored_bytes + $6, \
+             tag = $7, updated_unix_ms = $5, stored_bytes = stored_bytes + $6, \
              first_commit_unix_ms = coalesce(first_commit_unix_ms, $5) WHERE id = $1",
             newest,
         ),

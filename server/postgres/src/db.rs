@@ -6,11 +6,13 @@
 //! pin and GC's choice of kept versions never race, while reads never wait for commits.
 
 use deadpool_postgres::GenericClient;
-use pagewire_server_core::store::{DbInfo, DbKey, DbState, StoreError, StoreResult};
+use pagewire_server_core::store::{
+    DbInfo, DbKey, DbState, NO_TAG, StoreError, StoreResult, random_id,
+};
 use tokio_postgres::Row;
 
 use crate::error::Pg as _;
-use crate::sql::{self, NOW_MS, u32_of, u64_of};
+use crate::sql::{self, NOW_MS, id16_of, u32_of, u64_of};
 
 /// How `find` locks the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,8 @@ impl Lock {
 #[derive(Debug, Clone)]
 pub(crate) struct DbRow {
     pub id: i64,
+    /// The newest state, with the incarnation and the newest version's tag (both on the
+    /// row: see migration 0003).
     pub state: DbState,
     pub updated_unix_ms: i64,
     pub first_commit_unix_ms: Option<i64>,
@@ -45,18 +49,26 @@ pub(crate) struct DbRow {
     pub now_unix_ms: i64,
 }
 
-const COLUMNS: &str = "id, version, page_size, page_count, updated_unix_ms, \
+const COLUMNS: &str = "id, version, page_size, page_count, incarnation, tag, updated_unix_ms, \
     first_commit_unix_ms, max_epoch, gc_retention_ms";
+
+/// The newest state in a row with `version`, `page_size`, `page_count`, `incarnation` and
+/// `tag` (the newest version's, kept on the databases row by every commit).
+pub(crate) fn state_of(row: &Row) -> StoreResult<DbState> {
+    Ok(DbState {
+        version: u64_of(row, "version")?,
+        page_size: u32_of(row, "page_size")?,
+        page_count: u32_of(row, "page_count")?,
+        incarnation: id16_of(row, "incarnation")?,
+        tag: id16_of(row, "tag")?,
+    })
+}
 
 impl DbRow {
     fn from_row(row: &Row) -> StoreResult<Self> {
         Ok(Self {
             id: row.try_get("id").pg()?,
-            state: DbState {
-                version: u64_of(row, "version")?,
-                page_size: u32_of(row, "page_size")?,
-                page_count: u32_of(row, "page_count")?,
-            },
+            state: state_of(row)?,
             updated_unix_ms: row.try_get("updated_unix_ms").pg()?,
             first_commit_unix_ms: row.try_get("first_commit_unix_ms").pg()?,
             max_epoch: u64_of(row, "max_epoch")?,
@@ -102,24 +114,27 @@ pub(crate) async fn by_id<C: GenericClient>(
     row.as_ref().map(DbRow::from_row).transpose()
 }
 
-/// Creates `key` empty (with its version 0) unless it exists; whether it was created.
-/// Call within a transaction.
+/// Creates `key` empty (with its version 0, tag [`NO_TAG`]) and a new random incarnation
+/// unless it exists; whether it was created. Call within a transaction.
 pub(crate) async fn create<C: GenericClient>(c: &C, key: &DbKey) -> StoreResult<bool> {
     let sql = format!(
-        "INSERT INTO pagewire.databases (tenant, name, created_unix_ms, updated_unix_ms) \
-         SELECT $1, $2, now_ms, now_ms FROM (SELECT {NOW_MS} AS now_ms) AS t \
+        "INSERT INTO pagewire.databases \
+         (tenant, name, created_unix_ms, updated_unix_ms, incarnation, tag) \
+         SELECT $1, $2, now_ms, now_ms, $3, $4 FROM (SELECT {NOW_MS} AS now_ms) AS t \
          ON CONFLICT (tenant, name) DO NOTHING RETURNING id, created_unix_ms"
     );
-    let Some(row) = sql::query_opt(c, &sql, &[&key.tenant, &key.name]).await? else {
+    let incarnation = random_id();
+    let params: sql::Params = &[&key.tenant, &key.name, &&incarnation[..], &&NO_TAG[..]];
+    let Some(row) = sql::query_opt(c, &sql, params).await? else {
         return Ok(false);
     };
     let (id, created): (i64, i64) = (row.try_get(0).pg()?, row.try_get(1).pg()?);
     sql::execute(
         c,
         "INSERT INTO pagewire.versions \
-         (db_id, version, committed_unix_ms, page_size, page_count, changed_pages) \
-         VALUES ($1, 0, $2, 0, 0, '{}')",
-        &[&id, &created],
+         (db_id, version, committed_unix_ms, page_size, page_count, changed_pages, tag) \
+         VALUES ($1, 0, $2, 0, 0, '{}', $3)",
+        &[&id, &created, &&NO_TAG[..]],
     )
     .await?;
     Ok(true)
@@ -144,7 +159,8 @@ pub(crate) async fn delete<C: GenericClient>(c: &C, key: &DbKey) -> StoreResult<
     Ok(())
 }
 
-const INFO: &str = "SELECT d.name, d.version, d.page_size, d.page_count, d.stored_bytes, \
+const INFO: &str = "SELECT d.name, d.version, d.page_size, d.page_count, d.incarnation, d.tag, \
+    d.stored_bytes, \
     d.created_unix_ms, d.updated_unix_ms, \
     (SELECT min(v.version) FROM pagewire.versions v WHERE v.db_id = d.id) AS oldest_version, \
     EXISTS (SELECT 1 FROM pagewire.leases l \
@@ -155,11 +171,7 @@ fn info_of(row: &Row) -> StoreResult<DbInfo> {
     let oldest: Option<i64> = row.try_get("oldest_version").pg()?;
     Ok(DbInfo {
         name: row.try_get("name").pg()?,
-        state: DbState {
-            version: u64_of(row, "version")?,
-            page_size: u32_of(row, "page_size")?,
-            page_count: u32_of(row, "page_count")?,
-        },
+        state: state_of(row)?,
         stored_bytes: u64_of(row, "stored_bytes")?,
         oldest_version: oldest.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
         created_unix_ms: row.try_get("created_unix_ms").pg()?,

@@ -20,19 +20,22 @@ use deadpool_postgres::GenericClient;
 use pagewire_server_core::store::clock::{check_after_first_commit, describe_unix_ms};
 use pagewire_server_core::store::{
     BeginRead, ChangeWalk, Changes, DbKey, DbState, PageRead, PinTtl, ReadAt, ReadView, StoreError,
-    StoreResult,
+    StoreResult, VersionTag,
 };
 use pagewire_server_core::validate;
 use tokio_postgres::IsolationLevel;
 
 use crate::db::{self, DbRow, Lock};
 use crate::error::{Pg as _, corrupt};
-use crate::sql::{self, Client, int, ms, u32_of};
+use crate::sql::{self, Client, id16_of, int, ms, opt_id16_of, u32_of};
 
 /// A readable version's metadata.
 struct VersionRow {
+    /// With the database's incarnation and the version's tag.
     state: DbState,
     committed_unix_ms: i64,
+    /// The tag of the `seen` version [`readable`] was asked about, while its row is kept.
+    seen_tag: Option<VersionTag>,
 }
 
 /// `OutOfRange` for a version no longer retained, saying what is.
@@ -61,19 +64,30 @@ async fn not_retained<C: GenericClient>(c: &C, row: &DbRow, what: &str) -> Store
     ))
 }
 
-/// The state at a readable `version`, or `OutOfRange` saying why not.
-async fn readable<C: GenericClient>(c: &C, row: &DbRow, version: u64) -> StoreResult<VersionRow> {
+/// The state at a readable `version`, or `OutOfRange` saying why not; in the same
+/// statement, the tag of version `seen` while its row is kept (`None` when `seen` is past
+/// the newest version of `row`, so that a commit landing meanwhile is not seen: versions
+/// up to it never change, and the caller's row lock or snapshot keeps GC out).
+async fn readable<C: GenericClient>(
+    c: &C,
+    row: &DbRow,
+    version: u64,
+    seen: Option<u64>,
+) -> StoreResult<VersionRow> {
     if version > row.state.version {
         return Err(StoreError::OutOfRange(format!(
             "version {version} does not exist yet (newest: {})",
             row.state.version
         )));
     }
+    let seen = seen.filter(|&s| s <= row.state.version).map(int);
     let meta = sql::query_opt(
         c,
-        "SELECT page_size, page_count, committed_unix_ms FROM pagewire.versions \
-         WHERE db_id = $1 AND version = $2 AND retained",
-        &[&row.id, &int(version)],
+        "SELECT page_size, page_count, committed_unix_ms, tag, \
+           (SELECT s.tag FROM pagewire.versions s \
+            WHERE s.db_id = $1 AND s.version = $3::bigint) AS seen_tag \
+         FROM pagewire.versions WHERE db_id = $1 AND version = $2 AND retained",
+        &[&row.id, &int(version), &seen],
     )
     .await?;
     let Some(meta) = meta else {
@@ -84,8 +98,11 @@ async fn readable<C: GenericClient>(c: &C, row: &DbRow, version: u64) -> StoreRe
             version,
             page_size: u32_of(&meta, "page_size")?,
             page_count: u32_of(&meta, "page_count")?,
+            incarnation: row.state.incarnation,
+            tag: id16_of(&meta, "tag")?,
         },
         committed_unix_ms: meta.try_get("committed_unix_ms").pg()?,
+        seen_tag: opt_id16_of(&meta, "seen_tag")?,
     })
 }
 
@@ -179,8 +196,10 @@ async fn changes<C: GenericClient>(
     Ok(Some(walk.finish()))
 }
 
-/// BeginRead: resolves the version, lists changes, pins the version. The database row is
-/// held `FOR KEY SHARE` meanwhile, so GC (which locks it `FOR UPDATE`) sees the pin.
+/// BeginRead: resolves the version, lists changes, pins the version, and tells the tag of
+/// the client's `seen_version` (in the version lookup's statement). The database row is
+/// held `FOR KEY SHARE` meanwhile, so GC (which locks it `FOR UPDATE`) sees the pin and
+/// cannot drop the seen version's row between the two.
 pub(crate) async fn begin_read(
     client: &mut Client,
     key: &DbKey,
@@ -192,7 +211,7 @@ pub(crate) async fn begin_read(
         .pg()?;
     let row = db::get(&tx, key, Lock::KeyShare).await?;
     let version = resolve(&tx, &row, read.at).await?;
-    let meta = readable(&tx, &row, version).await?;
+    let meta = readable(&tx, &row, version, Some(read.seen_version)).await?;
     let changes = changes(&tx, row.id, read.cached_version, version, read.max_changes).await?;
     pin(&tx, row.id, version, read.pin).await?;
     tx.commit().await.pg()?;
@@ -204,6 +223,7 @@ pub(crate) async fn begin_read(
         } else {
             meta.committed_unix_ms
         },
+        seen_tag: meta.seen_tag,
     })
 }
 
@@ -224,12 +244,13 @@ pub(crate) async fn read_pages(
         .await
         .pg()?;
     let row = db::get(&tx, key, Lock::None).await?;
-    let meta = readable(&tx, &row, version).await?;
+    let meta = readable(&tx, &row, version, None).await?;
     validate::page_nos_in_range(page_nos, meta.state.page_count)?;
     let pages = fetch(&tx, row.id, version, page_nos, meta.state.page_size).await?;
     tx.commit().await.pg()?;
     refresh_pin(client, row.id, version, pin).await?;
     Ok(PageRead {
+        state: meta.state,
         page_size: meta.state.page_size,
         pages,
     })

@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "growth as a range in change lists, pin age limit",
         include_str!("migrations/0002_growth_ranges_pin_age.sql"),
     ),
+    (
+        3,
+        "database incarnations and version tags",
+        include_str!("migrations/0003_incarnations_and_tags.sql"),
+    ),
 ];
 
 const BOOTSTRAP: &str = "

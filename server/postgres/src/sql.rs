@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use crate::error::{Pg as _, corrupt};
-use pagewire_server_core::store::StoreResult;
+use pagewire_server_core::store::{Id16, StoreError, StoreResult};
 
 pub(crate) type Client = deadpool_postgres::Object;
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -71,6 +71,24 @@ pub(crate) fn u64_of(row: &Row, column: &str) -> StoreResult<u64> {
 pub(crate) fn u32_of(row: &Row, column: &str) -> StoreResult<u32> {
     let value: i64 = row.try_get(column).pg()?;
     u32::try_from(value).map_err(|_| corrupt(column, value))
+}
+
+/// A stored 16-byte id (incarnation, version tag).
+pub(crate) fn id16_of(row: &Row, column: &str) -> StoreResult<Id16> {
+    opt_id16_of(row, column)?
+        .ok_or_else(|| StoreError::Internal(format!("corrupt store: {column} is NULL")))
+}
+
+/// A stored 16-byte id that may be NULL (the column of an outer join).
+pub(crate) fn opt_id16_of(row: &Row, column: &str) -> StoreResult<Option<Id16>> {
+    let bytes: Option<&[u8]> = row.try_get(column).pg()?;
+    bytes
+        .map(|b| {
+            b.try_into().map_err(|_| {
+                StoreError::Internal(format!("corrupt store: {column} is {} bytes", b.len()))
+            })
+        })
+        .transpose()
 }
 
 /// A duration in whole ms, as bigint.

@@ -2,12 +2,17 @@
 //! change lists that enumerate growth become ranges (`grown_from`), pins get their
 //! creation time, and the store keeps working on the data that was there (reads, change
 //! lists, pins, leases, commits, GC).
+//!
+//! Migration 0003 on a database that the 0002 schema made: every database gets an
+//! incarnation, every version row a tag (zeros for version 0), and the store serves and
+//! checks them on the data that was there.
 
 use std::time::Duration;
 
 use pagewire_server_core::store::conformance::{self, page};
 use pagewire_server_core::store::{
-    BeginRead, Changes, Commit, DbKey, DbState, Lease, PageStore, PinTtl, ReadAt, StoreError,
+    BeginRead, Changes, Commit, DbKey, DbState, Identity, Lease, NO_TAG, PageStore, PinTtl, ReadAt,
+    StoreError, VersionTag,
 };
 use pagewire_store_postgres::PostgresStore;
 use pagewire_tests::postgres::TempPostgres;
@@ -156,7 +161,7 @@ async fn migration_turns_growth_lists_into_ranges() -> anyhow::Result<()> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(applied, [1, 2]);
+    assert_eq!(applied, [1, 2, 3]);
     assert_eq!(
         version_rows(&client, 1).await?,
         [
@@ -194,7 +199,7 @@ async fn migration_turns_growth_lists_into_ranges() -> anyhow::Result<()> {
         .query_one("SELECT count(*) FROM pagewire.migrations", &[])
         .await?
         .get(0);
-    assert_eq!(count, 2);
+    assert_eq!(count, 3);
     Ok(())
 }
 
@@ -207,6 +212,7 @@ fn at(cached_version: u64, at: ReadAt) -> BeginRead {
             max_age: Duration::from_secs(3600),
         },
         max_changes: 1000,
+        seen_version: 0,
     }
 }
 
@@ -224,12 +230,8 @@ async fn an_existing_database_keeps_working() -> anyhow::Result<()> {
     };
     let store = PostgresStore::connect(pg.url()).await?;
     let k = DbKey::new("t", "old.db");
-    let newest = DbState {
-        version: 5,
-        page_size: PS,
-        page_count: 4,
-    };
-    assert_eq!(store.open(&k, false).await?.0, newest);
+    let newest = store.open(&k, false).await?.0;
+    assert_eq!(newest.geometry(), (5, PS, 4));
 
     // Change lists over migrated rows: as they were, with growth as a range.
     let view = |cached| store.begin_read(&k, at(cached, ReadAt::Newest));
@@ -337,4 +339,298 @@ fn lease_of_epoch(epoch: u64) -> Lease {
         ttl: Duration::from_secs(1),
         state: DbState::default(),
     }
+}
+
+/// What the 0002 store wrote for a database created under it: `new.db` (id 3), versions
+/// 0..=2 (page counts 0, 2, 3): v1 writes 1, 2 (growth from 1); v2 writes 1, 3 (growth
+/// from 3); their commit ids ...a1, ...a2.
+const ROWS_AT_0002: &str = "
+    INSERT INTO pagewire.databases (id, tenant, name, created_unix_ms, version, page_size,
+       page_count, updated_unix_ms, stored_bytes, first_commit_unix_ms, max_epoch) VALUES
+       (3, 't', 'new.db', 1700000000000, 2, 4096, 3, 1700000002000, 16384, 1700000001000, 1);
+    SELECT setval('pagewire.databases_id_seq', 3);
+    INSERT INTO pagewire.versions (db_id, version, committed_unix_ms, page_size, page_count,
+       changed_pages, grown_from) VALUES
+       (3, 0, 1700000000000, 0, 0, '{}', NULL),
+       (3, 1, 1700000001000, 4096, 2, '{}', 1),
+       (3, 2, 1700000002000, 4096, 3, '{1}', 3);
+    INSERT INTO pagewire.commit_ids (db_id, commit_id, version) VALUES
+       (3, '\\x000000000000000000000000000000a1', 1),
+       (3, '\\x000000000000000000000000000000a2', 2);";
+
+/// A fresh database in the state the 0002 store left it: the rows of [`old_rows`] as
+/// migration 0002 converted them, and [`ROWS_AT_0002`]; or `None` (skipped).
+async fn database_at_0002(
+    test: &str,
+) -> anyhow::Result<Option<(TempPostgres, tokio_postgres::Client)>> {
+    let Some((pg, client)) = old_database(test).await? else {
+        return Ok(None);
+    };
+    client
+        .batch_execute(include_str!(
+            "../src/migrations/0002_growth_ranges_pin_age.sql"
+        ))
+        .await?;
+    client
+        .batch_execute(
+            "INSERT INTO pagewire.migrations (version, description) \
+             VALUES (2, 'growth as a range in change lists, pin age limit')",
+        )
+        .await?;
+    client.batch_execute(ROWS_AT_0002).await?;
+    for (no, v, fill) in [(1, 1, 11), (2, 1, 12), (1, 2, 21), (3, 2, 23)] {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO pagewire.pages (db_id, page_no, version, data) \
+                 VALUES (3, {no}, {v}, {});",
+                page_sql(fill)
+            ))
+            .await?;
+    }
+    Ok(Some((pg, client)))
+}
+
+/// Per database id: (name, incarnation, the tag on the database row).
+async fn database_identities(
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<Vec<(i64, String, Vec<u8>, Vec<u8>)>> {
+    let rows = client
+        .query(
+            "SELECT id, name, incarnation, tag FROM pagewire.databases ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
+/// Every version row's tag, by version, of database `db_id`.
+async fn version_tags(
+    client: &tokio_postgres::Client,
+    db_id: i64,
+) -> anyhow::Result<std::collections::BTreeMap<u64, VersionTag>> {
+    let rows = client
+        .query(
+            "SELECT version, tag FROM pagewire.versions WHERE db_id = $1",
+            &[&db_id],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let tag: Vec<u8> = r.get(1);
+            let tag: VersionTag = tag
+                .try_into()
+                .map_err(|t: Vec<u8>| anyhow::anyhow!("tag of {} bytes", t.len()))?;
+            Ok((r.get::<_, i64>(0) as u64, tag))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
+    let test = "a_database_of_0002_gets_incarnations_and_tags";
+    let Some((pg, client)) = database_at_0002(test).await? else {
+        return Ok(());
+    };
+    let store = PostgresStore::connect(pg.url()).await?;
+    let applied: Vec<i32> = client
+        .query(
+            "SELECT version FROM pagewire.migrations ORDER BY version",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(applied, [1, 2, 3]);
+
+    // Every database: a 16-byte incarnation, each its own; every version row: a 16-byte
+    // tag, zeros for version 0, random (so distinct) for every other.
+    let dbs = database_identities(&client).await?;
+    assert_eq!(dbs.len(), 3);
+    let mut incarnations: Vec<&Vec<u8>> = dbs.iter().map(|d| &d.2).collect();
+    assert!(
+        incarnations
+            .iter()
+            .all(|i| i.len() == 16 && i[..] != NO_TAG)
+    );
+    incarnations.sort();
+    incarnations.dedup();
+    assert_eq!(
+        incarnations.len(),
+        3,
+        "distinct databases, distinct incarnations"
+    );
+    let mut tags = Vec::new();
+    for (id, name, incarnation, newest_tag) in &dbs {
+        let versions = version_tags(&client, *id).await?;
+        let expected: Vec<u64> = match name.as_str() {
+            "old.db" => (0..=5).collect(),
+            "gc.db" => vec![7, 8],
+            _ => (0..=2).collect(),
+        };
+        assert_eq!(
+            versions.keys().copied().collect::<Vec<_>>(),
+            expected,
+            "{name}"
+        );
+        for (&v, tag) in &versions {
+            assert_eq!(v == 0, *tag == NO_TAG, "{name} v{v}: {tag:?}");
+        }
+        tags.extend(versions.values().filter(|t| **t != NO_TAG).copied());
+        let newest = *versions.keys().last().expect("a version row");
+        assert_eq!(
+            newest_tag[..],
+            versions[&newest][..],
+            "{name}: the row's tag is its newest version's"
+        );
+
+        // The store serves them.
+        let k = DbKey::new("t", name.as_str());
+        let state = store.open(&k, false).await?.0;
+        assert_eq!(
+            (state.version, &state.incarnation[..], state.tag),
+            (newest, &incarnation[..], versions[&newest])
+        );
+        assert_eq!(store.info(&k).await?.state, state);
+        for (&v, tag) in &versions {
+            let view = store
+                .begin_read(
+                    &k,
+                    BeginRead {
+                        seen_version: v,
+                        ..at(0, ReadAt::Newest)
+                    },
+                )
+                .await?;
+            assert_eq!(view.state, state);
+            assert_eq!(view.seen_tag, Some(*tag), "{name}: seen v{v}");
+            if v > 0 {
+                let read = store
+                    .read_pages(&k, v, &[1], at(0, ReadAt::Newest).pin)
+                    .await?;
+                assert_eq!(
+                    (read.state.version, read.state.incarnation, read.state.tag),
+                    (v, state.incarnation, *tag)
+                );
+            }
+        }
+        let past = store
+            .begin_read(
+                &k,
+                BeginRead {
+                    seen_version: newest + 1,
+                    ..at(0, ReadAt::Newest)
+                },
+            )
+            .await?;
+        assert_eq!(past.seen_tag, None, "{name}: past the newest");
+    }
+    let count = tags.len();
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags.len(), count, "every version its own tag");
+    let gc = store
+        .begin_read(
+            &DbKey::new("t", "gc.db"),
+            BeginRead {
+                seen_version: 0,
+                ..at(0, ReadAt::Newest)
+            },
+        )
+        .await?;
+    assert_eq!(gc.seen_tag, None, "version 0's row is gone: no record");
+
+    // The database written under 0002: its pages, its commit ids (with their versions'
+    // tags), and commits that name its identity.
+    let k = DbKey::new("t", "new.db");
+    let state = store.open(&k, false).await?.0;
+    let v = version_tags(&client, 3).await?;
+    let pin = at(0, ReadAt::Newest).pin;
+    let read = store.read_pages(&k, 2, &[1, 2, 3], pin).await?;
+    assert_eq!(read.pages, [page(PS, 21), page(PS, 12), page(PS, 23)]);
+    assert_eq!(
+        store.begin_read(&k, at(1, ReadAt::Newest)).await?.changes,
+        changes(&[1], Some(3))
+    );
+    let lease = store
+        .acquire_lease(&k, "new", Duration::from_secs(60))
+        .await?;
+    assert_eq!((lease.epoch, lease.state), (2, state));
+    let mut retry = conformance::commit(&lease, 0, PS, 2, &[(1, 11)]);
+    retry.commit_id[15] = 0xa1;
+    retry.commit_id[..15].fill(0);
+    let done = store.precheck(&k, retry.header()).await?.expect("applied");
+    assert_eq!(
+        (
+            done.version,
+            done.already_applied,
+            done.incarnation,
+            done.tag
+        ),
+        (1, true, state.incarnation, Some(v[&1]))
+    );
+    assert_eq!(store.commit(&k, retry).await?, done);
+
+    let ours = Identity {
+        incarnation: Some(state.incarnation),
+        version: Some((2, v[&2])),
+    };
+    let others = [
+        Identity {
+            incarnation: Some([9; 16]),
+            ..ours
+        },
+        Identity {
+            version: Some((2, v[&1])),
+            ..ours
+        },
+    ];
+    for identity in others {
+        let c = Commit {
+            identity,
+            ..conformance::commit(&lease, 2, PS, 3, &[(1, 31)])
+        };
+        let early = store.precheck(&k, c.header()).await;
+        assert!(
+            matches!(early, Err(StoreError::Replaced(_))),
+            "{identity:?}: {early:?}"
+        );
+        let late = store.commit(&k, c).await;
+        assert!(
+            matches!(late, Err(StoreError::Replaced(_))),
+            "{identity:?}: {late:?}"
+        );
+    }
+    let next = Commit {
+        identity: ours,
+        ..conformance::commit(&lease, 2, PS, 3, &[(1, 31)])
+    };
+    assert_eq!(store.precheck(&k, next.header()).await?, None);
+    let applied = store.commit(&k, next).await?;
+    let tag3 = applied.tag.expect("a new version has its tag");
+    assert_eq!(
+        (applied.version, applied.incarnation),
+        (3, state.incarnation)
+    );
+    assert!(!tags.contains(&tag3) && tag3 != NO_TAG);
+    assert_eq!(
+        version_tags(&client, 3).await?[&3],
+        tag3,
+        "stored with its version"
+    );
+    let now = store.open(&k, false).await?.0;
+    assert_eq!(
+        (now.version, now.incarnation, now.tag),
+        (3, state.incarnation, tag3)
+    );
+
+    // Connecting again applies nothing and changes no identity.
+    drop(PostgresStore::connect(pg.url()).await?);
+    let again = database_identities(&client).await?;
+    assert_eq!(again[..2], dbs[..2]);
+    assert_eq!((&again[2].2, &again[2].3[..]), (&dbs[2].2, &tag3[..]));
+    Ok(())
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use pagewire_server_core::store::conformance::{commit, newest, page};
 use pagewire_server_core::store::{
-    BeginRead, Changes, CommitHeader, CommitOutcome, DbKey, PageStore, PinTtl, ReadAt, StoreError,
+    BeginRead, Changes, CommitHeader, CommitOutcome, DbKey, Identity, PageStore, PinTtl, ReadAt,
+    StoreError,
 };
 use pagewire_store_postgres::PostgresStore;
 use pagewire_tests::postgres::TempPostgres;
@@ -277,15 +278,21 @@ async fn precheck_answers_like_commit() -> anyhow::Result<()> {
         matches!(lapsed, Err(StoreError::LeaseLost(_))),
         "{lapsed:?}"
     );
-    // The commit id is judged first: a retry after the lease lapsed learns it applied.
+    // The commit id is judged first: a retry after the lease lapsed learns it applied,
+    // with the version's identity.
+    let applied = store.commit(&k, first.clone()).await?;
     let retry = store.precheck(&k, first.header()).await?;
+    let state = store.open(&k, false).await?.0;
     assert_eq!(
         retry,
         Some(CommitOutcome {
             version: 1,
-            already_applied: true
+            already_applied: true,
+            incarnation: state.incarnation,
+            tag: Some(state.tag),
         })
     );
+    assert_eq!(retry, Some(applied));
     Ok(())
 }
 
@@ -295,6 +302,7 @@ fn commit_header() -> CommitHeader {
         epoch: 1,
         base_version: 0,
         commit_id: [2; 16],
+        identity: Identity::default(),
     }
 }
 

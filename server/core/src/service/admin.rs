@@ -43,9 +43,17 @@ pub async fn delete(
     request: Request<pb::DeleteDatabaseRequest>,
 ) -> Result<Response<pb::DeleteDatabaseResponse>, Status> {
     let key = cx.key(&request, &request.get_ref().name)?;
+    let writer = cx.store.info(&key).await?.lease_held;
     cx.store.delete(&key).await?;
-    cx.hub.deleted(&key);
+    let readers = cx.hub.deleted(&key);
     tracing::info!(tenant = %key.tenant, "deleted database");
+    // A lease holder may serve the old database from its cache until its lease runs
+    // out (the writer learns of the delete at its next renewal, at most a lease TTL
+    // away): the delete is done, and the name free for a new database, only then.
+    let writer = writer.then(|| tokio::time::Instant::now() + cx.config.lease_ttl);
+    if let Some(until) = writer.max(readers) {
+        tokio::time::sleep_until(until).await;
+    }
     Ok(Response::new(pb::DeleteDatabaseResponse {}))
 }
 

@@ -24,7 +24,7 @@ use tracing::field::Empty;
 use super::Context;
 use crate::admission::CommitCharge;
 use crate::auth;
-use crate::store::{Commit, CommitOutcome, DbKey, StoreError};
+use crate::store::{Commit, CommitOutcome, DbKey, Identity, StoreError};
 use crate::validate;
 
 #[tracing::instrument(skip_all, fields(db = Empty, base = Empty, pages = Empty, version = Empty))]
@@ -80,6 +80,7 @@ fn reply(outcome: CommitOutcome) -> Response<pb::CommitResponse> {
     Response::new(pb::CommitResponse {
         version: outcome.version,
         already_applied: outcome.already_applied,
+        tag: outcome.tag.map(|t| Bytes::copy_from_slice(&t)).unwrap_or_default(),
     })
 }
 
@@ -188,6 +189,7 @@ impl Assembly {
             epoch: h.epoch,
             base_version: h.base_version,
             commit_id: validate::commit_id(&h.commit_id)?,
+            identity: Identity::from_wire(&h.incarnation, h.base_version, &h.base_tag)?,
             page_size: h.page_size,
             page_count: h.page_count,
             pages: Vec::new(),
@@ -260,6 +262,7 @@ mod tests {
             commit_id: Bytes::from(vec![2; 16]),
             page_size: 512,
             page_count,
+            ..Default::default()
         };
         pb::CommitRequest {
             part: Some(Part::Header(h)),

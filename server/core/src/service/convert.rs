@@ -11,6 +11,8 @@ impl From<DbState> for pb::DbState {
             version: s.version,
             page_size: s.page_size,
             page_count: s.page_count,
+            incarnation: Bytes::copy_from_slice(&s.incarnation),
+            tag: Bytes::copy_from_slice(&s.tag),
         }
     }
 }

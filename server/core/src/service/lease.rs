@@ -4,7 +4,19 @@ use pagewire_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::store::{DbKey, Identity, Lease};
 use crate::validate;
+
+/// A lease granted in another incarnation than the client's is given back at once and
+/// refused (`Replaced`): it fences nothing the client holds.
+async fn check_incarnation(cx: &Context, key: &DbKey, incarnation: &[u8], lease: Lease) -> Result<Lease, Status> {
+    let identity = Identity::from_wire(incarnation, 0, &[])?;
+    if let Err(e) = identity.check_incarnation(&key.name, &lease.state.incarnation) {
+        cx.store.release_lease(key, lease.lease_id, lease.epoch).await?;
+        return Err(e.into());
+    }
+    Ok(lease)
+}
 
 #[tracing::instrument(skip_all, fields(db = %request.get_ref().name, client = %request.get_ref().client_id))]
 pub async fn acquire(
@@ -18,6 +30,7 @@ pub async fn acquire(
         .store
         .acquire_lease(&key, client_id, cx.config.lease_ttl)
         .await?;
+    let lease = check_incarnation(cx, &key, &request.get_ref().incarnation, lease).await?;
     tracing::debug!(epoch = lease.epoch, "lease granted");
     Ok(Response::new(lease.into()))
 }
@@ -34,6 +47,7 @@ pub async fn renew(
         .store
         .renew_lease(&key, lease_id, renew.epoch, cx.config.lease_ttl)
         .await?;
+    let lease = check_incarnation(cx, &key, &renew.incarnation, lease).await?;
     Ok(Response::new(lease.into()))
 }
 

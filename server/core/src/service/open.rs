@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::Context;
 use super::convert::millis;
+use pagewire_proto::capability;
 
 #[tracing::instrument(skip_all, fields(db = %request.get_ref().name, create = request.get_ref().create))]
 pub async fn open(
@@ -13,6 +14,15 @@ pub async fn open(
 ) -> Result<Response<pb::OpenResponse>, Status> {
     let key = cx.key(&request, &request.get_ref().name)?;
     let open = request.into_inner();
+    // MIN_CLIENT_PROTOCOL is 0 today (every client is served); the check is for later.
+    #[allow(clippy::absurd_extreme_comparisons)]
+    if open.protocol < pagewire_proto::MIN_CLIENT_PROTOCOL {
+        return Err(Status::failed_precondition(format!(
+            "this client speaks pagewire protocol revision {}; this server needs at least {}: upgrade the client",
+            open.protocol,
+            pagewire_proto::MIN_CLIENT_PROTOCOL
+        )));
+    }
     // A read-only open (a replica) never creates.
     let create = open.create && !open.read_only;
     let (state, created) = super::admin::open_or_create(cx, &key, create).await?;
@@ -25,6 +35,8 @@ pub async fn open(
         limits: Some(cx.limits()),
         lease_ttl_ms: millis(cx.config.lease_ttl),
         heartbeat_ms: millis(cx.config.effective_heartbeat()),
-        capabilities: Vec::new(),
+        capabilities: [capability::INCARNATIONS, capability::RANGES].map(String::from).to_vec(),
+        protocol: pagewire_proto::PROTOCOL_REVISION,
+        min_client_protocol: pagewire_proto::MIN_CLIENT_PROTOCOL,
     }))
 }

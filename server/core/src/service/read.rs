@@ -6,7 +6,7 @@ use pagewire_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Context;
-use crate::store::{BeginRead, WireChanges};
+use crate::store::{BeginRead, Identity, ReadAt, WireChanges};
 use crate::validate;
 
 #[tracing::instrument(
@@ -25,14 +25,20 @@ pub async fn begin_read(
     let key = cx.key(&request, &request.get_ref().name)?;
     let asked = request.get_ref();
     let limit = cx.config.limits.max_change_list;
+    let identity = Identity::from_wire(&asked.incarnation, asked.seen_version, &asked.seen_tag)?;
     let read = BeginRead {
         cached_version: asked.cached_version,
         at: validate::read_at(asked.at_version, asked.at_unix_ms)?,
         pin: cx.config.pin(),
         max_changes: limit,
+        seen_version: asked.seen_version,
     };
     let ranges = asked.ranges;
     let view = cx.store.begin_read(&key, read).await?;
+    identity.check_incarnation(&key.name, &view.state.incarnation)?;
+    // Only a read of the newest version knows how far the history goes.
+    let newest = if read.at == ReadAt::Newest { view.state.version } else { u64::MAX };
+    identity.check_version(&key.name, newest, view.seen_tag)?;
     let changes = WireChanges::new(view.changes.as_ref(), ranges, view.state.page_count, limit);
     Ok(Response::new(pb::BeginReadResponse {
         state: Some(view.state.into()),
@@ -55,10 +61,13 @@ pub async fn read_pages(
     let read = request.get_ref();
     let limits = &cx.config.limits;
     validate::read_count(read.page_nos.len(), limits.max_pages_per_read)?;
+    let identity = Identity::from_wire(&read.incarnation, read.version, &read.tag)?;
     let pages = cx
         .store
         .read_pages(&key, read.version, &read.page_nos, cx.config.pin())
         .await?;
+    // The pages are sent only if they are the client's database's, at its version.
+    identity.check_state(&key.name, &pages.state)?;
     // The reply must also fit in one message at this version's page size.
     let fit = validate::max_pages_per_read(
         limits.max_pages_per_read,

@@ -27,7 +27,8 @@ pub async fn watch(
     };
     crate::validate::db_name(&start.name)?;
     let key = DbKey::new(tenant.name, start.name);
-    let (id, events) = cx.hub.watch(&*cx.store, &key, start.ranges).await?;
+    let incarnation = crate::store::identity::id_from_wire("incarnation", &start.incarnation)?;
+    let (id, events) = cx.hub.watch(&*cx.store, &key, start.ranges, incarnation).await?;
     tracing::debug!(db = %key, watcher = id, "watch started");
     let hub = cx.hub.clone();
     let closing = hub.closing();

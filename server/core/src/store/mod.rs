@@ -11,6 +11,7 @@ pub mod changes;
 pub mod clock;
 pub mod conformance;
 pub mod faults;
+pub mod identity;
 pub mod memory;
 
 use std::time::Duration;
@@ -21,10 +22,30 @@ use bytes::Bytes;
 pub use changes::{ChangeWalk, Changes, WireChanges};
 pub use clock::Clock;
 pub use faults::{Fault, FaultyStore};
+pub use identity::Identity;
 pub use memory::MemoryStore;
 
 /// A write lease or commit identifier: 16 random bytes.
 pub type Id16 = [u8; 16];
+
+/// Which database, among every one ever created under a name: 16 random bytes chosen at
+/// create, never reused (not after a delete, a restart of the memory store, or the
+/// restore of a durable store's backup).
+pub type Incarnation = Id16;
+
+/// Which version, among every one ever committed under a number: 16 random bytes chosen
+/// when the version is committed ([`NO_TAG`] for version 0, empty in every incarnation).
+/// A restored backup keeps the tags of the versions it holds; versions committed after
+/// the restore get new ones, so a client that saw the lost versions can tell.
+pub type VersionTag = Id16;
+
+/// The tag of version 0.
+pub const NO_TAG: VersionTag = [0; 16];
+
+/// A new random incarnation or version tag.
+pub fn random_id() -> Id16 {
+    rand::random()
+}
 
 /// A database, scoped by its tenant: the same name in two tenants is two databases.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,6 +77,17 @@ pub struct DbState {
     pub version: u64,
     pub page_size: u32,
     pub page_count: u32,
+    /// The database's incarnation and this version's tag: with `version`, what names
+    /// these pages (a version number alone never does).
+    pub incarnation: Incarnation,
+    pub tag: VersionTag,
+}
+
+impl DbState {
+    /// The version and its geometry, without identity (for comparisons in tests).
+    pub fn geometry(&self) -> (u64, u32, u32) {
+        (self.version, self.page_size, self.page_count)
+    }
 }
 
 /// What the control plane shows about a database.
@@ -122,6 +154,10 @@ pub struct BeginRead {
     /// The change list spans at most this many versions and lists at most this many
     /// pages (growth is a range and does not count); past it, `changes` is `None`.
     pub max_changes: usize,
+    /// The newest version the client knows of: its tag is returned as
+    /// [`ReadView::seen_tag`], so the service can tell whether the client's history is
+    /// this database's (0: none).
+    pub seen_version: u64,
 }
 
 /// The start of a read transaction.
@@ -135,6 +171,9 @@ pub struct ReadView {
     pub changes: Option<Changes>,
     /// When `state.version` was committed (Unix ms; 0 for version 0).
     pub committed_unix_ms: i64,
+    /// The tag of [`BeginRead::seen_version`], when that version exists and its record
+    /// is still kept ([`NO_TAG`] for version 0); `None` otherwise.
+    pub seen_tag: Option<VersionTag>,
 }
 
 /// A commit's header, looked at before its pages arrive (see [`PageStore::precheck`]).
@@ -144,6 +183,8 @@ pub struct CommitHeader {
     pub epoch: u64,
     pub base_version: u64,
     pub commit_id: Id16,
+    /// What the client holds: its incarnation and `base_version`'s tag.
+    pub identity: Identity,
 }
 
 /// What one history GC pass did.
@@ -172,6 +213,9 @@ impl GcStats {
 /// Pages read at one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRead {
+    /// The version read, with its identity (the service checks it against the
+    /// client's: the same atomic step as the read).
+    pub state: DbState,
     /// The page size at that version (every page has this length).
     pub page_size: u32,
     /// One entry per requested page, in request order.
@@ -187,6 +231,9 @@ pub struct Commit {
     pub base_version: u64,
     /// Chosen by the client; a retry with the same id returns the first outcome.
     pub commit_id: Id16,
+    /// The incarnation and `base_version`'s tag the client holds; checked first
+    /// (`Replaced`), before the commit id.
+    pub identity: Identity,
     pub page_size: u32,
     /// The page count after this commit (shrinks or grows the file).
     pub page_count: u32,
@@ -204,6 +251,7 @@ impl Commit {
             epoch: self.epoch,
             base_version: self.base_version,
             commit_id: self.commit_id,
+            identity: self.identity,
         }
     }
 }
@@ -215,6 +263,10 @@ pub struct CommitOutcome {
     pub version: u64,
     /// The commit id had already been applied: this call was a retry and changed nothing.
     pub already_applied: bool,
+    /// The database's incarnation, and the version's tag (`None` when a retry's version
+    /// is no longer on record).
+    pub incarnation: Incarnation,
+    pub tag: Option<VersionTag>,
 }
 
 /// Why a store call failed. Mapped to a gRPC status in exactly one place
@@ -226,6 +278,10 @@ pub enum StoreError {
     InvalidArgument(String),
     #[error("database '{0}' does not exist")]
     NotFound(String),
+    /// The call names an incarnation or a version tag the database does not have: it
+    /// was deleted, created again or restored since the client learned them.
+    #[error("{0}")]
+    Replaced(String),
     #[error("database '{0}' already exists")]
     AlreadyExists(String),
     /// Another client holds an unexpired write lease.
@@ -342,8 +398,8 @@ pub trait PageStore: Send + Sync + 'static {
     ) -> StoreResult<PageRead>;
 
     /// An early look at a commit before its pages arrive, so one that cannot apply costs
-    /// no buffering: `Some` outcome when `commit_id` was already applied; `LeaseLost` or
-    /// `VersionConflict` as [`PageStore::commit`] would answer now. `commit` stays
+    /// no buffering: `Replaced`, `Some` outcome when `commit_id` was already applied,
+    /// `LeaseLost` or `VersionConflict`, as [`PageStore::commit`] would answer now. `commit` stays
     /// authoritative (the lease may lapse meanwhile). A store may skip the look
     /// (the default): the commit is then refused only once received.
     async fn precheck(&self, key: &DbKey, header: CommitHeader) -> StoreResult<Option<CommitOutcome>> {
@@ -351,10 +407,11 @@ pub trait PageStore: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Applies a commit atomically. In order: a known `commit_id` returns its version
-    /// (`already_applied`) before any other check; the lease must be the current unexpired
-    /// one with that epoch (`LeaseLost`); `base_version` must be current
-    /// (`VersionConflict`); [`crate::validate::against_base`] must pass. A successful
+    /// Applies a commit atomically. In order: the identity's incarnation must be the
+    /// database's (`Replaced`); a known `commit_id` returns its version
+    /// (`already_applied`); the lease must be the current unexpired one with that epoch
+    /// (`LeaseLost`); `base_version` must be current (`VersionConflict`) with the
+    /// identity's base tag (`Replaced`); [`crate::validate::against_base`] must pass. A successful
     /// commit also renews the lease.
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome>;
 

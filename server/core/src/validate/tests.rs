@@ -16,6 +16,7 @@ fn commit_of(page_size: u32, page_count: u32, pages: Vec<(u32, Bytes)>) -> Commi
         epoch: 1,
         base_version: 0,
         commit_id: [2; 16],
+        identity: Default::default(),
         page_size,
         page_count,
         pages,
@@ -175,6 +176,7 @@ fn page_size_change_rewrites_everything() {
         version: 4,
         page_size: 4096,
         page_count: 10,
+        ..Default::default()
     };
     let partial = commit_of(8192, 2, vec![(1, page_one_bytes(8192, 2))]);
     assert!(msg(against_base(&partial, &base)).contains("must rewrite every page"));

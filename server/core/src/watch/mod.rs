@@ -38,7 +38,7 @@ use tonic::Status;
 
 pub use metrics::Metrics;
 
-use crate::store::{DbKey, DbState, PageStore, PinTtl, StoreError, StoreResult};
+use crate::store::{DbKey, DbState, Identity, Incarnation, PageStore, PinTtl, StoreError, StoreResult};
 
 /// Events queued per watcher before it counts as stuck and is disconnected.
 const QUEUE: usize = 256;
@@ -213,10 +213,17 @@ impl Hub {
     /// Starts watching `key`: the new watcher's id and its event stream, whose first
     /// event (`WatchStarted`) is already queued. `ranges`: its client takes
     /// `RoundEnd.changed_from`. Over a watcher cap: `TooLarge` naming it.
-    pub async fn watch(&self, store: &dyn PageStore, key: &DbKey, ranges: bool) -> StoreResult<(u64, EventRx)> {
+    /// `incarnation`: the client's (`Replaced` when the database has another).
+    pub async fn watch(
+        &self,
+        store: &dyn PageStore,
+        key: &DbKey,
+        ranges: bool,
+        incarnation: Option<Incarnation>,
+    ) -> StoreResult<(u64, EventRx)> {
         let w = self.entry(key);
         let started = self.learn_published(store, key, &w).await;
-        let result = started.and_then(|()| self.add_watcher(key, &w, ranges));
+        let result = started.and_then(|()| self.add_watcher(key, &w, ranges, incarnation));
         self.release(key, w);
         result
     }
@@ -235,8 +242,12 @@ impl Hub {
         Ok(())
     }
 
-    fn add_watcher(&self, key: &DbKey, w: &DbWatch, ranges: bool) -> StoreResult<(u64, EventRx)> {
+    fn add_watcher(&self, key: &DbKey, w: &DbWatch, ranges: bool, incarnation: Option<Incarnation>) -> StoreResult<(u64, EventRx)> {
         let mut s = w.state.lock();
+        if let Some(published) = &s.published {
+            let identity = Identity { incarnation, version: None };
+            identity.check_incarnation(&key.name, &published.incarnation)?;
+        }
         if s.watchers.len() >= self.max_watchers_per_db {
             return Err(over_cap(format!("database '{}' has {} watchers", key.name, s.watchers.len()), "--max-watchers-per-db"));
         }
@@ -376,12 +387,17 @@ impl Hub {
         self.release(key, db);
     }
 
-    /// The database was deleted: its watchers' streams end with NOT_FOUND (leases are
-    /// still honoured until they run out), and its state must be learned again.
-    pub fn deleted(&self, key: &DbKey) {
-        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+    /// The database was deleted: its watchers' streams end with NOT_FOUND, and its state
+    /// must be learned again. Returns when the last read lease it had runs out (a holder
+    /// may serve the old state until then).
+    pub fn deleted(&self, key: &DbKey) -> Option<Instant> {
+        let db = self.dbs.lock().get(key).cloned()?;
         let status = Status::not_found(format!("database '{}' was deleted", key.name));
-        end_all(&mut db.state.lock(), status);
+        let mut s = db.state.lock();
+        let now = Instant::now();
+        let until = s.watchers.values().filter_map(|w| w.lease_until).filter(|t| *t > now).max();
+        end_all(&mut s, status);
+        until
     }
 
     /// Ends every stream (server shutdown), so graceful shutdown does not wait for

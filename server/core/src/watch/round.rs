@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{DbWatch, Hub, WatchState};
 use crate::store::{
-    BeginRead, Changes, Commit, CommitOutcome, DbKey, DbState, PageStore, ReadAt, StoreResult, WireChanges,
+    BeginRead, Changes, Commit, CommitOutcome, DbKey, DbState, NO_TAG, PageStore, ReadAt, StoreResult, WireChanges,
 };
 
 /// What a round tells watchers at its end.
@@ -57,7 +57,7 @@ impl Hub {
         let pin = async {
             if let Some(version) = pin {
                 let at = ReadAt::Version(version);
-                let read = BeginRead { cached_version: version, at, pin: self.pin, max_changes: 0 };
+                let read = BeginRead { cached_version: version, at, pin: self.pin, max_changes: 0, seen_version: 0 };
                 if let Err(e) = store.begin_read(key, read).await {
                     tracing::debug!(db = %key, version, "pinning for read lease holders failed: {e}");
                 }
@@ -73,7 +73,16 @@ impl Hub {
         let result = store.commit(key, commit).await;
         let end = match &result {
             Ok(o) if o.already_applied => End::Unchanged,
-            Ok(o) => End::Applied(DbState { version: o.version, page_size, page_count }, written, contents),
+            Ok(o) => {
+                let state = DbState {
+                    version: o.version,
+                    page_size,
+                    page_count,
+                    incarnation: o.incarnation,
+                    tag: o.tag.unwrap_or(NO_TAG),
+                };
+                End::Applied(state, written, contents)
+            }
             Err(e) if e.is_client_error() => End::Unchanged,
             // The store may or may not have applied it: ask.
             Err(_) => match store.open(key, false).await {

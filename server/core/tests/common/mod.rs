@@ -111,6 +111,7 @@ impl Parts {
             commit_id: Bytes::from(rand::random::<[u8; 16]>().to_vec()),
             page_size: PS,
             page_count,
+            ..Default::default()
         };
         let mut pages = vec![pb::Page {
             page_no: 1,

@@ -112,6 +112,7 @@ fn at(at: ReadAt, cached_version: u64, pin: PinTtl) -> BeginRead {
         at,
         pin,
         max_changes: super::MAX_CHANGES,
+        seen_version: 0,
     }
 }
 

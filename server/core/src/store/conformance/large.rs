@@ -5,7 +5,7 @@ use anyhow::{Context as _, ensure};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Outcome, expect_err, key, page_one, writable};
-use crate::store::{Commit, DbKey, Lease, PageStore, StoreError};
+use crate::store::{Commit, DbKey, Identity, Lease, PageStore, StoreError};
 
 /// The largest page size, so 256 MiB is 4096 pages.
 const BIG_PS: u32 = 65536;
@@ -29,6 +29,7 @@ fn big_commit(lease: &Lease, base: u64, salt: u8) -> Commit {
         epoch: lease.epoch,
         base_version: base,
         commit_id: rand::random(),
+        identity: Identity::default(),
         page_size: BIG_PS,
         page_count: BIG_PAGES,
         pages,

@@ -45,6 +45,9 @@ macro_rules! conformance_tests {
             huge_growth_is_a_range,
             change_lists_stop_at_their_limit,
             precheck_answers_as_commit_would,
+            every_create_is_a_new_incarnation,
+            every_version_has_its_tag,
+            commits_for_another_database_are_refused,
         );
         $crate::conformance_tests!(@timed [$test] $fixture, $time;
             epoch_fencing_after_expiry,

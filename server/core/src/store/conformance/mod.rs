@@ -16,6 +16,7 @@
 
 mod concurrency;
 mod history;
+mod identity;
 mod large;
 mod limits;
 mod macros;
@@ -29,6 +30,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 pub use concurrency::*;
 pub use history::*;
+pub use identity::*;
 pub use large::*;
 pub use limits::*;
 pub use model::*;
@@ -38,7 +40,8 @@ pub use time::TestTime;
 pub type Outcome = anyhow::Result<()>;
 
 use super::{
-    BeginRead, Commit, DbKey, DbState, Lease, PageStore, PinTtl, ReadAt, ReadView, StoreError, StoreResult,
+    BeginRead, Commit, DbKey, Identity, Lease, PageStore, PinTtl, ReadAt, ReadView, StoreError,
+    StoreResult,
 };
 
 const PS: u32 = 4096;
@@ -60,6 +63,7 @@ pub fn newest(cached_version: u64) -> BeginRead {
         at: ReadAt::Newest,
         pin: PIN,
         max_changes: MAX_CHANGES,
+        seen_version: 0,
     }
 }
 
@@ -116,6 +120,7 @@ pub fn commit(
         epoch: lease.epoch,
         base_version: base,
         commit_id: rand::random(),
+        identity: Identity::default(),
         page_size,
         page_count,
         pages,
@@ -198,11 +203,7 @@ pub async fn read_your_writes_at_versions(store: &dyn PageStore) -> anyhow::Resu
     let state = store.open(&k, false).await?.0;
     ensure!(
         state
-            == DbState {
-                version: 2,
-                page_size: PS,
-                page_count: 3
-            },
+            .geometry() == (2, PS, 3),
         "state {state:?}"
     );
     Ok(())
@@ -531,7 +532,7 @@ pub async fn create_list_delete(store: &dyn PageStore) -> anyhow::Result<()> {
         "create twice",
     )?;
     let (state, created) = store.open(&key(t, "a.db"), true).await?;
-    ensure!(created && state == DbState::default(), "open creates");
+    ensure!(created && state.geometry() == (0, 0, 0) && state.tag == crate::store::NO_TAG, "open creates");
     ensure!(
         !store.open(&key(t, "a.db"), true).await?.1,
         "second open does not create"
@@ -582,11 +583,7 @@ pub async fn begin_read_change_lists(store: &dyn PageStore) -> anyhow::Result<()
     );
     ensure!(
         v.state
-            == DbState {
-                version: 3,
-                page_size: PS,
-                page_count: 6
-            },
+            .geometry() == (3, PS, 6),
         "state {v:?}"
     );
     let v = store.begin_read(&k, newest(3)).await?;

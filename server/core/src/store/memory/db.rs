@@ -12,8 +12,8 @@ use super::lease::{LeaseRecord, LeaseSlot};
 use super::pages::Pages;
 use super::pins::Pins;
 use crate::store::{
-    BeginRead, Commit, CommitHeader, CommitOutcome, PinTtl, DbInfo, DbState, GcStats, Id16, Lease, PageRead, ReadView,
-    StoreError, StoreResult,
+    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbState, GcStats, Id16, Lease, PageRead,
+    PinTtl, ReadView, StoreError, StoreResult, random_id,
 };
 use crate::validate;
 
@@ -62,7 +62,7 @@ impl MemDb {
             deleted: false,
             created_unix_ms: now_unix_ms,
             pages: Pages::default(),
-            history: History::new(now_unix_ms),
+            history: History::new(now_unix_ms, random_id()),
             pins: Pins::default(),
             lease: LeaseSlot::default(),
             commit_ids: CommitLog::default(),
@@ -136,6 +136,7 @@ impl MemDb {
             state,
             changes,
             committed_unix_ms,
+            seen_tag: self.history.tag_of(read.seen_version),
         })
     }
 
@@ -154,6 +155,7 @@ impl MemDb {
             .collect::<StoreResult<_>>()?;
         self.pins.refresh(version, pin, now);
         Ok(PageRead {
+            state,
             page_size: state.page_size,
             pages,
         })
@@ -161,45 +163,52 @@ impl MemDb {
 
     /// The checks of [`MemDb::commit`] that need only the header: `Some` outcome when
     /// the commit id is known, else the lease and base version.
-    pub(super) fn precheck(&mut self, h: &CommitHeader, now: Instant) -> StoreResult<Option<CommitOutcome>> {
+    pub(super) fn precheck(&mut self, h: &CommitHeader, name: &str, now: Instant) -> StoreResult<Option<CommitOutcome>> {
+        h.identity.check_incarnation(name, &self.history.incarnation())?;
         if let Some(version) = self.commit_ids.get(&h.commit_id) {
             return Ok(Some(CommitOutcome {
                 version,
                 already_applied: true,
+                incarnation: self.history.incarnation(),
+                tag: self.history.tag_of(version),
             }));
         }
         self.lease.check(h.lease_id, h.epoch, now)?;
-        let current = self.state().version;
-        if h.base_version != current {
+        let current = self.state();
+        if h.base_version != current.version {
             return Err(StoreError::VersionConflict {
                 base: h.base_version,
-                current,
+                current: current.version,
             });
         }
+        h.identity.check_state(name, &current)?;
         Ok(None)
     }
 
     pub(super) fn commit(
         &mut self,
         commit: Commit,
+        name: &str,
         now: Instant,
         now_unix_ms: i64,
     ) -> StoreResult<CommitOutcome> {
-        if let Some(done) = self.precheck(&commit.header(), now)? {
+        if let Some(done) = self.precheck(&commit.header(), name, now)? {
             return Ok(done);
         }
         let base = self.state();
         validate::against_base(&commit, &base)?;
-        let version = self.apply(commit, base, now_unix_ms);
+        let created = self.apply(commit, base, now_unix_ms);
         self.lease.touch(now);
         Ok(CommitOutcome {
-            version,
+            version: created.version,
             already_applied: false,
+            incarnation: created.incarnation,
+            tag: Some(created.tag),
         })
     }
 
-    /// Writes a checked commit as version `base.version + 1`; returns that version.
-    fn apply(&mut self, commit: Commit, base: DbState, now_unix_ms: i64) -> u64 {
+    /// Writes a checked commit as version `base.version + 1`; returns that state.
+    fn apply(&mut self, commit: Commit, base: DbState, now_unix_ms: i64) -> DbState {
         let version = base.version + 1;
         let (commit_id, page_size, page_count) =
             (commit.commit_id, commit.page_size, commit.page_count);
@@ -208,11 +217,12 @@ impl MemDb {
             page_size,
             page_count,
             committed_unix_ms: now_unix_ms,
+            tag: random_id(),
             changed,
             retained: true,
         });
         self.commit_ids.remember(commit_id, version);
-        version
+        self.state()
     }
 
     /// One GC pass over this database (see [`crate::store::PageStore::gc`]).

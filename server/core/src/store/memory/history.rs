@@ -7,7 +7,9 @@ use std::time::Duration;
 use super::pages::KeptVersion;
 use super::pins::Pins;
 use crate::store::clock::{check_after_first_commit, describe_unix_ms};
-use crate::store::{ChangeWalk, Changes, DbState, ReadAt, StoreError, StoreResult};
+use crate::store::{
+    ChangeWalk, Changes, DbState, Incarnation, NO_TAG, ReadAt, StoreError, StoreResult, VersionTag,
+};
 
 use tokio::time::Instant;
 
@@ -17,6 +19,8 @@ pub(super) struct VersionMeta {
     pub page_size: u32,
     pub page_count: u32,
     pub committed_unix_ms: i64,
+    /// Chosen at commit (see [`VersionTag`]).
+    pub tag: VersionTag,
     /// Pages written by this version, and its growth past the old end.
     pub changed: Changes,
     /// Still readable (false once GC collected it; its metadata stays for change lists
@@ -26,6 +30,7 @@ pub(super) struct VersionMeta {
 
 #[derive(Debug)]
 pub(super) struct History {
+    incarnation: Incarnation,
     /// Metadata of versions `oldest..=current`, indexed by `version - oldest`; never
     /// empty, and the oldest entry is always readable.
     versions: Vec<VersionMeta>,
@@ -38,15 +43,17 @@ pub(super) struct History {
 }
 
 impl History {
-    pub(super) fn new(created_unix_ms: i64) -> Self {
+    pub(super) fn new(created_unix_ms: i64, incarnation: Incarnation) -> Self {
         let empty = VersionMeta {
             page_size: 0,
             page_count: 0,
             committed_unix_ms: created_unix_ms,
+            tag: NO_TAG,
             changed: Changes::default(),
             retained: true,
         };
         Self {
+            incarnation,
             versions: vec![empty],
             oldest: 0,
             first_commit_unix_ms: None,
@@ -71,6 +78,10 @@ impl History {
         self.versions.last()
     }
 
+    pub(super) fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
     /// The newest state.
     pub(super) fn state(&self) -> DbState {
         let meta = self.newest_meta();
@@ -78,7 +89,14 @@ impl History {
             version: self.current(),
             page_size: meta.map_or(0, |m| m.page_size),
             page_count: meta.map_or(0, |m| m.page_count),
+            incarnation: self.incarnation,
+            tag: meta.map_or(NO_TAG, |m| m.tag),
         }
+    }
+
+    /// The tag of `version` while its record is kept (collected versions keep theirs).
+    pub(super) fn tag_of(&self, version: u64) -> Option<VersionTag> {
+        self.meta(version).map(|m| m.tag)
     }
 
     /// When the newest version was committed (or the database created).
@@ -112,6 +130,8 @@ impl History {
                     version,
                     page_size: meta.page_size,
                     page_count: meta.page_count,
+                    incarnation: self.incarnation,
+                    tag: meta.tag,
                 };
                 Ok((state, meta))
             }

@@ -179,12 +179,12 @@ impl PageStore for MemoryStore {
     }
 
     async fn precheck(&self, key: &DbKey, header: CommitHeader) -> StoreResult<Option<CommitOutcome>> {
-        self.with_db(key, |db| db.precheck(&header, Instant::now()))
+        self.with_db(key, |db| db.precheck(&header, &key.name, Instant::now()))
     }
 
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {
         let now_unix_ms = self.clock.unix_ms();
-        self.with_db(key, |db| db.commit(commit, Instant::now(), now_unix_ms))
+        self.with_db(key, |db| db.commit(commit, &key.name, Instant::now(), now_unix_ms))
     }
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
