@@ -140,6 +140,23 @@ fn assert_replaced(p: &mut Py, python: &str, url: &str, new_rows: usize) {
     assert_eq!(tables, "[('q',)]", "P changed nothing");
 }
 
+/// A reader (another process, no page cache) in a read transaction pinned at P's
+/// version 7, which has read only page 1 so far: table p's pages are still to fetch.
+fn pinned_reader(python: &str, url: &str) -> Py {
+    let mut r = Py::start(python, url);
+    r.open(1, "inc.db?mode=ro&cache_size=0&preload=0");
+    r.ok(1, "begin");
+    assert_eq!(r.ok(1, "pragma pagewire_version"), "[('7',)]");
+    r.ok(1, "select count(*) from sqlite_schema");
+    r
+}
+
+/// Its ReadPages at the old version gets an error, never the new database's pages.
+fn assert_pinned_reader_fails(r: &mut Py) {
+    let pinned = r.sql(1, "select count(*), sum(length(x)) from p");
+    assert!(pinned.is_err(), "the pinned reader read the new database's pages: {pinned:?}");
+}
+
 /// Every call of P's old connection fails: an I/O error (or, for a table only the new
 /// database has, SQLite's "no such table" from its cached schema); never rows.
 fn assert_old_connection_fails(p: &mut Py) {
@@ -177,11 +194,13 @@ fn replaced_by_a_memory_server_restart() {
     let mut p = Py::start(python, &first.url);
     p.open(1, OLD);
     build_old(&mut p, 1..=7);
+    let mut r = pinned_reader(python, &first.url);
     idle(&first.url);
     let (url, addr) = (first.url.clone(), first.addr.clone());
     drop(first);
     let _second = Server::start_at(&addr, &[]).expect("server again on the same port");
     build_new(python, &url, 1, 7);
+    assert_pinned_reader_fails(&mut r);
     assert_replaced(&mut p, python, &url, 6);
 }
 
@@ -192,6 +211,7 @@ fn replaced_by_admin_delete_and_create() {
     let mut p = Py::start(python, &server.url);
     p.open(1, OLD);
     build_old(&mut p, 1..=7);
+    let mut r = pinned_reader(python, &server.url);
     idle(&server.url);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
@@ -200,6 +220,7 @@ fn replaced_by_admin_delete_and_create() {
         admin.create_database(pb::CreateDatabaseRequest { name: "inc.db".into() }).await.expect("create");
     });
     build_new(python, &server.url, 1, 7);
+    assert_pinned_reader_fails(&mut r);
     assert_replaced(&mut p, python, &server.url, 6);
 }
 
@@ -229,11 +250,7 @@ fn replaced_by_a_postgres_restore() {
         .expect("pg_dump");
     assert!(dumped.success(), "pg_dump");
     build_old_more(&mut p);
-    // A reader pinned at P's version 7, which has read only page 1 so far.
-    let mut r = Py::start(python, &url);
-    r.open(1, "inc.db?mode=ro&cache_size=0&preload=0");
-    r.ok(1, "begin");
-    r.ok(1, "select count(*) from sqlite_schema");
+    let mut r = pinned_reader(python, &url);
     idle(&url);
     drop(first);
     let restored = Command::new(bin.join("pg_restore"))
@@ -254,8 +271,7 @@ fn replaced_by_a_postgres_restore() {
     }
     assert_eq!(q.ok(1, "pragma pagewire_version"), "[('7',)]");
     drop(q);
-    let pinned = r.sql(1, "select sum(length(x)) from p");
-    assert!(pinned.is_err(), "the pinned reader read the new database's pages: {pinned:?}");
+    assert_pinned_reader_fails(&mut r);
     assert_old_connection_fails(&mut p);
     assert!(p.stderr_text().contains("was replaced"), "{}", p.stderr_text());
     let mut fresh = Py::start(python, &url);
