@@ -41,11 +41,15 @@ impl WriteBuffer {
                 self.size = self.size.max(end);
                 return;
             }
-        // Merge every extent overlapping [offset, end) into one.
+        // Merge every extent overlapping [offset, end) into one. Extents are disjoint,
+        // so their ends ascend with their starts: walking down from `end`, the first
+        // that ends at or before `offset` has only such extents below it (stopping
+        // there keeps a write O(log n + overlaps), not O(extents)).
         let overlapping: Vec<u64> = self
             .extents
             .range(..end)
-            .filter(|(start, e)| **start + e.len() as u64 > offset)
+            .rev()
+            .take_while(|(start, e)| **start + e.len() as u64 > offset)
             .map(|(start, _)| *start)
             .collect();
         let mut start = offset;

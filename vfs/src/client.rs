@@ -409,33 +409,40 @@ impl Client {
         let deadline = started + self.retry_timeout;
         let mut backoff = Duration::from_millis(5);
         let (mut attempts, mut timeouts) = (0u32, 0u32);
+        // The error the call ends with after `attempts`, given how the last one failed.
+        let ended = |last: Failed, attempts: u32| match last {
+            Failed::Error(e) => e,
+            Failed::TimedOut(what_failed) => VfsError::Status(Status::deadline_exceeded(format!(
+                "the pagewire server {what_failed}; gave up after {attempts} attempt{} in {:.1}s",
+                if attempts == 1 { "" } else { "s" },
+                started.elapsed().as_secs_f64(),
+            ))),
+        };
         loop {
             let (generation, stub) = self.stub();
             attempts += 1;
-            let error = match call(stub, self.counters.clone()).await {
+            let failed = match call(stub, self.counters.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(Failed::Error(e)) if !e.is_retryable() => return Err(e),
-                Err(Failed::Error(e)) => e,
-                Err(Failed::TimedOut(what_failed)) => {
+                Err(failed @ Failed::Error(_)) => failed,
+                Err(failed @ Failed::TimedOut(_)) => {
                     Counters::bump(&self.counters.timeouts);
                     timeouts += 1;
                     // The retry goes over a new connection: this one may be dead.
                     self.conn.reconnect(generation);
-                    let elapsed = started.elapsed().as_secs_f64();
-                    let e = VfsError::Status(Status::deadline_exceeded(format!(
-                        "the pagewire server {what_failed}; gave up after {attempts} attempt{} in {elapsed:.1}s",
-                        if attempts == 1 { "" } else { "s" },
-                    )));
                     if timeouts >= TIMED_OUT_ATTEMPTS {
-                        return Err(e);
+                        return Err(ended(failed, attempts));
                     }
-                    e
+                    failed
                 }
             };
             if !retry || Instant::now() + backoff >= deadline {
-                return Err(error);
+                return Err(ended(failed, attempts));
             }
-            tracing::debug!(call = what, error = %error, ?backoff, "retrying");
+            match &failed {
+                Failed::Error(e) => tracing::debug!(call = what, error = %e, ?backoff, "retrying"),
+                Failed::TimedOut(w) => tracing::debug!(call = what, "the server {w}; retrying over a new connection"),
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
