@@ -51,17 +51,22 @@ impl DbState {
 
     /// A state the server sent, checked (it is trusted no further than that) and with
     /// its incarnation: a page size SQLite can have (0 only while empty), a page count
-    /// within SQLite's, 16-byte ids.
+    /// within SQLite's, empty only at version 0 (a commit leaves at least one page),
+    /// 16-byte ids (version 0's tag may be empty: it is all zeros in every incarnation).
     pub fn from_wire(s: Option<&pb::DbState>) -> Result<(Self, Id16), VfsError> {
         let s = s.ok_or_else(|| bad_reply("a reply without the database's state"))?;
         let sized = s.page_size == 0 || (s.page_size.is_power_of_two() && (512..=65536).contains(&s.page_size));
         if !sized || (s.page_size == 0) != (s.page_count == 0) || s.page_count == u32::MAX {
             return Err(bad_reply(&format!("page size {} and count {}", s.page_size, s.page_count)));
         }
+        if (s.version == 0) != (s.page_count == 0) {
+            return Err(bad_reply(&format!("version {} with page count {}", s.version, s.page_count)));
+        }
         let id = |what: &str, b: &[u8]| -> Result<Id16, VfsError> {
             b.try_into().map_err(|_| bad_reply(&format!("{what} of {} bytes", b.len())))
         };
-        let state = Self { version: s.version, page_size: s.page_size, page_count: s.page_count, tag: id("a version tag", &s.tag)? };
+        let tag = if s.version == 0 && s.tag.is_empty() { Id16::default() } else { id("a version tag", &s.tag)? };
+        let state = Self { version: s.version, page_size: s.page_size, page_count: s.page_count, tag };
         Ok((state, id("an incarnation", &s.incarnation)?))
     }
 }
@@ -88,15 +93,30 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
-    pub fn from_open(r: &pb::OpenResponse) -> Self {
+    /// The server's word, within reason (any value, 0 or missing included, gives
+    /// settings that work): at least one page per read; messages of at least 1 MiB and
+    /// at most what this client accepts; a heartbeat between 100 ms and a day.
+    pub fn from_open(r: &pb::OpenResponse, client_max_message: usize) -> Self {
         let limits = r.limits.unwrap_or_default();
+        let max_message_bytes = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
         Self {
             max_pages_per_read: (limits.max_pages_per_read as usize).max(1),
-            max_message_bytes: (limits.max_message_bytes as usize).max(1 << 20),
-            heartbeat: Duration::from_millis(r.heartbeat_ms.max(100)),
+            max_message_bytes: max_message_bytes.clamp(1 << 20, client_max_message.max(1 << 20)),
+            heartbeat: Duration::from_millis(r.heartbeat_ms.clamp(100, MAX_TTL_MS)),
         }
     }
+
+    /// Most pages one ReadPages asks for at `page_size`: the server's limit, and no
+    /// more than fit in one message (with room for its framing), at least one.
+    pub fn pages_per_read(&self, page_size: u32) -> usize {
+        let fit = (self.max_message_bytes / page_size.max(1) as usize).saturating_sub(1);
+        self.max_pages_per_read.min(fit).max(1)
+    }
 }
+
+/// Longest lease (or heartbeat) a server's word is taken for: a day. Longer would be a
+/// bug, and clock arithmetic with it could overflow.
+const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
 
 #[derive(Clone, Debug)]
 struct Lease {
@@ -114,7 +134,7 @@ impl Lease {
             return Err(bad_reply(&format!("a lease id of {} bytes", r.lease_id.len())));
         }
         // A server's word is not trusted to overflow our clock arithmetic.
-        let ttl = Duration::from_millis(r.ttl_ms.min(24 * 3600 * 1000));
+        let ttl = Duration::from_millis(r.ttl_ms.min(MAX_TTL_MS));
         Ok(Self { id: r.lease_id.clone(), epoch: r.epoch, ttl, valid_until: Self::deadline(asked_at, ttl) })
     }
 
@@ -147,11 +167,15 @@ async fn read_chunk(client: Client, name: String, incarnation: Id16, at: DbState
         tag: Bytes::copy_from_slice(&at.tag),
     };
     let resp = client.read_pages(req).await?;
-    if resp.page_size != at.page_size || resp.pages.len() != asked || resp.pages.iter().any(|d| d.len() != at.page_size as usize) {
-        return Err(VfsError::Internal(format!(
-            "server sent {} pages for {asked} asked, or pages of the wrong size",
-            resp.pages.len()
-        )));
+    let size = at.page_size as usize;
+    if resp.page_size != at.page_size {
+        return Err(bad_reply(&format!("pages of {} bytes for version {} of page size {size}", resp.page_size, at.version)));
+    }
+    if resp.pages.len() != asked {
+        return Err(bad_reply(&format!("{} pages for {asked} asked", resp.pages.len())));
+    }
+    if let Some(d) = resp.pages.iter().find(|d| d.len() != size) {
+        return Err(bad_reply(&format!("a page of {} bytes at page size {size}", d.len())));
     }
     Ok(resp.pages)
 }
@@ -213,7 +237,15 @@ const ROUND_WAIT: Duration = Duration::from_millis(5);
 
 impl Database {
     /// `open`'s state, already checked (see [`DbState::from_wire`]).
-    pub fn new(key: DbKey, rt: Arc<Rt>, client: Client, open: &pb::OpenResponse, opened: (DbState, Id16), cache_bytes: usize, lease_idle: Duration) -> Self {
+    pub fn new(
+        key: DbKey,
+        rt: Arc<Rt>,
+        client: Client,
+        settings: ServerSettings,
+        opened: (DbState, Id16),
+        cache_bytes: usize,
+        lease_idle: Duration,
+    ) -> Self {
         let (committed, incarnation) = opened;
         Self {
             client_id: format!("{}:{}", hostname(), std::process::id()),
@@ -221,7 +253,7 @@ impl Database {
             incarnation,
             rt,
             client,
-            settings: ServerSettings::from_open(open),
+            settings,
             lease_idle,
             locks: Mutex::default(),
             state: Mutex::new(Shared {
@@ -427,20 +459,24 @@ impl Database {
             }
             if !fetch.is_empty() {
                 // Fill the last call up with read-ahead, never add a call for it.
-                let max = self.settings.max_pages_per_read;
+                let max = self.settings.pages_per_read(at.page_size);
                 let room = (max - fetch.len() % max) % max;
                 fetch.extend(ahead.filter(|p| !s.cache.contains(at, *p)).take(room));
             }
         }
         let fetched = self.fetch(at, &fetch)?;
-        Ok(out.into_iter().zip(pages).map(|(o, p)| o.or_else(|| fetched.get(p).cloned()).unwrap_or_default()).collect())
+        // Every page is cached or fetched (`read_chunk` checked the answer's count).
+        out.into_iter()
+            .zip(pages)
+            .map(|(o, p)| o.or_else(|| fetched.get(p).cloned()).ok_or_else(|| VfsError::Internal(format!("page {p} was not read"))))
+            .collect()
     }
 
     /// Fetches pages from the server (in as few calls as the limits allow) and
     /// caches them.
     fn fetch(&self, at: DbState, pages: &[u32]) -> Result<HashMap<u32, Bytes>, VfsError> {
         let mut fetched = HashMap::with_capacity(pages.len());
-        for chunk in pages.chunks(self.settings.max_pages_per_read) {
+        for chunk in pages.chunks(self.settings.pages_per_read(at.page_size)) {
             let read = read_chunk(self.client.clone(), self.key.name.clone(), self.incarnation, at, chunk.to_vec());
             let data = self.rt.block_on(read)?.map_err(|e| self.gone(e))?;
             let mut s = self.state.lock();
@@ -648,7 +684,7 @@ impl Database {
             })?;
         // Only the lease holder commits, on the current version: the new one is the next.
         let tag: Option<Id16> = resp.tag.as_ref().try_into().ok();
-        let (Some(tag), true) = (tag, resp.version == base.version + 1) else {
+        let (Some(tag), true) = (tag, base.version.checked_add(1) == Some(resp.version)) else {
             return Err(CommitError::Unknown(bad_reply(&format!(
                 "version {} (tag of {} bytes) for a commit on version {}",
                 resp.version,
@@ -748,4 +784,68 @@ fn hostname() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(version: u64, page_size: u32, page_count: u32, tag: &[u8]) -> pb::DbState {
+        pb::DbState { version, page_size, page_count, incarnation: Bytes::from_static(&[1; 16]), tag: Bytes::copy_from_slice(tag) }
+    }
+
+    fn refused(s: Option<&pb::DbState>) -> String {
+        DbState::from_wire(s).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn states_from_the_server_are_checked() {
+        let (s, incarnation) = DbState::from_wire(Some(&wire(3, 4096, 10, &[2; 16]))).expect("valid");
+        assert_eq!((s.version, s.page_size, s.page_count, s.tag, incarnation), (3, 4096, 10, [2; 16], [1; 16]));
+        // Version 0: empty, its tag all zeros or left out.
+        assert_eq!(DbState::from_wire(Some(&wire(0, 0, 0, &[]))).expect("empty tag at 0").0, DbState::default());
+        assert!(DbState::from_wire(Some(&wire(0, 0, 0, &[0; 16]))).is_ok());
+        assert!(refused(Some(&wire(1, 4096, 1, &[]))).contains("a version tag of 0 bytes"));
+        assert!(refused(Some(&wire(0, 4096, 1, &[0; 16]))).contains("version 0 with page count 1"));
+        assert!(refused(Some(&wire(5, 4096, 0, &[2; 16]))).contains("page size 4096 and count 0"));
+        assert!(refused(Some(&wire(5, 0, 3, &[2; 16]))).contains("page size 0 and count 3"));
+        for size in [3000, 256, 1 << 17, 1 << 30, u32::MAX] {
+            assert!(refused(Some(&wire(1, size, 1, &[2; 16]))).contains(&format!("page size {size}")));
+        }
+        assert!(refused(Some(&wire(1, 4096, u32::MAX, &[2; 16]))).contains("count 4294967295"));
+        let mut short = wire(1, 4096, 1, &[2; 16]);
+        short.incarnation = Bytes::from_static(&[1; 5]);
+        assert!(refused(Some(&short)).contains("an incarnation of 5 bytes"));
+        assert!(refused(None).contains("without the database's state"));
+    }
+
+    #[test]
+    fn server_limits_of_any_value_give_settings_that_work() {
+        let open = |limits, heartbeat_ms| pb::OpenResponse { limits, heartbeat_ms, ..Default::default() };
+        let zero = ServerSettings::from_open(&open(Some(pb::Limits::default()), 0), 256 << 20);
+        assert_eq!((zero.max_pages_per_read, zero.max_message_bytes, zero.heartbeat), (1, 1 << 20, Duration::from_millis(100)));
+        assert_eq!(zero.pages_per_read(65536), 1);
+        let none = ServerSettings::from_open(&open(None, 1000), 256 << 20);
+        assert_eq!((none.max_pages_per_read, none.max_message_bytes), (1, 1 << 20));
+        let max = pb::Limits { max_pages_per_read: u32::MAX, max_message_bytes: u64::MAX, max_commit_bytes: u64::MAX };
+        let max = ServerSettings::from_open(&open(Some(max), u64::MAX), 256 << 20);
+        assert_eq!((max.max_message_bytes, max.heartbeat), (256 << 20, Duration::from_millis(MAX_TTL_MS)));
+        // As many pages as fit in a message this client accepts, with room for framing.
+        assert_eq!(max.pages_per_read(4096), (256 << 20) / 4096 - 1);
+        assert_eq!(max.pages_per_read(65536), 4095);
+        assert_eq!(max.pages_per_read(0), (256 << 20) - 1, "an empty state asks for no pages anyway");
+        let server = pb::Limits { max_pages_per_read: 1024, max_message_bytes: 16 << 20, max_commit_bytes: 0 };
+        let server = ServerSettings::from_open(&open(Some(server), 3000), 256 << 20);
+        assert_eq!((server.pages_per_read(4096), server.pages_per_read(65536)), (1024, 255));
+    }
+
+    #[test]
+    fn lease_ttls_are_clamped() {
+        let at = Instant::now();
+        let lease = |ttl_ms| pb::LeaseResponse { lease_id: Bytes::from_static(&[1; 16]), epoch: 1, ttl_ms, state: None };
+        assert_eq!(Lease::from_response(&lease(u64::MAX), at).expect("clamped").ttl, Duration::from_millis(MAX_TTL_MS));
+        assert!(!Lease::from_response(&lease(0), at).expect("zero").valid());
+        let short = pb::LeaseResponse { lease_id: Bytes::from_static(&[1; 3]), ..lease(1000) };
+        assert!(Lease::from_response(&short, at).expect_err("short id").to_string().contains("a lease id of 3 bytes"));
+    }
 }

@@ -59,9 +59,34 @@ pub(crate) fn log_error(msg: &str) {
     let msg = &config::redact(msg);
     tracing::warn!("pagewire: {msg}");
     if let Some(log) = SQLITE_LOG.get() {
-        // sqlite3_log truncates long lines; NULs would make CString fail.
-        log.log(SqliteLogLevel::Error, &format!("pagewire: {msg}").replace('\0', " "));
+        for line in sqlite_log_lines(msg) {
+            log.log(SqliteLogLevel::Error, &line);
+        }
     }
+}
+
+/// Most bytes of a message in one `sqlite3_log` line: SQLite cuts what it renders at 209
+/// bytes (3.40, Debian 12's; 699 in newer ones), so longer messages go in pieces.
+const SQLITE_LOG_PIECE: usize = 180;
+
+/// `msg` as `sqlite3_log` lines: `pagewire: <start>`, then `pagewire: ... <more>`. Each is
+/// a printf format for SQLite (`%` doubled: text from the server must never be read as
+/// directives, which would read and write through arguments that are not there), with
+/// no NUL (CString would refuse it).
+fn sqlite_log_lines(msg: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut rest = msg;
+    while lines.is_empty() || !rest.is_empty() {
+        let mut end = rest.len().min(SQLITE_LOG_PIECE);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (piece, more) = rest.split_at(end);
+        let prefix = if lines.is_empty() { "pagewire: " } else { "pagewire: ... " };
+        lines.push(format!("{prefix}{}", piece.replace('%', "%%").replace('\0', " ")));
+        rest = more;
+    }
+    lines
 }
 
 fn init_logging(config: &Config) {
@@ -160,5 +185,24 @@ pub unsafe extern "C" fn sqlite3_pagewirevfs_init(
             vars::SQLITE_ERROR
         }
         Err(_) => vars::SQLITE_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_log_lines_are_short_text_formats() {
+        assert_eq!(sqlite_log_lines(""), ["pagewire: "]);
+        assert_eq!(sqlite_log_lines("50% off: %s%n\0"), ["pagewire: 50%% off: %%s%%n "]);
+        let long = format!("{}é{}", "a".repeat(179), "b".repeat(400));
+        let lines = sqlite_log_lines(&long);
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].ends_with(&"a".repeat(179)), "a piece ends on a char boundary");
+        assert!(lines[1].starts_with("pagewire: ... é"));
+        let joined: String = lines.iter().map(|l| l.strip_prefix("pagewire: ... ").or(l.strip_prefix("pagewire: ")).unwrap_or(l)).collect();
+        assert_eq!(joined, long);
+        assert!(lines.iter().all(|l| l.len() <= SQLITE_LOG_PIECE + "pagewire: ... ".len()));
     }
 }

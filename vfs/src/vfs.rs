@@ -24,7 +24,7 @@ use sqlite_plugin::{
 use crate::{
     client::Client,
     config::Config,
-    database::{Database, DbKey, DbState},
+    database::{Database, DbKey, DbState, ServerSettings},
     error::{Op, VfsError},
     local_file::LocalFile,
     main_file::MainFile,
@@ -121,7 +121,10 @@ impl PagewireVfs {
             let live = dbs.get(&key).and_then(Weak::upgrade).filter(|db| db.rt().is_current());
             let db = match live.filter(|db| same_incarnation(db, opened.1)) {
                 Some(db) => db,
-                None => Arc::new(Database::new(key.clone(), rt, client, &resp, opened, config.cache_size as usize, config.lease_idle)),
+                None => {
+                    let settings = ServerSettings::from_open(&resp, MAX_MESSAGE_BYTES);
+                    Arc::new(Database::new(key.clone(), rt, client, settings, opened, config.cache_size as usize, config.lease_idle))
+                }
             };
             dbs.insert(key, Arc::downgrade(&db));
             db.connection_opened();
@@ -389,14 +392,23 @@ impl Vfs for PagewireVfs {
         })
     }
 
+    /// The texts answered go to SQLite as `sqlite3_mprintf` formats (sqlite-plugin
+    /// passes them so): `%` is doubled, or an argument such as `'%n'` would be read as a
+    /// directive (and write through a pointer that is not there).
     fn pragma(&self, h: &mut Handle, p: Pragma<'_>) -> Result<Option<String>, PragmaErr> {
-        match h {
+        let answer = match h {
             Handle::Main(m) if !m.db.rt().is_current() => {
                 Err(PragmaErr::Fail(vars::SQLITE_IOERR, Some(runtime::forked().to_string())))
             }
             Handle::Main(m) => catch_unwind(AssertUnwindSafe(|| pragma::handle(m, p.name, p.arg)))
                 .unwrap_or(Err(PragmaErr::Fail(vars::SQLITE_INTERNAL, Some("pagewire: internal error".into())))),
             Handle::Local(_) => Err(PragmaErr::NotFound),
+        };
+        let text = |t: Option<String>| t.map(|t| t.replace('%', "%%"));
+        match answer {
+            Ok(t) => Ok(text(t)),
+            Err(PragmaErr::Fail(code, t)) => Err(PragmaErr::Fail(code, text(t))),
+            Err(e) => Err(e),
         }
     }
 

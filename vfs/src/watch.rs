@@ -14,7 +14,7 @@
 //!
 //! A broken stream voids the lease at once; readers fall back to BeginRead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -403,18 +403,21 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
             let changed = (!end.cache_invalid).then(|| Changed::new(&end.changed_pages, end.changed_from));
             let pushed = end.pages;
             let (refetch, leased) = own.with(db, |w, cache| {
-                let mut held = cache.follow(w.known.map(|k| k.version), state, changed);
+                let mut held: HashSet<u32> = cache.follow(w.known.map(|k| k.version), state, changed).into_iter().collect();
                 // Small commits come with their pages: keep those this process had
-                // cached (and page 1, which every read transaction looks at).
+                // cached (and page 1, which every read transaction looks at). Only
+                // pages of this state (numbered within it, of its page size); each costs
+                // a lookup, however many the server sent.
                 for page in pushed {
-                    let wanted = page.page_no == 1 || held.contains(&page.page_no);
-                    if wanted && page.data.len() == state.page_size as usize {
-                        held.retain(|no| *no != page.page_no);
+                    let fits = (1..=state.page_count).contains(&page.page_no) && page.data.len() == state.page_size as usize;
+                    if fits && (held.remove(&page.page_no) || page.page_no == 1) {
                         cache.insert(state, page.page_no, page.data);
                     }
                 }
                 w.known = Some(state);
                 w.in_round = false;
+                let mut held: Vec<u32> = held.into_iter().collect();
+                held.sort_unstable();
                 (held, w.lease_until.is_some())
             })?;
             db.round_ended();
@@ -422,7 +425,8 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
             // off the readers' path, instead of one round trip each on next use. Only
             // while reads keep the lease (an idle reader gave it back), and not in the
             // writer's process: its commit puts them in the cache.
-            if leased && !refetch.is_empty() && refetch.len() <= REFETCH_MAX && !db.holds_write_lease() {
+            let most = REFETCH_MAX.min(db.settings.pages_per_read(state.page_size));
+            if leased && !refetch.is_empty() && refetch.len() <= most && !db.holds_write_lease() {
                 tokio::spawn(db.refetch(state, refetch));
             }
             Ok(Vec::new())
