@@ -8,7 +8,8 @@
 //!
 //!     cargo nextest run --release -p pagewire-server-core --example custom_store
 //!
-//! runs the conformance suite against it (the `tests` module at the bottom).
+//! runs the conformance suite against it (the `tests` module at the bottom; a store's
+//! tests enable the crate feature `conformance` in their dev-dependencies).
 //!
 //! # Layout
 //!
@@ -25,39 +26,30 @@
 //!
 //! # The rules a store keeps, and how this one keeps them
 //!
-//! - **Atomic commits.** A commit first writes its pages to a new `v<N>.pages` file, which
-//!   nothing reads yet; then it writes the new metadata to `meta.toml.tmp` and renames it
-//!   over `meta.toml`. That rename is the commit point: before it, the database is at the
-//!   old version (a restart deletes the unpublished `.pages` file); after it, at the new
-//!   one. Every other change (leases, GC, create, delete) has a rename as its commit
-//!   point too.
-//! - **Leases and epochs.** The lease record lives in `meta.toml`, so fencing survives a
-//!   restart. Expiry is Unix ms from the store's [`Clock`]: the system clock in production,
-//!   one that follows tokio's paused clock in tests (that is how the timed conformance
-//!   tests run in no real time). Epochs come from a counter that only grows.
-//! - **Commit-id deduplication.** The last [`COMMIT_IDS_KEPT`] commit ids are in
-//!   `meta.toml`, checked before anything but the incarnation, so a retry learns its first
-//!   outcome.
-//! - **Identity.** Each database has an incarnation, chosen at random when it is created
-//!   (a deleted and re-created one gets a new one), and each version a random tag chosen
-//!   when it is committed; both are in `meta.toml`, so they survive a restart, and a copy
-//!   of the directory restored from a backup keeps the ones it holds. A commit (and its
-//!   precheck) naming another incarnation, or another tag for its base version, is refused
-//!   (`Replaced`). Files written before identity existed get both at the next start.
-//! - **History and GC.** Reads at a version take each page's newest write at or before it.
-//!   GC keeps the newest version, the retention window and pinned versions, and removes
-//!   page writes none of those read (rewriting the `.pages` files that hold them). Reader
-//!   pins live in memory: a pin lost in a restart only lets GC collect early, and the
-//!   reader then gets `OutOfRange`, never wrong data.
+//! - **History** (which version a read asks for, what changed since the reader's cached
+//!   version, which versions are readable, what GC keeps and drops) is
+//!   [`pagewire_server_core::store::history`], shared with the memory store: a
+//!   [`History`] persisted in `meta.toml`, reader [`Pins`] in memory (a pin lost in a
+//!   restart only lets GC collect early; the reader then gets `OutOfRange`, never wrong
+//!   data), and [`trim_writes`] to find the page writes GC removes from the `.pages` files.
+//! - **Atomic commits.** A commit writes its pages to a new `v<N>.pages` file, which
+//!   nothing reads yet, then the new metadata to `meta.toml.tmp`, renamed over
+//!   `meta.toml`: that rename is the commit point (a restart deletes an unpublished
+//!   `.pages` file). Leases, GC, create and delete commit by a rename too.
+//! - **Leases, commit ids, identity** live in `meta.toml`, so fencing, retries (the last
+//!   [`COMMIT_IDS_KEPT`] commit ids) and the incarnation and version tags survive a
+//!   restart (files written before identity existed get both at the next start). Lease
+//!   expiry is Unix ms from the store's [`Clock`]: the system clock in production, one
+//!   following tokio's paused clock in tests, so the timed conformance tests take no
+//!   real time.
 //!
 //! # Simplifications (it is an example)
 //!
 //! One mutex for the whole store, and blocking `std::fs` calls inside the async methods
 //! (a real store would lock per database and do its I/O with `spawn_blocking`). All
-//! metadata is also held in memory, and every change rewrites a database's whole
-//! `meta.toml`: fine for thousands of versions, not for millions. One server process per
-//! directory: nothing stops a second one (a real store would hold a lock file), and lease
-//! expiry follows this machine's wall clock.
+//! metadata is held in memory, and every change rewrites a database's whole `meta.toml`:
+//! fine for thousands of versions, not for millions. One server process per directory
+//! (a real store would hold a lock file).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -71,16 +63,18 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pagewire_server_core::store::clock::{Clock, check_after_first_commit, describe_unix_ms};
+use pagewire_server_core::store::clock::Clock;
+use pagewire_server_core::store::history::{History, KeptVersion, Pins, VersionMeta, trim_writes};
 use pagewire_server_core::store::{
-    BeginRead, ChangeWalk, Changes, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState,
-    GcStats, Id16, Incarnation, Lease, NO_TAG, PageRead, PageStore, PinTtl, ReadAt, ReadView,
-    StoreError, StoreResult, VersionTag, random_id,
+    BeginRead, Changes, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16,
+    Incarnation, Lease, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult, VersionTag,
+    random_id,
 };
 use pagewire_server_core::{ServerConfig, serve, validate};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -110,30 +104,20 @@ const COMMIT_IDS_KEPT: usize = 1024;
 // meta.toml: everything about a database except its pages.
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A database's metadata: what `meta.toml` holds (written as a [`MetaFile`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(into = "MetaFile")]
 struct Meta {
     tenant: String,
     name: String,
-    /// Chosen at create. (Absent, read as [`ABSENT`], in files written before it existed:
-    /// [`Db::load`] then chooses one and rewrites the file.)
-    #[serde(default = "absent", with = "hex_id")]
-    incarnation: Incarnation,
     created_unix_ms: i64,
-    /// When version 1 was committed (kept through GC, to tell "before the first commit"
-    /// from "no longer retained").
-    first_commit_unix_ms: Option<i64>,
-    /// The retention of the last GC that collected something (for error messages).
-    gc_retention_ms: Option<u64>,
     /// The highest epoch ever granted: epochs are never reused.
     max_epoch: u64,
-    /// The version `versions[0]` describes. GC drops the metadata below the oldest version
-    /// it keeps.
-    oldest: u64,
     lease: Option<LeaseRecord>,
     /// Recently applied commits, oldest first.
     commit_ids: Vec<CommitRecord>,
-    /// Versions `oldest..=current`; starts with version 0, the empty database.
-    versions: Vec<VersionMeta>,
+    /// The incarnation and the versions, with the shared history rules.
+    history: History,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,23 +137,40 @@ struct CommitRecord {
     version: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct VersionMeta {
+/// `meta.toml` as written: [`Meta`] with its [`History`] as plain fields.
+#[derive(Debug, Serialize, Deserialize)]
+struct MetaFile {
+    tenant: String,
+    name: String,
+    /// (Absent, read as [`ABSENT`], in files written before it existed: [`Db::load`] then
+    /// chooses one and rewrites the file.)
+    #[serde(default = "absent", with = "hex_id")]
+    incarnation: Incarnation,
+    created_unix_ms: i64,
+    first_commit_unix_ms: Option<i64>,
+    gc_retention_ms: Option<u64>,
+    max_epoch: u64,
+    /// The version `versions[0]` describes.
+    oldest: u64,
+    lease: Option<LeaseRecord>,
+    commit_ids: Vec<CommitRecord>,
+    versions: Vec<VersionFile>,
+}
+
+/// One [`VersionMeta`] in `meta.toml`.
+#[derive(Debug, Serialize, Deserialize)]
+struct VersionFile {
     page_size: u32,
     page_count: u32,
     committed_unix_ms: i64,
-    /// Chosen at commit ([`NO_TAG`] for version 0). (Absent, read as [`ABSENT`], in files
-    /// written before it existed: [`Db::load`] then chooses them.)
+    /// (Absent, read as [`ABSENT`], in files written before it existed.)
     #[serde(default = "absent", with = "hex_id")]
     tag: VersionTag,
-    /// Still readable (false once GC collected it; the entry stays for change lists while
-    /// an older version is kept).
     retained: bool,
     /// Pages this version wrote below the old end, ascending.
     changed: Vec<u32>,
-    /// When the file grew: the first page past the old end (every page from it on
-    /// changed). A range, never a list: a commit may grow the file by billions of pages.
-    /// (Absent in files written before it existed, whose `changed` lists the growth.)
+    /// When the file grew: the first page past the old end (a range, never a list). (Absent
+    /// in files written before it existed, whose `changed` lists the growth.)
     #[serde(default)]
     grown_from: Option<u32>,
 }
@@ -182,51 +183,41 @@ fn absent() -> Id16 {
     ABSENT
 }
 
-impl Meta {
-    fn new(key: &DbKey, now: i64) -> Self {
+impl From<Meta> for MetaFile {
+    fn from(m: Meta) -> Self {
+        let h = &m.history;
+        let versions = h.versions().iter().map(|v| VersionFile {
+            page_size: v.page_size,
+            page_count: v.page_count,
+            committed_unix_ms: v.committed_unix_ms,
+            tag: v.tag,
+            retained: v.retained,
+            changed: v.changed.pages.clone(),
+            grown_from: v.changed.from,
+        });
         Self {
-            tenant: key.tenant.clone(),
-            name: key.name.clone(),
-            incarnation: random_id(),
-            created_unix_ms: now,
-            first_commit_unix_ms: None,
-            gc_retention_ms: None,
-            max_epoch: 0,
-            oldest: 0,
-            lease: None,
-            commit_ids: Vec::new(),
-            versions: vec![VersionMeta {
-                page_size: 0,
-                page_count: 0,
-                committed_unix_ms: now,
-                tag: NO_TAG,
-                retained: true,
-                changed: Vec::new(),
-                grown_from: None,
-            }],
+            incarnation: h.incarnation(),
+            first_commit_unix_ms: h.first_commit_unix_ms(),
+            gc_retention_ms: h.gc_retention().map(|r| ms(r) as u64),
+            oldest: h.oldest(),
+            versions: versions.collect(),
+            tenant: m.tenant,
+            name: m.name,
+            created_unix_ms: m.created_unix_ms,
+            max_epoch: m.max_epoch,
+            lease: m.lease,
+            commit_ids: m.commit_ids,
         }
     }
+}
 
-    fn current(&self) -> u64 {
-        self.oldest + self.versions.len() as u64 - 1
-    }
-
-    fn version(&self, version: u64) -> Option<&VersionMeta> {
-        let index = version.checked_sub(self.oldest)?;
-        self.versions.get(usize::try_from(index).ok()?)
-    }
-
-    fn newest(&self) -> &VersionMeta {
-        &self.versions[self.versions.len() - 1]
-    }
-
+impl MetaFile {
     /// Gives what a file written before identity existed lacks (see [`ABSENT`]): an
     /// incarnation, and a tag for every version but 0. Whether anything changed.
     fn fill_identity(&mut self) -> bool {
-        let mut changed = false;
-        if self.incarnation == ABSENT {
+        let mut changed = self.incarnation == ABSENT;
+        if changed {
             self.incarnation = random_id();
-            changed = true;
         }
         for (version, meta) in (self.oldest..).zip(&mut self.versions) {
             if version > 0 && meta.tag == ABSENT {
@@ -237,94 +228,49 @@ impl Meta {
         changed
     }
 
-    fn state(&self) -> DbState {
-        let newest = self.newest();
-        DbState {
-            version: self.current(),
-            page_size: newest.page_size,
-            page_count: newest.page_count,
-            incarnation: self.incarnation,
-            tag: newest.tag,
-        }
+    fn into_meta(self) -> StoreResult<Meta> {
+        let versions = self.versions.into_iter().map(|v| VersionMeta {
+            page_size: v.page_size,
+            page_count: v.page_count,
+            committed_unix_ms: v.committed_unix_ms,
+            tag: v.tag,
+            changed: Changes {
+                pages: v.changed,
+                from: v.grown_from,
+            },
+            retained: v.retained,
+        });
+        let retention = self.gc_retention_ms.map(Duration::from_millis);
+        let history = History::restore(
+            self.incarnation,
+            self.oldest,
+            versions.collect(),
+            self.first_commit_unix_ms,
+            retention,
+        )?;
+        Ok(Meta {
+            tenant: self.tenant,
+            name: self.name,
+            created_unix_ms: self.created_unix_ms,
+            max_epoch: self.max_epoch,
+            lease: self.lease,
+            commit_ids: self.commit_ids,
+            history,
+        })
     }
+}
 
-    /// The tag of `version` while its metadata is kept.
-    fn tag_of(&self, version: u64) -> Option<VersionTag> {
-        self.version(version).map(|m| m.tag)
-    }
-
-    /// A readable version's state and metadata, or `OutOfRange` saying why not.
-    fn readable(&self, version: u64) -> StoreResult<(DbState, &VersionMeta)> {
-        if version > self.current() {
-            return Err(StoreError::OutOfRange(format!(
-                "version {version} does not exist yet (newest: {})",
-                self.current()
-            )));
+impl Meta {
+    fn new(key: &DbKey, now: i64) -> Self {
+        Self {
+            tenant: key.tenant.clone(),
+            name: key.name.clone(),
+            created_unix_ms: now,
+            max_epoch: 0,
+            lease: None,
+            commit_ids: Vec::new(),
+            history: History::new(now, random_id()),
         }
-        match self.version(version) {
-            Some(meta) if meta.retained => {
-                let state = DbState {
-                    version,
-                    page_size: meta.page_size,
-                    page_count: meta.page_count,
-                    incarnation: self.incarnation,
-                    tag: meta.tag,
-                };
-                Ok((state, meta))
-            }
-            _ => Err(self.not_retained(&format!("version {version}"))),
-        }
-    }
-
-    fn not_retained(&self, what: &str) -> StoreError {
-        let retention = self
-            .gc_retention_ms
-            .map(|ms| format!(", retention {}", humantime::format_duration(millis(ms))))
-            .unwrap_or_default();
-        StoreError::OutOfRange(format!(
-            "{what} is no longer retained (oldest retained: {}{retention})",
-            self.oldest
-        ))
-    }
-
-    /// The version a read at `at` starts at (not yet checked to be readable).
-    fn resolve(&self, at: ReadAt) -> StoreResult<u64> {
-        match at {
-            ReadAt::Newest => Ok(self.current()),
-            ReadAt::Version(v) => Ok(v),
-            ReadAt::UnixMs(t) => {
-                // The same words as every other store for a time before version 1.
-                check_after_first_commit(self.first_commit_unix_ms, t)?;
-                let after = self.versions.partition_point(|m| m.committed_unix_ms <= t);
-                after
-                    .checked_sub(1)
-                    .map(|i| self.oldest + i as u64)
-                    .ok_or_else(|| {
-                        let what =
-                            format!("the version committed at or before {}", describe_unix_ms(t));
-                        self.not_retained(&what)
-                    })
-            }
-        }
-    }
-
-    /// Pages changed in `(cached, target]`, or `None` when the reader must drop its cache:
-    /// no cache, unknown, a page-size change in between, or over `limit` (more versions,
-    /// or more listed pages; [`ChangeWalk`] keeps count).
-    fn changes(&self, cached: u64, target: u64, limit: usize) -> Option<Changes> {
-        if cached == 0 {
-            return None;
-        }
-        let page_size = self.version(cached)?.page_size;
-        let mut walk = ChangeWalk::new(cached, target, limit)?;
-        for version in cached + 1..=target {
-            let meta = self.version(version)?;
-            if meta.page_size != page_size {
-                return None;
-            }
-            walk = walk.step(&meta.changed, meta.grown_from)?;
-        }
-        Some(walk.finish())
     }
 
     fn live_lease(&self, now: i64) -> Option<&LeaseRecord> {
@@ -477,38 +423,28 @@ struct Db {
     files: BTreeMap<u64, PagesFile>,
     /// Per page, its writes in ascending version order (derived from `files`).
     writes: BTreeMap<u32, Vec<PageWrite>>,
-    /// Reader pins by version. In memory only.
-    pins: BTreeMap<u64, Pin>,
-}
-
-/// A reader pin, in Unix ms: it holds until `until`, which is never moved past `cap`
-/// (when it was made + the maximum pin age).
-#[derive(Debug, Clone, Copy)]
-struct Pin {
-    until: i64,
-    cap: i64,
-}
-
-impl Pin {
-    /// Extends the pin to `ttl` from `now`, within its cap; never shortens it.
-    fn extend(&mut self, ttl: Duration, now: i64) {
-        self.until = self.until.max(now.saturating_add(ms(ttl)).min(self.cap));
-    }
+    /// Reader pins. In memory only.
+    pins: Pins,
 }
 
 impl Db {
+    fn new(dir: PathBuf, meta: Meta) -> Self {
+        let (files, writes, pins) = Default::default();
+        Db {
+            dir,
+            meta,
+            files,
+            writes,
+            pins,
+        }
+    }
+
     /// A new, empty database in the new directory `dir` (under `root`).
     fn create(root: &Path, dir: PathBuf, key: &DbKey, now: i64) -> StoreResult<Self> {
         fs::create_dir(&dir)
             .and_then(|()| sync_dir(root))
             .map_err(|e| internal(dir.display(), e))?;
-        let mut db = Db {
-            dir,
-            meta: Meta::new(key, now),
-            files: BTreeMap::new(),
-            writes: BTreeMap::new(),
-            pins: BTreeMap::new(),
-        };
+        let mut db = Db::new(dir, Meta::new(key, now));
         let created = db.publish(db.meta.clone()); // the create's commit point
         if created.is_err() {
             let _ = fs::remove_dir_all(&db.dir);
@@ -525,9 +461,10 @@ impl Db {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             read => read.with_context(|| meta_path.display().to_string())?,
         };
-        let mut meta: Meta =
+        let mut file: MetaFile =
             toml::from_str(&text).with_context(|| meta_path.display().to_string())?;
-        let upgraded = meta.fill_identity();
+        let upgraded = file.fill_identity();
+        let mut db = Db::new(dir.to_owned(), file.into_meta()?);
         let mut files = BTreeMap::new();
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
@@ -536,7 +473,7 @@ impl Db {
                 .strip_prefix('v')
                 .and_then(|n| n.strip_suffix(".pages"));
             match version.and_then(|v| v.parse::<u64>().ok()) {
-                Some(v) if v <= meta.current() => {
+                Some(v) if v <= db.meta.history.current() => {
                     let header = PagesFile::read_header(&mut File::open(&path)?);
                     files.insert(v, header.with_context(|| path.display().to_string())?);
                 }
@@ -544,13 +481,6 @@ impl Db {
                 _ => fs::remove_file(&path)?,
             }
         }
-        let mut db = Db {
-            dir: dir.to_owned(),
-            meta,
-            files: BTreeMap::new(),
-            writes: BTreeMap::new(),
-            pins: BTreeMap::new(),
-        };
         for (version, file) in files {
             db.add_file(version, file);
         }
@@ -599,28 +529,32 @@ impl Db {
     }
 
     fn info(&self, now: i64) -> DbInfo {
+        let h = &self.meta.history;
         DbInfo {
             name: self.meta.name.clone(),
-            state: self.meta.state(),
+            state: h.state(),
             stored_bytes: self.files.values().map(PagesFile::stored_bytes).sum(),
-            oldest_version: self.meta.oldest,
+            oldest_version: h.oldest(),
             created_unix_ms: self.meta.created_unix_ms,
-            updated_unix_ms: self.meta.newest().committed_unix_ms,
+            updated_unix_ms: h.updated_unix_ms().unwrap_or(self.meta.created_unix_ms),
             lease_held: self.meta.live_lease(now).is_some(),
         }
     }
 
-    fn grant(&self) -> StoreResult<Lease> {
+    /// Publishes `meta` with the lease it holds, and returns that lease.
+    fn grant(&mut self, meta: Meta) -> StoreResult<Lease> {
+        self.publish(meta)?;
         let l = self
             .meta
             .lease
             .as_ref()
             .ok_or_else(|| internal("lease", "missing"))?;
+        let state = self.meta.history.state();
         Ok(Lease {
             lease_id: l.lease_id,
             epoch: l.epoch,
             ttl: millis(l.ttl_ms),
-            state: self.meta.state(),
+            state,
         })
     }
 
@@ -640,8 +574,7 @@ impl Db {
             ttl_ms: ms(ttl) as u64,
             expires_unix_ms: now.saturating_add(ms(ttl)),
         });
-        self.publish(meta)?;
-        self.grant()
+        self.grant(meta)
     }
 
     fn renew(&mut self, lease_id: Id16, epoch: u64, ttl: Duration, now: i64) -> StoreResult<Lease> {
@@ -651,17 +584,12 @@ impl Db {
             lease.ttl_ms = ms(ttl) as u64;
             lease.expires_unix_ms = now.saturating_add(ms(ttl));
         }
-        self.publish(meta)?;
-        self.grant()
+        self.grant(meta)
     }
 
     fn release(&mut self, lease_id: Id16, epoch: u64) -> StoreResult<()> {
-        let ours = self
-            .meta
-            .lease
-            .as_ref()
-            .is_some_and(|l| l.lease_id == lease_id && l.epoch == epoch);
-        if !ours {
+        let lease = self.meta.lease.as_ref();
+        if !lease.is_some_and(|l| l.lease_id == lease_id && l.epoch == epoch) {
             return Ok(());
         }
         let mut meta = self.meta.clone();
@@ -669,37 +597,14 @@ impl Db {
         self.publish(meta)
     }
 
-    fn begin_read(&mut self, read: BeginRead, now: i64) -> StoreResult<ReadView> {
-        let version = self.meta.resolve(read.at)?;
-        let (state, meta) = self.meta.readable(version)?;
-        let committed_unix_ms = if version == 0 {
-            0
-        } else {
-            meta.committed_unix_ms
-        };
-        let changes = self
-            .meta
-            .changes(read.cached_version, version, read.max_changes);
-        // A new pin's age counts from now; an existing one keeps its cap.
-        let cap = now.saturating_add(ms(read.pin.max_age));
-        let pin = self.pins.entry(version).or_insert(Pin { until: now, cap });
-        pin.extend(read.pin.ttl, now);
-        Ok(ReadView {
-            state,
-            changes,
-            committed_unix_ms,
-            seen_tag: self.meta.tag_of(read.seen_version),
-        })
+    fn begin_read(&mut self, read: BeginRead) -> StoreResult<ReadView> {
+        let view = self.meta.history.view(&read)?;
+        self.pins.pin(view.state.version, read.pin, Instant::now());
+        Ok(view)
     }
 
-    fn read(
-        &mut self,
-        version: u64,
-        page_nos: &[u32],
-        pin: PinTtl,
-        now: i64,
-    ) -> StoreResult<PageRead> {
-        let (state, _) = self.meta.readable(version)?;
+    fn read(&mut self, version: u64, page_nos: &[u32], pin: PinTtl) -> StoreResult<PageRead> {
+        let (state, _) = self.meta.history.readable(version)?;
         validate::page_nos_in_range(page_nos, state.page_count)?;
         let mut open = HashMap::new();
         let pages = page_nos
@@ -707,9 +612,7 @@ impl Db {
             .map(|&no| self.page_at(no, version, state.page_size, &mut open))
             .collect::<StoreResult<_>>()?;
         // A read extends a pin that a BeginRead put on this version, but makes none.
-        if let Some(made) = self.pins.get_mut(&version) {
-            made.extend(pin.ttl, now);
-        }
+        self.pins.refresh(version, pin, Instant::now());
         Ok(PageRead {
             state,
             page_size: state.page_size,
@@ -742,13 +645,13 @@ impl Db {
             .and_then(|f| f.offset(no));
         let offset =
             offset.ok_or_else(|| internal(path.display(), format!("page {no} missing")))?;
-        let mut data = vec![0; page_size as usize];
         let file = match open.entry(written) {
             Entry::Occupied(file) => file.into_mut(),
             Entry::Vacant(slot) => {
                 slot.insert(File::open(&path).map_err(|e| internal(path.display(), e))?)
             }
         };
+        let mut data = vec![0; page_size as usize];
         file.read_exact_at(&mut data, offset)
             .map_err(|e| internal(path.display(), e))?;
         Ok(Bytes::from(data))
@@ -760,22 +663,23 @@ impl Db {
     /// version and its tag. Also [`PageStore::precheck`].
     fn check(&self, h: &CommitHeader, now: i64) -> StoreResult<Option<CommitOutcome>> {
         let (meta, name) = (&self.meta, &self.meta.name);
-        h.identity.check_incarnation(name, &meta.incarnation)?;
+        let incarnation = meta.history.incarnation();
+        h.identity.check_incarnation(name, &incarnation)?;
         if let Some(done) = meta.commit_ids.iter().find(|c| c.id == h.commit_id) {
+            let tag = meta.history.tag_of(done.version);
+            let version = done.version;
             return Ok(Some(CommitOutcome {
-                version: done.version,
+                version,
                 already_applied: true,
-                incarnation: meta.incarnation,
-                tag: meta.tag_of(done.version),
+                incarnation,
+                tag,
             }));
         }
         meta.check_lease(h.lease_id, h.epoch, now)?;
-        let current = meta.state();
+        let current = meta.history.state();
         if h.base_version != current.version {
-            return Err(StoreError::VersionConflict {
-                base: h.base_version,
-                current: current.version,
-            });
+            let (base, current) = (h.base_version, current.version);
+            return Err(StoreError::VersionConflict { base, current });
         }
         h.identity.check_state(name, &current)?;
         Ok(None)
@@ -785,7 +689,7 @@ impl Db {
         if let Some(done) = self.check(&commit.header(), now)? {
             return Ok(done);
         }
-        let base = self.meta.state();
+        let base = self.meta.history.state();
         validate::against_base(&commit, &base)?;
 
         // 1. The pages go to a new file, which nothing reads until meta.toml names it.
@@ -818,25 +722,19 @@ impl Db {
 
         // 2. The new metadata: the version, its commit id, the lease renewed.
         let mut meta = self.meta.clone();
-        let changed = Changes::of_commit(
-            file.data.iter().copied(),
-            base.page_count,
-            commit.page_count,
-        );
-        let committed_unix_ms = now.max(meta.newest().committed_unix_ms); // never backwards
         let tag = random_id();
-        meta.versions.push(VersionMeta {
+        meta.history.push(VersionMeta {
             page_size: commit.page_size,
             page_count: commit.page_count,
-            committed_unix_ms,
+            committed_unix_ms: now,
             tag,
+            changed: Changes::of_commit(
+                file.data.iter().copied(),
+                base.page_count,
+                commit.page_count,
+            ),
             retained: true,
-            changed: changed.pages,
-            grown_from: changed.from,
         });
-        if version == 1 {
-            meta.first_commit_unix_ms = Some(committed_unix_ms);
-        }
         meta.commit_ids.push(CommitRecord {
             id: commit.commit_id,
             version,
@@ -849,50 +747,37 @@ impl Db {
 
         // 3. The commit point.
         let published = self.publish(meta);
-        if self.meta.current() == version {
+        if self.meta.history.current() == version {
             self.add_file(version, file);
         }
         published?;
+        let incarnation = self.meta.history.incarnation();
         Ok(CommitOutcome {
             version,
             already_applied: false,
-            incarnation: self.meta.incarnation,
+            incarnation,
             tag: Some(tag),
         })
     }
 
     /// One GC pass over this database (see [`PageStore::gc`]).
-    fn gc(&mut self, now_unix_ms: i64, retention: Duration, now: i64) -> StoreResult<GcStats> {
-        self.pins.retain(|_, pin| pin.until > now);
-        let cutoff = now_unix_ms.saturating_sub(ms(retention));
-        let current = self.meta.current();
-        // The versions kept, ascending, with their page counts.
-        let kept: Vec<(u64, u32)> = (self.meta.oldest..)
-            .zip(&self.meta.versions)
-            .filter(|(v, m)| {
-                m.retained
-                    && (*v == current || m.committed_unix_ms >= cutoff || self.pins.contains_key(v))
-            })
-            .map(|(v, m)| (v, m.page_count))
-            .collect();
-        let readable = self.meta.versions.iter().filter(|m| m.retained).count();
+    fn gc(&mut self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
+        let now = Instant::now();
+        self.pins.expire(now);
+        let kept = self
+            .meta
+            .history
+            .kept(now_unix_ms, retention, |v| self.pins.holds(v, now));
         let mut stats = GcStats {
             databases: 1,
-            versions_collected: (readable - kept.len()) as u64,
             ..GcStats::default()
         };
 
         // 1. The versions not kept become unreadable, and the metadata below the oldest
         //    kept one goes. This rename is GC's commit point; the page files follow.
-        if stats.versions_collected > 0 {
+        if self.meta.history.readable_count() > kept.len() {
             let mut meta = self.meta.clone();
-            for (version, m) in (meta.oldest..).zip(&mut meta.versions) {
-                m.retained = kept.binary_search_by_key(&version, |k| k.0).is_ok();
-            }
-            let oldest_kept = kept.first().map_or(current, |k| k.0);
-            meta.versions.drain(..(oldest_kept - meta.oldest) as usize);
-            meta.oldest = oldest_kept;
-            meta.gc_retention_ms = Some(ms(retention) as u64);
+            stats.versions_collected = meta.history.collect(&kept, retention);
             self.publish(meta)?;
         }
 
@@ -909,24 +794,12 @@ impl Db {
     }
 
     /// The writes no kept version reads, by version, page numbers ascending.
-    fn dead_writes(&self, kept: &[(u64, u32)]) -> BTreeMap<u64, Vec<u32>> {
+    fn dead_writes(&self, kept: &[KeptVersion]) -> BTreeMap<u64, Vec<u32>> {
         let mut dead: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for (&no, writes) in &self.writes {
-            let mut older_left = false;
-            for (i, write) in writes.iter().enumerate() {
-                // This write is what versions [write.version, until) read for this page.
-                let until = writes.get(i + 1).map_or(u64::MAX, |w| w.version);
-                let from = kept.partition_point(|k| k.0 < write.version);
-                let read = kept[from..]
-                    .iter()
-                    .take_while(|k| k.0 < until)
-                    .any(|k| no <= k.1);
-                // A zero page with no older write left reads the same without it.
-                if read && (older_left || !write.zeros) {
-                    older_left = true;
-                } else {
-                    dead.entry(write.version).or_default().push(no);
-                }
+            // On a copy: the index changes only once the files have.
+            for write in trim_writes(no, &mut writes.clone(), kept, |w| (w.version, w.zeros)) {
+                dead.entry(write.version).or_default().push(no);
             }
         }
         dead
@@ -946,7 +819,8 @@ impl Db {
         };
         let path = self.pages_path(version);
         let freed = old.stored_bytes() - new.stored_bytes();
-        if new.data.is_empty() && new.zeros.is_empty() {
+        let empty = new.data.is_empty() && new.zeros.is_empty();
+        if empty {
             fs::remove_file(&path)
                 .and_then(|()| sync_dir(&self.dir))
                 .map_err(|e| internal(path.display(), e))?;
@@ -968,7 +842,7 @@ impl Db {
             .map_err(|e| internal(path.display(), e))?;
         }
         // On disk now: the index follows.
-        if new.data.is_empty() && new.zeros.is_empty() {
+        if empty {
             self.files.remove(&version);
         } else {
             self.files.insert(version, new);
@@ -1067,13 +941,13 @@ impl PageStore for DirStore {
     async fn open(&self, key: &DbKey, create: bool) -> StoreResult<(DbState, bool)> {
         let mut inner = self.inner.lock();
         if let Some(db) = inner.dbs.get(key) {
-            return Ok((db.meta.state(), false));
+            return Ok((db.meta.history.state(), false));
         }
         if !create {
             return Err(StoreError::NotFound(key.name.clone()));
         }
         let db = self.create_db(&mut inner, key)?;
-        Ok((db.meta.state(), true))
+        Ok((db.meta.history.state(), true))
     }
 
     async fn create(&self, key: &DbKey) -> StoreResult<DbInfo> {
@@ -1141,7 +1015,7 @@ impl PageStore for DirStore {
     }
 
     async fn begin_read(&self, key: &DbKey, read: BeginRead) -> StoreResult<ReadView> {
-        self.with_db(key, |db, now| db.begin_read(read, now))
+        self.with_db(key, |db, _| db.begin_read(read))
     }
 
     async fn read_pages(
@@ -1151,7 +1025,7 @@ impl PageStore for DirStore {
         page_nos: &[u32],
         pin: PinTtl,
     ) -> StoreResult<PageRead> {
-        self.with_db(key, |db, now| db.read(version, page_nos, pin, now))
+        self.with_db(key, |db, _| db.read(version, page_nos, pin))
     }
 
     async fn precheck(
@@ -1168,10 +1042,9 @@ impl PageStore for DirStore {
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
         let mut inner = self.inner.lock();
-        let now = self.clock.unix_ms();
         let mut stats = GcStats::default();
         for db in inner.dbs.values_mut() {
-            stats.add(db.gc(now_unix_ms, retention, now)?);
+            stats.add(db.gc(now_unix_ms, retention)?);
         }
         Ok(stats)
     }
@@ -1185,6 +1058,7 @@ impl PageStore for DirStore {
 #[cfg(test)]
 mod tests {
     use pagewire_server_core::store::conformance::{self, TestTime};
+    use pagewire_server_core::store::{NO_TAG, ReadAt};
 
     use super::*;
 

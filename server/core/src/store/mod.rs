@@ -1,6 +1,8 @@
 //! The `PageStore` trait: versioned page storage with write leases, behind which every
 //! store sits: the memory store here, PostgreSQL in crate `pagewire-store-postgres`
-//! (`server/postgres`). Every store passes the same [`conformance`] suite.
+//! (`server/postgres`). Every store passes the same conformance suite (`conformance`,
+//! behind the crate feature `conformance`, which store tests enable). Stores that keep
+//! version metadata in memory share the history rules of [`history`].
 //!
 //! The service validates client input (see [`crate::validate`]) before calling a store;
 //! a store enforces the rules that need its state, each in one atomic step: lease
@@ -9,8 +11,10 @@
 
 pub mod changes;
 pub mod clock;
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod faults;
+pub mod history;
 pub mod identity;
 pub mod memory;
 

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::history::{History, VersionMeta};
 use super::lease::{LeaseRecord, LeaseSlot};
 use super::pages::Pages;
-use super::pins::Pins;
+use crate::store::history::{History, Pins, VersionMeta};
 use crate::store::{
     BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbState, GcStats, Id16, Lease, PageRead,
     PinTtl, ReadView, StoreError, StoreResult, random_id,
@@ -123,21 +122,9 @@ impl MemDb {
     }
 
     pub(super) fn begin_read(&mut self, read: BeginRead, now: Instant) -> StoreResult<ReadView> {
-        let version = self.history.resolve(read.at)?;
-        let (state, meta) = self.history.readable(version)?;
-        let committed_unix_ms = if version == 0 {
-            0
-        } else {
-            meta.committed_unix_ms
-        };
-        let changes = self.history.changes(read.cached_version, version, read.max_changes);
-        self.pins.pin(version, read.pin, now);
-        Ok(ReadView {
-            state,
-            changes,
-            committed_unix_ms,
-            seen_tag: self.history.tag_of(read.seen_version),
-        })
+        let view = self.history.view(&read)?;
+        self.pins.pin(view.state.version, read.pin, now);
+        Ok(view)
     }
 
     pub(super) fn read(
@@ -228,10 +215,9 @@ impl MemDb {
     /// One GC pass over this database (see [`crate::store::PageStore::gc`]).
     pub(super) fn gc(&mut self, now_unix_ms: i64, retention: Duration, now: Instant) -> GcStats {
         self.pins.expire(now);
-        let window = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let kept = self
             .history
-            .kept(now_unix_ms.saturating_sub(window), &self.pins, now);
+            .kept(now_unix_ms, retention, |v| self.pins.holds(v, now));
         let collecting = self.history.readable_count() > kept.len();
         let mut stats = GcStats {
             databases: 1,

@@ -4,14 +4,14 @@
 //!
 //! - `db`: one database and the store operations on it;
 //! - `pages`: its page writes (reads at a version, GC trimming);
-//! - `history`: its version metadata (as-of resolution, change lists, what GC keeps);
-//! - `pins`: reader pins; `lease`: the write lease.
+//! - `lease`: the write lease.
+//!
+//! Its version metadata and reader pins are [`crate::store::history`]'s (as-of
+//! resolution, change lists, what GC keeps and drops).
 
 mod db;
-mod history;
 mod lease;
 mod pages;
-mod pins;
 
 use std::collections::HashMap;
 use std::sync::Arc;

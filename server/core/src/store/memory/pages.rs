@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 
+use crate::store::history::{KeptVersion, trim_writes};
 use crate::store::{Changes, Commit, StoreError, StoreResult};
 use crate::validate;
 
@@ -19,13 +20,6 @@ fn zero_page(page_size: u32) -> Bytes {
 /// One write of a page: its version and data; `None` is a zero page (a hole left when
 /// the file grew over pages an older version had written).
 type Write = (u64, Option<Bytes>);
-
-/// A version GC keeps, with its page count (pages past it are unreadable there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct KeptVersion {
-    pub version: u64,
-    pub page_count: u32,
-}
 
 #[derive(Debug, Default)]
 pub(super) struct Pages {
@@ -112,41 +106,14 @@ impl Pages {
     }
 }
 
-/// Trims one page's writes (see [`Pages::trim`]).
+/// Trims one page's writes (see [`Pages::trim`] and [`trim_writes`]).
 fn trim_page(page_no: u32, page: &mut Vec<Write>, kept: &[KeptVersion]) -> (u64, u64) {
-    let old = std::mem::take(page);
-    let nexts: Vec<u64> = old
+    let removed = trim_writes(page_no, page, kept, |(v, data)| (*v, data.is_none()));
+    let bytes = removed
         .iter()
-        .skip(1)
-        .map(|(v, _)| *v)
-        .chain([u64::MAX])
-        .collect();
-    let (mut writes, mut bytes) = (0, 0);
-    for (write, next) in old.into_iter().zip(nexts) {
-        if read_by_some(kept, page_no, write.0, next) {
-            page.push(write);
-        } else {
-            writes += 1;
-            bytes += write.1.as_ref().map_or(0, |d| d.len() as u64);
-        }
-    }
-    // A zero marker with nothing older reads as zeros with or without it.
-    while page.first().is_some_and(|(_, data)| data.is_none()) {
-        page.remove(0);
-        writes += 1;
-    }
-    (writes, bytes)
-}
-
-/// Whether a kept version in `[from, until)` (where this write is the newest of its
-/// page) covers `page_no`.
-fn read_by_some(kept: &[KeptVersion], page_no: u32, from: u64, until: u64) -> bool {
-    let start = kept.partition_point(|k| k.version < from);
-    kept.get(start..)
-        .unwrap_or_default()
-        .iter()
-        .take_while(|k| k.version < until)
-        .any(|k| page_no <= k.page_count)
+        .map(|(_, data)| data.as_ref().map_or(0, |d| d.len() as u64))
+        .sum();
+    (removed.len() as u64, bytes)
 }
 
 #[cfg(test)]

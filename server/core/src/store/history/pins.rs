@@ -1,5 +1,5 @@
 //! Reader pins: per database, version -> when its pin expires. A pinned version is safe
-//! from GC. Small: one entry per version some reader used within the pin TTL. A pin
+//! from GC ([`super::History::kept`] asks [`Pins::holds`]). Small: one entry per version some reader used within the pin TTL. A pin
 //! never outlives its maximum age (counted from when it was made), however often it is
 //! extended, so no reader keeps history forever.
 
@@ -16,36 +16,43 @@ struct Pin {
     cap: Instant,
 }
 
+/// The reader pins of one database (in memory: a pin lost in a restart only lets GC
+/// collect early, and the reader then gets `OutOfRange`, never wrong data).
 #[derive(Debug, Default)]
-pub(super) struct Pins {
+pub struct Pins {
     expires: BTreeMap<u64, Pin>,
 }
 
 impl Pins {
     /// Pins `version` for `ttl.ttl` from `now` (a later pin is never shortened; an
     /// existing pin keeps its age limit).
-    pub(super) fn pin(&mut self, version: u64, ttl: PinTtl, now: Instant) {
+    pub fn pin(&mut self, version: u64, ttl: PinTtl, now: Instant) {
         let cap = now + ttl.max_age;
-        let pin = self.expires.entry(version).or_insert(Pin { until: now, cap });
+        let pin = self
+            .expires
+            .entry(version)
+            .or_insert(Pin { until: now, cap });
         pin.until = pin.until.max((now + ttl.ttl).min(pin.cap));
     }
 
     /// Extends the pin on `version` to `ttl.ttl` from `now` (within its age limit), if
     /// a reader pinned it.
-    pub(super) fn refresh(&mut self, version: u64, ttl: PinTtl, now: Instant) {
+    pub fn refresh(&mut self, version: u64, ttl: PinTtl, now: Instant) {
         if let Some(pin) = self.expires.get_mut(&version) {
             pin.until = pin.until.max((now + ttl.ttl).min(pin.cap));
         }
     }
 
     /// Forgets pins that expired by `now`.
-    pub(super) fn expire(&mut self, now: Instant) {
+    pub fn expire(&mut self, now: Instant) {
         self.expires.retain(|_, pin| pin.until > now);
     }
 
     /// Whether `version` is pinned at `now`.
-    pub(super) fn holds(&self, version: u64, now: Instant) -> bool {
-        self.expires.get(&version).is_some_and(|pin| pin.until > now)
+    pub fn holds(&self, version: u64, now: Instant) -> bool {
+        self.expires
+            .get(&version)
+            .is_some_and(|pin| pin.until > now)
     }
 }
 
@@ -56,7 +63,10 @@ mod tests {
     use super::*;
 
     fn ttl(secs: u64) -> PinTtl {
-        PinTtl { ttl: Duration::from_secs(secs), max_age: Duration::from_secs(3600) }
+        PinTtl {
+            ttl: Duration::from_secs(secs),
+            max_age: Duration::from_secs(3600),
+        }
     }
 
     #[test]
@@ -80,7 +90,10 @@ mod tests {
     fn pins_never_outlive_their_max_age() {
         let now = Instant::now();
         let s = Duration::from_secs;
-        let short = PinTtl { ttl: s(2), max_age: s(5) };
+        let short = PinTtl {
+            ttl: s(2),
+            max_age: s(5),
+        };
         let mut pins = Pins::default();
         pins.pin(7, short, now);
         for t in 1..10 {

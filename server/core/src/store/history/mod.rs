@@ -1,21 +1,36 @@
-//! Version metadata of one database: per version its page size and count, commit time,
-//! the pages it changed, and whether it is still readable. Answers which version a read
-//! asks for (as-of version or time), change lists, and which versions GC keeps.
+//! The history rules, once, for every store that keeps its version metadata in memory
+//! (the memory store; a file-backed store such as `examples/custom_store.rs`, which
+//! persists it and loads it back with [`History::restore`]): what changed between
+//! versions, which version a read asks for, which versions are readable, and what GC
+//! keeps and drops. Plain data and functions; a store keeps the pages and the locking.
+//! (PostgreSQL keeps the same rules in SQL.)
+//!
+//! - [`VersionMeta`]: per version its page size and count, commit time, tag, the pages it
+//!   changed (growth as a range) and whether it is still readable;
+//! - [`History`]: one database's versions `oldest..=current`: as-of resolution
+//!   ([`History::resolve`]), readable-version checks with the `OutOfRange` messages
+//!   ([`History::readable`]), change lists within `max_changes` ([`History::changes`]),
+//!   what a BeginRead sees ([`History::view`]),
+//!   the versions GC keeps ([`History::kept`]) and collecting the rest
+//!   ([`History::collect`]);
+//! - [`trim_writes`]: which page writes GC drops, given the kept versions;
+//! - [`Pins`]: reader pins (TTL, maximum age), which keep versions from GC.
+
+mod pins;
 
 use std::time::Duration;
 
-use super::pages::KeptVersion;
-use super::pins::Pins;
+pub use pins::Pins;
+
 use crate::store::clock::{check_after_first_commit, describe_unix_ms};
 use crate::store::{
-    ChangeWalk, Changes, DbState, Incarnation, NO_TAG, ReadAt, StoreError, StoreResult, VersionTag,
+    BeginRead, ChangeWalk, Changes, DbState, Incarnation, NO_TAG, ReadAt, ReadView, StoreError,
+    StoreResult, VersionTag,
 };
 
-use tokio::time::Instant;
-
-/// What one version changed.
-#[derive(Debug, Clone)]
-pub(super) struct VersionMeta {
+/// What one version is and changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionMeta {
     pub page_size: u32,
     pub page_count: u32,
     pub committed_unix_ms: i64,
@@ -28,8 +43,16 @@ pub(super) struct VersionMeta {
     pub retained: bool,
 }
 
-#[derive(Debug)]
-pub(super) struct History {
+/// A version GC keeps, with its page count (pages past it are unreadable there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptVersion {
+    pub version: u64,
+    pub page_count: u32,
+}
+
+/// The version metadata of one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
     incarnation: Incarnation,
     /// Metadata of versions `oldest..=current`, indexed by `version - oldest`; never
     /// empty, and the oldest entry is always readable.
@@ -43,7 +66,8 @@ pub(super) struct History {
 }
 
 impl History {
-    pub(super) fn new(created_unix_ms: i64, incarnation: Incarnation) -> Self {
+    /// A new, empty database: version 0 only.
+    pub fn new(created_unix_ms: i64, incarnation: Incarnation) -> Self {
         let empty = VersionMeta {
             page_size: 0,
             page_count: 0,
@@ -61,15 +85,60 @@ impl History {
         }
     }
 
-    pub(super) fn oldest(&self) -> u64 {
+    /// A history as a store persisted it (the parts the accessors return); `Internal`
+    /// when `versions` is empty.
+    pub fn restore(
+        incarnation: Incarnation,
+        oldest: u64,
+        versions: Vec<VersionMeta>,
+        first_commit_unix_ms: Option<i64>,
+        gc_retention: Option<Duration>,
+    ) -> StoreResult<Self> {
+        if versions.is_empty() {
+            return Err(StoreError::Internal(format!(
+                "no version metadata from version {oldest} on"
+            )));
+        }
+        Ok(Self {
+            incarnation,
+            versions,
+            oldest,
+            first_commit_unix_ms,
+            gc_retention,
+        })
+    }
+
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    /// The oldest version with metadata (always readable).
+    pub fn oldest(&self) -> u64 {
         self.oldest
     }
 
-    pub(super) fn current(&self) -> u64 {
+    /// The newest version.
+    pub fn current(&self) -> u64 {
         self.oldest + self.versions.len() as u64 - 1
     }
 
-    pub(super) fn meta(&self, version: u64) -> Option<&VersionMeta> {
+    /// Metadata of versions `oldest..=current`, in order.
+    pub fn versions(&self) -> &[VersionMeta] {
+        &self.versions
+    }
+
+    /// When version 1 was committed (`None` before it was).
+    pub fn first_commit_unix_ms(&self) -> Option<i64> {
+        self.first_commit_unix_ms
+    }
+
+    /// The retention of the GC pass that last collected something.
+    pub fn gc_retention(&self) -> Option<Duration> {
+        self.gc_retention
+    }
+
+    /// The metadata of `version` while it is kept.
+    pub fn meta(&self, version: u64) -> Option<&VersionMeta> {
         let index = version.checked_sub(self.oldest)?;
         self.versions.get(usize::try_from(index).ok()?)
     }
@@ -78,12 +147,8 @@ impl History {
         self.versions.last()
     }
 
-    pub(super) fn incarnation(&self) -> Incarnation {
-        self.incarnation
-    }
-
     /// The newest state.
-    pub(super) fn state(&self) -> DbState {
+    pub fn state(&self) -> DbState {
         let meta = self.newest_meta();
         DbState {
             version: self.current(),
@@ -95,17 +160,17 @@ impl History {
     }
 
     /// The tag of `version` while its record is kept (collected versions keep theirs).
-    pub(super) fn tag_of(&self, version: u64) -> Option<VersionTag> {
+    pub fn tag_of(&self, version: u64) -> Option<VersionTag> {
         self.meta(version).map(|m| m.tag)
     }
 
     /// When the newest version was committed (or the database created).
-    pub(super) fn updated_unix_ms(&self) -> Option<i64> {
+    pub fn updated_unix_ms(&self) -> Option<i64> {
         self.newest_meta().map(|m| m.committed_unix_ms)
     }
 
     /// Records the next version; commit times never go backwards. Returns its number.
-    pub(super) fn push(&mut self, mut meta: VersionMeta) -> u64 {
+    pub fn push(&mut self, mut meta: VersionMeta) -> u64 {
         let previous = self.updated_unix_ms().unwrap_or(i64::MIN);
         meta.committed_unix_ms = meta.committed_unix_ms.max(previous);
         self.versions.push(meta);
@@ -117,7 +182,7 @@ impl History {
     }
 
     /// The state at a readable `version`, or `OutOfRange` saying why not.
-    pub(super) fn readable(&self, version: u64) -> StoreResult<(DbState, &VersionMeta)> {
+    pub fn readable(&self, version: u64) -> StoreResult<(DbState, &VersionMeta)> {
         if version > self.current() {
             return Err(StoreError::OutOfRange(format!(
                 "version {version} does not exist yet (newest: {})",
@@ -151,13 +216,31 @@ impl History {
     }
 
     /// The version a read at `at` starts at (readable, or `OutOfRange`).
-    pub(super) fn resolve(&self, at: ReadAt) -> StoreResult<u64> {
+    pub fn resolve(&self, at: ReadAt) -> StoreResult<u64> {
         let version = match at {
             ReadAt::Newest => self.current(),
             ReadAt::Version(v) => v,
             ReadAt::UnixMs(t) => self.version_at_time(t)?,
         };
         self.readable(version).map(|_| version)
+    }
+
+    /// What a BeginRead sees (before the store pins `view.state.version`): the version it
+    /// resolves to, when that was committed, the changes since `cached_version` and the
+    /// tag of `seen_version`.
+    pub fn view(&self, read: &BeginRead) -> StoreResult<ReadView> {
+        let version = self.resolve(read.at)?;
+        let (state, meta) = self.readable(version)?;
+        Ok(ReadView {
+            state,
+            changes: self.changes(read.cached_version, version, read.max_changes),
+            committed_unix_ms: if version == 0 {
+                0
+            } else {
+                meta.committed_unix_ms
+            },
+            seen_tag: self.tag_of(read.seen_version),
+        })
     }
 
     /// The newest version committed at or before `unix_ms`.
@@ -178,7 +261,7 @@ impl History {
     /// Pages written in `(cached, target]`, or `None` when the client must drop its
     /// cache (no cache, unknown or too old, newer than `target`, a page-size change in
     /// between, or more than `limit` versions or listed pages).
-    pub(super) fn changes(&self, cached: u64, target: u64, limit: usize) -> Option<Changes> {
+    pub fn changes(&self, cached: u64, target: u64, limit: usize) -> Option<Changes> {
         if cached == 0 {
             return None;
         }
@@ -194,17 +277,21 @@ impl History {
         Some(walk.finish())
     }
 
-    /// The versions GC keeps, ascending: the newest, those committed at or after
-    /// `cutoff_unix_ms`, and those pinned at `now`, among the readable ones.
-    pub(super) fn kept(&self, cutoff_unix_ms: i64, pins: &Pins, now: Instant) -> Vec<KeptVersion> {
+    /// The versions a GC pass at `now_unix_ms` keeps, ascending: the newest, those
+    /// committed within `retention` of it, and the `pinned` ones, among the readable ones.
+    pub fn kept(
+        &self,
+        now_unix_ms: i64,
+        retention: Duration,
+        pinned: impl Fn(u64) -> bool,
+    ) -> Vec<KeptVersion> {
+        let window = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff_unix_ms = now_unix_ms.saturating_sub(window);
         let current = self.current();
         (self.oldest..=current)
             .zip(&self.versions)
             .filter(|(v, m)| {
-                m.retained
-                    && (*v == current
-                        || m.committed_unix_ms >= cutoff_unix_ms
-                        || pins.holds(*v, now))
+                m.retained && (*v == current || m.committed_unix_ms >= cutoff_unix_ms || pinned(*v))
             })
             .map(|(version, m)| KeptVersion {
                 version,
@@ -214,13 +301,13 @@ impl History {
     }
 
     /// How many readable versions there are.
-    pub(super) fn readable_count(&self) -> usize {
+    pub fn readable_count(&self) -> usize {
         self.versions.iter().filter(|m| m.retained).count()
     }
 
     /// Makes every version not in `kept` (ascending, non-empty) unreadable and drops the
     /// metadata below the oldest kept one. Returns how many versions became unreadable.
-    pub(super) fn collect(&mut self, kept: &[KeptVersion], retention: Duration) -> u64 {
+    pub fn collect(&mut self, kept: &[KeptVersion], retention: Duration) -> u64 {
         let Some(first) = kept.first() else {
             return 0;
         };
@@ -240,4 +327,46 @@ impl History {
         self.gc_retention = Some(retention);
         collected
     }
+}
+
+/// What GC drops of one page's writes (ascending by version; `key` gives a write's
+/// version and whether it is a zero marker, a hole where the file grew over older
+/// writes): a write goes when no kept version reads it (it is not the newest write at or
+/// before a kept version whose page count covers the page), and a zero marker with no
+/// older write left below it (it reads as zeros without it). Removes those from
+/// `writes` and returns them, in order.
+pub fn trim_writes<W>(
+    page_no: u32,
+    writes: &mut Vec<W>,
+    kept: &[KeptVersion],
+    key: impl Fn(&W) -> (u64, bool),
+) -> Vec<W> {
+    let old = std::mem::take(writes);
+    let nexts: Vec<u64> = old
+        .iter()
+        .skip(1)
+        .map(|w| key(w).0)
+        .chain([u64::MAX])
+        .collect();
+    let mut removed = Vec::new();
+    for (write, next) in old.into_iter().zip(nexts) {
+        let (version, zeros) = key(&write);
+        if read_by_some(kept, page_no, version, next) && (!zeros || !writes.is_empty()) {
+            writes.push(write);
+        } else {
+            removed.push(write);
+        }
+    }
+    removed
+}
+
+/// Whether a kept version in `[from, until)` (where this write is the newest of its
+/// page) covers `page_no`.
+fn read_by_some(kept: &[KeptVersion], page_no: u32, from: u64, until: u64) -> bool {
+    let start = kept.partition_point(|k| k.version < from);
+    kept.get(start..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(|k| k.version < until)
+        .any(|k| page_no <= k.page_count)
 }
