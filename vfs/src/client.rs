@@ -241,6 +241,12 @@ impl Client {
         Ok(Self { conn, auth: Auth(header), max_message, retry_timeout, call_timeout, counters: Arc::default() })
     }
 
+    /// This client with another message size limit (both directions).
+    pub fn with_max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
     /// The stub for one attempt, on the current connection, and that connection's
     /// generation.
     fn stub(&self) -> (u64, Pages) {

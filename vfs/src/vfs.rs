@@ -61,8 +61,12 @@ mod compat {
 /// names silently, so longer ones are refused before that happens.
 pub const MAX_NAME_BYTES: usize = 511;
 
-/// Largest gRPC message the client accepts (the server announces its own limit).
+/// Largest gRPC message the client accepts before Open (after it, the server's
+/// announced limit plus `DECODE_SLACK`).
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Room over the server's announced message size for a reply's framing.
+const DECODE_SLACK: usize = 64 << 10;
 
 pub enum Handle {
     Main(Box<MainFile>),
@@ -123,6 +127,9 @@ impl PagewireVfs {
                 Some(db) => db,
                 None => {
                     let settings = ServerSettings::from_open(&resp, MAX_MESSAGE_BYTES);
+                    // Replies are decoded only up to what this server says it sends: prost
+                    // builds a reply's structs before any check, several times its size.
+                    let client = client.with_max_message(settings.max_message_bytes + DECODE_SLACK);
                     Arc::new(Database::new(key.clone(), rt, client, settings, opened, config.cache_size as usize, config.lease_idle))
                 }
             };
