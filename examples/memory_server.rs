@@ -11,10 +11,18 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7878".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7878".into());
     let listener = TcpListener::bind(&addr).await?;
-    println!("pagewire-server listening on http://{}", listener.local_addr()?);
-    let config = ServerConfig { lease_ttl: std::time::Duration::from_secs(5), ..ServerConfig::default() };
+    println!(
+        "pagewire-server listening on http://{}",
+        listener.local_addr()?
+    );
+    let config = ServerConfig {
+        lease_ttl: std::time::Duration::from_secs(5),
+        ..ServerConfig::default()
+    };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -38,7 +38,9 @@ pub const HOLDERS: usize = 8;
 /// overrides it: a holder that reads less often than commits happen gives its lease
 /// back with its next acknowledgement, so the period decides how many stay holders).
 fn holder_period() -> Duration {
-    let ms = std::env::var("PAGEWIRE_BENCH_HOLDER_PERIOD_MS").ok().and_then(|v| v.parse::<f64>().ok());
+    let ms = std::env::var("PAGEWIRE_BENCH_HOLDER_PERIOD_MS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok());
     Duration::from_secs_f64(ms.unwrap_or(20.0) / 1000.0)
 }
 /// The commit-latency database and its rows.
@@ -89,7 +91,13 @@ fn replica_selects(t: &Target, sizes: &Sizes, token: &str) -> anyhow::Result<f64
 }
 
 fn leased(t: &Target) -> bool {
-    matches!(t, Target::Pagewire { no_lease_url: Some(_), .. })
+    matches!(
+        t,
+        Target::Pagewire {
+            no_lease_url: Some(_),
+            ..
+        }
+    )
 }
 
 /// A read-only connection; on pagewire a client of its own (its own token).
@@ -99,15 +107,26 @@ fn open_replica(t: &Target, name: &str, token: &str) -> anyhow::Result<Connectio
 
 /// Runs `read` until the connection holds a read lease and a read transaction has
 /// started with no RPC (`local_reads` grew), so timing starts on the fast path.
-fn await_local_reads(db: &Connection, read: &mut impl FnMut() -> anyhow::Result<()>, lease: bool, timeout: Duration) -> anyhow::Result<()> {
+fn await_local_reads(
+    db: &Connection,
+    read: &mut impl FnMut() -> anyhow::Result<()>,
+    lease: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let before = stat(db, "local_reads")?;
         read()?;
-        if stat(db, "local_reads")? > before && (!lease || pragma(db, "pagewire_read_lease")?.starts_with("lease=held")) {
+        if stat(db, "local_reads")? > before
+            && (!lease || pragma(db, "pagewire_read_lease")?.starts_with("lease=held"))
+        {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "no read lease after {timeout:?}: {}", pragma(db, "pagewire_read_lease")?);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no read lease after {timeout:?}: {}",
+            pragma(db, "pagewire_read_lease")?
+        );
         thread::sleep(Duration::from_millis(2));
     }
 }
@@ -124,12 +143,18 @@ pub fn replica_during_commits_no_lease(t: &Target, sizes: &Sizes) -> anyhow::Res
 }
 
 fn replica_during_commits(t: &Target, sizes: &Sizes, token: &str) -> anyhow::Result<f64> {
-    t.open("data.db")?.execute_batch("create table if not exists w(v blob)")?;
+    t.open("data.db")?
+        .execute_batch("create table if not exists w(v blob)")?;
     let replica = open_replica(t, "data.db", token)?;
     replica.query_row("select sum(length(v)) from kv", [], |r| r.get::<_, i64>(0))?;
     let mut rng = rand::rng();
     if leased(t) {
-        await_local_reads(&replica, &mut || crate::workloads::point(&replica, rng.random_range(1..=sizes.rows)), true, Duration::from_secs(10))?;
+        await_local_reads(
+            &replica,
+            &mut || crate::workloads::point(&replica, rng.random_range(1..=sizes.rows)),
+            true,
+            Duration::from_secs(10),
+        )?;
     }
     let before = Probe::take(&replica, t)?;
     let replica = Mutex::new(replica);
@@ -155,7 +180,9 @@ fn replica_during_commits(t: &Target, sizes: &Sizes, token: &str) -> anyhow::Res
     let commits = commits.load(Ordering::Relaxed);
     anyhow::ensure!(commits > 0, "the writer never committed");
     if !t.is_local() {
-        let replica = replica.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let replica = replica
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
         let after = Probe::take(&replica, t)?;
         note(format!(
             "{}: replica reads during commits ({token}): {:.0} reads/s while the writer made {commits} commits ({:.0}/s): {}",
@@ -182,12 +209,20 @@ static LATENCIES: Mutex<Option<HashMap<(String, usize), Latency>>> = Mutex::new(
 
 fn latency(t: &Target, sizes: &Sizes, holders: usize) -> anyhow::Result<Latency> {
     let key = (t.label(), holders);
-    let cached = LATENCIES.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.as_ref().and_then(|m| m.get(&key).copied());
+    let cached = LATENCIES
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .as_ref()
+        .and_then(|m| m.get(&key).copied());
     if let Some(l) = cached {
         return Ok(l);
     }
     let l = commit_latency(t, sizes, holders)?;
-    LATENCIES.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.get_or_insert_default().insert(key, l);
+    LATENCIES
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .get_or_insert_default()
+        .insert(key, l);
     Ok(l)
 }
 
@@ -226,7 +261,12 @@ pub fn scan(t: &Target, sizes: &Sizes, counts: &[usize], kind: HolderKind) -> an
     Ok(())
 }
 
-fn measure_commits(t: &Target, sizes: &Sizes, holders: usize, kind: HolderKind) -> anyhow::Result<(Latency, String)> {
+fn measure_commits(
+    t: &Target,
+    sizes: &Sizes,
+    holders: usize,
+    kind: HolderKind,
+) -> anyhow::Result<(Latency, String)> {
     // The writer's first read transaction (before it held the write lease) may have
     // taken a read lease, which its own commits would wait for: lease_idle=1s ends
     // that Watch stream soon after it only writes, and timing waits until the writer
@@ -241,16 +281,30 @@ fn measure_commits(t: &Target, sizes: &Sizes, holders: usize, kind: HolderKind) 
         )?;
     }
     let mut rng = rand::rng();
-    let mut commit = || db.execute("update c set n = n + 1 where id = ?1", [rng.random_range(1..=COMMIT_ROWS)]);
+    let mut commit = || {
+        db.execute(
+            "update c set n = n + 1 where id = ?1",
+            [rng.random_range(1..=COMMIT_ROWS)],
+        )
+    };
     for _ in 0..20 {
         commit()?;
     }
-    let mut children = (0..holders).map(|i| Holder::spawn(t, i, kind)).collect::<anyhow::Result<Vec<_>>>()?;
-    let ready = children.iter_mut().map(Holder::ready).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut children = (0..holders)
+        .map(|i| Holder::spawn(t, i, kind))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ready = children
+        .iter_mut()
+        .map(Holder::ready)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if !t.is_local() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !pragma(&db, "pagewire_read_lease")?.starts_with("lease=none") {
-            anyhow::ensure!(Instant::now() < deadline, "the writer keeps a read lease: {}", pragma(&db, "pagewire_read_lease")?);
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the writer keeps a read lease: {}",
+                pragma(&db, "pagewire_read_lease")?
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -258,11 +312,19 @@ fn measure_commits(t: &Target, sizes: &Sizes, holders: usize, kind: HolderKind) 
         commit()?;
     }
     let metrics_before = server_metrics(t)?;
-    let pids: Vec<(&str, u32)> = [("bench", Some(std::process::id())), ("server", t.server_url().and_then(crate::target::server_pid))]
-        .into_iter()
-        .filter_map(|(g, p)| Some((g, p?)))
-        .chain(children.iter().filter_map(Holder::pid).map(|p| ("holders", p)))
-        .collect();
+    let pids: Vec<(&str, u32)> = [
+        ("bench", Some(std::process::id())),
+        ("server", t.server_url().and_then(crate::target::server_pid)),
+    ]
+    .into_iter()
+    .filter_map(|(g, p)| Some((g, p?)))
+    .chain(
+        children
+            .iter()
+            .filter_map(Holder::pid)
+            .map(|p| ("holders", p)),
+    )
+    .collect();
     let cpu_before: Vec<u64> = pids.iter().map(|(_, p)| cpu_ns(*p).unwrap_or(0)).collect();
     let machine_before = machine_jiffies();
     let mut lat = Vec::new();
@@ -274,19 +336,37 @@ fn measure_commits(t: &Target, sizes: &Sizes, holders: usize, kind: HolderKind) 
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after: Vec<u64> = pids.iter().map(|(_, p)| cpu_ns(*p).unwrap_or(0)).collect();
-    let machine = machine_jiffies().zip(machine_before).map(|((busy, all), (busy0, all0))| (busy - busy0) as f64 / (all - all0).max(1) as f64 * 100.0);
+    let machine = machine_jiffies()
+        .zip(machine_before)
+        .map(|((busy, all), (busy0, all0))| {
+            (busy - busy0) as f64 / (all - all0).max(1) as f64 * 100.0
+        });
     let metrics_after = server_metrics(t)?;
-    let writer_lease = if t.is_local() { String::new() } else { pragma(&db, "pagewire_read_lease")? };
-    let done = children.iter_mut().map(Holder::finish).collect::<anyhow::Result<Vec<_>>>()?;
+    let writer_lease = if t.is_local() {
+        String::new()
+    } else {
+        pragma(&db, "pagewire_read_lease")?
+    };
+    let done = children
+        .iter_mut()
+        .map(Holder::finish)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let n = lat.len();
     let mean_ms = lat.iter().sum::<f64>() / n as f64;
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((n as f64 - 1.0) * p) as usize];
-    let l = Latency { p50_ms: pct(0.5), mean_ms };
+    let l = Latency {
+        p50_ms: pct(0.5),
+        mean_ms,
+    };
     let mut text = format!(
         "{}: {n} commits with {holders} {}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, mean {:.3} ms",
         t.label(),
-        if t.is_local() { "reader processes".to_owned() } else { kind.describe() },
+        if t.is_local() {
+            "reader processes".to_owned()
+        } else {
+            kind.describe()
+        },
         l.p50_ms,
         pct(0.9),
         pct(0.99),
@@ -304,14 +384,25 @@ fn measure_commits(t: &Target, sizes: &Sizes, holders: usize, kind: HolderKind) 
     let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     text += &format!(
         "; CPU per commit: {} = {:.0} us total ({:.0}% of {cpus} CPUs; whole machine {:.0}% busy{})",
-        groups.iter().map(|(g, v)| format!("{g} {:.0} us", *v as f64 / 1000.0 / n as f64)).collect::<Vec<_>>().join(", "),
+        groups
+            .iter()
+            .map(|(g, v)| format!("{g} {:.0} us", *v as f64 / 1000.0 / n as f64))
+            .collect::<Vec<_>>()
+            .join(", "),
         total as f64 / 1000.0 / n as f64,
         total as f64 / 1e9 / elapsed / cpus * 100.0,
         machine.unwrap_or(0.0),
-        if t.label().contains("postgres") { ", PostgreSQL included" } else { "" }
+        if t.label().contains("postgres") {
+            ", PostgreSQL included"
+        } else {
+            ""
+        }
     );
     if let (Some(b), Some(a)) = (metrics_before, metrics_after) {
-        let (wait_b, wait_a) = (b.invalidation_wait.unwrap_or_default(), a.invalidation_wait.unwrap_or_default());
+        let (wait_b, wait_a) = (
+            b.invalidation_wait.unwrap_or_default(),
+            a.invalidation_wait.unwrap_or_default(),
+        );
         let commits = wait_a.count.saturating_sub(wait_b.count).max(1);
         text += &format!(
             "; server: read leases held (all databases) {} before / {} after, mean invalidation wait {:.3} ms over {commits} commits",
@@ -325,13 +416,22 @@ fn measure_commits(t: &Target, sizes: &Sizes, holders: usize, kind: HolderKind) 
     }
     if holders > 0 {
         text += &format!("\n  holders at start: {}", summarize(&ready));
-        text += &format!("\n  holders during the run (per holder, min-max): {}", ranges(&done));
+        text += &format!(
+            "\n  holders during the run (per holder, min-max): {}",
+            ranges(&done)
+        );
         if !t.is_local() && !kind.snapshot {
             let always = done.iter().all(|d| {
-                let get = |k: &str| d.split_whitespace().find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='));
+                let get = |k: &str| {
+                    d.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                };
                 get("reads").is_some() && get("reads") == get("lease_held_after")
             });
-            text += &format!("; every holder said lease=held after each of its reads: {}", if always { "yes" } else { "NO" });
+            text += &format!(
+                "; every holder said lease=held after each of its reads: {}",
+                if always { "yes" } else { "NO" }
+            );
         }
     }
     Ok((l, text))
@@ -340,7 +440,13 @@ fn measure_commits(t: &Target, sizes: &Sizes, holders: usize, kind: HolderKind) 
 /// Busy and total jiffies of all CPUs (/proc/stat), for how busy the machine was.
 fn machine_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let all: u64 = cpu.iter().take(8).sum();
     let idle = cpu.get(3)? + cpu.get(4)?;
     Some((all - idle, all))
@@ -352,7 +458,11 @@ fn cpu_ns(pid: u32) -> Option<u64> {
     let mut sum = 0;
     for task in tasks.flatten() {
         let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        sum += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        sum += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
     }
     Some(sum)
 }
@@ -362,14 +472,27 @@ fn cpu_ns(pid: u32) -> Option<u64> {
 fn ranges(reports: &[String]) -> String {
     let mut keys: Vec<(String, u64, u64)> = Vec::new();
     for r in reports {
-        for (k, v) in r.split_whitespace().filter_map(|kv| kv.split_once('=')).filter_map(|(k, v)| Some((k, v.parse::<u64>().ok()?))) {
+        for (k, v) in r
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k, v.parse::<u64>().ok()?)))
+        {
             match keys.iter_mut().find(|(x, _, _)| x == k) {
                 Some((_, lo, hi)) => (*lo, *hi) = ((*lo).min(v), (*hi).max(v)),
                 None => keys.push((k.to_owned(), v, v)),
             }
         }
     }
-    keys.iter().map(|(k, lo, hi)| if lo == hi { format!("{k} {lo}") } else { format!("{k} {lo}-{hi}") }).collect::<Vec<_>>().join(", ")
+    keys.iter()
+        .map(|(k, lo, hi)| {
+            if lo == hi {
+                format!("{k} {lo}")
+            } else {
+                format!("{k} {lo}-{hi}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn summarize(lines: &[String]) -> String {
@@ -380,16 +503,31 @@ fn summarize(lines: &[String]) -> String {
             None => out.push((l.clone(), 1)),
         }
     }
-    out.iter().map(|(l, n)| if *n > 1 { format!("{n} x [{l}]") } else { format!("[{l}]") }).collect::<Vec<_>>().join(", ")
+    out.iter()
+        .map(|(l, n)| {
+            if *n > 1 {
+                format!("{n} x [{l}]")
+            } else {
+                format!("[{l}]")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The server's read-lease metrics (None for a local file).
 fn server_metrics(t: &Target) -> anyhow::Result<Option<Metrics>> {
-    let Some(url) = t.server_url() else { return Ok(None) };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let Some(url) = t.server_url() else {
+        return Ok(None);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut admin = AdminClient::connect(url.to_owned()).await?;
-        Ok(Some(admin.get_metrics(GetMetricsRequest {}).await?.into_inner()))
+        Ok(Some(
+            admin.get_metrics(GetMetricsRequest {}).await?.into_inner(),
+        ))
     })
 }
 
@@ -406,8 +544,16 @@ pub struct HolderKind {
 
 impl HolderKind {
     fn describe(&self) -> String {
-        let what = if self.snapshot { "snapshot watchers (no lease)" } else { "read-lease holders" };
-        let how = if self.threads { "threads (in this process, own tokens)" } else { "processes" };
+        let what = if self.snapshot {
+            "snapshot watchers (no lease)"
+        } else {
+            "read-lease holders"
+        };
+        let how = if self.threads {
+            "threads (in this process, own tokens)"
+        } else {
+            "processes"
+        };
         format!("{what}, {how}")
     }
 }
@@ -415,8 +561,16 @@ impl HolderKind {
 /// A read-lease holder: says it is ready once it holds its lease, and what it saw
 /// when told to finish.
 enum Holder {
-    Process { child: Child, stdin: Option<ChildStdin>, stdout: BufReader<ChildStdout> },
-    Thread { stop: Arc<AtomicBool>, ready: std::sync::mpsc::Receiver<String>, handle: Option<thread::JoinHandle<anyhow::Result<String>>> },
+    Process {
+        child: Child,
+        stdin: Option<ChildStdin>,
+        stdout: BufReader<ChildStdout>,
+    },
+    Thread {
+        stop: Arc<AtomicBool>,
+        ready: std::sync::mpsc::Receiver<String>,
+        handle: Option<thread::JoinHandle<anyhow::Result<String>>>,
+    },
 }
 
 impl Holder {
@@ -426,17 +580,40 @@ impl Holder {
             let (t, stop) = (t.clone(), Arc::new(AtomicBool::new(false)));
             let (tx, ready) = std::sync::mpsc::channel();
             let stopped = stop.clone();
-            let handle = thread::spawn(move || hold(&t, COMMITS_DB, &token, kind.snapshot, |l| drop(tx.send(l)), &stopped));
-            return Ok(Self::Thread { stop, ready, handle: Some(handle) });
+            let handle = thread::spawn(move || {
+                hold(
+                    &t,
+                    COMMITS_DB,
+                    &token,
+                    kind.snapshot,
+                    |l| drop(tx.send(l)),
+                    &stopped,
+                )
+            });
+            return Ok(Self::Thread {
+                stop,
+                ready,
+                handle: Some(handle),
+            });
         }
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["--child-holder", &crate::child::spec(t), COMMITS_DB, &token, if kind.snapshot { "snapshot" } else { "strong" }])
+            .args([
+                "--child-holder",
+                &crate::child::spec(t),
+                COMMITS_DB,
+                &token,
+                if kind.snapshot { "snapshot" } else { "strong" },
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().context("no stdout")?);
-        Ok(Self::Process { child, stdin, stdout })
+        Ok(Self::Process {
+            child,
+            stdin,
+            stdout,
+        })
     }
 
     fn pid(&self) -> Option<u32> {
@@ -461,7 +638,11 @@ impl Holder {
 
     fn finish(&mut self) -> anyhow::Result<String> {
         match self {
-            Holder::Process { child, stdin, stdout } => {
+            Holder::Process {
+                child,
+                stdin,
+                stdout,
+            } => {
                 drop(stdin.take());
                 let done = line(stdout, "done");
                 let status = child.wait()?;
@@ -470,7 +651,11 @@ impl Holder {
             }
             Holder::Thread { stop, handle, .. } => {
                 stop.store(true, Ordering::Relaxed);
-                handle.take().context("finished twice")?.join().map_err(|_| anyhow::anyhow!("holder thread panicked"))?
+                handle
+                    .take()
+                    .context("finished twice")?
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("holder thread panicked"))?
             }
         }
     }
@@ -525,19 +710,41 @@ pub fn holder(spec: &str, name: &str, token: &str, consistency: &str) -> anyhow:
         let _ = writeln!(out, "{l}");
         let _ = out.flush();
     };
-    let done = hold(&t, name, token, consistency == "snapshot", |l| say(format!("ready {l}")), &stop)?;
+    let done = hold(
+        &t,
+        name,
+        token,
+        consistency == "snapshot",
+        |l| say(format!("ready {l}")),
+        &stop,
+    )?;
     say(format!("done {done}"));
     Ok(())
 }
 
 /// A holder's work: once it holds its read lease (pagewire), `ready(lease state)`;
 /// then a read transaction every 20 ms until `stop`; returns what it saw.
-fn hold(t: &Target, name: &str, token: &str, snapshot: bool, ready: impl FnOnce(String), stop: &AtomicBool) -> anyhow::Result<String> {
-    let params = if snapshot { format!("&token={token}&consistency=snapshot") } else { format!("&token={token}") };
+fn hold(
+    t: &Target,
+    name: &str,
+    token: &str,
+    snapshot: bool,
+    ready: impl FnOnce(String),
+    stop: &AtomicBool,
+) -> anyhow::Result<String> {
+    let params = if snapshot {
+        format!("&token={token}&consistency=snapshot")
+    } else {
+        format!("&token={token}")
+    };
     let db = t.open_with(name, true, &params)?;
     let mut rng = rand::rng();
     let mut read = || -> anyhow::Result<()> {
-        db.query_row("select n from c where id = ?1", [rng.random_range(1..=COMMIT_ROWS)], |r| r.get::<_, i64>(0))?;
+        db.query_row(
+            "select n from c where id = ?1",
+            [rng.random_range(1..=COMMIT_ROWS)],
+            |r| r.get::<_, i64>(0),
+        )?;
         Ok(())
     };
     read()?;
@@ -545,12 +752,19 @@ fn hold(t: &Target, name: &str, token: &str, snapshot: bool, ready: impl FnOnce(
         await_local_reads(&db, &mut read, !snapshot, Duration::from_secs(10))?;
     }
     let before = Probe::take(&db, t)?;
-    ready(if t.is_local() { "local".into() } else { before.lease.clone() });
+    ready(if t.is_local() {
+        "local".into()
+    } else {
+        before.lease.clone()
+    });
     let (mut reads, mut held) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         read()?;
         reads += 1;
-        if !t.is_local() && !snapshot && pragma(&db, "pagewire_read_lease")?.starts_with("lease=held") {
+        if !t.is_local()
+            && !snapshot
+            && pragma(&db, "pagewire_read_lease")?.starts_with("lease=held")
+        {
             held += 1;
         }
         thread::sleep(holder_period());
@@ -559,7 +773,10 @@ fn hold(t: &Target, name: &str, token: &str, snapshot: bool, ready: impl FnOnce(
         return Ok(format!("reads={reads}"));
     }
     let after = Probe::take(&db, t)?;
-    Ok(format!("reads={reads} lease_held_after={held} {}", after.delta_kv(&before)))
+    Ok(format!(
+        "reads={reads} lease_held_after={held} {}",
+        after.delta_kv(&before)
+    ))
 }
 
 // ---------------------------------------------------------------------------------
@@ -586,7 +803,10 @@ struct Probe {
 impl Probe {
     fn take(db: &Connection, t: &Target) -> anyhow::Result<Self> {
         if t.is_local() {
-            return Ok(Self { stats: Vec::new(), lease: String::new() });
+            return Ok(Self {
+                stats: Vec::new(),
+                lease: String::new(),
+            });
         }
         let stats = pragma(db, "pagewire_stats")?
             .split_whitespace()
@@ -595,27 +815,46 @@ impl Probe {
                 Some((k.to_owned(), v.parse().ok()?))
             })
             .collect();
-        Ok(Self { stats, lease: pragma(db, "pagewire_read_lease")? })
+        Ok(Self {
+            stats,
+            lease: pragma(db, "pagewire_read_lease")?,
+        })
     }
 
     /// How much each counter grew since `before`.
     fn deltas(&self, before: &Probe) -> Vec<(&'static str, u64)> {
-        ["begin_read", "local_reads", "read_pages", "pages_read", "watch", "lease", "commit"]
-            .into_iter()
-            .map(|k| {
-                let get = |p: &Probe| p.stats.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
-                (k, get(self).saturating_sub(get(before)))
-            })
-            .collect()
+        [
+            "begin_read",
+            "local_reads",
+            "read_pages",
+            "pages_read",
+            "watch",
+            "lease",
+            "commit",
+        ]
+        .into_iter()
+        .map(|k| {
+            let get = |p: &Probe| p.stats.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
+            (k, get(self).saturating_sub(get(before)))
+        })
+        .collect()
     }
 
     /// The counters that moved, as `name +n`.
     fn delta(&self, before: &Probe) -> String {
-        self.deltas(before).iter().map(|(k, v)| format!("{k} +{v}")).collect::<Vec<_>>().join(", ")
+        self.deltas(before)
+            .iter()
+            .map(|(k, v)| format!("{k} +{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The same as `name=n` words (what a holder reports).
     fn delta_kv(&self, before: &Probe) -> String {
-        self.deltas(before).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        self.deltas(before)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }

@@ -105,16 +105,34 @@ fn main() -> anyhow::Result<()> {
     load_vfs()?;
     if args.load_only {
         let url = args.load_url.clone().unwrap_or_default();
-        let t = Target::Pagewire { url, label: "memory".into(), no_lease_url: None };
-        report::print_load(&load::run(&t, None, args.load_databases, args.load_clients, 10)?, "memory");
+        let t = Target::Pagewire {
+            url,
+            label: "memory".into(),
+            no_lease_url: None,
+        };
+        report::print_load(
+            &load::run(&t, None, args.load_databases, args.load_clients, 10)?,
+            "memory",
+        );
         return Ok(());
     }
     let sizes = if args.quick {
-        Sizes { rows: 5_000, point_selects: 2_000, seconds: 0.5 }
+        Sizes {
+            rows: 5_000,
+            point_selects: 2_000,
+            seconds: 0.5,
+        }
     } else {
-        Sizes { rows: 50_000, point_selects: 20_000, seconds: 2.0 }
+        Sizes {
+            rows: 50_000,
+            point_selects: 20_000,
+            seconds: 2.0,
+        }
     };
-    let sizes = Sizes { seconds: args.seconds.unwrap_or(sizes.seconds), ..sizes };
+    let sizes = Sizes {
+        seconds: args.seconds.unwrap_or(sizes.seconds),
+        ..sizes
+    };
     let dir = tempfile::tempdir()?;
     let (wal, full) = (dir.path().join("wal"), dir.path().join("full"));
     std::fs::create_dir_all(&wal)?;
@@ -127,10 +145,18 @@ fn main() -> anyhow::Result<()> {
     let mut targets = vec![
         Target::LocalWal(wal),
         Target::LocalFull(full),
-        Target::Pagewire { url: memory.url.clone(), label: "memory".into(), no_lease_url: Some(memory_no_lease.url.clone()) },
+        Target::Pagewire {
+            url: memory.url.clone(),
+            label: "memory".into(),
+            no_lease_url: Some(memory_no_lease.url.clone()),
+        },
     ];
     let scan_memory = args.lease_scan.is_some() && !args.scan_postgres;
-    let postgres = if args.no_postgres || scan_memory { None } else { report::postgres_server()? };
+    let postgres = if args.no_postgres || scan_memory {
+        None
+    } else {
+        report::postgres_server()?
+    };
     // A second PostgreSQL database for the server without read leases (two servers
     // must not share databases of one store when either grants read leases).
     let postgres_no_lease = match &postgres {
@@ -144,13 +170,31 @@ fn main() -> anyhow::Result<()> {
     };
     if let (Some((_, server)), Some((_, no_lease))) = (&postgres, &postgres_no_lease) {
         target::register_server(&server.url, server.pid() as u32);
-        targets.push(Target::Pagewire { url: server.url.clone(), label: "postgres".into(), no_lease_url: Some(no_lease.url.clone()) });
+        targets.push(Target::Pagewire {
+            url: server.url.clone(),
+            label: "postgres".into(),
+            no_lease_url: Some(no_lease.url.clone()),
+        });
     }
     if let Some(counts) = &args.lease_scan {
-        let label = if args.scan_postgres { "pagewire postgres" } else { "pagewire memory" };
-        let t = targets.iter().find(|t| t.label() == label).ok_or_else(|| anyhow::anyhow!("no {label} target"))?;
-        let counts = if counts.is_empty() { &[0, 1, 2, 4, 8, 16][..] } else { counts };
-        let kind = leases::HolderKind { threads: args.holders_in_process, snapshot: args.holders_snapshot };
+        let label = if args.scan_postgres {
+            "pagewire postgres"
+        } else {
+            "pagewire memory"
+        };
+        let t = targets
+            .iter()
+            .find(|t| t.label() == label)
+            .ok_or_else(|| anyhow::anyhow!("no {label} target"))?;
+        let counts = if counts.is_empty() {
+            &[0, 1, 2, 4, 8, 16][..]
+        } else {
+            counts
+        };
+        let kind = leases::HolderKind {
+            threads: args.holders_in_process,
+            snapshot: args.holders_snapshot,
+        };
         return leases::scan(t, &sizes, counts, kind);
     }
     for t in &targets {
@@ -160,10 +204,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let (current, multi) = rtt::floor(&memory.url, "bench/data.db")?;
-    println!("round-trip floor (BeginRead, plain tonic): {current:.0} us current-thread runtime, {multi:.0} us multi-thread runtime\n");
+    println!(
+        "round-trip floor (BeginRead, plain tonic): {current:.0} us current-thread runtime, {multi:.0} us multi-thread runtime\n"
+    );
     let mut table = report::Table::new(&targets);
-    for w in workloads::WORKLOADS.iter().filter(|w| args.only.as_ref().is_none_or(|o| w.name.contains(o.as_str()))) {
-        let values = targets.iter().map(|t| (w.run)(t, &sizes)).collect::<anyhow::Result<Vec<_>>>()?;
+    for w in workloads::WORKLOADS.iter().filter(|w| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| w.name.contains(o.as_str()))
+    }) {
+        let values = targets
+            .iter()
+            .map(|t| (w.run)(t, &sizes))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         table.row(w, values);
     }
     table.print();
@@ -172,21 +225,43 @@ fn main() -> anyhow::Result<()> {
     if args.only.is_some() {
         return Ok(());
     }
-    if let (Some((pg, _)), Some(t)) = (&postgres, targets.iter().find(|t| t.label() == "pagewire postgres")) {
-        let runs: &[(usize, usize)] = if args.quick { &[(1, 20), (10, 10), (1000, 2)] } else { &[(1, 300), (10, 200), (1000, 10)] };
+    if let (Some((pg, _)), Some(t)) = (
+        &postgres,
+        targets.iter().find(|t| t.label() == "pagewire postgres"),
+    ) {
+        let runs: &[(usize, usize)] = if args.quick {
+            &[(1, 20), (10, 10), (1000, 2)]
+        } else {
+            &[(1, 300), (10, 200), (1000, 10)]
+        };
         let rows = pgdirect::compare(t, pg.url(), runs).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         report::print_commit_sizes(&rows);
     }
     if !args.no_load {
-        let (dbs, clients) = if args.quick { (100, 16) } else { (args.load_databases, args.load_clients) };
+        let (dbs, clients) = if args.quick {
+            (100, 16)
+        } else {
+            (args.load_databases, args.load_clients)
+        };
         let load_server = Server::start()?;
         // A fresh server holds its first commits for one read-lease TTL (1 s by
         // default); the load test measures the steady state after it.
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let t = Target::Pagewire { url: load_server.url.clone(), label: "memory".into(), no_lease_url: None };
-        report::print_load(&load::run(&t, Some(load_server.pid() as u32), dbs, clients, 10)?, "memory");
+        let t = Target::Pagewire {
+            url: load_server.url.clone(),
+            label: "memory".into(),
+            no_lease_url: None,
+        };
+        report::print_load(
+            &load::run(&t, Some(load_server.pid() as u32), dbs, clients, 10)?,
+            "memory",
+        );
         if let Some((_, server)) = &postgres {
-            let t = Target::Pagewire { url: server.url.clone(), label: "postgres".into(), no_lease_url: None };
+            let t = Target::Pagewire {
+                url: server.url.clone(),
+                label: "postgres".into(),
+                no_lease_url: None,
+            };
             report::print_load(&load::run(&t, None, dbs, clients, 10)?, "postgres");
         }
     }

@@ -32,7 +32,9 @@ pub fn compare(
     )?;
     local.execute_batch("pragma journal_mode=memory; pragma synchronous=off")?;
     fill(&local)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (client, conn) = rt.block_on(tokio_postgres::connect(pg_url, tokio_postgres::NoTls))?;
     rt.spawn(conn);
     rt.block_on(client.batch_execute(
@@ -44,7 +46,14 @@ pub fn compare(
         let (stack_ms, pages) = stack(&db, rows, iterations)?;
         let direct_ms = rt.block_on(direct(&client, pages, iterations))?;
         let sqlite_ms = updates(&local, rows, iterations)?;
-        out.push((pages, stack_ms, 1000.0 / stack_ms, direct_ms, 1000.0 / direct_ms, sqlite_ms));
+        out.push((
+            pages,
+            stack_ms,
+            1000.0 / stack_ms,
+            direct_ms,
+            1000.0 / direct_ms,
+            sqlite_ms,
+        ));
     }
     Ok(out)
 }
@@ -52,8 +61,10 @@ pub fn compare(
 fn fill(db: &rusqlite::Connection) -> anyhow::Result<()> {
     db.execute_batch("drop table if exists p; create table p(id integer primary key, v blob)")?;
     db.execute(
-        &format!("with recursive s(i) as (select 1 union all select i + 1 from s where i < 1000) \
-                  insert into p(v) select randomblob({ROW_BYTES}) from s"),
+        &format!(
+            "with recursive s(i) as (select 1 union all select i + 1 from s where i < 1000) \
+                  insert into p(v) select randomblob({ROW_BYTES}) from s"
+        ),
         [],
     )?;
     Ok(())
@@ -73,7 +84,11 @@ fn updates(db: &rusqlite::Connection, rows: usize, iterations: usize) -> anyhow:
 }
 
 /// Mean ms per commit updating `rows` rows, and the pages each commit carried.
-fn stack(db: &rusqlite::Connection, rows: usize, iterations: usize) -> anyhow::Result<(f64, usize)> {
+fn stack(
+    db: &rusqlite::Connection,
+    rows: usize,
+    iterations: usize,
+) -> anyhow::Result<(f64, usize)> {
     let pages_before: u64 = pages_committed(db)?;
     let ms = updates(db, rows, iterations)?;
     let pages = (pages_committed(db)? - pages_before) as usize / iterations;
@@ -85,12 +100,19 @@ fn pages_committed(db: &rusqlite::Connection) -> anyhow::Result<u64> {
     let stats: String = db.query_row("pragma pagewire_stats", [], |r| r.get(0))?;
     stats
         .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("pages_committed=").and_then(|v| v.parse().ok()))
+        .find_map(|kv| {
+            kv.strip_prefix("pages_committed=")
+                .and_then(|v| v.parse().ok())
+        })
         .ok_or_else(|| anyhow::anyhow!("no pages_committed in {stats}"))
 }
 
 /// Mean ms per transaction inserting `pages` 4 KiB page versions in one statement.
-async fn direct(client: &tokio_postgres::Client, pages: usize, iterations: usize) -> anyhow::Result<f64> {
+async fn direct(
+    client: &tokio_postgres::Client,
+    pages: usize,
+    iterations: usize,
+) -> anyhow::Result<f64> {
     let mut rng = rand::rng();
     let mut data = vec![vec![0u8; 4096]; pages];
     let page_nos: Vec<i64> = (1..=pages as i64).collect();

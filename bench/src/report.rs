@@ -14,11 +14,16 @@ pub struct Table {
 
 impl Table {
     pub fn new(targets: &[Target]) -> Self {
-        Self { labels: targets.iter().map(Target::label).collect(), local: targets.iter().map(Target::is_local).collect(), rows: Vec::new() }
+        Self {
+            labels: targets.iter().map(Target::label).collect(),
+            local: targets.iter().map(Target::is_local).collect(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, w: &Workload, values: Vec<f64>) {
-        self.rows.push((w.name.to_owned(), w.unit, w.higher_is_better, values));
+        self.rows
+            .push((w.name.to_owned(), w.unit, w.higher_is_better, values));
     }
 
     /// The value of row `name` in column `label`.
@@ -31,9 +36,21 @@ impl Table {
     pub fn print_lease_targets(&self) {
         println!("\nread-lease targets (same run):");
         let v = |name: &str, label: &str| self.value(name, label);
-        for label in self.labels.iter().zip(&self.local).filter(|(_, local)| !**local).map(|(l, _)| l) {
-            let (leased, unleased) = (v("replica point select, read lease (own tx)", label), v("replica point select, no read lease (own tx)", label));
-            let (wal, full) = (v("replica point select, read lease (own tx)", "local WAL"), v("replica point select, read lease (own tx)", "local FULL"));
+        for label in self
+            .labels
+            .iter()
+            .zip(&self.local)
+            .filter(|(_, local)| !**local)
+            .map(|(l, _)| l)
+        {
+            let (leased, unleased) = (
+                v("replica point select, read lease (own tx)", label),
+                v("replica point select, no read lease (own tx)", label),
+            );
+            let (wal, full) = (
+                v("replica point select, read lease (own tx)", "local WAL"),
+                v("replica point select, read lease (own tx)", "local FULL"),
+            );
             if let (Some(a), Some(b), Some(w), Some(f)) = (leased, unleased, wal, full) {
                 println!(
                     "- {label}: replica point selects {a:.0} ops/s with a read lease = {:.2}x local WAL ({w:.0}) / {:.2}x local FULL ({f:.0}) (target >= 0.5x); {b:.0} ops/s without = {:.2}x WAL; lease / no lease {:.1}x",
@@ -45,9 +62,15 @@ impl Table {
             }
             for stat in ["p50", "mean"] {
                 let none = v(&format!("commit {stat}, no read-lease holders"), label);
-                let eight = v(&format!("commit {stat}, 8 read-lease holders (processes)"), label);
+                let eight = v(
+                    &format!("commit {stat}, 8 read-lease holders (processes)"),
+                    label,
+                );
                 if let (Some(n), Some(e)) = (none, eight) {
-                    println!("- {label}: commit {stat} {e:.3} ms with 8 read-lease holders vs {n:.3} ms with none = {:.2}x (target <= 2x)", e / n);
+                    println!(
+                        "- {label}: commit {stat} {e:.3} ms with 8 read-lease holders vs {n:.3} ms with none = {:.2}x (target <= 2x)",
+                        e / n
+                    );
                 }
             }
         }
@@ -58,7 +81,11 @@ impl Table {
     pub fn print(&self) {
         let mut head = "| workload | unit |".to_string();
         for (l, local) in self.labels.iter().zip(&self.local) {
-            head += &if *local { format!(" {l} |") } else { format!(" {l} | vs WAL / FULL |") };
+            head += &if *local {
+                format!(" {l} |")
+            } else {
+                format!(" {l} | vs WAL / FULL |")
+            };
         }
         println!("{head}");
         println!("|{}", "---|".repeat(head.matches('|').count() - 1));
@@ -77,7 +104,11 @@ impl Table {
 }
 
 fn fmt(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 pub fn print_load(r: &LoadReport, store: &str) {
@@ -106,7 +137,9 @@ pub fn note(line: String) {
 pub fn print_notes() {
     let notes = std::mem::take(&mut *NOTES.lock().unwrap_or_else(|e| e.into_inner()));
     if !notes.is_empty() {
-        println!("\nread-lease rows, what ran (PRAGMA pagewire_stats deltas of the measured connection, PRAGMA pagewire_read_lease, server GetMetrics):");
+        println!(
+            "\nread-lease rows, what ran (PRAGMA pagewire_stats deltas of the measured connection, PRAGMA pagewire_read_lease, server GetMetrics):"
+        );
         for n in notes {
             println!("- {n}");
         }
@@ -128,7 +161,9 @@ pub fn postgres_server() -> anyhow::Result<Option<(TempPostgres, Server)>> {
 }
 
 pub fn print_commit_sizes(rows: &[crate::pgdirect::CostRow]) {
-    println!("\n| pages per commit | pagewire on PostgreSQL ms/commit (commits/s) | direct tokio-postgres ms/commit (commits/s) | stack / direct | SQLite's own ms (local, no sync) | (stack - SQLite) / direct |");
+    println!(
+        "\n| pages per commit | pagewire on PostgreSQL ms/commit (commits/s) | direct tokio-postgres ms/commit (commits/s) | stack / direct | SQLite's own ms (local, no sync) | (stack - SQLite) / direct |"
+    );
     println!("|---|---|---|---|---|---|");
     for (pages, stack_ms, stack_rate, direct_ms, direct_rate, sqlite_ms) in rows {
         println!(

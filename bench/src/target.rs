@@ -14,7 +14,11 @@ pub enum Target {
     /// A pagewire server (label names its store). `no_lease_url`: a second
     /// server on the same kind of store started with `--read-lease-ttl 0s`, for
     /// the rows that compare reads with and without read leases.
-    Pagewire { url: String, label: String, no_lease_url: Option<String> },
+    Pagewire {
+        url: String,
+        label: String,
+        no_lease_url: Option<String>,
+    },
 }
 
 impl Target {
@@ -42,10 +46,18 @@ impl Target {
     /// its own baseline, unchanged).
     pub fn without_read_leases(&self) -> anyhow::Result<Target> {
         match self {
-            Target::Pagewire { no_lease_url: Some(url), label, .. } => {
-                Ok(Target::Pagewire { url: url.clone(), label: format!("{label}, no read leases"), no_lease_url: None })
+            Target::Pagewire {
+                no_lease_url: Some(url),
+                label,
+                ..
+            } => Ok(Target::Pagewire {
+                url: url.clone(),
+                label: format!("{label}, no read leases"),
+                no_lease_url: None,
+            }),
+            Target::Pagewire { label, .. } => {
+                anyhow::bail!("pagewire {label} has no server without read leases")
             }
-            Target::Pagewire { label, .. } => anyhow::bail!("pagewire {label} has no server without read leases"),
             local => Ok(local.clone()),
         }
     }
@@ -60,7 +72,12 @@ impl Target {
         self.open_with(name, true, "")
     }
 
-    pub fn open_with(&self, name: &str, read_only: bool, params: &str) -> anyhow::Result<Connection> {
+    pub fn open_with(
+        &self,
+        name: &str,
+        read_only: bool,
+        params: &str,
+    ) -> anyhow::Result<Connection> {
         let mut flags = OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         flags |= if read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -74,14 +91,21 @@ impl Target {
             }
             Target::Pagewire { url, .. } => {
                 let mode = if read_only { "&mode=ro" } else { "" };
-                Connection::open_with_flags(format!("file:bench/{name}?vfs=pagewire&url={url}{mode}{params}"), flags)?
+                Connection::open_with_flags(
+                    format!("file:bench/{name}?vfs=pagewire&url={url}{mode}{params}"),
+                    flags,
+                )?
             }
         };
         conn.busy_timeout(Duration::from_secs(30))?;
         match self {
-            Target::LocalWal(_) if !read_only => conn.execute_batch("pragma journal_mode=wal; pragma synchronous=normal")?,
+            Target::LocalWal(_) if !read_only => {
+                conn.execute_batch("pragma journal_mode=wal; pragma synchronous=normal")?
+            }
             Target::LocalWal(_) => {}
-            Target::LocalFull(_) if !read_only => conn.execute_batch("pragma journal_mode=delete; pragma synchronous=full")?,
+            Target::LocalFull(_) if !read_only => {
+                conn.execute_batch("pragma journal_mode=delete; pragma synchronous=full")?
+            }
             _ => {}
         }
         Ok(conn)
@@ -92,9 +116,18 @@ impl Target {
 static SERVER_PIDS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
 
 pub fn register_server(url: &str, pid: u32) {
-    SERVER_PIDS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default().insert(url.to_owned(), pid);
+    SERVER_PIDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_default()
+        .insert(url.to_owned(), pid);
 }
 
 pub fn server_pid(url: &str) -> Option<u32> {
-    SERVER_PIDS.lock().unwrap_or_else(|e| e.into_inner()).as_ref()?.get(url).copied()
+    SERVER_PIDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()?
+        .get(url)
+        .copied()
 }

@@ -31,24 +31,109 @@ pub struct Workload {
 }
 
 pub const WORKLOADS: &[Workload] = &[
-    Workload { name: "bulk insert (200 tx x 50 rows)", unit: "tx/s", higher_is_better: true, run: bulk_insert },
-    Workload { name: "warm point select, writer (own tx)", unit: "ops/s", higher_is_better: true, run: writer_point_selects },
-    Workload { name: "warm point select, reader (own tx)", unit: "ops/s", higher_is_better: true, run: warm_point_selects },
-    Workload { name: "cold point select, new process", unit: "ops/s", higher_is_better: true, run: cold_point_selects },
-    Workload { name: "reopen + first query, new process", unit: "ms", higher_is_better: false, run: reopen_first_query },
-    Workload { name: "full-table aggregate", unit: "ms", higher_is_better: false, run: aggregate },
-    Workload { name: "range scan (100 rows)", unit: "ops/s", higher_is_better: true, run: range_scans },
-    Workload { name: "50/50 read/write, 8 threads", unit: "ops/s", higher_is_better: true, run: mixed },
-    Workload { name: "replica reads during commits", unit: "ops/s", higher_is_better: true, run: replica_reads },
+    Workload {
+        name: "bulk insert (200 tx x 50 rows)",
+        unit: "tx/s",
+        higher_is_better: true,
+        run: bulk_insert,
+    },
+    Workload {
+        name: "warm point select, writer (own tx)",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: writer_point_selects,
+    },
+    Workload {
+        name: "warm point select, reader (own tx)",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: warm_point_selects,
+    },
+    Workload {
+        name: "cold point select, new process",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: cold_point_selects,
+    },
+    Workload {
+        name: "reopen + first query, new process",
+        unit: "ms",
+        higher_is_better: false,
+        run: reopen_first_query,
+    },
+    Workload {
+        name: "full-table aggregate",
+        unit: "ms",
+        higher_is_better: false,
+        run: aggregate,
+    },
+    Workload {
+        name: "range scan (100 rows)",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: range_scans,
+    },
+    Workload {
+        name: "50/50 read/write, 8 threads",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: mixed,
+    },
+    Workload {
+        name: "replica reads during commits",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: replica_reads,
+    },
     // Read leases (bench/src/leases.rs): a replica that is a client of its own.
-    Workload { name: "replica point select, read lease (own tx)", unit: "ops/s", higher_is_better: true, run: leases::replica_selects_leased },
-    Workload { name: "replica point select, no read lease (own tx)", unit: "ops/s", higher_is_better: true, run: leases::replica_selects_no_lease },
-    Workload { name: "replica reads during commits, other client, read lease", unit: "ops/s", higher_is_better: true, run: leases::replica_during_commits_leased },
-    Workload { name: "replica reads during commits, other client, no read lease", unit: "ops/s", higher_is_better: true, run: leases::replica_during_commits_no_lease },
-    Workload { name: "commit p50, no read-lease holders", unit: "ms", higher_is_better: false, run: leases::commit_p50_no_holders },
-    Workload { name: "commit mean, no read-lease holders", unit: "ms", higher_is_better: false, run: leases::commit_mean_no_holders },
-    Workload { name: "commit p50, 8 read-lease holders (processes)", unit: "ms", higher_is_better: false, run: leases::commit_p50_holders },
-    Workload { name: "commit mean, 8 read-lease holders (processes)", unit: "ms", higher_is_better: false, run: leases::commit_mean_holders },
+    Workload {
+        name: "replica point select, read lease (own tx)",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: leases::replica_selects_leased,
+    },
+    Workload {
+        name: "replica point select, no read lease (own tx)",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: leases::replica_selects_no_lease,
+    },
+    Workload {
+        name: "replica reads during commits, other client, read lease",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: leases::replica_during_commits_leased,
+    },
+    Workload {
+        name: "replica reads during commits, other client, no read lease",
+        unit: "ops/s",
+        higher_is_better: true,
+        run: leases::replica_during_commits_no_lease,
+    },
+    Workload {
+        name: "commit p50, no read-lease holders",
+        unit: "ms",
+        higher_is_better: false,
+        run: leases::commit_p50_no_holders,
+    },
+    Workload {
+        name: "commit mean, no read-lease holders",
+        unit: "ms",
+        higher_is_better: false,
+        run: leases::commit_mean_no_holders,
+    },
+    Workload {
+        name: "commit p50, 8 read-lease holders (processes)",
+        unit: "ms",
+        higher_is_better: false,
+        run: leases::commit_p50_holders,
+    },
+    Workload {
+        name: "commit mean, 8 read-lease holders (processes)",
+        unit: "ms",
+        higher_is_better: false,
+        run: leases::commit_mean_holders,
+    },
 ];
 
 /// The shared read-mostly table: `rows` rows of 100 bytes.
@@ -113,12 +198,22 @@ fn cold_child(t: &Target, sizes: &Sizes) -> anyhow::Result<(f64, f64)> {
     let mut runs = Vec::new();
     for _ in 0..3 {
         let out = std::process::Command::new(std::env::current_exe()?)
-            .args(["--child-cold", &crate::child::spec(t), &sizes.rows.to_string()])
+            .args([
+                "--child-cold",
+                &crate::child::spec(t),
+                &sizes.rows.to_string(),
+            ])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        anyhow::ensure!(out.status.success(), "cold child failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "cold child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut it = text.split_whitespace().map(str::parse::<f64>);
-        let (Some(Ok(a)), Some(Ok(b))) = (it.next(), it.next()) else { anyhow::bail!("cold child said {text:?}") };
+        let (Some(Ok(a)), Some(Ok(b))) = (it.next(), it.next()) else {
+            anyhow::bail!("cold child said {text:?}")
+        };
         runs.push((a, b));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -135,7 +230,11 @@ fn reopen_first_query(t: &Target, sizes: &Sizes) -> anyhow::Result<f64> {
 
 fn aggregate(t: &Target, _: &Sizes) -> anyhow::Result<f64> {
     let db = t.open("data.db")?;
-    let scan = || db.query_row("select count(*), sum(length(v)) from kv", [], |r| r.get::<_, i64>(1));
+    let scan = || {
+        db.query_row("select count(*), sum(length(v)) from kv", [], |r| {
+            r.get::<_, i64>(1)
+        })
+    };
     scan()?;
     let started = Instant::now();
     for _ in 0..10 {
@@ -152,14 +251,22 @@ fn range_scans(t: &Target, sizes: &Sizes) -> anyhow::Result<f64> {
     let started = Instant::now();
     for _ in 0..n {
         let lo = rng.random_range(1..=sizes.rows - 100);
-        let s: i64 = db.query_row("select sum(length(v)) from kv where id between ?1 and ?1 + 99", [lo], |r| r.get(0))?;
+        let s: i64 = db.query_row(
+            "select sum(length(v)) from kv where id between ?1 and ?1 + 99",
+            [lo],
+            |r| r.get(0),
+        )?;
         anyhow::ensure!(s == 100 * 100, "range sum {s}");
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Runs `f` on `threads` threads until `seconds` pass; returns total ops/s.
-pub fn for_a_while(threads: usize, seconds: f64, f: impl Fn(usize, &AtomicBool) -> anyhow::Result<u64> + Sync) -> anyhow::Result<f64> {
+pub fn for_a_while(
+    threads: usize,
+    seconds: f64,
+    f: impl Fn(usize, &AtomicBool) -> anyhow::Result<u64> + Sync,
+) -> anyhow::Result<f64> {
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let total = thread::scope(|s| {
@@ -167,7 +274,10 @@ pub fn for_a_while(threads: usize, seconds: f64, f: impl Fn(usize, &AtomicBool) 
         let handles: Vec<_> = (0..threads).map(|i| s.spawn(move || f(i, stop))).collect();
         thread::sleep(Duration::from_secs_f64(seconds));
         stop.store(true, Ordering::Relaxed);
-        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("thread panicked"))?).sum::<anyhow::Result<u64>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("thread panicked"))?)
+            .sum::<anyhow::Result<u64>>()
     })?;
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
@@ -185,7 +295,9 @@ fn mixed(t: &Target, sizes: &Sizes) -> anyhow::Result<f64> {
         while !stop.load(Ordering::Relaxed) {
             let id = rng.random_range(1..=10000);
             if rng.random_bool(0.5) {
-                db.query_row("select n from m where id = ?1", [id], |r| r.get::<_, i64>(0))?;
+                db.query_row("select n from m where id = ?1", [id], |r| {
+                    r.get::<_, i64>(0)
+                })?;
             } else {
                 db.execute("update m set n = n + 1 where id = ?1", [id])?;
             }
@@ -219,6 +331,9 @@ fn replica_reads(t: &Target, sizes: &Sizes) -> anyhow::Result<f64> {
         }
         Ok(ops)
     })?;
-    anyhow::ensure!(commits.load(Ordering::Relaxed) > 0, "the writer never committed");
+    anyhow::ensure!(
+        commits.load(Ordering::Relaxed) > 0,
+        "the writer never committed"
+    );
     Ok(reads)
 }

@@ -8,7 +8,8 @@ pub mod v1 {
     tonic::include_proto!("pagewire.v1");
 
     /// Encoded descriptors of pagewire.v1, for tonic-reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pagewire_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("pagewire_descriptor");
 }
 
 /// Protocol revisions within pagewire.v1, so each side can tell an older peer: 1 the

@@ -43,7 +43,10 @@ fn built(env: &str, file: &str) -> anyhow::Result<PathBuf> {
         None => target_dir()?.join(file),
     };
     if !path.exists() {
-        bail!("{} not found: build it first (`cargo build --release`, as scripts/test.sh does) or set {env}", path.display());
+        bail!(
+            "{} not found: build it first (`cargo build --release`, as scripts/test.sh does) or set {env}",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -103,7 +106,10 @@ impl Server {
         let mut child = command
             .args(["--listen", listen])
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -116,7 +122,11 @@ impl Server {
             bail!("server did not start: {line:?}");
         };
         let addr = url.trim_start_matches("http://").to_owned();
-        Ok(Self { url: url.to_owned(), addr, child })
+        Ok(Self {
+            url: url.to_owned(),
+            addr,
+            child,
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -154,7 +164,9 @@ impl Proxy {
         let (b, a, up) = (budget.clone(), armed.clone(), upstream.to_owned());
         thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(&up) else { continue };
+                let Ok(server) = TcpStream::connect(&up) else {
+                    continue;
+                };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
                 pipe(&client, &server, Some((b.clone(), a.clone())));
@@ -181,7 +193,9 @@ impl Proxy {
 }
 
 fn pipe(from: &TcpStream, to: &TcpStream, cut: Option<(Arc<AtomicU64>, Arc<AtomicBool>)>) {
-    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else { return };
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
     thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -190,16 +204,17 @@ fn pipe(from: &TcpStream, to: &TcpStream, cut: Option<(Arc<AtomicU64>, Arc<Atomi
                 Ok(n) => n,
             };
             if let Some((budget, armed)) = &cut
-                && armed.load(Ordering::SeqCst) {
-                    let left = budget.load(Ordering::SeqCst);
-                    if (n as u64) >= left {
-                        let _ = to.write_all(&buf[..left as usize]);
-                        budget.store(u64::MAX, Ordering::SeqCst);
-                        armed.store(false, Ordering::SeqCst);
-                        break;
-                    }
-                    budget.store(left - n as u64, Ordering::SeqCst);
+                && armed.load(Ordering::SeqCst)
+            {
+                let left = budget.load(Ordering::SeqCst);
+                if (n as u64) >= left {
+                    let _ = to.write_all(&buf[..left as usize]);
+                    budget.store(u64::MAX, Ordering::SeqCst);
+                    armed.store(false, Ordering::SeqCst);
+                    break;
                 }
+                budget.store(left - n as u64, Ordering::SeqCst);
+            }
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
@@ -224,7 +239,11 @@ pub struct DelayProxy {
 impl DelayProxy {
     /// Delays server-to-client chunks by `to_client` and client-to-server chunks by
     /// `to_server` (an empty range, e.g. `ZERO..ZERO`, forwards at once).
-    pub fn start(upstream: &str, to_client: Range<Duration>, to_server: Range<Duration>) -> anyhow::Result<Self> {
+    pub fn start(
+        upstream: &str,
+        to_client: Range<Duration>,
+        to_server: Range<Duration>,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let url = format!("http://{}", listener.local_addr()?);
         let chunks = Arc::new(AtomicU64::new(0));
@@ -232,14 +251,32 @@ impl DelayProxy {
         let (up, counter, ice) = (upstream.to_owned(), chunks.clone(), frozen.clone());
         thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(&up) else { continue };
+                let Ok(server) = TcpStream::connect(&up) else {
+                    continue;
+                };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                delayed_pipe(&client, &server, to_server.clone(), counter.clone(), ice.clone());
-                delayed_pipe(&server, &client, to_client.clone(), counter.clone(), ice.clone());
+                delayed_pipe(
+                    &client,
+                    &server,
+                    to_server.clone(),
+                    counter.clone(),
+                    ice.clone(),
+                );
+                delayed_pipe(
+                    &server,
+                    &client,
+                    to_client.clone(),
+                    counter.clone(),
+                    ice.clone(),
+                );
             }
         });
-        Ok(Self { url, chunks, frozen })
+        Ok(Self {
+            url,
+            chunks,
+            frozen,
+        })
     }
 
     /// Holds every byte in both directions (connections stay open) until `thaw`.
@@ -260,8 +297,16 @@ impl DelayProxy {
 
 /// Forwards `from` to `to`, each chunk after its delay: one thread reads and stamps
 /// chunks with their due time, another writes them when due, in order.
-fn delayed_pipe(from: &TcpStream, to: &TcpStream, delay: Range<Duration>, chunks: Arc<AtomicU64>, frozen: Arc<AtomicBool>) {
-    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else { return };
+fn delayed_pipe(
+    from: &TcpStream,
+    to: &TcpStream,
+    delay: Range<Duration>,
+    chunks: Arc<AtomicU64>,
+    frozen: Arc<AtomicBool>,
+) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let reader_end = from.try_clone();
     thread::spawn(move || {
@@ -274,7 +319,11 @@ fn delayed_pipe(from: &TcpStream, to: &TcpStream, delay: Range<Duration>, chunks
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let wait = if delay.is_empty() { Duration::ZERO } else { rng.random_range(delay.clone()) };
+            let wait = if delay.is_empty() {
+                Duration::ZERO
+            } else {
+                rng.random_range(delay.clone())
+            };
             last_due = last_due.max(Instant::now() + wait);
             chunks.fetch_add(1, Ordering::Relaxed);
             if tx.send((last_due, buf[..n].to_vec())).is_err() {
@@ -363,14 +412,27 @@ impl ThrottleProxy {
         let epoch = Instant::now();
         thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(&up) else { continue };
+                let Ok(server) = TcpStream::connect(&up) else {
+                    continue;
+                };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                throttled_pipe(&client, &server, throttle, epoch, Some(counter.clone()), ice.clone());
+                throttled_pipe(
+                    &client,
+                    &server,
+                    throttle,
+                    epoch,
+                    Some(counter.clone()),
+                    ice.clone(),
+                );
                 throttled_pipe(&server, &client, throttle, epoch, None, ice.clone());
             }
         });
-        Ok(Self { url, upstream_bytes, frozen })
+        Ok(Self {
+            url,
+            upstream_bytes,
+            frozen,
+        })
     }
 
     /// Holds every byte in both directions (connections stay open) until `thaw`.
@@ -398,7 +460,9 @@ fn throttled_pipe(
     counter: Option<Arc<AtomicU64>>,
     frozen: Arc<AtomicBool>,
 ) {
-    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else { return };
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
     thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         let mut next_send = Instant::now();
@@ -415,7 +479,9 @@ fn throttled_pipe(
                     continue;
                 }
                 if let Some((period, pause)) = throttle.pauses {
-                    let into = Duration::from_nanos((now - epoch).as_nanos() as u64 % period.as_nanos().max(1) as u64);
+                    let into = Duration::from_nanos(
+                        (now - epoch).as_nanos() as u64 % period.as_nanos().max(1) as u64,
+                    );
                     if into < pause {
                         thread::sleep(pause - into);
                         continue;

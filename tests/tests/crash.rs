@@ -20,16 +20,21 @@ const ROWS: i64 = 2000;
 /// means a torn transaction.
 fn setup(url: &str, name: &str) {
     let db = open_url(url, name);
-    db.execute_batch("create table t(id integer primary key, v int, pad blob)").expect("create");
-    db.execute(&format!(
-        "insert into t(v, pad) select 0, randomblob(400) from generate_series(1, {ROWS})"
-    ), [])
+    db.execute_batch("create table t(id integer primary key, v int, pad blob)")
+        .expect("create");
+    db.execute(
+        &format!("insert into t(v, pad) select 0, randomblob(400) from generate_series(1, {ROWS})"),
+        [],
+    )
     .or_else(|_| {
         // generate_series is an extension in some builds: fall back to a CTE.
-        db.execute(&format!(
-            "with recursive s(i) as (select 1 union all select i + 1 from s where i < {ROWS}) \
+        db.execute(
+            &format!(
+                "with recursive s(i) as (select 1 union all select i + 1 from s where i < {ROWS}) \
              insert into t(v, pad) select 0, randomblob(400) from s"
-        ), [])
+            ),
+            [],
+        )
     })
     .expect("fill");
 }
@@ -38,7 +43,9 @@ fn setup(url: &str, name: &str) {
 fn observe(url: &str, name: &str) -> (i64, i64, i64, String) {
     let db = open_url(url, name);
     let (lo, hi, n) = db
-        .query_row("select min(v), max(v), count(*) from t", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row("select min(v), max(v), count(*) from t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .expect("observe");
     (lo, hi, n, integrity(&db))
 }
@@ -56,9 +63,11 @@ fn crash_child() {
         return;
     };
     let db = open_url(&url, &name);
-    db.execute_batch(&format!("pragma {setting}")).expect("setting");
+    db.execute_batch(&format!("pragma {setting}"))
+        .expect("setting");
     for v in 1.. {
-        db.execute_batch("begin; update t set v = v + 1, pad = randomblob(400); commit").expect("commit");
+        db.execute_batch("begin; update t set v = v + 1, pad = randomblob(400); commit")
+            .expect("commit");
         println!("committed {v}");
     }
 }
@@ -83,7 +92,13 @@ fn kill_client_at_random_points() {
             let name = format!("crash/{}-{trial}.db", setting.replace('=', "-"));
             setup(&server.url, &name);
             let mut child = Command::new(&exe)
-                .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+                .args([
+                    "crash_child",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("CHILD_URL", &server.url)
                 .env("CHILD_DB", &name)
                 .env("CHILD_SETTING", setting)
@@ -96,7 +111,10 @@ fn kill_client_at_random_points() {
                 BufReader::new(stdout)
                     .lines()
                     .map_while(Result::ok)
-                    .filter_map(|l| l.strip_prefix("committed ").and_then(|v| v.parse::<i64>().ok()))
+                    .filter_map(|l| {
+                        l.strip_prefix("committed ")
+                            .and_then(|v| v.parse::<i64>().ok())
+                    })
                     .last()
             });
             // Let it commit a few times, then kill it at a random instant.
@@ -108,8 +126,14 @@ fn kill_client_at_random_points() {
             assert_eq!(ok, "ok", "{name}");
             assert_eq!(n, ROWS, "{name}");
             assert_eq!(lo, hi, "{name}: torn transaction (v from {lo} to {hi})");
-            assert!(lo >= acknowledged, "{name}: acknowledged commit {acknowledged} lost (see {lo})");
-            assert!(lo <= acknowledged + 1, "{name}: {lo} is more than one past {acknowledged}");
+            assert!(
+                lo >= acknowledged,
+                "{name}: acknowledged commit {acknowledged} lost (see {lo})"
+            );
+            assert!(
+                lo <= acknowledged + 1,
+                "{name}: {lo} is more than one past {acknowledged}"
+            );
             if lo == acknowledged + 1 {
                 // Died after the server applied the commit, before it printed.
                 mid_commit_kills += 1;
@@ -134,7 +158,8 @@ fn connection_cut_mid_commit() {
         // A commit of this transaction is ~1 MB on the wire; cut somewhere in it.
         proxy.cut_after(rng.random_range(0..1_200_000));
         let started = Instant::now();
-        let result = db.execute_batch("begin; update t set v = v + 1, pad = randomblob(400); commit");
+        let result =
+            db.execute_batch("begin; update t set v = v + 1, pad = randomblob(400); commit");
         if proxy.has_cut() {
             cut += 1;
         }
@@ -144,7 +169,10 @@ fn connection_cut_mid_commit() {
                 expected += 1;
                 applied += 1;
             }
-            Err(e) => panic!("commit failed after a cut (retries should resolve it): {e} after {:?}", started.elapsed()),
+            Err(e) => panic!(
+                "commit failed after a cut (retries should resolve it): {e} after {:?}",
+                started.elapsed()
+            ),
         }
         let (lo, hi, n, ok) = observe(&server.url, name);
         assert_eq!((ok.as_str(), n), ("ok", ROWS));

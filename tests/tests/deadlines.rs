@@ -35,8 +35,13 @@ fn rw() -> OpenFlags {
 /// must ask the server).
 fn open_with_deadline(url: &str, name: &str) -> Connection {
     register();
-    let conn = Connection::open_with_flags(uri(url, name, "&call_timeout=2s&preload=0&lease_idle=60s"), rw()).expect("open");
-    conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    let conn = Connection::open_with_flags(
+        uri(url, name, "&call_timeout=2s&preload=0&lease_idle=60s"),
+        rw(),
+    )
+    .expect("open");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
     conn
 }
 
@@ -49,11 +54,19 @@ fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
 
 /// `result` is an error with SQLite code `code`, returned in `[CALL_TIMEOUT, BOUND)`:
 /// the deadline, not something faster, ended it, and it did not block past the bound.
-fn assert_deadline_error<T: std::fmt::Debug>(what: &str, took: Duration, result: rusqlite::Result<T>, code: ErrorCode) {
+fn assert_deadline_error<T: std::fmt::Debug>(
+    what: &str,
+    took: Duration,
+    result: rusqlite::Result<T>,
+    code: ErrorCode,
+) {
     let err = result.expect_err(&format!("{what}: a stuck server answered"));
     assert_eq!(err.sqlite_error_code(), Some(code), "{what}: {err}");
     assert!(took < BOUND, "{what}: blocked {took:?} (bound {BOUND:?})");
-    assert!(took >= CALL_TIMEOUT, "{what}: failed after {took:?}, before the deadline: {err}");
+    assert!(
+        took >= CALL_TIMEOUT,
+        "{what}: failed after {took:?}, before the deadline: {err}"
+    );
 }
 
 fn rows(conn: &Connection) -> i64 {
@@ -63,7 +76,8 @@ fn rows(conn: &Connection) -> i64 {
 /// `t` with `n` rows of 2000-byte blobs, written straight to the server.
 fn populate(url: &str, name: &str, n: i64) {
     let db = open_url(url, name);
-    db.execute_batch("create table t(id integer primary key, b blob)").expect("create");
+    db.execute_batch("create table t(id integer primary key, b blob)")
+        .expect("create");
     db.execute(
         &format!("with recursive s(i) as (select 1 union all select i + 1 from s where i < {n}) insert into t(b) select randomblob(2000) from s"),
         [],
@@ -76,7 +90,12 @@ fn a_stuck_server_fails_every_kind_of_sqlite_call_within_the_bound() {
     // A long write lease, so the writer's lease is still valid (no RPC to take it) when
     // its commit meets the stuck server.
     let server = Server::start_with(&["--lease-ttl", "60s"]).expect("server");
-    let proxy = DelayProxy::start(&server.addr, Duration::ZERO..Duration::ZERO, Duration::ZERO..Duration::ZERO).expect("proxy");
+    let proxy = DelayProxy::start(
+        &server.addr,
+        Duration::ZERO..Duration::ZERO,
+        Duration::ZERO..Duration::ZERO,
+    )
+    .expect("proxy");
     let via = proxy.url.as_str();
     for name in ["stuck/lease.db", "stuck/cold.db", "stuck/new.db"] {
         populate(&server.url, name, 200);
@@ -85,10 +104,17 @@ fn a_stuck_server_fails_every_kind_of_sqlite_call_within_the_bound() {
     // Before the server gets stuck, through the proxy:
     // a writer holding the write lease, with its pages cached (it wrote them);
     let writer = open_with_deadline(via, "stuck/write.db");
-    writer.execute_batch("create table t(id integer primary key, b blob); insert into t(b) values (x'01')").expect("write");
+    writer
+        .execute_batch(
+            "create table t(id integer primary key, b blob); insert into t(b) values (x'01')",
+        )
+        .expect("write");
     // a writer in the middle of a 16 MiB transaction (its Commit cannot go out whole);
     let big = open_with_deadline(via, "stuck/big.db");
-    big.execute_batch("create table t(id integer primary key, b blob); insert into t(b) values (x'01')").expect("write");
+    big.execute_batch(
+        "create table t(id integer primary key, b blob); insert into t(b) values (x'01')",
+    )
+    .expect("write");
     big.execute_batch(
         "begin immediate; with recursive s(i) as (select 1 union all select i + 1 from s where i < 4096) \
          insert into t(b) select randomblob(4000) from s",
@@ -101,14 +127,18 @@ fn a_stuck_server_fails_every_kind_of_sqlite_call_within_the_bound() {
     // a reader inside a read transaction, about to read pages it never read;
     let cold = open_with_deadline(via, "stuck/cold.db");
     cold.execute_batch("begin").expect("begin");
-    let one: i64 = cold.query_row("select id from t where id = 1", [], |r| r.get(0)).expect("point read");
+    let one: i64 = cold
+        .query_row("select id from t where id = 1", [], |r| r.get(0))
+        .expect("point read");
     assert_eq!(one, 1);
     // a reader between read transactions (its next one asks the server);
     let reader = open_with_deadline(via, "stuck/new.db");
     assert_eq!(rows(&reader), 200);
     // a writer holding the lease, to be closed (it gives the lease back).
     let closing = open_with_deadline(via, "stuck/close.db");
-    closing.execute_batch("create table t(x); insert into t values (1)").expect("write");
+    closing
+        .execute_batch("create table t(x); insert into t values (1)")
+        .expect("write");
 
     proxy.freeze();
     let mut report = Vec::new();
@@ -118,14 +148,23 @@ fn a_stuck_server_fails_every_kind_of_sqlite_call_within_the_bound() {
     let (took, r) = timed(|| writer.execute("insert into t(b) values (x'02')", []));
     assert_deadline_error("INSERT (Commit)", took, r, ErrorCode::SystemIoFailure);
     report.push(format!("INSERT/Commit {took:.1?}"));
-    let (fast, r) = timed(|| writer.query_row("select count(*) from t", [], |r| r.get::<_, i64>(0)));
-    assert!(r.is_err() && fast < Duration::from_secs(1), "a poisoned connection fails at once: {r:?} after {fast:?}");
+    let (fast, r) =
+        timed(|| writer.query_row("select count(*) from t", [], |r| r.get::<_, i64>(0)));
+    assert!(
+        r.is_err() && fast < Duration::from_secs(1),
+        "a poisoned connection fails at once: {r:?} after {fast:?}"
+    );
 
     // COMMIT of the 16 MiB transaction: the stream stops being taken mid-way, so it
     // cannot have applied: a definite failure, SQLite rolls back, the connection stays
     // usable.
     let (took, r) = timed(|| big.execute_batch("commit"));
-    assert_deadline_error("COMMIT (Commit stream)", took, r, ErrorCode::SystemIoFailure);
+    assert_deadline_error(
+        "COMMIT (Commit stream)",
+        took,
+        r,
+        ErrorCode::SystemIoFailure,
+    );
     report.push(format!("COMMIT/Commit {took:.1?}"));
 
     // INSERT in a read transaction: AcquireLease.
@@ -134,18 +173,26 @@ fn a_stuck_server_fails_every_kind_of_sqlite_call_within_the_bound() {
     report.push(format!("INSERT/AcquireLease {took:.1?}"));
 
     // A read of pages not in the cache: ReadPages.
-    let (took, r) = timed(|| cold.query_row("select sum(length(b)) from t", [], |r| r.get::<_, i64>(0)));
+    let (took, r) =
+        timed(|| cold.query_row("select sum(length(b)) from t", [], |r| r.get::<_, i64>(0)));
     assert_deadline_error("SELECT (ReadPages)", took, r, ErrorCode::SystemIoFailure);
     report.push(format!("SELECT/ReadPages {took:.1?}"));
 
     // A new read transaction: BeginRead.
-    let (took, r) = timed(|| reader.query_row("select count(*) from t", [], |r| r.get::<_, i64>(0)));
+    let (took, r) =
+        timed(|| reader.query_row("select count(*) from t", [], |r| r.get::<_, i64>(0)));
     assert_deadline_error("SELECT (BeginRead)", took, r, ErrorCode::SystemIoFailure);
     report.push(format!("SELECT/BeginRead {took:.1?}"));
-    assert!(stat(&reader, "timeouts") >= 2, "{}", pragma_text(&reader, "pagewire_stats"));
+    assert!(
+        stat(&reader, "timeouts") >= 2,
+        "{}",
+        pragma_text(&reader, "pagewire_stats")
+    );
 
     // Opening a database: Open (one attempt).
-    let (took, r) = timed(|| Connection::open_with_flags(uri(via, "stuck/another.db", "&call_timeout=2s"), rw()));
+    let (took, r) = timed(|| {
+        Connection::open_with_flags(uri(via, "stuck/another.db", "&call_timeout=2s"), rw())
+    });
     assert_deadline_error("open (Open)", took, r, ErrorCode::CannotOpen);
     report.push(format!("open/Open {took:.1?}"));
 
@@ -160,21 +207,38 @@ fn a_stuck_server_fails_every_kind_of_sqlite_call_within_the_bound() {
     // the proxy and are delivered now), the definite one and the failed lease did not.
     let direct = |name: &str| open_url(&server.url, name);
     let written = rows(&direct("stuck/write.db"));
-    assert!(written == 1 || written == 2, "the unknown commit applied at most once: {written} rows");
-    assert_eq!(rows(&direct("stuck/big.db")), 1, "a commit that never went out whole applied");
+    assert!(
+        written == 1 || written == 2,
+        "the unknown commit applied at most once: {written} rows"
+    );
+    assert_eq!(
+        rows(&direct("stuck/big.db")),
+        1,
+        "a commit that never went out whole applied"
+    );
     assert_eq!(rows(&direct("stuck/lease.db")), 200);
     // Healed, the connections that were not poisoned go on.
     assert!(big.is_autocommit(), "the failed COMMIT was rolled back");
-    big.execute("insert into t(b) values (x'04')", []).expect("the definite failure left the connection usable");
+    big.execute("insert into t(b) values (x'04')", [])
+        .expect("the definite failure left the connection usable");
     assert_eq!(rows(&direct("stuck/big.db")), 2);
     let _ = upgrader.execute_batch("rollback");
-    upgrader.execute("insert into t(b) values (x'05')", []).expect("write after the server came back");
+    upgrader
+        .execute("insert into t(b) values (x'05')", [])
+        .expect("write after the server came back");
     assert_eq!(rows(&direct("stuck/lease.db")), 201);
     let _ = cold.execute_batch("rollback");
-    let sum: i64 = cold.query_row("select sum(length(b)) from t", [], |r| r.get(0)).expect("read after");
+    let sum: i64 = cold
+        .query_row("select sum(length(b)) from t", [], |r| r.get(0))
+        .expect("read after");
     assert_eq!(sum, 200 * 2000);
     assert_eq!(rows(&reader), 200);
-    assert!(writer.execute("insert into t(b) values (x'06')", []).is_err(), "poisoned until reopened");
+    assert!(
+        writer
+            .execute("insert into t(b) values (x'06')", [])
+            .is_err(),
+        "poisoned until reopened"
+    );
     eprintln!("stuck server, call_timeout=2s: {}", report.join(", "));
 }
 
@@ -211,10 +275,16 @@ print("done", flush=True)
 fn a_stuck_server_fails_python_calls_within_the_bound_and_says_why() {
     let Some(python) = python() else { return };
     let server = Server::start_with(&["--lease-ttl", "60s"]).expect("server");
-    let proxy = DelayProxy::start(&server.addr, Duration::ZERO..Duration::ZERO, Duration::ZERO..Duration::ZERO).expect("proxy");
+    let proxy = DelayProxy::start(
+        &server.addr,
+        Duration::ZERO..Duration::ZERO,
+        Duration::ZERO..Duration::ZERO,
+    )
+    .expect("proxy");
     {
         let db = open_url(&server.url, "py/other.db");
-        db.execute_batch("create table u(x); insert into u values (1), (2)").expect("other");
+        db.execute_batch("create table u(x); insert into u values (1), (2)")
+            .expect("other");
     }
     let lib = vfs_library().expect("VFS library");
     let mut child = Command::new(python)
@@ -246,7 +316,9 @@ fn a_stuck_server_fails_python_calls_within_the_bound_and_says_why() {
             }
         }
     });
-    let ready = lines.recv_timeout(Duration::from_secs(30)).expect("python said ready");
+    let ready = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("python said ready");
     assert_eq!(ready, "ready 2");
     proxy.freeze();
     let started = Instant::now();
@@ -267,10 +339,22 @@ fn a_stuck_server_fails_python_calls_within_the_bound_and_says_why() {
     assert_eq!(cases.len(), 3, "{cases:?}");
     for line in &cases {
         let mut parts = line.splitn(4, ' ');
-        let (_, label, secs, error) = (parts.next(), parts.next().expect("label"), parts.next().expect("secs"), parts.next().expect("error"));
+        let (_, label, secs, error) = (
+            parts.next(),
+            parts.next().expect("label"),
+            parts.next().expect("secs"),
+            parts.next().expect("error"),
+        );
         let secs: f64 = secs.parse().expect("seconds");
-        assert!(secs < BOUND.as_secs_f64() && secs >= CALL_TIMEOUT.as_secs_f64(), "{line}");
-        let want = if label == "open" { "OperationalError: unable to open database file" } else { "OperationalError: disk I/O error" };
+        assert!(
+            secs < BOUND.as_secs_f64() && secs >= CALL_TIMEOUT.as_secs_f64(),
+            "{line}"
+        );
+        let want = if label == "open" {
+            "OperationalError: unable to open database file"
+        } else {
+            "OperationalError: disk I/O error"
+        };
         assert_eq!(error, want, "{line}");
     }
     // Each failure's reason, on stderr: the call, the deadline, the setting, the attempts.
@@ -282,7 +366,9 @@ fn a_stuck_server_fails_python_calls_within_the_bound_and_says_why() {
     ] {
         assert!(stderr.contains(want), "stderr lacks {want:?}:\n{stderr}");
     }
-    eprintln!("python against a stuck server, PAGEWIRE_CALL_TIMEOUT=2s: {cases:?} ({total:.1?} in all)");
+    eprintln!(
+        "python against a stuck server, PAGEWIRE_CALL_TIMEOUT=2s: {cases:?} ({total:.1?} in all)"
+    );
 }
 
 #[test]
@@ -295,14 +381,18 @@ fn a_256_mib_commit_over_a_slow_live_link_is_not_cut() {
     const MIB: i64 = 1 << 20;
     const BLOBS: i64 = 256;
     let server = Server::start().expect("server");
-    let throttle = Throttle { bytes_per_sec: 16 << 20, pauses: Some((Duration::from_secs(3), Duration::from_secs(1))) };
+    let throttle = Throttle {
+        bytes_per_sec: 16 << 20,
+        pauses: Some((Duration::from_secs(3), Duration::from_secs(1))),
+    };
     let proxy = ThrottleProxy::start(&server.addr, throttle).expect("proxy");
     let db = open_with_deadline(&proxy.url, "slow/big.db");
     // 64 KiB pages: the transaction spills 4,096 page writes into the VFS's write
     // buffer instead of 65,536 (at 4 KiB pages building the transaction alone takes
     // about 70 s here: `WriteBuffer::write` looks at every extent below the one it
     // writes). The commit is one Commit stream either way.
-    db.execute_batch("pragma page_size=65536; create table t(id integer primary key, b blob)").expect("create");
+    db.execute_batch("pragma page_size=65536; create table t(id integer primary key, b blob)")
+        .expect("create");
     let (commits, timeouts) = (stat(&db, "commit"), stat(&db, "timeouts"));
     let sent_before = proxy.upstream_bytes();
     let (took, r) = timed(|| {
@@ -316,13 +406,23 @@ fn a_256_mib_commit_over_a_slow_live_link_is_not_cut() {
     });
     assert_eq!(r.expect("the slow commit"), BLOBS as usize);
     let sent = proxy.upstream_bytes() - sent_before;
-    assert!(sent >= (BLOBS * MIB) as u64, "only {sent} bytes went through the slow link");
+    assert!(
+        sent >= (BLOBS * MIB) as u64,
+        "only {sent} bytes went through the slow link"
+    );
     assert!(took > 5 * CALL_TIMEOUT, "the link was not slow: {took:?}");
-    assert_eq!(stat(&db, "commit") - commits, 1, "one Commit, never cut and retried");
+    assert_eq!(
+        stat(&db, "commit") - commits,
+        1,
+        "one Commit, never cut and retried"
+    );
     assert_eq!(stat(&db, "timeouts") - timeouts, 0);
     let fresh = open_url(&server.url, "slow/big.db");
-    let (n, bytes): (i64, i64) =
-        fresh.query_row("select count(*), sum(length(b)) from t", [], |r| Ok((r.get(0)?, r.get(1)?))).expect("read back");
+    let (n, bytes): (i64, i64) = fresh
+        .query_row("select count(*), sum(length(b)) from t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("read back");
     assert_eq!((n, bytes), (BLOBS, BLOBS * MIB));
     assert_eq!(integrity(&fresh), "ok");
     eprintln!(
@@ -333,15 +433,24 @@ fn a_256_mib_commit_over_a_slow_live_link_is_not_cut() {
 
 /// Reads of a replica until the first error, each timed: (time from `since` to the
 /// first error, longest single read, reads served).
-fn read_until_error(conn: &Connection, since: Instant, give_up: Duration) -> (Option<Duration>, Duration, u64) {
+fn read_until_error(
+    conn: &Connection,
+    since: Instant,
+    give_up: Duration,
+) -> (Option<Duration>, Duration, u64) {
     let (mut longest, mut served) = (Duration::ZERO, 0);
     while since.elapsed() < give_up {
-        let (took, r) = timed(|| conn.query_row("select count(*) from t", [], |r| r.get::<_, i64>(0)));
+        let (took, r) =
+            timed(|| conn.query_row("select count(*) from t", [], |r| r.get::<_, i64>(0)));
         longest = longest.max(took);
         match r {
             Ok(_) => served += 1,
             Err(e) => {
-                assert_eq!(e.sqlite_error_code(), Some(ErrorCode::SystemIoFailure), "{e}");
+                assert_eq!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::SystemIoFailure),
+                    "{e}"
+                );
                 return (Some(since.elapsed()), longest, served);
             }
         }
@@ -353,7 +462,12 @@ fn read_until_error(conn: &Connection, since: Instant, give_up: Duration) -> (Op
 #[test]
 fn readers_on_a_watch_stream_never_wait_on_a_stuck_server() {
     let server = Server::start_with(&["--read-lease-ttl", "1s"]).expect("server");
-    let proxy = DelayProxy::start(&server.addr, Duration::ZERO..Duration::ZERO, Duration::ZERO..Duration::ZERO).expect("proxy");
+    let proxy = DelayProxy::start(
+        &server.addr,
+        Duration::ZERO..Duration::ZERO,
+        Duration::ZERO..Duration::ZERO,
+    )
+    .expect("proxy");
     for name in ["watch/strong.db", "watch/snapshot.db"] {
         populate(&server.url, name, 10);
     }
@@ -371,7 +485,11 @@ fn readers_on_a_watch_stream_never_wait_on_a_stuck_server() {
             assert_eq!(rows(conn), 10);
             stat(conn, "local_reads") > 2
         });
-        assert!(local, "{who}: no reads on the Watch stream: {}", pragma_text(conn, "pagewire_stats"));
+        assert!(
+            local,
+            "{who}: no reads on the Watch stream: {}",
+            pragma_text(conn, "pagewire_stats")
+        );
     }
     assert!(pragma_text(&strong, "pagewire_read_lease").starts_with("lease=held"));
 
@@ -379,16 +497,31 @@ fn readers_on_a_watch_stream_never_wait_on_a_stuck_server() {
     let frozen = Instant::now();
     // The strong reader serves until its read lease ends here (before it ends on the
     // server), then asks the server, which does not answer.
-    let (strong_error, strong_longest, strong_served) = read_until_error(&strong, frozen, Duration::from_secs(40));
+    let (strong_error, strong_longest, strong_served) =
+        read_until_error(&strong, frozen, Duration::from_secs(40));
     let strong_error = strong_error.expect("the strong reader kept serving on a stuck server");
-    assert!(strong_error < Duration::from_secs(1) + BOUND, "strong: first error after {strong_error:?}");
-    assert!(strong_longest < BOUND, "strong: a read blocked {strong_longest:?}");
+    assert!(
+        strong_error < Duration::from_secs(1) + BOUND,
+        "strong: first error after {strong_error:?}"
+    );
+    assert!(
+        strong_longest < BOUND,
+        "strong: a read blocked {strong_longest:?}"
+    );
     // The snapshot reader serves what it heard until the connection's keepalive ends the
     // stream; no read waits on the stream.
-    let (snapshot_error, snapshot_longest, snapshot_served) = read_until_error(&snapshot, frozen, Duration::from_secs(60));
-    let snapshot_error = snapshot_error.expect("the snapshot reader kept serving on a stuck server");
-    assert!(snapshot_error < Duration::from_secs(20) + BOUND, "snapshot: first error after {snapshot_error:?}");
-    assert!(snapshot_longest < BOUND, "snapshot: a read blocked {snapshot_longest:?}");
+    let (snapshot_error, snapshot_longest, snapshot_served) =
+        read_until_error(&snapshot, frozen, Duration::from_secs(60));
+    let snapshot_error =
+        snapshot_error.expect("the snapshot reader kept serving on a stuck server");
+    assert!(
+        snapshot_error < Duration::from_secs(20) + BOUND,
+        "snapshot: first error after {snapshot_error:?}"
+    );
+    assert!(
+        snapshot_longest < BOUND,
+        "snapshot: a read blocked {snapshot_longest:?}"
+    );
     proxy.thaw();
     assert_eq!(rows(&strong), 10);
     assert_eq!(rows(&snapshot), 10);

@@ -79,8 +79,14 @@ fn a_forked_child_refuses_inherited_connections_on_every_path() {
         .env("PAGEWIRE_LOG", "off")
         .output()
         .expect("python");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.trim_end().ends_with("ok"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
 }
 
 /// The same from C (`tests/tests/fork.c`, built here with the system's `cc` against its
@@ -91,12 +97,22 @@ fn a_forked_c_child_refuses_inherited_connections_on_every_path() {
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fork.c");
     let dir = tempfile::tempdir().expect("temp dir");
     let program = dir.path().join("fork-test");
-    let built = Command::new("cc").arg(&source).arg("-o").arg(&program).arg("-lsqlite3").output();
+    let built = Command::new("cc")
+        .arg(&source)
+        .arg("-o")
+        .arg(&program)
+        .arg("-lsqlite3")
+        .output();
     match built {
         Ok(out) if out.status.success() => {}
         other => {
-            assert!(!pagewire_tests::in_ci(), "cc and libsqlite3-dev are needed under CI: {other:?}");
-            eprintln!("SKIPPED: cannot build the C fork test ({other:?}); install gcc and libsqlite3-dev");
+            assert!(
+                !pagewire_tests::in_ci(),
+                "cc and libsqlite3-dev are needed under CI: {other:?}"
+            );
+            eprintln!(
+                "SKIPPED: cannot build the C fork test ({other:?}); install gcc and libsqlite3-dev"
+            );
             return;
         }
     }
@@ -108,6 +124,12 @@ fn a_forked_c_child_refuses_inherited_connections_on_every_path() {
         .env("PAGEWIRE_LOG", "off")
         .output()
         .expect("run the C program");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.trim_end().ends_with("ok"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
 }

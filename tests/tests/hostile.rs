@@ -1331,7 +1331,11 @@ async fn trickle(a: Arc<Attack>, channel: Channel) {
         Some(Err(s)) => {
             a.refused(TRICKLE, &s);
             a.trickle_cuts.lock().expect("cuts").push(started.elapsed());
-            let named = ["--stream-idle-timeout", "--max-tenant-inflight-commit-bytes", "--max-inflight-commit-bytes"];
+            let named = [
+                "--stream-idle-timeout",
+                "--max-tenant-inflight-commit-bytes",
+                "--max-inflight-commit-bytes",
+            ];
             if !named.iter().any(|flag| s.message().contains(flag)) {
                 a.tally.violation(format!(
                     "{TRICKLE}: cut with {:?} naming neither the idle timeout nor an in-flight budget: {}",

@@ -82,9 +82,18 @@ fn refused_pragmas_answer_a_row_from_python_and_commits_stay_durable() {
     let lib = lib.to_str().expect("library path");
     let name = "bulk/pragmas.db";
     let reader = format!("{LOAD}{READER}");
-    let writer = run_python(python, &server.url, &format!("{LOAD}{WRITER}"), &[lib, name, &reader]);
+    let writer = run_python(
+        python,
+        &server.url,
+        &format!("{LOAD}{WRITER}"),
+        &[lib, name, &reader],
+    );
     let stdout = text(&writer.stdout);
-    assert!(writer.status.success(), "writer failed: {}\n{stdout}", text(&writer.stderr));
+    assert!(
+        writer.status.success(),
+        "writer failed: {}\n{stdout}",
+        text(&writer.stderr)
+    );
     let want = "synchronous=OFF -> 2\n\
                 synchronous=0 -> 2\n\
                 synchronous=false -> 2\n\
@@ -101,7 +110,11 @@ fn refused_pragmas_answer_a_row_from_python_and_commits_stay_durable() {
 
     // After the writer closed: a new Python process, and the stock shell.
     let again = run_python(python, &server.url, &reader, &[lib, name]);
-    assert!(again.status.success(), "reader failed: {}", text(&again.stderr));
+    assert!(
+        again.status.success(),
+        "reader failed: {}",
+        text(&again.stderr)
+    );
     assert_eq!(text(&again.stdout), read_back);
     if std::path::Path::new(SHELL).exists() {
         let mut child = Command::new(SHELL)
@@ -116,11 +129,23 @@ fn refused_pragmas_answer_a_row_from_python_and_commits_stay_durable() {
             ".load {lib}\n.open {name}\nselect count(*) from t;\npragma integrity_check;\n\
              pragma synchronous=off;\npragma synchronous;\n"
         );
-        child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("script");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("script");
         let shell = child.wait_with_output().expect("sqlite3 output");
-        assert!(shell.status.success(), "shell failed: {}", text(&shell.stderr));
+        assert!(
+            shell.status.success(),
+            "shell failed: {}",
+            text(&shell.stderr)
+        );
         assert_eq!(text(&shell.stdout), "2000\nok\n2\n2\n");
     } else {
-        assert!(!in_ci(), "{SHELL} is missing; CI must have it (apt-get install sqlite3)");
+        assert!(
+            !in_ci(),
+            "{SHELL} is missing; CI must have it (apt-get install sqlite3)"
+        );
     }
 }

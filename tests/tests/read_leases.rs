@@ -50,7 +50,10 @@ fn server() -> Server {
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes of this machine.
 fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec for clock_gettime to fill.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime");
@@ -63,7 +66,9 @@ fn ms(ns: u64) -> f64 {
 
 /// A `key=value` number from a report line.
 fn field(line: &str, key: &str) -> u64 {
-    text(line, key).parse().unwrap_or_else(|_| panic!("{key} is not a number in {line:?}"))
+    text(line, key)
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {line:?}"))
 }
 
 /// A `key=value` word from a report line.
@@ -99,7 +104,12 @@ impl Kid {
                 }
             }
         });
-        Self { child, stdin, out, name }
+        Self {
+            child,
+            stdin,
+            out,
+            name,
+        }
     }
 
     fn pid(&self) -> i32 {
@@ -108,7 +118,9 @@ impl Kid {
 
     fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin still open");
-        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).expect("write to child");
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .expect("write to child");
     }
 
     /// The next report line starting with `prefix` (earlier other lines are skipped).
@@ -119,7 +131,10 @@ impl Kid {
             match self.out.recv_timeout(left) {
                 Ok(line) if line.starts_with(prefix) => return line,
                 Ok(_) => {}
-                Err(e) => panic!("{}: no {prefix:?} report within {timeout:?} ({e})", self.name),
+                Err(e) => panic!(
+                    "{}: no {prefix:?} report within {timeout:?} ({e})",
+                    self.name
+                ),
             }
         }
     }
@@ -132,11 +147,17 @@ impl Kid {
             match self.out.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => lines.push(line),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!("{} hangs (killed): {lines:?}", self.name),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("{} hangs (killed): {lines:?}", self.name)
+                }
             }
         }
         let status = self.child.wait().expect("wait for child");
-        assert!(status.success(), "{} failed ({status}): {lines:?}", self.name);
+        assert!(
+            status.success(),
+            "{} failed ({status}): {lines:?}",
+            self.name
+        );
         lines
     }
 
@@ -153,7 +174,11 @@ impl Kid {
         // reaping anything (the child cannot exit while stopping).
         let rc = unsafe { libc::waitpid(self.pid(), &mut status, libc::WUNTRACED) };
         assert_eq!(rc, self.pid(), "waitpid");
-        assert!(libc::WIFSTOPPED(status), "{} did not stop: status {status:#x}", self.name);
+        assert!(
+            libc::WIFSTOPPED(status),
+            "{} did not stop: status {status:#x}",
+            self.name
+        );
     }
 
     fn cont(&self) {
@@ -188,7 +213,8 @@ fn open_reader(url: &str, name: &str, consistency: Option<&str>) -> Connection {
         None => "&mode=ro".to_owned(),
     };
     let db = try_open_uri(url, name, &extra, ro_flags());
-    db.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    db.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
     db
 }
 
@@ -216,7 +242,9 @@ struct Seen {
 #[test]
 #[ignore = "child process of readers_never_see_new_then_old"]
 fn counter_reader() {
-    let (Some(url), Some(secs)) = (child_env("LR_URL"), child_env("LR_SECONDS")) else { return };
+    let (Some(url), Some(secs)) = (child_env("LR_URL"), child_env("LR_SECONDS")) else {
+        return;
+    };
     let db = open_reader(&url, "counter.db", None);
     let deadline = Instant::now() + Duration::from_secs_f64(secs.parse().expect("seconds"));
     let mut rng = rand::rng();
@@ -225,9 +253,15 @@ fn counter_reader() {
     while Instant::now() < deadline {
         // One read transaction (autocommit SELECT): it lies within [start, end].
         let start = mono_ns();
-        let v: i64 = db.query_row("select v from c", [], |r| r.get(0)).expect("read");
+        let v: i64 = db
+            .query_row("select v from c", [], |r| r.get(0))
+            .expect("read");
         let end = mono_ns();
-        let s = seen.entry(v).or_insert(Seen { max_start: start, min_end: end, n: 0 });
+        let s = seen.entry(v).or_insert(Seen {
+            max_start: start,
+            min_end: end,
+            n: 0,
+        });
         s.max_start = s.max_start.max(start);
         s.min_end = s.min_end.min(end);
         s.n += 1;
@@ -241,7 +275,10 @@ fn counter_reader() {
         thread::sleep(Duration::from_micros(rng.random_range(0..400)));
     }
     for (v, s) in &seen {
-        println!("@@seen v={v} max_start={} min_end={} n={}", s.max_start, s.min_end, s.n);
+        println!(
+            "@@seen v={v} max_start={} min_end={} n={}",
+            s.max_start, s.min_end, s.n
+        );
     }
     println!(
         "@@reader reads={reads} regressions={regressions} values={} local={} begin_read={} watch={} {}",
@@ -256,7 +293,9 @@ fn counter_reader() {
 #[test]
 #[ignore = "child process of readers_never_see_new_then_old"]
 fn counter_writer() {
-    let (Some(url), Some(secs)) = (child_env("LR_URL"), child_env("LR_SECONDS")) else { return };
+    let (Some(url), Some(secs)) = (child_env("LR_URL"), child_env("LR_SECONDS")) else {
+        return;
+    };
     let db = open_url(&url, "counter.db");
     let deadline = Instant::now() + Duration::from_secs_f64(secs.parse().expect("seconds"));
     let mut rng = rand::rng();
@@ -274,7 +313,9 @@ fn counter_writer() {
         };
         thread::sleep(Duration::from_millis(pause));
     }
-    let v: i64 = db.query_row("select v from c", [], |r| r.get(0)).expect("final");
+    let v: i64 = db
+        .query_row("select v from c", [], |r| r.get(0))
+        .expect("final");
     println!("@@writer commits={commits} value={v}");
 }
 
@@ -288,9 +329,19 @@ fn reader_run(lines: Vec<String>) -> ReaderRun {
     let mut seen = BTreeMap::new();
     for l in lines.iter().filter(|l| l.starts_with("seen ")) {
         let v = text(l, "v").parse::<i64>().expect("value");
-        seen.insert(v, Seen { max_start: field(l, "max_start"), min_end: field(l, "min_end"), n: field(l, "n") });
+        seen.insert(
+            v,
+            Seen {
+                max_start: field(l, "max_start"),
+                min_end: field(l, "min_end"),
+                n: field(l, "n"),
+            },
+        );
     }
-    let summary = lines.into_iter().find(|l| l.starts_with("reader ")).expect("reader summary");
+    let summary = lines
+        .into_iter()
+        .find(|l| l.starts_with("reader "))
+        .expect("reader summary");
     ReaderRun { seen, summary }
 }
 
@@ -318,7 +369,8 @@ fn readers_never_see_new_then_old() {
     let server = server();
     {
         let db = open(&server, "counter.db");
-        db.execute_batch("create table c(v int not null); insert into c values (0)").expect("schema");
+        db.execute_batch("create table c(v int not null); insert into c values (0)")
+            .expect("schema");
     }
     // The slow reader's link: server-to-client chunks wait 20-50 ms (jittery, in
     // order), client-to-server ones up to 10 ms.
@@ -328,27 +380,65 @@ fn readers_never_see_new_then_old() {
         Duration::ZERO..Duration::from_millis(10),
     )
     .expect("proxy");
-    let direct = [("LR_URL", server.url.as_str()), ("LR_SECONDS", secs.as_str())];
-    let slow = [("LR_URL", proxy.url.as_str()), ("LR_SECONDS", secs.as_str())];
-    let readers = [Kid::spawn("counter_reader", &direct), Kid::spawn("counter_reader", &slow)];
+    let direct = [
+        ("LR_URL", server.url.as_str()),
+        ("LR_SECONDS", secs.as_str()),
+    ];
+    let slow = [
+        ("LR_URL", proxy.url.as_str()),
+        ("LR_SECONDS", secs.as_str()),
+    ];
+    let readers = [
+        Kid::spawn("counter_reader", &direct),
+        Kid::spawn("counter_reader", &slow),
+    ];
     let writer = Kid::spawn("counter_writer", &direct);
-    let writer_report = writer.finish().into_iter().find(|l| l.starts_with("writer ")).expect("writer report");
+    let writer_report = writer
+        .finish()
+        .into_iter()
+        .find(|l| l.starts_with("writer "))
+        .expect("writer report");
     let [fast, slow] = readers.map(|r| reader_run(r.finish()));
     let commits = field(&writer_report, "commits");
-    assert!(commits > 30, "the writer committed only {commits} times: {writer_report}");
-    assert!(proxy.chunks() > 100, "the slow reader's traffic went through the delaying proxy");
+    assert!(
+        commits > 30,
+        "the writer committed only {commits} times: {writer_report}"
+    );
+    assert!(
+        proxy.chunks() > 100,
+        "the slow reader's traffic went through the delaying proxy"
+    );
 
     let mut violations = new_then_old(&fast, &slow);
     violations.extend(new_then_old(&slow, &fast));
     violations.extend(new_then_old(&fast, &fast));
     violations.extend(new_then_old(&slow, &slow));
     for (who, r) in [("direct", &fast), ("slow", &slow)] {
-        assert_eq!(field(&r.summary, "regressions"), 0, "{who} reader: {}", r.summary);
+        assert_eq!(
+            field(&r.summary, "regressions"),
+            0,
+            "{who} reader: {}",
+            r.summary
+        );
         // Both saw the counter move, and served read transactions from a read lease.
-        assert!(r.seen.len() > 10, "{who} reader saw only {} values: {}", r.seen.len(), r.summary);
-        assert!(field(&r.summary, "local") > 0, "{who} reader never read under a read lease: {}", r.summary);
+        assert!(
+            r.seen.len() > 10,
+            "{who} reader saw only {} values: {}",
+            r.seen.len(),
+            r.summary
+        );
+        assert!(
+            field(&r.summary, "local") > 0,
+            "{who} reader never read under a read lease: {}",
+            r.summary
+        );
     }
-    assert!(violations.is_empty(), "{} new-then-old violations, e.g. {:?}", violations.len(), &violations[..violations.len().min(10)]);
+    assert!(
+        violations.is_empty(),
+        "{} new-then-old violations, e.g. {:?}",
+        violations.len(),
+        &violations[..violations.len().min(10)]
+    );
     eprintln!(
         "new-then-old: {commits} commits; direct reader: {}; slow reader: {}; 0 violations",
         fast.summary, slow.summary
@@ -363,18 +453,30 @@ fn readers_never_see_new_then_old() {
 #[test]
 #[ignore = "child process of a_read_after_an_acknowledged_commit_sees_it"]
 fn ack_reader() {
-    let Some(url) = child_env("LR_URL") else { return };
+    let Some(url) = child_env("LR_URL") else {
+        return;
+    };
     let db = open_reader(&url, "ack.db", None);
     // Hold the lease before the rounds start.
     let held = wait_for(Duration::from_secs(15), || {
-        let _: i64 = db.query_row("select v from c", [], |r| r.get(0)).expect("warm-up read");
-        pragma_text(&db, "pagewire_read_lease").starts_with("lease=held") && stat(&db, "local_reads") > 0
+        let _: i64 = db
+            .query_row("select v from c", [], |r| r.get(0))
+            .expect("warm-up read");
+        pragma_text(&db, "pagewire_read_lease").starts_with("lease=held")
+            && stat(&db, "local_reads") > 0
     });
-    println!("@@ready held={held} {}", pragma_text(&db, "pagewire_read_lease"));
+    println!(
+        "@@ready held={held} {}",
+        pragma_text(&db, "pagewire_read_lease")
+    );
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-        let Ok(k) = line.trim().parse::<i64>() else { break };
+        let Ok(k) = line.trim().parse::<i64>() else {
+            break;
+        };
         let before = stat(&db, "local_reads");
-        let v: i64 = db.query_row("select v from c", [], |r| r.get(0)).expect("read");
+        let v: i64 = db
+            .query_row("select v from c", [], |r| r.get(0))
+            .expect("read");
         let local = stat(&db, "local_reads") - before;
         println!("@@saw k={k} v={v} local={local}");
     }
@@ -392,10 +494,15 @@ fn a_read_after_an_acknowledged_commit_sees_it() {
     let rounds: i64 = std::env::var("LR_ROUNDS").map_or(3000, |v| v.parse().expect("rounds"));
     let server = server();
     let db = open(&server, "ack.db");
-    db.execute_batch("create table c(v int not null); insert into c values (0)").expect("schema");
+    db.execute_batch("create table c(v int not null); insert into c values (0)")
+        .expect("schema");
     let mut reader = Kid::spawn("ack_reader", &[("LR_URL", server.url.as_str())]);
     let ready = reader.expect("ready", Duration::from_secs(30));
-    assert_eq!(text(&ready, "held"), "true", "the reader holds a read lease before the rounds: {ready}");
+    assert_eq!(
+        text(&ready, "held"),
+        "true",
+        "the reader holds a read lease before the rounds: {ready}"
+    );
     let mut rng = rand::rng();
     let started = Instant::now();
     let (mut stale, mut local, mut overlapped) = (Vec::new(), 0u64, 0u64);
@@ -408,7 +515,10 @@ fn a_read_after_an_acknowledged_commit_sees_it() {
         if v < k {
             stale.push(format!("told {k} after its COMMIT returned, then read {v}"));
         }
-        assert!(v <= newest, "read {v}, which was never committed (newest {newest}): {line}");
+        assert!(
+            v <= newest,
+            "read {v}, which was never committed (newest {newest}): {line}"
+        );
         local += field(&line, "local");
     };
     for k in 1..=rounds {
@@ -430,11 +540,23 @@ fn a_read_after_an_acknowledged_commit_sees_it() {
         check(&reader, &mut waiting, rounds);
     }
     let elapsed = started.elapsed();
-    let done = reader.finish().into_iter().find(|l| l.starts_with("done ")).expect("done report");
-    assert!(stale.is_empty(), "{} stale reads of {rounds}, e.g. {:?}", stale.len(), &stale[..stale.len().min(10)]);
+    let done = reader
+        .finish()
+        .into_iter()
+        .find(|l| l.starts_with("done "))
+        .expect("done report");
+    assert!(
+        stale.is_empty(),
+        "{} stale reads of {rounds}, e.g. {:?}",
+        stale.len(),
+        &stale[..stale.len().min(10)]
+    );
     // The reader kept its lease throughout: most rounds' reads needed no RPC (those
     // that raced the round's end on the Watch stream asked the server).
-    assert!(local * 2 > rounds as u64, "only {local} of {rounds} reads were served under the read lease: {done}");
+    assert!(
+        local * 2 > rounds as u64,
+        "only {local} of {rounds} reads were served under the read lease: {done}"
+    );
     assert_eq!(version(&db), rounds as u64 + 2, "one version per commit");
     eprintln!(
         "read-after-ack: {rounds} rounds ({overlapped} overlapping the next commit) in {elapsed:.1?}, \
@@ -457,7 +579,9 @@ fn a_read_after_an_acknowledged_commit_sees_it() {
 #[test]
 #[ignore = "child process of the vanishing reader tests"]
 fn vanishing_reader() {
-    let Some(url) = child_env("LR_URL") else { return };
+    let Some(url) = child_env("LR_URL") else {
+        return;
+    };
     let consistency = child_env("LR_CONSISTENCY");
     let db = open_reader(&url, "gone.db", consistency.as_deref());
     let strong = consistency.is_none();
@@ -471,7 +595,9 @@ fn vanishing_reader() {
     });
     let read = |log: &mut Vec<(u64, i64)>| -> i64 {
         let start = mono_ns();
-        let v: i64 = db.query_row("select coalesce(max(i), 0) from t", [], |r| r.get(0)).expect("read");
+        let v: i64 = db
+            .query_row("select coalesce(max(i), 0) from t", [], |r| r.get(0))
+            .expect("read");
         log.push((start, v));
         v
     };
@@ -491,17 +617,32 @@ fn vanishing_reader() {
                         println!("@@ready t={t} {lease} local={}", stat(&db, "local_reads"));
                         break;
                     }
-                    assert!(Instant::now() < deadline, "no local reads within 20 s: {lease}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "no local reads within 20 s: {lease}"
+                    );
                     thread::sleep(Duration::from_millis(2));
                 }
             }
             Ok(cmd) if cmd.starts_with("check ") => {
-                let mut args = cmd.split_whitespace().skip(1).map(|a| a.parse::<u64>().expect("number"));
+                let mut args = cmd
+                    .split_whitespace()
+                    .skip(1)
+                    .map(|a| a.parse::<u64>().expect("number"));
                 let (after, n) = (args.next().expect("t"), args.next().expect("n"));
                 read(&mut log);
-                let later: Vec<i64> = log.iter().filter(|(t, _)| *t > after).map(|(_, v)| *v).collect();
+                let later: Vec<i64> = log
+                    .iter()
+                    .filter(|(t, _)| *t > after)
+                    .map(|(_, v)| *v)
+                    .collect();
                 let min = later.iter().min().copied().unwrap_or(-1);
-                let old_start = log.iter().filter(|(_, v)| *v < n as i64).map(|(t, _)| *t).max().unwrap_or(0);
+                let old_start = log
+                    .iter()
+                    .filter(|(_, v)| *v < n as i64)
+                    .map(|(t, _)| *t)
+                    .max()
+                    .unwrap_or(0);
                 println!(
                     "@@check n={n} after={} min={min} first={} old_start={old_start} {} local={} begin_read={} watch={}",
                     later.len(),
@@ -518,7 +659,11 @@ fn vanishing_reader() {
                 while read(&mut log) < n && started.elapsed() < Duration::from_secs(20) {
                     thread::sleep(Duration::from_millis(2));
                 }
-                println!("@@until n={n} v={} waited_ms={}", log.last().expect("read").1, started.elapsed().as_millis());
+                println!(
+                    "@@until n={n} v={} waited_ms={}",
+                    log.last().expect("read").1,
+                    started.elapsed().as_millis()
+                );
             }
             Ok(cmd) => panic!("unknown command {cmd:?}"),
             Err(mpsc::TryRecvError::Empty) => thread::sleep(Duration::from_millis(2)),
@@ -566,7 +711,10 @@ fn assert_fast(what: &str, took: &[Duration]) {
 fn stalled_commit(db: &Connection, next: &mut i64, held_at: u64, what: &str) -> Duration {
     *next += 1;
     let (took, start, end) = timed_commit(db, "insert into t values (?1)", *next);
-    assert!(took < MAX_STALL, "{what}: the commit stalled {took:?} (lease {TTL:?})");
+    assert!(
+        took < MAX_STALL,
+        "{what}: the commit stalled {took:?} (lease {TTL:?})"
+    );
     // The reader held its lease at held_at, so the server honours it until at least
     // held_at + CLIENT_MARGIN: the commit could not be published before.
     let honoured_until = held_at + CLIENT_MARGIN.as_nanos() as u64;
@@ -588,7 +736,8 @@ fn stalled_commit(db: &Connection, next: &mut i64, held_at: u64, what: &str) -> 
 
 fn setup_rows(server: &Server) -> (Connection, i64) {
     let db = open(server, "gone.db");
-    db.execute_batch("create table t(i integer primary key); insert into t values (1)").expect("schema");
+    db.execute_batch("create table t(i integer primary key); insert into t values (1)")
+        .expect("schema");
     (db, 1)
 }
 
@@ -616,7 +765,11 @@ fn a_vanished_reader_holds_commits_at_most_one_lease() {
     reader.cont();
     let check = reader.expect("check ", Duration::from_secs(30));
     assert!(field(&check, "after") >= 1, "{check}");
-    assert_eq!(text(&check, "min").parse::<i64>().expect("min"), next, "a stale read after SIGCONT: {check}");
+    assert_eq!(
+        text(&check, "min").parse::<i64>().expect("min"),
+        next,
+        "a stale read after SIGCONT: {check}"
+    );
     // And it gets a lease again (the commits now wait for its acknowledgements).
     reader.send("ready");
     let ready = reader.expect("ready ", Duration::from_secs(30));
@@ -636,7 +789,11 @@ fn a_vanished_reader_holds_commits_at_most_one_lease() {
 
     // Every commit is there.
     assert_eq!(count(&db, "t"), next);
-    let (lo, hi): (i64, i64) = db.query_row("select min(i), max(i) from t", [], |r| Ok((r.get(0)?, r.get(1)?))).expect("range");
+    let (lo, hi): (i64, i64) = db
+        .query_row("select min(i), max(i) from t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("range");
     assert_eq!((lo, hi), (1, next));
     assert_eq!(integrity(&db), "ok");
     let fresh = open(&server, "gone.db");
@@ -655,7 +812,12 @@ fn a_partitioned_reader_stops_serving_before_its_lease_ends_on_the_server() {
     let (db, mut next) = setup_rows(&server);
     // The reader reaches the server through a proxy that can hold every byte (its
     // connection stays open: neither side notices anything but silence).
-    let proxy = DelayProxy::start(&server.addr, Duration::ZERO..Duration::ZERO, Duration::ZERO..Duration::ZERO).expect("proxy");
+    let proxy = DelayProxy::start(
+        &server.addr,
+        Duration::ZERO..Duration::ZERO,
+        Duration::ZERO..Duration::ZERO,
+    )
+    .expect("proxy");
     let mut reader = Kid::spawn("vanishing_reader", &[("LR_URL", proxy.url.as_str())]);
     reader.send("ready");
     let ready = reader.expect("ready ", Duration::from_secs(30));
@@ -682,7 +844,10 @@ fn a_partitioned_reader_stops_serving_before_its_lease_ends_on_the_server() {
         assert_eq!(field(&check, "n") as i64, n, "{check}");
         assert!(field(&check, "after") >= 1, "{check}");
         let min = text(&check, "min").parse::<i64>().expect("min");
-        assert!((n..=last.0).contains(&min), "a stale read after commit {n} returned: {check}");
+        assert!(
+            (n..=last.0).contains(&min),
+            "a stale read after commit {n} returned: {check}"
+        );
         let old_start = field(&check, "old_start");
         assert!(old_start < t, "{check}");
         gaps.push(ms(t - old_start));
@@ -694,8 +859,16 @@ fn a_partitioned_reader_stops_serving_before_its_lease_ends_on_the_server() {
     let healed = commit_rows(&db, &mut next, 5);
     reader.send(&format!("until {next}"));
     let until = reader.expect("until ", Duration::from_secs(30));
-    assert_eq!(text(&until, "v").parse::<i64>().expect("v"), next, "{until}");
-    let bye = reader.finish().into_iter().find(|l| l.starts_with("bye ")).expect("bye");
+    assert_eq!(
+        text(&until, "v").parse::<i64>().expect("v"),
+        next,
+        "{until}"
+    );
+    let bye = reader
+        .finish()
+        .into_iter()
+        .find(|l| l.starts_with("bye "))
+        .expect("bye");
     assert_eq!(count(&db, "t"), next);
     eprintln!(
         "partitioned reader: commit stalled {stall:?}; its last read of the old value began {:.0} ms before \
@@ -709,12 +882,18 @@ fn a_partitioned_reader_stops_serving_before_its_lease_ends_on_the_server() {
 fn a_stopped_snapshot_reader_holds_nothing_back() {
     let server = server();
     let (db, mut next) = setup_rows(&server);
-    let env = [("LR_URL", server.url.as_str()), ("LR_CONSISTENCY", "snapshot")];
+    let env = [
+        ("LR_URL", server.url.as_str()),
+        ("LR_CONSISTENCY", "snapshot"),
+    ];
     let mut reader = Kid::spawn("vanishing_reader", &env);
     reader.send("ready");
     let ready = reader.expect("ready ", Duration::from_secs(30));
     // It serves from its Watch stream, with no lease.
-    assert!(ready.starts_with("ready t=") && ready.contains("lease=none"), "{ready}");
+    assert!(
+        ready.starts_with("ready t=") && ready.contains("lease=none"),
+        "{ready}"
+    );
     assert!(field(&ready, "local") > 0, "{ready}");
     // Commits while it is up do not wait for it either.
     let running = commit_rows(&db, &mut next, 10);
@@ -725,8 +904,16 @@ fn a_stopped_snapshot_reader_holds_nothing_back() {
     reader.cont();
     reader.send(&format!("until {next}"));
     let caught_up = reader.expect("until ", Duration::from_secs(30));
-    assert_eq!(text(&caught_up, "v").parse::<i64>().expect("v"), next, "{caught_up}");
-    let bye = reader.finish().into_iter().find(|l| l.starts_with("bye ")).expect("bye");
+    assert_eq!(
+        text(&caught_up, "v").parse::<i64>().expect("v"),
+        next,
+        "{caught_up}"
+    );
+    let bye = reader
+        .finish()
+        .into_iter()
+        .find(|l| l.starts_with("bye "))
+        .expect("bye");
     assert!(field(&bye, "watch") >= 1, "{bye}");
     assert_eq!(count(&db, "t"), next);
     eprintln!(
@@ -741,17 +928,30 @@ fn a_stopped_snapshot_reader_holds_nothing_back() {
 
 fn metrics(rt: &tokio::runtime::Runtime, url: &str) -> pb::Metrics {
     rt.block_on(async {
-        let mut admin = pb::admin_client::AdminClient::connect(url.to_owned()).await.expect("connect");
-        admin.get_metrics(pb::GetMetricsRequest {}).await.expect("GetMetrics").into_inner()
+        let mut admin = pb::admin_client::AdminClient::connect(url.to_owned())
+            .await
+            .expect("connect");
+        admin
+            .get_metrics(pb::GetMetricsRequest {})
+            .await
+            .expect("GetMetrics")
+            .into_inner()
     })
 }
 
 #[test]
 fn metrics_count_leases_commits_and_invalidation_waits() {
     let server = server();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let fresh = metrics(&rt, &server.url);
-    assert_eq!((fresh.read_leases_held, fresh.watchers, fresh.commits), (0, 0, 0), "{fresh:?}");
+    assert_eq!(
+        (fresh.read_leases_held, fresh.watchers, fresh.commits),
+        (0, 0, 0),
+        "{fresh:?}"
+    );
 
     let (db, mut next) = setup_rows(&server);
     let mut reader = Kid::spawn("vanishing_reader", &[("LR_URL", server.url.as_str())]);
@@ -775,9 +975,15 @@ fn metrics_count_leases_commits_and_invalidation_waits() {
     }
     assert!(m.read_leases_held >= 1, "the reader holds a lease: {m:?}");
     assert!(m.watchers >= 1, "{m:?}");
-    assert_eq!(m.commits, commits, "every commit went through a round: {m:?}");
+    assert_eq!(
+        m.commits, commits,
+        "every commit went through a round: {m:?}"
+    );
     let h = m.invalidation_wait.clone().expect("histogram");
-    assert_eq!(h.count, m.commits, "one invalidation wait per commit: {h:?}");
+    assert_eq!(
+        h.count, m.commits,
+        "one invalidation wait per commit: {h:?}"
+    );
     assert_eq!(h.counts.len(), h.bounds_us.len() + 1, "{h:?}");
     assert_eq!(h.counts.iter().sum::<u64>(), h.count, "{h:?}");
     assert!(h.bounds_us.windows(2).all(|w| w[0] < w[1]), "{h:?}");
@@ -786,13 +992,20 @@ fn metrics_count_leases_commits_and_invalidation_waits() {
     assert!(h.sum_us > 0, "{h:?}");
 
     // A reader that closes gives its lease back and ends its stream at once.
-    let bye = reader.finish().into_iter().find(|l| l.starts_with("bye ")).expect("bye");
+    let bye = reader
+        .finish()
+        .into_iter()
+        .find(|l| l.starts_with("bye "))
+        .expect("bye");
     let mut last = metrics(&rt, &server.url);
     let gone = wait_for(Duration::from_secs(5), || {
         last = metrics(&rt, &server.url);
         last.read_leases_held == 0 && last.watchers == 0
     });
-    assert!(gone, "the closed reader's lease and stream are gone: {last:?}");
+    assert!(
+        gone,
+        "the closed reader's lease and stream are gone: {last:?}"
+    );
     assert_eq!(last.commits, commits, "{last:?}");
     eprintln!("metrics: {m:?}; reader: {bye}");
 }
@@ -808,13 +1021,23 @@ fn a_steady_reader_keeps_its_watch_stream_and_lease() {
     // idle limit (which also ends an unused Watch stream) is short, to show it is
     // not reached while reads go on.
     let reader = try_open_uri(&server.url, "gone.db", "&mode=ro&lease_idle=1s", ro_flags());
-    let read = || reader.query_row("select count(*) from t", [], |r| r.get::<_, i64>(0)).expect("read");
+    let read = || {
+        reader
+            .query_row("select count(*) from t", [], |r| r.get::<_, i64>(0))
+            .expect("read")
+    };
     let held = wait_for(Duration::from_secs(15), || {
         read();
         pragma_text(&reader, "pagewire_read_lease").starts_with("lease=held")
     });
     assert!(held, "{}", pragma_text(&reader, "pagewire_read_lease"));
-    let snapshot = || (stat(&reader, "watch"), stat(&reader, "begin_read"), stat(&reader, "local_reads"));
+    let snapshot = || {
+        (
+            stat(&reader, "watch"),
+            stat(&reader, "begin_read"),
+            stat(&reader, "local_reads"),
+        )
+    };
     let (watch, begin_read, local) = snapshot();
     let started = Instant::now();
     let mut reads = 0u64;
@@ -831,7 +1054,10 @@ fn a_steady_reader_keeps_its_watch_stream_and_lease() {
         begin_read2 - begin_read,
         local2 - local
     );
-    assert_eq!(watch2, watch, "the stream was ended and opened again while reads went on: {summary}");
+    assert_eq!(
+        watch2, watch,
+        "the stream was ended and opened again while reads went on: {summary}"
+    );
     // A renewal delayed on a loaded machine may cost a BeginRead or two, not more.
     assert!(local2 - local >= reads * 9 / 10, "{summary}");
     assert!(lease.starts_with("lease=held"), "{summary}");

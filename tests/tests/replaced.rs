@@ -61,7 +61,12 @@ impl Py {
             .expect("python");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Py { child, stdin, stdout, stderr }
+        Py {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        }
     }
 
     fn send(&mut self, op: &str, id: u32, arg: &str) -> Result<String, String> {
@@ -71,12 +76,16 @@ impl Py {
         match line.trim_end().split_once(' ') {
             Some(("ok", rows)) => Ok(rows.to_owned()),
             Some(("err", message)) => Err(message.to_owned()),
-            _ => panic!("python driver said {line:?}; stderr: {}", self.stderr_text()),
+            _ => panic!(
+                "python driver said {line:?}; stderr: {}",
+                self.stderr_text()
+            ),
         }
     }
 
     fn open(&mut self, id: u32, name: &str) {
-        self.send("open", id, &format!("file:{name}")).expect("open");
+        self.send("open", id, &format!("file:{name}"))
+            .expect("open");
     }
 
     fn sql(&mut self, id: u32, sql: &str) -> Result<String, String> {
@@ -84,7 +93,8 @@ impl Py {
     }
 
     fn ok(&mut self, id: u32, sql: &str) -> String {
-        self.sql(id, sql).unwrap_or_else(|e| panic!("{sql}: {e}; stderr: {}", self.stderr_text()))
+        self.sql(id, sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}; stderr: {}", self.stderr_text()))
     }
 
     fn stderr_text(&self) -> String {
@@ -104,9 +114,17 @@ const OLD: &str = "inc.db?lease_idle=100ms";
 
 fn build_old(p: &mut Py, versions: std::ops::RangeInclusive<u64>) {
     for v in versions {
-        let sql = if v == 1 { "create table p(x)".to_owned() } else { format!("insert into p values ('old {v}')") };
+        let sql = if v == 1 {
+            "create table p(x)".to_owned()
+        } else {
+            format!("insert into p values ('old {v}')")
+        };
         p.ok(1, &sql);
-        assert_eq!(p.ok(1, "pragma pagewire_version"), format!("[('{v}',)]"), "P at version {v}");
+        assert_eq!(
+            p.ok(1, "pragma pagewire_version"),
+            format!("[('{v}',)]"),
+            "P at version {v}"
+        );
     }
 }
 
@@ -115,10 +133,18 @@ fn build_new(python: &str, url: &str, from: u64, to: u64) {
     let mut q = Py::start(python, url);
     q.open(1, "inc.db");
     for v in from..=to {
-        let sql = if v == 1 { "create table q(y)".to_owned() } else { format!("insert into q values ('new {v}')") };
+        let sql = if v == 1 {
+            "create table q(y)".to_owned()
+        } else {
+            format!("insert into q values ('new {v}')")
+        };
         q.ok(1, &sql);
     }
-    assert_eq!(q.ok(1, "pragma pagewire_version"), format!("[('{to}',)]"), "Q at version {to}");
+    assert_eq!(
+        q.ok(1, "pragma pagewire_version"),
+        format!("[('{to}',)]"),
+        "Q at version {to}"
+    );
 }
 
 /// P's old connection fails on every call, saying why, and never shows old rows;
@@ -126,15 +152,32 @@ fn build_new(python: &str, url: &str, from: u64, to: u64) {
 fn assert_replaced(p: &mut Py, python: &str, url: &str, new_rows: usize) {
     assert_old_connection_fails(p);
     let stderr = p.stderr_text();
-    assert!(stderr.contains("was replaced"), "P's log says why: {stderr}");
+    assert!(
+        stderr.contains("was replaced"),
+        "P's log says why: {stderr}"
+    );
     p.open(2, "inc.db");
-    assert_eq!(p.ok(2, "select count(*) from q"), format!("[({new_rows},)]"), "a fresh open in P's process");
+    assert_eq!(
+        p.ok(2, "select count(*) from q"),
+        format!("[({new_rows},)]"),
+        "a fresh open in P's process"
+    );
     assert_eq!(p.ok(2, "pragma integrity_check"), "[('ok',)]");
-    assert!(p.sql(2, "select count(*) from p").is_err(), "the new database has no table p");
-    assert!(p.sql(1, "select count(*) from q").is_err(), "the old connection still fails");
+    assert!(
+        p.sql(2, "select count(*) from p").is_err(),
+        "the new database has no table p"
+    );
+    assert!(
+        p.sql(1, "select count(*) from q").is_err(),
+        "the old connection still fails"
+    );
     let mut fresh = Py::start(python, url);
     fresh.open(1, "inc.db");
-    assert_eq!(fresh.ok(1, "select count(*) from q"), format!("[({new_rows},)]"), "a fresh process");
+    assert_eq!(
+        fresh.ok(1, "select count(*) from q"),
+        format!("[({new_rows},)]"),
+        "a fresh process"
+    );
     assert_eq!(fresh.ok(1, "pragma integrity_check"), "[('ok',)]");
     let tables = fresh.ok(1, "select group_concat(name) from sqlite_schema");
     assert_eq!(tables, "[('q',)]", "P changed nothing");
@@ -154,15 +197,26 @@ fn pinned_reader(python: &str, url: &str) -> Py {
 /// Its ReadPages at the old version gets an error, never the new database's pages.
 fn assert_pinned_reader_fails(r: &mut Py) {
     let pinned = r.sql(1, "select count(*), sum(length(x)) from p");
-    assert!(pinned.is_err(), "the pinned reader read the new database's pages: {pinned:?}");
+    assert!(
+        pinned.is_err(),
+        "the pinned reader read the new database's pages: {pinned:?}"
+    );
 }
 
 /// Every call of P's old connection fails: an I/O error (or, for a table only the new
 /// database has, SQLite's "no such table" from its cached schema); never rows.
 fn assert_old_connection_fails(p: &mut Py) {
-    for sql in ["select count(*) from p", "select count(*) from q", "insert into p values ('lost')", "select * from p"] {
-        let err = p.sql(1, sql).expect_err(&format!("P's old connection answered {sql}"));
-        let fine = err.contains("disk I/O error") || sql.contains(" q") && err.contains("no such table: q");
+    for sql in [
+        "select count(*) from p",
+        "select count(*) from q",
+        "insert into p values ('lost')",
+        "select * from p",
+    ] {
+        let err = p
+            .sql(1, sql)
+            .expect_err(&format!("P's old connection answered {sql}"));
+        let fine = err.contains("disk I/O error")
+            || sql.contains(" q") && err.contains("no such table: q");
         assert!(fine, "{sql}: {err}");
     }
 }
@@ -172,9 +226,15 @@ fn assert_old_connection_fails(p: &mut Py) {
 fn idle(url: &str) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let released = rt.block_on(async {
-        let mut admin = pb::admin_client::AdminClient::connect(url.to_owned()).await.expect("connect");
+        let mut admin = pb::admin_client::AdminClient::connect(url.to_owned())
+            .await
+            .expect("connect");
         for _ in 0..200 {
-            let info = admin.get_database_info(pb::GetDatabaseInfoRequest { name: "inc.db".into() }).await;
+            let info = admin
+                .get_database_info(pb::GetDatabaseInfoRequest {
+                    name: "inc.db".into(),
+                })
+                .await;
             if !info.expect("info").into_inner().lease_held {
                 return true;
             }
@@ -215,9 +275,21 @@ fn replaced_by_admin_delete_and_create() {
     idle(&server.url);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mut admin = pb::admin_client::AdminClient::connect(server.url.clone()).await.expect("connect");
-        admin.delete_database(pb::DeleteDatabaseRequest { name: "inc.db".into() }).await.expect("delete");
-        admin.create_database(pb::CreateDatabaseRequest { name: "inc.db".into() }).await.expect("create");
+        let mut admin = pb::admin_client::AdminClient::connect(server.url.clone())
+            .await
+            .expect("connect");
+        admin
+            .delete_database(pb::DeleteDatabaseRequest {
+                name: "inc.db".into(),
+            })
+            .await
+            .expect("delete");
+        admin
+            .create_database(pb::CreateDatabaseRequest {
+                name: "inc.db".into(),
+            })
+            .await
+            .expect("create");
     });
     build_new(python, &server.url, 1, 7);
     assert_pinned_reader_fails(&mut r);
@@ -231,7 +303,9 @@ fn replaced_by_admin_delete_and_create() {
 #[test]
 fn replaced_by_a_postgres_restore() {
     let Some(python) = python() else { return };
-    let Some(pg) = TempPostgres::start_or_skip("replaced_by_a_postgres_restore") else { return };
+    let Some(pg) = TempPostgres::start_or_skip("replaced_by_a_postgres_restore") else {
+        return;
+    };
     let bin = pagewire_tests::postgres::find_bin_dir().expect("PostgreSQL binaries");
     let first = Server::start_with(&["--store", pg.url()]).expect("server");
     let (url, addr) = (first.url.clone(), first.addr.clone());
@@ -264,7 +338,11 @@ fn replaced_by_a_postgres_restore() {
     // Back at version 3 (table p, two rows); Q writes versions 4-7 of its own.
     let mut q = Py::start(python, &url);
     q.open(1, "inc.db");
-    assert_eq!(q.ok(1, "pragma pagewire_version"), "[('3',)]", "restored to version 3");
+    assert_eq!(
+        q.ok(1, "pragma pagewire_version"),
+        "[('3',)]",
+        "restored to version 3"
+    );
     q.ok(1, "create table q(y)");
     for v in 5..=7 {
         q.ok(1, &format!("insert into q values ('new {v}')"));
@@ -273,13 +351,25 @@ fn replaced_by_a_postgres_restore() {
     drop(q);
     assert_pinned_reader_fails(&mut r);
     assert_old_connection_fails(&mut p);
-    assert!(p.stderr_text().contains("was replaced"), "{}", p.stderr_text());
+    assert!(
+        p.stderr_text().contains("was replaced"),
+        "{}",
+        p.stderr_text()
+    );
     let mut fresh = Py::start(python, &url);
     fresh.open(1, "inc.db");
-    assert_eq!(fresh.ok(1, "select count(*) from p"), "[(2,)]", "the restored rows");
+    assert_eq!(
+        fresh.ok(1, "select count(*) from p"),
+        "[(2,)]",
+        "the restored rows"
+    );
     assert_eq!(fresh.ok(1, "select count(*) from q"), "[(3,)]", "Q's rows");
     assert_eq!(fresh.ok(1, "pragma integrity_check"), "[('ok',)]");
-    assert_eq!(fresh.ok(1, "select count(*) from p where x = 'lost'"), "[(0,)]", "P changed nothing");
+    assert_eq!(
+        fresh.ok(1, "select count(*) from p where x = 'lost'"),
+        "[(0,)]",
+        "P changed nothing"
+    );
 }
 
 /// P's versions 4-7, with rows big enough that table p spans many pages (so the pinned
@@ -287,7 +377,10 @@ fn replaced_by_a_postgres_restore() {
 fn build_old_more(p: &mut Py) {
     for v in 4..=7 {
         let rows = "with recursive n(i) as (select 1 union all select i + 1 from n where i < 20)";
-        p.ok(1, &format!("{rows} insert into p select 'old {v} ' || hex(randomblob(2000)) from n"));
+        p.ok(
+            1,
+            &format!("{rows} insert into p select 'old {v} ' || hex(randomblob(2000)) from n"),
+        );
         assert_eq!(p.ok(1, "pragma pagewire_version"), format!("[('{v}',)]"));
     }
 }

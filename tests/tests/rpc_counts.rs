@@ -24,15 +24,24 @@ fn diff(after: [u64; 4], before: [u64; 4]) -> [u64; 4] {
 
 fn client(server: &Server, name: &str, who: &str, extra: &str) -> Connection {
     register();
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI;
-    Connection::open_with_flags(uri(&server.url, name, &format!("&token={who}{extra}")), flags).expect("open")
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI;
+    Connection::open_with_flags(
+        uri(&server.url, name, &format!("&token={who}{extra}")),
+        flags,
+    )
+    .expect("open")
 }
 
 fn fill(db: &Connection, rows: i64, size: i64) {
-    db.execute_batch("create table t(id integer primary key, data blob)").expect("schema");
+    db.execute_batch("create table t(id integer primary key, data blob)")
+        .expect("schema");
     db.execute(
-        &format!("with recursive s(i) as (select 1 union all select i + 1 from s where i < {rows}) \
-                  insert into t(data) select randomblob({size}) from s"),
+        &format!(
+            "with recursive s(i) as (select 1 union all select i + 1 from s where i < {rows}) \
+                  insert into t(data) select randomblob({size}) from s"
+        ),
         [],
     )
     .expect("fill");
@@ -43,7 +52,11 @@ fn writer_warm_point_selects_cost_no_round_trip() {
     let server = Server::start().expect("server");
     let db = client(&server, "warm.db", "writer", "");
     fill(&db, 2000, 100);
-    let point = |id: i64| db.query_row("select length(data) from t where id = ?1", [id], |r| r.get::<_, i64>(0));
+    let point = |id: i64| {
+        db.query_row("select length(data) from t where id = ?1", [id], |r| {
+            r.get::<_, i64>(0)
+        })
+    };
     for id in 1..=2000 {
         point(id).expect("warm up");
     }
@@ -51,7 +64,11 @@ fn writer_warm_point_selects_cost_no_round_trip() {
     for id in (1..=2000).step_by(7) {
         assert_eq!(point(id).expect("select"), 100);
     }
-    assert_eq!(diff(trips(&db), before), [0, 0, 0, 0], "open, begin_read, read_pages, commit");
+    assert_eq!(
+        diff(trips(&db), before),
+        [0, 0, 0, 0],
+        "open, begin_read, read_pages, commit"
+    );
 }
 
 #[test]
@@ -61,7 +78,8 @@ fn a_commit_is_one_commit_call_and_nothing_else() {
     fill(&db, 100, 100);
     for _ in 0..20 {
         let before = trips(&db);
-        db.execute("insert into t(data) values (randomblob(100))", []).expect("insert");
+        db.execute("insert into t(data) values (randomblob(100))", [])
+            .expect("insert");
         assert_eq!(diff(trips(&db), before), [0, 0, 0, 1]);
     }
     let before = trips(&db);
@@ -72,7 +90,8 @@ fn a_commit_is_one_commit_call_and_nothing_else() {
 
 /// The replica's read lease and Watch state (`PRAGMA pagewire_read_lease`).
 fn read_lease(c: &Connection) -> String {
-    c.query_row("pragma pagewire_read_lease", [], |r| r.get(0)).expect("pragma")
+    c.query_row("pragma pagewire_read_lease", [], |r| r.get(0))
+        .expect("pragma")
 }
 
 /// Waits (up to 5 s) until `c`'s process holds a read lease and has heard of
@@ -81,13 +100,20 @@ fn await_lease_at(c: &Connection, version: u64) {
     let want = format!("lease=held heard={version} round=0");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while read_lease(c) != want {
-        assert!(std::time::Instant::now() < deadline, "no read lease at {version}: {}", read_lease(c));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no read lease at {version}: {}",
+            read_lease(c)
+        );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
 fn version(c: &Connection) -> u64 {
-    c.query_row("pragma pagewire_version", [], |r| r.get::<_, String>(0)).expect("version").parse().expect("a number")
+    c.query_row("pragma pagewire_version", [], |r| r.get::<_, String>(0))
+        .expect("version")
+        .parse()
+        .expect("a number")
 }
 
 #[test]
@@ -97,7 +123,12 @@ fn replica_read_transactions_with_a_read_lease_make_no_round_trip() {
     fill(&writer, 500, 200);
     let v1 = version(&writer);
     let replica = client(&server, "rep.db", "replica", "&mode=ro");
-    let sum = |c: &Connection| c.query_row("select sum(length(data)) from t", [], |r| r.get::<_, i64>(0)).expect("sum");
+    let sum = |c: &Connection| {
+        c.query_row("select sum(length(data)) from t", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .expect("sum")
+    };
     // The third read transaction starts the Watch stream: two read-only transactions
     // since the last write (a writer's open reads the schema, then it writes).
     for _ in 0..3 {
@@ -108,13 +139,21 @@ fn replica_read_transactions_with_a_read_lease_make_no_round_trip() {
         let before = trips(&replica);
         replica.execute_batch("begin").expect("begin");
         assert_eq!(sum(&replica), 500 * 200);
-        replica.query_row("select data from t where id = 77", [], |_| Ok(())).expect("point");
+        replica
+            .query_row("select data from t where id = 77", [], |_| Ok(()))
+            .expect("point");
         replica.execute_batch("commit").expect("end");
-        assert_eq!(diff(trips(&replica), before), [0, 0, 0, 0], "read lease held, every page cached");
+        assert_eq!(
+            diff(trips(&replica), before),
+            [0, 0, 0, 0],
+            "read lease held, every page cached"
+        );
     }
     // After a commit, the next read transaction fetches only what changed: the
     // RoundEnd listed the changed pages, so no BeginRead either.
-    writer.execute("update t set data = randomblob(200) where id = 250", []).expect("commit");
+    writer
+        .execute("update t set data = randomblob(200) where id = 250", [])
+        .expect("commit");
     await_lease_at(&replica, v1 + 1);
     let (before, pages_before) = (trips(&replica), stat(&replica, "pages_read"));
     assert_eq!(sum(&replica), 500 * 200);
@@ -126,8 +165,13 @@ fn replica_read_transactions_with_a_read_lease_make_no_round_trip() {
     assert!(after[2] <= 3, "changed pages in few calls: {after:?}");
     // The commit changed page 1 and the row's leaf (maybe an interior page); read-ahead
     // may bring a few neighbours along, never the table.
-    let table_pages: u64 = replica.query_row("pragma page_count", [], |r| r.get::<_, i64>(0)).expect("pages") as u64;
-    assert!(fetched <= 3 + 16, "{fetched} of {table_pages} pages fetched again");
+    let table_pages: u64 = replica
+        .query_row("pragma page_count", [], |r| r.get::<_, i64>(0))
+        .expect("pages") as u64;
+    assert!(
+        fetched <= 3 + 16,
+        "{fetched} of {table_pages} pages fetched again"
+    );
 }
 
 #[test]
@@ -136,16 +180,29 @@ fn replica_read_transaction_without_a_read_lease_is_one_round_trip() {
     let writer = client(&server, "rep.db", "writer", "");
     fill(&writer, 500, 200);
     let replica = client(&server, "rep.db", "replica", "&mode=ro");
-    let sum = |c: &Connection| c.query_row("select sum(length(data)) from t", [], |r| r.get::<_, i64>(0)).expect("sum");
+    let sum = |c: &Connection| {
+        c.query_row("select sum(length(data)) from t", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .expect("sum")
+    };
     assert_eq!(sum(&replica), 500 * 200);
     for _ in 0..10 {
         let before = trips(&replica);
         replica.execute_batch("begin").expect("begin");
         assert_eq!(sum(&replica), 500 * 200);
         replica.execute_batch("commit").expect("end");
-        assert_eq!(diff(trips(&replica), before), [0, 1, 0, 0], "one BeginRead, every page cached");
+        assert_eq!(
+            diff(trips(&replica), before),
+            [0, 1, 0, 0],
+            "one BeginRead, every page cached"
+        );
     }
-    assert!(read_lease(&replica).starts_with("lease=none"), "{}", read_lease(&replica));
+    assert!(
+        read_lease(&replica).starts_with("lease=none"),
+        "{}",
+        read_lease(&replica)
+    );
 }
 
 #[test]
@@ -153,15 +210,22 @@ fn cold_scan_reads_ahead() {
     let server = Server::start().expect("server");
     let writer = client(&server, "scan.db", "writer", "");
     fill(&writer, 8000, 900);
-    let pages: u64 = writer.query_row("pragma page_count", [], |r| r.get::<_, i64>(0)).expect("pages") as u64;
+    let pages: u64 = writer
+        .query_row("pragma page_count", [], |r| r.get::<_, i64>(0))
+        .expect("pages") as u64;
     assert!(pages > 2000, "{pages}");
     // A new client with nothing cached and no preload.
     let cold = client(&server, "scan.db", "cold", "&preload=0");
     let before = trips(&cold);
-    let total: i64 = cold.query_row("select sum(length(data)) from t", [], |r| r.get(0)).expect("scan");
+    let total: i64 = cold
+        .query_row("select sum(length(data)) from t", [], |r| r.get(0))
+        .expect("scan");
     assert_eq!(total, 8000 * 900);
     let calls = diff(trips(&cold), before)[2];
-    assert!(calls <= pages / 8, "{calls} ReadPages calls for a scan of {pages} pages");
+    assert!(
+        calls <= pages / 8,
+        "{calls} ReadPages calls for a scan of {pages} pages"
+    );
     eprintln!("cold scan: {pages} pages in {calls} ReadPages calls");
 }
 
@@ -172,10 +236,23 @@ fn small_database_is_preloaded_at_open() {
     fill(&writer, 200, 100);
     let fresh = client(&server, "small.db", "fresh", "");
     let opened = trips(&fresh);
-    assert_eq!(opened[2], 1, "the whole (small) database in one ReadPages at open");
-    fresh.query_row("select sum(length(data)) from t", [], |r| r.get::<_, i64>(0)).expect("scan");
-    fresh.query_row("select data from t where id = 150", [], |_| Ok(())).expect("point");
+    assert_eq!(
+        opened[2], 1,
+        "the whole (small) database in one ReadPages at open"
+    );
+    fresh
+        .query_row("select sum(length(data)) from t", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .expect("scan");
+    fresh
+        .query_row("select data from t where id = 150", [], |_| Ok(()))
+        .expect("point");
     let [open, _begin_reads, read_pages, commit] = diff(trips(&fresh), opened);
     // (Each read transaction is one BeginRead; loading the schema is one more.)
-    assert_eq!([open, read_pages, commit], [0, 0, 0], "queries after a preload read no pages");
+    assert_eq!(
+        [open, read_pages, commit],
+        [0, 0, 0],
+        "queries after a preload read no pages"
+    );
 }

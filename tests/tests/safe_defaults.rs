@@ -70,8 +70,17 @@ fn a_public_listen_address_without_tokens_refuses_to_start() {
     for public in ["0.0.0.0:0", "[::]:0"] {
         let (code, stderr) = try_start(&["--listen", public]).expect_err("must refuse");
         assert_eq!(code, Some(1), "{stderr}");
-        for needle in ["refusing to listen on", "not loopback", "--tokens", "--insecure-no-auth", "127.0.0.1"] {
-            assert!(stderr.contains(needle), "the message says {needle:?}: {stderr}");
+        for needle in [
+            "refusing to listen on",
+            "not loopback",
+            "--tokens",
+            "--insecure-no-auth",
+            "127.0.0.1",
+        ] {
+            assert!(
+                stderr.contains(needle),
+                "the message says {needle:?}: {stderr}"
+            );
         }
     }
     // The way out: a tokens file, or saying so.
@@ -85,8 +94,14 @@ fn a_public_listen_address_without_tokens_refuses_to_start() {
     try_start(&["--listen", "127.0.0.1:0"]).expect("127.0.0.1");
     try_start(&["--listen", "127.0.0.2:0"]).expect("127.0.0.2 is loopback too");
     // Both at once contradict each other: a usage error.
-    let (code, stderr) = try_start(&["--listen", "0.0.0.0:0", "--tokens", tokens, "--insecure-no-auth"])
-        .expect_err("contradictory flags");
+    let (code, stderr) = try_start(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--tokens",
+        tokens,
+        "--insecure-no-auth",
+    ])
+    .expect_err("contradictory flags");
     assert_eq!(code, Some(2), "{stderr}");
 }
 
@@ -116,16 +131,26 @@ impl Service<http::Request<Body>> for Recorder {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let auth = request.headers().get("authorization").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        self.seen.lock().expect("lock").push((request.uri().path().to_owned(), auth));
-        std::future::ready(Ok(tonic::Status::unauthenticated("recording fake server").into_http()))
+        let auth = request
+            .headers()
+            .get("authorization")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        self.seen
+            .lock()
+            .expect("lock")
+            .push((request.uri().path().to_owned(), auth));
+        std::future::ready(Ok(
+            tonic::Status::unauthenticated("recording fake server").into_http()
+        ))
     }
 }
 
 impl Recorder {
     /// Serves on a free loopback port until `rt` is dropped; returns its URL.
     fn start(&self, rt: &tokio::runtime::Runtime) -> String {
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let incoming = futures::stream::unfold(listener, |l| async move {
             let accepted = l.accept().await.map(|(s, _)| s);
@@ -139,11 +164,19 @@ impl Recorder {
     /// The authorization headers of every Open call so far.
     fn opens(&self) -> Vec<Option<String>> {
         let seen = self.seen.lock().expect("lock");
-        seen.iter().filter(|(path, _)| path.ends_with("/Open")).map(|(_, a)| a.clone()).collect()
+        seen.iter()
+            .filter(|(path, _)| path.ends_with("/Open"))
+            .map(|(_, a)| a.clone())
+            .collect()
     }
 
     fn all(&self) -> Vec<Option<String>> {
-        self.seen.lock().expect("lock").iter().map(|(_, a)| a.clone()).collect()
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, a)| a.clone())
+            .collect()
     }
 
     fn clear(&self) {
@@ -165,7 +198,12 @@ fn shell(shell: &str, env: &[(&str, &str)], script: &str) -> Output {
         .spawn()
         .expect("spawn sqlite3");
     let script = format!(".load {}\n{script}", lib.display());
-    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("script");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script");
     child.wait_with_output().expect("sqlite3 output")
 }
 
@@ -187,10 +225,16 @@ fn the_environment_token_never_follows_a_filename_to_another_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = write_tokens(dir.path(), &[(ENV_TOKEN, "acme")]).expect("tokens");
     let home = Server::start_with(&["--tokens", tokens.to_str().expect("utf-8")]).expect("server");
-    let env = [("PAGEWIRE_URL", home.url.as_str()), ("PAGEWIRE_TOKEN", ENV_TOKEN)];
+    let env = [
+        ("PAGEWIRE_URL", home.url.as_str()),
+        ("PAGEWIRE_TOKEN", ENV_TOKEN),
+    ];
 
-    let out = shell(sqlite3, &env, &format!(
-        ".open file:home.db\n\
+    let out = shell(
+        sqlite3,
+        &env,
+        &format!(
+            ".open file:home.db\n\
          create table t(a); insert into t values (1);\n\
          ATTACH 'file:x.db?url={fake}' AS x;\n\
          ATTACH 'file:y.db?url={fake}&token={OWN_TOKEN}' AS y;\n\
@@ -198,28 +242,58 @@ fn the_environment_token_never_follows_a_filename_to_another_server() {
          create table w.u(b);\n\
          select count(*) from t;\n\
          select count(*) from w.sqlite_schema;\n",
-        home = home.url
-    ));
+            home = home.url
+        ),
+    );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(stdout, "1\n1\n", "home.db and w.db (the same server, spelt with a slash) work: {stderr}");
+    assert_eq!(
+        stdout, "1\n1\n",
+        "home.db and w.db (the same server, spelt with a slash) work: {stderr}"
+    );
     assert_eq!(
         recorder.opens(),
         vec![None, Some(format!("Bearer {OWN_TOKEN}"))],
         "x.db got no token, y.db its own; stderr: {stderr}"
     );
-    assert!(recorder.all().iter().flatten().all(|a| !a.contains(ENV_TOKEN)), "{:?}", recorder.all());
+    assert!(
+        recorder
+            .all()
+            .iter()
+            .flatten()
+            .all(|a| !a.contains(ENV_TOKEN)),
+        "{:?}",
+        recorder.all()
+    );
     for line in vfs_lines(&stderr) {
-        assert!(!line.contains(ENV_TOKEN) && !line.contains(OWN_TOKEN), "a token in the VFS's message: {line}");
+        assert!(
+            !line.contains(ENV_TOKEN) && !line.contains(OWN_TOKEN),
+            "a token in the VFS's message: {line}"
+        );
     }
 
     // Control: the recorder does see the environment's token when it is the
     // environment's server.
     recorder.clear();
-    let env = [("PAGEWIRE_URL", fake.as_str()), ("PAGEWIRE_TOKEN", ENV_TOKEN)];
-    let out = shell(sqlite3, &env, ".open file:z.db\nselect count(*) from sqlite_schema;\n");
-    assert_eq!(recorder.opens(), vec![Some(format!("Bearer {ENV_TOKEN}"))], "{}", text(&out.stderr));
+    let env = [
+        ("PAGEWIRE_URL", fake.as_str()),
+        ("PAGEWIRE_TOKEN", ENV_TOKEN),
+    ];
+    let out = shell(
+        sqlite3,
+        &env,
+        ".open file:z.db\nselect count(*) from sqlite_schema;\n",
+    );
+    assert_eq!(
+        recorder.opens(),
+        vec![Some(format!("Bearer {ENV_TOKEN}"))],
+        "{}",
+        text(&out.stderr)
+    );
     for line in vfs_lines(&text(&out.stderr)) {
-        assert!(!line.contains(ENV_TOKEN), "a token in the VFS's message: {line}");
+        assert!(
+            !line.contains(ENV_TOKEN),
+            "a token in the VFS's message: {line}"
+        );
     }
 }
 
@@ -238,8 +312,13 @@ fn a_bad_tokens_file_is_reported_without_its_tokens() {
     {
         let path = dir.path().join(format!("tokens{i}.toml"));
         std::fs::write(&path, body).expect("write");
-        let (code, stderr) = try_start(&["--listen", "127.0.0.1:0", "--tokens", path.to_str().expect("utf-8")])
-            .expect_err("bad file");
+        let (code, stderr) = try_start(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            path.to_str().expect("utf-8"),
+        ])
+        .expect_err("bad file");
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains("bad TOML: line"), "says where: {stderr}");
         assert!(!stderr.contains("file-secret"), "quotes a token: {stderr}");
@@ -250,12 +329,18 @@ fn a_bad_tokens_file_is_reported_without_its_tokens() {
 fn the_vfs_never_prints_a_token() {
     let Some(sqlite3) = tool(SHELL) else { return };
     let server = Server::start().expect("server");
-    let env = [("PAGEWIRE_URL", server.url.as_str()), ("PAGEWIRE_TOKEN", ENV_TOKEN)];
+    let env = [
+        ("PAGEWIRE_URL", server.url.as_str()),
+        ("PAGEWIRE_TOKEN", ENV_TOKEN),
+    ];
     // A URL carrying a token in its query (%3F is '?', %3D '='), a token= SQLite
     // decodes to one with a space, a URL with a password: each refused, the values
     // left out of the VFS's message.
-    let out = shell(sqlite3, &env, &format!(
-        ".open file:a.db?url=http://127.0.0.1:1/%3Ftoken%3D{OWN_TOKEN}\n\
+    let out = shell(
+        sqlite3,
+        &env,
+        &format!(
+            ".open file:a.db?url=http://127.0.0.1:1/%3Ftoken%3D{OWN_TOKEN}\n\
          select 1;\n\
          .open file:b.db?token={OWN_TOKEN}%20x\n\
          select 2;\n\
@@ -263,15 +348,30 @@ fn the_vfs_never_prints_a_token() {
          select 3;\n\
          .open file:d.db?url=http://127.0.0.1:1\n\
          select 4;\n"
-    ));
+        ),
+    );
     let stderr = text(&out.stderr);
     let lines = vfs_lines(&stderr);
     assert!(lines.len() >= 4, "one message per refused open: {stderr}");
-    assert!(lines.iter().any(|l| l.contains("takes no query")), "{stderr}");
-    assert!(lines.iter().any(|l| l.contains("token=") && l.contains("printable ASCII")), "{stderr}");
-    assert!(lines.iter().any(|l| l.contains("user or password")), "{stderr}");
+    assert!(
+        lines.iter().any(|l| l.contains("takes no query")),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("token=") && l.contains("printable ASCII")),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("user or password")),
+        "{stderr}"
+    );
     for line in lines {
-        assert!(!line.contains(OWN_TOKEN) && !line.contains(ENV_TOKEN), "a token in the VFS's message: {line}");
+        assert!(
+            !line.contains(OWN_TOKEN) && !line.contains(ENV_TOKEN),
+            "a token in the VFS's message: {line}"
+        );
     }
 }
 
@@ -283,22 +383,46 @@ fn the_vfs_never_prints_a_token() {
 fn a_uri_filename_opened_without_uri_processing_is_refused() {
     let server = Server::start().expect("server");
     let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["child_opens_without_uri_processing", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_opens_without_uri_processing",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PAGEWIRE_URL", &server.url)
         .env("SAFE_DEFAULTS_CHILD", "1")
         .output()
         .expect("child");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "child: {stdout} {stderr}");
-    assert!(stdout.contains("child: refused\nchild: plain ok\n"), "{stdout} {stderr}");
-    assert!(stderr.contains("SQLITE_OPEN_URI"), "says how to fix it: {stderr}");
-    assert!(!stderr.contains(OWN_TOKEN) && !stdout.contains(OWN_TOKEN), "{stderr}");
+    assert!(
+        stdout.contains("child: refused\nchild: plain ok\n"),
+        "{stdout} {stderr}"
+    );
+    assert!(
+        stderr.contains("SQLITE_OPEN_URI"),
+        "says how to fix it: {stderr}"
+    );
+    assert!(
+        !stderr.contains(OWN_TOKEN) && !stdout.contains(OWN_TOKEN),
+        "{stderr}"
+    );
     // Only the plain database exists on the server: the name never reached it.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let names = rt.block_on(async {
-        let mut admin = pb::admin_client::AdminClient::connect(server.url.clone()).await.expect("connect");
-        let list = admin.list_databases(pb::ListDatabasesRequest::default()).await.expect("list");
-        list.into_inner().databases.into_iter().map(|d| d.name).collect::<Vec<_>>()
+        let mut admin = pb::admin_client::AdminClient::connect(server.url.clone())
+            .await
+            .expect("connect");
+        let list = admin
+            .list_databases(pb::ListDatabasesRequest::default())
+            .await
+            .expect("list");
+        list.into_inner()
+            .databases
+            .into_iter()
+            .map(|d| d.name)
+            .collect::<Vec<_>>()
     });
     assert_eq!(names, vec!["plain.db".to_owned()]);
 }
@@ -311,15 +435,29 @@ fn child_opens_without_uri_processing() {
         return;
     }
     // SAFETY: before SQLite is initialized, on the only thread using it.
-    let rc = unsafe { rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_URI, 0 as std::ffi::c_int) };
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_URI, 0 as std::ffi::c_int)
+    };
     assert_eq!(rc, rusqlite::ffi::SQLITE_OK, "SQLITE_CONFIG_URI");
     pagewire_vfs::register(false).expect("register the VFS");
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
-    let first_read = |c: Connection| c.query_row("select count(*) from sqlite_schema", [], |r| r.get::<_, i64>(0));
-    let leak = Connection::open_with_flags_and_vfs(format!("file:leak.db?token={OWN_TOKEN}"), flags, "pagewire")
-        .and_then(first_read);
-    println!("child: {}", if leak.is_err() { "refused" } else { "opened" });
-    let plain = Connection::open_with_flags_and_vfs("plain.db", flags, "pagewire").expect("open plain.db");
+    let first_read = |c: Connection| {
+        c.query_row("select count(*) from sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    };
+    let leak = Connection::open_with_flags_and_vfs(
+        format!("file:leak.db?token={OWN_TOKEN}"),
+        flags,
+        "pagewire",
+    )
+    .and_then(first_read);
+    println!(
+        "child: {}",
+        if leak.is_err() { "refused" } else { "opened" }
+    );
+    let plain =
+        Connection::open_with_flags_and_vfs("plain.db", flags, "pagewire").expect("open plain.db");
     plain.execute_batch("create table t(a)").expect("create");
     println!("child: plain ok");
 }

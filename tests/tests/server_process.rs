@@ -15,17 +15,26 @@ use pagewire_tests::{Server, server_binary, target_dir, wait_for};
 fn exits_cleanly_on(signal: i32) {
     let mut server = Server::start().expect("server");
     let db = open(&server, "bye.db");
-    db.execute_batch("create table t(x); insert into t values (1)").expect("write");
+    db.execute_batch("create table t(x); insert into t values (1)")
+        .expect("write");
     drop(db);
     // SAFETY: signalling our own child process.
     assert_eq!(unsafe { libc::kill(server.pid(), signal) }, 0);
     let started = Instant::now();
     let mut status = None;
-    assert!(wait_for(Duration::from_secs(10), || {
-        status = server.try_wait();
-        status.is_some()
-    }), "server still running {:?} after signal {signal}", started.elapsed());
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "signal {signal}: {status:?}");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            status = server.try_wait();
+            status.is_some()
+        }),
+        "server still running {:?} after signal {signal}",
+        started.elapsed()
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "signal {signal}: {status:?}"
+    );
 }
 
 #[test]
@@ -37,34 +46,65 @@ fn sigterm_and_sigint_stop_the_server_gracefully() {
 #[test]
 fn bad_flags_fail_with_a_message() {
     let server = server_binary().expect("server binary");
-    let run = |args: &[&str]| Command::new(&server).args(args).output().expect("run server");
+    let run = |args: &[&str]| {
+        Command::new(&server)
+            .args(args)
+            .output()
+            .expect("run server")
+    };
     let out = run(&["--store", "mongodb://x"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("memory"), "lists the stores it knows");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("memory"),
+        "lists the stores it knows"
+    );
     let out = run(&["--lease-ttl", "soon"]);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
     let out = run(&["--listen", "not-an-address"]);
     assert_ne!(out.status.code(), Some(0));
     let out = run(&["--listen", "127.0.0.1:0", "--read-lease-ttl", "1h"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("read lease TTL"), "names the setting");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read lease TTL"),
+        "names the setting"
+    );
 }
 
 #[test]
 fn embedded_memory_server_example_serves_sqlite() {
     let exe = target_dir().expect("target").join("examples/memory_server");
     if !exe.exists() {
-        assert!(!pagewire_tests::in_ci(), "{} missing: scripts/test.sh builds the examples", exe.display());
-        eprintln!("SKIPPED: {} not built (cargo build --release -p pagewire-server-core --examples)", exe.display());
+        assert!(
+            !pagewire_tests::in_ci(),
+            "{} missing: scripts/test.sh builds the examples",
+            exe.display()
+        );
+        eprintln!(
+            "SKIPPED: {} not built (cargo build --release -p pagewire-server-core --examples)",
+            exe.display()
+        );
         return;
     }
-    let mut child = Command::new(&exe).arg("127.0.0.1:0").stdout(Stdio::piped()).spawn().expect("example");
+    let mut child = Command::new(&exe)
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("example");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
-    let url = line.trim().strip_prefix("pagewire-server listening on ").expect("listening line").to_owned();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let url = line
+        .trim()
+        .strip_prefix("pagewire-server listening on ")
+        .expect("listening line")
+        .to_owned();
     let db = open_url(&url, "example.db");
-    db.execute_batch("create table t(x); insert into t values (42)").expect("write");
-    let x: i64 = db.query_row("select x from t", [], |r| r.get(0)).expect("read");
+    db.execute_batch("create table t(x); insert into t values (42)")
+        .expect("write");
+    let x: i64 = db
+        .query_row("select x from t", [], |r| r.get(0))
+        .expect("read");
     assert_eq!(x, 42);
     drop(db);
     let _ = child.kill();
@@ -75,22 +115,40 @@ fn embedded_memory_server_example_serves_sqlite() {
 fn custom_store_example_keeps_data_across_restarts() {
     let exe = target_dir().expect("target").join("examples/custom_store");
     if !exe.exists() {
-        assert!(!pagewire_tests::in_ci(), "{} missing: scripts/test.sh builds the examples", exe.display());
-        eprintln!("SKIPPED: {} not built (cargo build --release -p pagewire-server-core --examples)", exe.display());
+        assert!(
+            !pagewire_tests::in_ci(),
+            "{} missing: scripts/test.sh builds the examples",
+            exe.display()
+        );
+        eprintln!(
+            "SKIPPED: {} not built (cargo build --release -p pagewire-server-core --examples)",
+            exe.display()
+        );
         return;
     }
     let data = tempfile::tempdir().expect("data directory");
     let start = || {
-        let mut child =
-            Command::new(&exe).arg(data.path()).arg("127.0.0.1:0").stdout(Stdio::piped()).spawn().expect("example");
+        let mut child = Command::new(&exe)
+            .arg(data.path())
+            .arg("127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("example");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
-        let url = line.trim().strip_prefix("pagewire-server listening on ").expect("listening line").to_owned();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("line");
+        let url = line
+            .trim()
+            .strip_prefix("pagewire-server listening on ")
+            .expect("listening line")
+            .to_owned();
         (child, url)
     };
     let (mut child, url) = start();
     let db = open_url(&url, "kept.db");
-    db.execute_batch("create table t(x); insert into t values (42)").expect("write");
+    db.execute_batch("create table t(x); insert into t values (42)")
+        .expect("write");
     drop(db);
     // Killed, not stopped: what a commit acknowledged is on disk.
     let _ = child.kill();
@@ -98,9 +156,12 @@ fn custom_store_example_keeps_data_across_restarts() {
 
     let (mut child, url) = start();
     let db = open_url(&url, "kept.db");
-    let x: i64 = db.query_row("select x from t", [], |r| r.get(0)).expect("read after restart");
+    let x: i64 = db
+        .query_row("select x from t", [], |r| r.get(0))
+        .expect("read after restart");
     assert_eq!(x, 42);
-    db.execute_batch("insert into t values (43)").expect("write after restart");
+    db.execute_batch("insert into t values (43)")
+        .expect("write after restart");
     assert_eq!(count(&db, "t"), 2);
     assert_eq!(integrity(&db), "ok");
     drop(db);

@@ -15,7 +15,10 @@ fn shell() -> Option<&'static str> {
     if std::path::Path::new(SHELL).exists() {
         return Some(SHELL);
     }
-    assert!(!in_ci(), "{SHELL} is missing; CI must have it (apt-get install sqlite3)");
+    assert!(
+        !in_ci(),
+        "{SHELL} is missing; CI must have it (apt-get install sqlite3)"
+    );
     eprintln!("SKIPPED: {SHELL} not found; install Debian's sqlite3 to run the shell tests");
     None
 }
@@ -29,7 +32,12 @@ fn run(shell: &str, url: &str, script: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sqlite3");
-    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("script");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script");
     child.wait_with_output().expect("sqlite3 output")
 }
 
@@ -50,18 +58,35 @@ fn quick_start_in_the_stock_shell() {
 fn quick_start_in_the_static_shell() {
     let path = match std::env::var_os("PAGEWIRE_STATIC_SHELL") {
         Some(p) => std::path::PathBuf::from(p),
-        None => pagewire_tests::target_dir().expect("target").join("../static/sqlite3-pagewire"),
+        None => pagewire_tests::target_dir()
+            .expect("target")
+            .join("../static/sqlite3-pagewire"),
     };
     if !path.exists() {
-        assert!(!in_ci(), "{} is missing: scripts/test.sh builds it with scripts/build-static-sqlite.sh", path.display());
-        eprintln!("SKIPPED: no static shell at {} (scripts/build-static-sqlite.sh builds it)", path.display());
+        assert!(
+            !in_ci(),
+            "{} is missing: scripts/test.sh builds it with scripts/build-static-sqlite.sh",
+            path.display()
+        );
+        eprintln!(
+            "SKIPPED: no static shell at {} (scripts/build-static-sqlite.sh builds it)",
+            path.display()
+        );
         return;
     }
     let shell = path.display().to_string();
     quick_start(&shell, "");
     // It starts, and reports the error, when the server is down.
-    let out = run(&shell, "http://127.0.0.1:1", ".open nowhere.db\nselect count(*) from sqlite_schema;\n.print still-alive\n");
-    assert!(text(&out.stderr).contains("unable to open database"), "{}", text(&out.stderr));
+    let out = run(
+        &shell,
+        "http://127.0.0.1:1",
+        ".open nowhere.db\nselect count(*) from sqlite_schema;\n.print still-alive\n",
+    );
+    assert!(
+        text(&out.stderr).contains("unable to open database"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(text(&out.stdout).contains("still-alive"));
 }
 
@@ -70,8 +95,11 @@ fn quick_start_in_the_static_shell() {
 fn quick_start(shell: &str, load: &str) {
     let server = Server::start().expect("server");
     // Terminal 2 of the Quick Start: create, insert, quit.
-    let first = run(shell, &server.url, &format!(
-        "{load}\
+    let first = run(
+        shell,
+        &server.url,
+        &format!(
+            "{load}\
          .open acme/orders.db\n\
          create table orders(id integer primary key, item text, qty int);\n\
          insert into orders(item, qty) values ('apples', 3);\n\
@@ -80,20 +108,36 @@ fn quick_start(shell: &str, load: &str) {
          insert into orders(item, qty) values ('plums', 7);\n\
          commit;\n\
          .quit\n"
-    ));
-    assert!(first.status.success(), "first session: {}", text(&first.stderr));
+        ),
+    );
+    assert!(
+        first.status.success(),
+        "first session: {}",
+        text(&first.stderr)
+    );
     assert_eq!(text(&first.stderr), "", "no errors expected");
 
     // A new process sees the data.
-    let second = run(shell, &server.url, &format!(
-        "{load}\
+    let second = run(
+        shell,
+        &server.url,
+        &format!(
+            "{load}\
          .open acme/orders.db\n\
          select item, qty from orders order by id;\n\
          pragma integrity_check;\n\
          pragma journal_mode=wal;\n"
-    ));
-    assert!(second.status.success(), "second session: {}", text(&second.stderr));
-    assert_eq!(text(&second.stdout), "apples|3\npears|5\nplums|7\nok\ndelete\n");
+        ),
+    );
+    assert!(
+        second.status.success(),
+        "second session: {}",
+        text(&second.stderr)
+    );
+    assert_eq!(
+        text(&second.stdout),
+        "apples|3\npears|5\nplums|7\nok\ndelete\n"
+    );
 }
 
 #[test]
@@ -101,34 +145,56 @@ fn shell_survives_an_unreachable_server() {
     let Some(shell) = shell() else { return };
     let lib = vfs_library().expect("VFS library");
     // Port 1 on loopback: nothing listens there.
-    let out = run(shell, "http://127.0.0.1:1", &format!(
-        ".load {}\n\
+    let out = run(
+        shell,
+        "http://127.0.0.1:1",
+        &format!(
+            ".load {}\n\
          .open nowhere.db\n\
          select count(*) from sqlite_schema;\n\
          .print still-alive\n\
          .open :memory:\n\
          select 6 * 7;\n",
-        lib.display()
-    ));
+            lib.display()
+        ),
+    );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.code().is_some(), "killed by a signal: {out:?}");
-    assert!(stderr.contains("unable to open database"), "SQLite's error: {stderr}");
-    assert!(stderr.contains("127.0.0.1:1"), "our message names the server: {stderr}");
-    assert!(stdout.contains("still-alive\n42\n"), "shell stayed usable: {stdout}");
+    assert!(
+        stderr.contains("unable to open database"),
+        "SQLite's error: {stderr}"
+    );
+    assert!(
+        stderr.contains("127.0.0.1:1"),
+        "our message names the server: {stderr}"
+    );
+    assert!(
+        stdout.contains("still-alive\n42\n"),
+        "shell stayed usable: {stdout}"
+    );
 }
 
 #[test]
 fn bad_configuration_fails_the_load_with_a_message() {
     let Some(shell) = shell() else { return };
     let lib = vfs_library().expect("VFS library");
-    let out = run(shell, "ftp://nowhere", &format!(".load {}\n.print still-alive\n", lib.display()));
+    let out = run(
+        shell,
+        "ftp://nowhere",
+        &format!(".load {}\n.print still-alive\n", lib.display()),
+    );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(stderr.contains("PAGEWIRE_URL"), "names the variable: {stderr}");
+    assert!(
+        stderr.contains("PAGEWIRE_URL"),
+        "names the variable: {stderr}"
+    );
     assert!(stdout.contains("still-alive"), "{stdout}");
 }
 
 fn example(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -140,10 +206,18 @@ fn read_replica_demo_from_the_readme() {
     let load = format!(".load {}\n", lib.display());
     let session = |script: &str| {
         let out = run(shell, &server.url, &format!("{load}{}", example(script)));
-        assert!(out.status.success() && out.stderr.is_empty(), "{script}: {}", text(&out.stderr));
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{script}: {}",
+            text(&out.stderr)
+        );
         text(&out.stdout)
     };
-    assert_eq!(session("replica-writer.sql"), "2\n", "the writer learns its version");
+    assert_eq!(
+        session("replica-writer.sql"),
+        "2\n",
+        "the writer learns its version"
+    );
     assert_eq!(
         session("replica-reader.sql"),
         "2\n1|hello from the writer\n2|a second post, same transaction\n2\n",
@@ -156,10 +230,13 @@ fn read_replica_demo_from_the_readme() {
 
 #[test]
 fn python_example_runs_against_a_server() {
-    let Some(python) = pagewire_tests::python() else { return };
+    let Some(python) = pagewire_tests::python() else {
+        return;
+    };
     let server = Server::start().expect("server");
     let lib = vfs_library().expect("VFS library");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python_client.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python_client.py");
     for round in 1..=2 {
         let out = Command::new(python)
             .arg(&script)
@@ -193,10 +270,17 @@ fn growing_past_the_lock_byte_page_at_one_gibibyte() {
     );
     let out = run(shell, &server.url, &script);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.first().copied(), Some("1280|1280000000"), "{stdout}");
     let pages: u64 = lines.get(1).and_then(|l| l.parse().ok()).unwrap_or(0);
-    assert!(pages > 16_385, "the file grew past the lock-byte page: {pages} pages");
+    assert!(
+        pages > 16_385,
+        "the file grew past the lock-byte page: {pages} pages"
+    );
     assert_eq!(lines.get(2).copied(), Some("ok"), "{stdout}");
 }

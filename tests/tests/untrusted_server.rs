@@ -84,8 +84,17 @@ struct Db {
 impl Db {
     fn new(image: Vec<u8>) -> Self {
         let version = u64::from(!image.is_empty());
-        let tag = if version == 0 { [0; 16] } else { rand::random() };
-        Self { incarnation: rand::random(), version, tag, image }
+        let tag = if version == 0 {
+            [0; 16]
+        } else {
+            rand::random()
+        };
+        Self {
+            incarnation: rand::random(),
+            version,
+            tag,
+            image,
+        }
     }
 
     fn page_count(&self) -> u32 {
@@ -134,10 +143,20 @@ impl Fake {
     }
 
     fn calls(&self, rpc: &str) -> usize {
-        self.calls.lock().expect("calls").get(rpc).copied().unwrap_or(0)
+        self.calls
+            .lock()
+            .expect("calls")
+            .get(rpc)
+            .copied()
+            .unwrap_or(0)
     }
 
-    async fn answer<T: Send>(&self, rpc: &'static str, sane: T, hook: Option<&Hook<T>>) -> Result<Response<T>, Status> {
+    async fn answer<T: Send>(
+        &self,
+        rpc: &'static str,
+        sane: T,
+        hook: Option<&Hook<T>>,
+    ) -> Result<Response<T>, Status> {
         let n = {
             let mut calls = self.calls.lock().expect("calls");
             let count = calls.entry(rpc).or_default();
@@ -156,7 +175,12 @@ impl Fake {
     }
 
     fn lease(&self) -> pb::LeaseResponse {
-        pb::LeaseResponse { lease_id: Bytes::from_static(&[7; 16]), epoch: 1, ttl_ms: 10_000, state: Some(self.state()) }
+        pb::LeaseResponse {
+            lease_id: Bytes::from_static(&[7; 16]),
+            epoch: 1,
+            ttl_ms: 10_000,
+            state: Some(self.state()),
+        }
     }
 }
 
@@ -164,7 +188,11 @@ fn sane_open(state: pb::DbState) -> pb::OpenResponse {
     pb::OpenResponse {
         state: Some(state),
         created: false,
-        limits: Some(pb::Limits { max_pages_per_read: 256, max_message_bytes: 16 << 20, max_commit_bytes: 64 << 20 }),
+        limits: Some(pb::Limits {
+            max_pages_per_read: 256,
+            max_message_bytes: 16 << 20,
+            max_commit_bytes: 64 << 20,
+        }),
         lease_ttl_ms: 10_000,
         heartbeat_ms: 3_000,
         capabilities: vec![capability::INCARNATIONS.into(), capability::RANGES.into()],
@@ -175,37 +203,76 @@ fn sane_open(state: pb::DbState) -> pb::OpenResponse {
 
 #[tonic::async_trait]
 impl pb::pages_server::Pages for Fake {
-    async fn open(&self, _: Request<pb::OpenRequest>) -> Result<Response<pb::OpenResponse>, Status> {
-        self.answer("Open", sane_open(self.state()), self.script.open.as_ref()).await
+    async fn open(
+        &self,
+        _: Request<pb::OpenRequest>,
+    ) -> Result<Response<pb::OpenResponse>, Status> {
+        self.answer("Open", sane_open(self.state()), self.script.open.as_ref())
+            .await
     }
 
-    async fn acquire_lease(&self, _: Request<pb::AcquireLeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
-        self.answer("AcquireLease", self.lease(), self.script.lease.as_ref()).await
+    async fn acquire_lease(
+        &self,
+        _: Request<pb::AcquireLeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
+        self.answer("AcquireLease", self.lease(), self.script.lease.as_ref())
+            .await
     }
 
-    async fn renew_lease(&self, _: Request<pb::RenewLeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
-        self.answer("RenewLease", self.lease(), self.script.lease.as_ref()).await
+    async fn renew_lease(
+        &self,
+        _: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
+        self.answer("RenewLease", self.lease(), self.script.lease.as_ref())
+            .await
     }
 
-    async fn release_lease(&self, _: Request<pb::ReleaseLeaseRequest>) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
-        self.answer("ReleaseLease", pb::ReleaseLeaseResponse {}, None).await
+    async fn release_lease(
+        &self,
+        _: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        self.answer("ReleaseLease", pb::ReleaseLeaseResponse {}, None)
+            .await
     }
 
-    async fn begin_read(&self, _: Request<pb::BeginReadRequest>) -> Result<Response<pb::BeginReadResponse>, Status> {
-        let sane = pb::BeginReadResponse { state: Some(self.state()), cache_invalid: true, ..Default::default() };
-        self.answer("BeginRead", sane, self.script.begin_read.as_ref()).await
+    async fn begin_read(
+        &self,
+        _: Request<pb::BeginReadRequest>,
+    ) -> Result<Response<pb::BeginReadResponse>, Status> {
+        let sane = pb::BeginReadResponse {
+            state: Some(self.state()),
+            cache_invalid: true,
+            ..Default::default()
+        };
+        self.answer("BeginRead", sane, self.script.begin_read.as_ref())
+            .await
     }
 
-    async fn read_pages(&self, request: Request<pb::ReadPagesRequest>) -> Result<Response<pb::ReadPagesResponse>, Status> {
+    async fn read_pages(
+        &self,
+        request: Request<pb::ReadPagesRequest>,
+    ) -> Result<Response<pb::ReadPagesResponse>, Status> {
         let sane = {
             let db = self.db.lock().expect("db");
-            let pages = request.get_ref().page_nos.iter().map(|no| db.page(*no)).collect();
-            pb::ReadPagesResponse { page_size: PS, pages }
+            let pages = request
+                .get_ref()
+                .page_nos
+                .iter()
+                .map(|no| db.page(*no))
+                .collect();
+            pb::ReadPagesResponse {
+                page_size: PS,
+                pages,
+            }
         };
-        self.answer("ReadPages", sane, self.script.read_pages.as_ref()).await
+        self.answer("ReadPages", sane, self.script.read_pages.as_ref())
+            .await
     }
 
-    async fn commit(&self, request: Request<Streaming<pb::CommitRequest>>) -> Result<Response<pb::CommitResponse>, Status> {
+    async fn commit(
+        &self,
+        request: Request<Streaming<pb::CommitRequest>>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
         let mut stream = request.into_inner();
         let (mut header, mut pages) = (None, Vec::new());
         while let Some(message) = stream.message().await? {
@@ -225,29 +292,50 @@ impl pb::pages_server::Pages for Fake {
                 db.image[start..start + PS as usize].copy_from_slice(&page.data);
             }
             db.bump();
-            pb::CommitResponse { version: db.version, already_applied: false, tag: Bytes::copy_from_slice(&db.tag) }
+            pb::CommitResponse {
+                version: db.version,
+                already_applied: false,
+                tag: Bytes::copy_from_slice(&db.tag),
+            }
         };
-        self.answer("Commit", sane, self.script.commit.as_ref()).await
+        self.answer("Commit", sane, self.script.commit.as_ref())
+            .await
     }
 
     type WatchStream = BoxStream<'static, Result<pb::WatchEvent, Status>>;
 
-    async fn watch(&self, request: Request<Streaming<pb::WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         self.answer("Watch", (), None).await?;
-        let Some(script) = self.script.watch.clone() else { return Err(Status::unimplemented("no Watch on this fake")) };
+        let Some(script) = self.script.watch.clone() else {
+            return Err(Status::unimplemented("no Watch on this fake"));
+        };
         let (db, fire, mut incoming) = (self.db.clone(), self.fire.clone(), request.into_inner());
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let event = |e: Event| -> Result<pb::WatchEvent, Status> { Ok(pb::WatchEvent { event: Some(e) }) };
+        let event =
+            |e: Event| -> Result<pb::WatchEvent, Status> { Ok(pb::WatchEvent { event: Some(e) }) };
         tokio::spawn(async move {
             let state = db.lock().expect("db").state();
-            let started = pb::WatchStarted { state: Some(state), in_round: false, read_lease_ttl_ms: 5_000 };
+            let started = pb::WatchStarted {
+                state: Some(state),
+                in_round: false,
+                read_lease_ttl_ms: 5_000,
+            };
             let _ = tx.send(event(Event::Started(started))).await;
             let mut scripted = false;
             while let Ok(Some(message)) = incoming.message().await {
                 if let Some(watch_request::Part::Lease(ask)) = message.part {
-                    let _ = tx.send(event(Event::Granted(pb::ReadLeaseGrant { seq: ask.seq, ttl_ms: 5_000 }))).await;
+                    let _ = tx
+                        .send(event(Event::Granted(pb::ReadLeaseGrant {
+                            seq: ask.seq,
+                            ttl_ms: 5_000,
+                        })))
+                        .await;
                     if !std::mem::replace(&mut scripted, true) {
-                        let (db, fire, script, tx) = (db.clone(), fire.clone(), script.clone(), tx.clone());
+                        let (db, fire, script, tx) =
+                            (db.clone(), fire.clone(), script.clone(), tx.clone());
                         tokio::spawn(async move {
                             fire.notified().await;
                             let events = script(&mut db.lock().expect("db"));
@@ -259,7 +347,8 @@ impl pb::pages_server::Pages for Fake {
                 }
             }
         });
-        let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+        let events =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
         Ok(Response::new(Box::pin(events)))
     }
 }
@@ -274,9 +363,20 @@ struct FakeServer {
 impl FakeServer {
     fn start(image: Vec<u8>, script: Script) -> Self {
         let db = Arc::new(Mutex::new(Db::new(image)));
-        let fake = Arc::new(Fake { db, script, calls: Mutex::default(), fire: Arc::default() });
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let fake = Arc::new(Fake {
+            db,
+            script,
+            calls: Mutex::default(),
+            fire: Arc::default(),
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let incoming = futures::stream::unfold(listener, |l| async move {
             let accepted = l.accept().await.map(|(s, _)| s);
@@ -284,9 +384,18 @@ impl FakeServer {
             let accepted = accepted.and_then(|s| s.set_nodelay(true).map(|()| s));
             Some((accepted, l))
         });
-        let service = pb::pages_server::PagesServer::from_arc(fake.clone()).max_decoding_message_size(64 << 20);
-        rt.spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
-        Self { fake, url: format!("http://{addr}"), _rt: rt }
+        let service = pb::pages_server::PagesServer::from_arc(fake.clone())
+            .max_decoding_message_size(64 << 20);
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        Self {
+            fake,
+            url: format!("http://{addr}"),
+            _rt: rt,
+        }
     }
 
     fn calls(&self, rpc: &str) -> usize {
@@ -321,10 +430,17 @@ fn image(rows: usize, body_len: usize) -> Vec<u8> {
     let path = dir.path().join("image.db");
     {
         let conn = Connection::open(&path).expect("local database");
-        conn.execute_batch("pragma page_size=4096; create table t(id integer primary key, body text)").expect("schema");
+        conn.execute_batch(
+            "pragma page_size=4096; create table t(id integer primary key, body text)",
+        )
+        .expect("schema");
         let tx = conn.unchecked_transaction().expect("txn");
         for i in 0..rows {
-            tx.execute("insert into t(body) values (?1)", rusqlite::params![format!("{i:0>body_len$}")]).expect("row");
+            tx.execute(
+                "insert into t(body) values (?1)",
+                rusqlite::params![format!("{i:0>body_len$}")],
+            )
+            .expect("row");
         }
         tx.commit().expect("commit");
     }
@@ -346,7 +462,9 @@ static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 extern "C" fn on_log(_: *mut c_void, _code: c_int, msg: *const c_char) {
     // SAFETY: SQLite passes a NUL-terminated message, valid for this call.
-    let text = unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned();
+    let text = unsafe { CStr::from_ptr(msg) }
+        .to_string_lossy()
+        .into_owned();
     if let Ok(mut log) = LOG.lock() {
         log.push(text);
     }
@@ -366,7 +484,11 @@ fn setup() {
                 std::ptr::null_mut::<c_void>(),
             )
         };
-        assert_eq!(rc, rusqlite::ffi::SQLITE_OK, "hook the error log before SQLite initializes");
+        assert_eq!(
+            rc,
+            rusqlite::ffi::SQLITE_OK,
+            "hook the error log before SQLite initializes"
+        );
         common::register();
     });
 }
@@ -406,14 +528,20 @@ fn rw() -> OpenFlags {
 
 /// The URI of `name` on `url`, with short deadlines and `extra` parameters.
 fn uri_of(url: &str, name: &str, extra: &str) -> String {
-    common::uri(url, name, &format!("&call_timeout=1s&retry_timeout=2s&connect_timeout=2s&lease_idle=60s{extra}"))
+    common::uri(
+        url,
+        name,
+        &format!("&call_timeout=1s&retry_timeout=2s&connect_timeout=2s&lease_idle=60s{extra}"),
+    )
 }
 
 /// Opens `name` on `url` and reads the schema (SQLite opens lazily).
 fn try_open(url: &str, name: &str, extra: &str) -> rusqlite::Result<Connection> {
     setup();
     let conn = Connection::open_with_flags(uri_of(url, name, extra), rw())?;
-    conn.query_row("select count(*) from sqlite_schema", [], |r| r.get::<_, i64>(0))?;
+    conn.query_row("select count(*) from sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
     Ok(conn)
 }
 
@@ -440,13 +568,19 @@ fn assert_io_error<T: std::fmt::Debug>(what: &str, r: rusqlite::Result<T>) {
 }
 
 fn rows(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
-    conn.query_row("select count(*), sum(length(body)) from t", [], |r| Ok((r.get(0)?, r.get(1)?)))
+    conn.query_row("select count(*), sum(length(body)) from t", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
 }
 
 /// The process is healthy: SQLite still answers.
 fn still_answers() {
     let mem = Connection::open_in_memory().expect("memory database");
-    assert_eq!(mem.query_row("select 6*7", [], |r| r.get::<_, i64>(0)).expect("select"), 42);
+    assert_eq!(
+        mem.query_row("select 6*7", [], |r| r.get::<_, i64>(0))
+            .expect("select"),
+        42
+    );
 }
 
 // Debian's Python and the stock shell, for the messages on stderr.
@@ -494,7 +628,12 @@ impl Py {
             .expect("python");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Py { child, stdin, stdout, stderr }
+        Py {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        }
     }
 
     /// Sends one line; its answer, within [`FEW_SECONDS`].
@@ -503,12 +642,19 @@ impl Py {
         writeln!(self.stdin, "{line}").expect("to python");
         let mut answer = String::new();
         self.stdout.read_line(&mut answer).expect("from python");
-        assert!(started.elapsed() < FEW_SECONDS, "{line}: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < FEW_SECONDS,
+            "{line}: {:?}",
+            started.elapsed()
+        );
         let answer = answer.trim_end().to_owned();
         match answer.split_once(' ') {
             Some(("ok", rest)) => Ok(rest.to_owned()),
             Some(("err", rest)) => Err(rest.to_owned()),
-            _ => panic!("python said {answer:?} to {line:?}; stderr: {}", self.stderr_text()),
+            _ => panic!(
+                "python said {answer:?} to {line:?}; stderr: {}",
+                self.stderr_text()
+            ),
         }
     }
 
@@ -542,7 +688,12 @@ fn shell(script: &str) -> Option<(String, String, bool)> {
         .spawn()
         .expect("spawn sqlite3");
     let script = format!(".load {}\n{script}", lib.display());
-    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("script");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script");
     let out = child.wait_with_output().expect("sqlite3 output");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Some((text(&out.stdout), text(&out.stderr), out.status.success()))
@@ -560,23 +711,51 @@ fn an_older_server_fails_open_saying_to_upgrade_the_server() {
         r.min_client_protocol = 0;
         r
     };
-    let server = FakeServer::start(small_image(), Script { open: always(older), ..Script::default() });
+    let server = FakeServer::start(
+        small_image(),
+        Script {
+            open: always(older),
+            ..Script::default()
+        },
+    );
     let mark = log_mark();
     let e = quick("open", || try_open(&server.url, "old.db", "")).expect_err("an older server");
     assert_eq!(code(&e), Some(ErrorCode::CannotOpen), "{e}");
-    assert_logged(mark, &["the server is older than this VFS (protocol revision 0, this VFS speaks 3)", "upgrade the server"]);
+    assert_logged(
+        mark,
+        &[
+            "the server is older than this VFS (protocol revision 0, this VFS speaks 3)",
+            "upgrade the server",
+        ],
+    );
     // Nothing was asked past Open; asking again gets the same answer.
-    assert_eq!((server.calls("Open"), server.calls("BeginRead"), server.calls("ReadPages")), (1, 0, 0));
-    let again = quick("open again", || try_open(&server.url, "old.db", "")).expect_err("still older");
+    assert_eq!(
+        (
+            server.calls("Open"),
+            server.calls("BeginRead"),
+            server.calls("ReadPages")
+        ),
+        (1, 0, 0)
+    );
+    let again =
+        quick("open again", || try_open(&server.url, "old.db", "")).expect_err("still older");
     assert_eq!(code(&again), Some(ErrorCode::CannotOpen));
     still_answers();
 
     // The stock shell says so on stderr, and goes on.
-    let script = format!(".open file:old.db?url={}\nselect count(*) from sqlite_schema;\n.open :memory:\nselect 6*7;\n", server.url);
-    let Some((stdout, stderr, _)) = shell(&script) else { return };
+    let script = format!(
+        ".open file:old.db?url={}\nselect count(*) from sqlite_schema;\n.open :memory:\nselect 6*7;\n",
+        server.url
+    );
+    let Some((stdout, stderr, _)) = shell(&script) else {
+        return;
+    };
     assert!(stderr.contains("upgrade the server"), "stderr: {stderr}");
     assert!(stderr.contains("protocol revision 0"), "stderr: {stderr}");
-    assert!(stdout.ends_with("42\n"), "the shell went on: {stdout:?} {stderr}");
+    assert!(
+        stdout.ends_with("42\n"),
+        "the shell went on: {stdout:?} {stderr}"
+    );
 }
 
 #[test]
@@ -587,21 +766,35 @@ fn a_server_that_needs_a_newer_client_fails_open_saying_to_upgrade_the_vfs() {
         r.min_client_protocol = PROTOCOL_REVISION + 1;
         r
     };
-    let server = FakeServer::start(small_image(), Script { open: always(newer), ..Script::default() });
+    let server = FakeServer::start(
+        small_image(),
+        Script {
+            open: always(newer),
+            ..Script::default()
+        },
+    );
     let mark = log_mark();
     let e = quick("open", || try_open(&server.url, "new.db", "")).expect_err("a newer server");
     assert_eq!(code(&e), Some(ErrorCode::CannotOpen), "{e}");
-    let want = format!("the server needs pagewire protocol revision {} or newer", PROTOCOL_REVISION + 1);
+    let want = format!(
+        "the server needs pagewire protocol revision {} or newer",
+        PROTOCOL_REVISION + 1
+    );
     assert_logged(mark, &[&want, "upgrade the VFS"]);
     still_answers();
 
     // Debian's Python: the exception, and the reason on stderr.
     let Some(python) = python() else { return };
     let mut py = Py::start(python);
-    let failed = py.say(&format!("open {}", uri_of(&server.url, "new.db", ""))).expect_err("a newer server");
+    let failed = py
+        .say(&format!("open {}", uri_of(&server.url, "new.db", "")))
+        .expect_err("a newer server");
     assert_eq!(failed, "OperationalError unable to open database file");
     let stderr = py.stderr_text();
-    assert!(stderr.contains(&want) && stderr.contains("upgrade the VFS"), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&want) && stderr.contains("upgrade the VFS"),
+        "stderr: {stderr}"
+    );
     // The process goes on: a database of its own still works.
     assert_eq!(py.say("open :memory:"), Ok("opened".into()));
     assert_eq!(py.say("sql select 6*7"), Ok("[(42,)]".into()));
@@ -611,7 +804,13 @@ fn a_server_that_needs_a_newer_client_fails_open_saying_to_upgrade_the_vfs() {
 fn a_revision_older_than_ours_with_the_capabilities_is_served() {
     // Revision numbers alone do not refuse: a server that has what this VFS needs works.
     setup();
-    let server = FakeServer::start(small_image(), Script { open: always(|r| pb::OpenResponse { protocol: 2, ..r }), ..Script::default() });
+    let server = FakeServer::start(
+        small_image(),
+        Script {
+            open: always(|r| pb::OpenResponse { protocol: 2, ..r }),
+            ..Script::default()
+        },
+    );
     let conn = open(&server.url, "rev2.db", "");
     assert_eq!(rows(&conn).expect("rows"), (100, 20_000));
 }
@@ -630,22 +829,71 @@ fn an_open_state_no_database_can_have_fails_open() {
         }
     };
     let cases: Vec<(&str, Option<Hook<pb::OpenResponse>>, &str)> = vec![
-        ("page size 3000", always(state(|s| s.page_size = 3000)), "page size 3000 and count"),
-        ("page size 1 GiB", always(state(|s| s.page_size = 1 << 30)), "page size 1073741824"),
-        ("no pages at version 5", always(state(|s| (s.version, s.page_count) = (5, 0))), "page size 4096 and count 0"),
-        ("pages at version 0", always(state(|s| s.version = 0)), "version 0 with"),
-        ("page count u32::MAX", always(state(|s| s.page_count = u32::MAX)), "count 4294967295"),
-        ("no state", always(|r| pb::OpenResponse { state: None, ..r }), "a reply without the database's state"),
-        ("5-byte incarnation", always(state(|s| s.incarnation = Bytes::from_static(&[1; 5]))), "an incarnation of 5 bytes"),
-        ("3-byte tag", always(state(|s| s.tag = Bytes::from_static(&[1; 3]))), "a version tag of 3 bytes"),
+        (
+            "page size 3000",
+            always(state(|s| s.page_size = 3000)),
+            "page size 3000 and count",
+        ),
+        (
+            "page size 1 GiB",
+            always(state(|s| s.page_size = 1 << 30)),
+            "page size 1073741824",
+        ),
+        (
+            "no pages at version 5",
+            always(state(|s| (s.version, s.page_count) = (5, 0))),
+            "page size 4096 and count 0",
+        ),
+        (
+            "pages at version 0",
+            always(state(|s| s.version = 0)),
+            "version 0 with",
+        ),
+        (
+            "page count u32::MAX",
+            always(state(|s| s.page_count = u32::MAX)),
+            "count 4294967295",
+        ),
+        (
+            "no state",
+            always(|r| pb::OpenResponse { state: None, ..r }),
+            "a reply without the database's state",
+        ),
+        (
+            "5-byte incarnation",
+            always(state(|s| s.incarnation = Bytes::from_static(&[1; 5]))),
+            "an incarnation of 5 bytes",
+        ),
+        (
+            "3-byte tag",
+            always(state(|s| s.tag = Bytes::from_static(&[1; 3]))),
+            "a version tag of 3 bytes",
+        ),
     ];
     for (what, hook, want) in cases {
-        let server = FakeServer::start(small_image(), Script { open: hook, ..Script::default() });
+        let server = FakeServer::start(
+            small_image(),
+            Script {
+                open: hook,
+                ..Script::default()
+            },
+        );
         let mark = log_mark();
         let e = quick(what, || try_open(&server.url, "bad.db", "")).expect_err(what);
         assert_eq!(code(&e), Some(ErrorCode::CannotOpen), "{what}: {e}");
-        assert_logged(mark, &["Open failed", want, "is it a pagewire server of a compatible version?"]);
-        assert_eq!(server.calls("BeginRead") + server.calls("ReadPages"), 0, "{what}: nothing asked past Open");
+        assert_logged(
+            mark,
+            &[
+                "Open failed",
+                want,
+                "is it a pagewire server of a compatible version?",
+            ],
+        );
+        assert_eq!(
+            server.calls("BeginRead") + server.calls("ReadPages"),
+            0,
+            "{what}: nothing asked past Open"
+        );
     }
     still_answers();
 }
@@ -656,7 +904,10 @@ fn an_empty_database_at_version_0_opens_and_takes_a_table() {
     setup();
     let server = FakeServer::start(Vec::new(), Script::default());
     let conn = open(&server.url, "empty.db", "");
-    conn.execute_batch("create table t(id integer primary key, body text); insert into t(body) values ('x')").expect("first write");
+    conn.execute_batch(
+        "create table t(id integer primary key, body text); insert into t(body) values ('x')",
+    )
+    .expect("first write");
     assert_eq!(rows(&conn).expect("rows"), (1, 1));
     assert_eq!(server.fake.state().version, 2, "two commits");
     assert_eq!(server.rows(), (1, 1));
@@ -669,40 +920,92 @@ fn read_pages_answers_that_do_not_fit_fail_the_query_with_an_io_error() {
     setup();
     type Tamper = fn(pb::ReadPagesResponse) -> pb::ReadPagesResponse;
     let cases: [(&str, Tamper, &str); 6] = [
-        ("a page short", |mut r| {
-            r.pages.pop();
-            r
-        }, "pages for"),
-        ("a page extra", |mut r| {
-            r.pages.push(r.pages[0].clone());
-            r
-        }, "pages for"),
-        ("no pages", |r| pb::ReadPagesResponse { pages: Vec::new(), ..r }, "0 pages for"),
-        ("pages of the wrong length", |mut r| {
-            r.pages[0] = r.pages[0].slice(..4095);
-            r
-        }, "a page of 4095 bytes"),
-        ("another page size", |r| pb::ReadPagesResponse {
-            page_size: 8192,
-            pages: r.pages.iter().map(|_| Bytes::from(vec![0u8; 8192])).collect(),
-        }, "pages of 8192 bytes"),
-        ("a 1 GiB page size", |r| pb::ReadPagesResponse { page_size: 1 << 30, ..r }, "pages of 1073741824 bytes"),
+        (
+            "a page short",
+            |mut r| {
+                r.pages.pop();
+                r
+            },
+            "pages for",
+        ),
+        (
+            "a page extra",
+            |mut r| {
+                r.pages.push(r.pages[0].clone());
+                r
+            },
+            "pages for",
+        ),
+        (
+            "no pages",
+            |r| pb::ReadPagesResponse {
+                pages: Vec::new(),
+                ..r
+            },
+            "0 pages for",
+        ),
+        (
+            "pages of the wrong length",
+            |mut r| {
+                r.pages[0] = r.pages[0].slice(..4095);
+                r
+            },
+            "a page of 4095 bytes",
+        ),
+        (
+            "another page size",
+            |r| pb::ReadPagesResponse {
+                page_size: 8192,
+                pages: r
+                    .pages
+                    .iter()
+                    .map(|_| Bytes::from(vec![0u8; 8192]))
+                    .collect(),
+            },
+            "pages of 8192 bytes",
+        ),
+        (
+            "a 1 GiB page size",
+            |r| pb::ReadPagesResponse {
+                page_size: 1 << 30,
+                ..r
+            },
+            "pages of 1073741824 bytes",
+        ),
     ];
     for (what, tamper, want) in cases {
         // The first ReadPages (SQLite reads the header while it opens) is answered well.
-        let hook: Hook<pb::ReadPagesResponse> = Box::new(move |n, r| Reply::Send(if n == 0 { r } else { tamper(r) }));
-        let server = FakeServer::start(small_image(), Script { read_pages: Some(hook), ..Script::default() });
+        let hook: Hook<pb::ReadPagesResponse> =
+            Box::new(move |n, r| Reply::Send(if n == 0 { r } else { tamper(r) }));
+        let server = FakeServer::start(
+            small_image(),
+            Script {
+                read_pages: Some(hook),
+                ..Script::default()
+            },
+        );
         let mark = log_mark();
         // No preload: the query's reads go to the server.
-        let conn = Connection::open_with_flags(uri_of(&server.url, "pages.db", "&preload=0"), rw()).expect("open");
+        let conn = Connection::open_with_flags(uri_of(&server.url, "pages.db", "&preload=0"), rw())
+            .expect("open");
         assert_io_error(what, quick(what, || rows(&conn)));
-        assert_logged(mark, &["Read failed", want, "is it a pagewire server of a compatible version?"]);
+        assert_logged(
+            mark,
+            &[
+                "Read failed",
+                want,
+                "is it a pagewire server of a compatible version?",
+            ],
+        );
         // The next statement gets an answer too (the same error: nothing was cached).
         assert_io_error(what, quick(what, || rows(&conn)));
         drop(conn);
         // With preload (the default): the preload's bad answer is set aside; the open's
         // header read or the query gets the next one.
-        let opened = quick(what, || Connection::open_with_flags(uri_of(&server.url, "pages.db", ""), rw()).and_then(|c| rows(&c)));
+        let opened = quick(what, || {
+            Connection::open_with_flags(uri_of(&server.url, "pages.db", ""), rw())
+                .and_then(|c| rows(&c))
+        });
         assert_io_error(what, opened);
     }
     still_answers();
@@ -724,8 +1027,15 @@ fn begin_read_of_another_incarnation_fails_every_call_until_reopened() {
         }
         Reply::Send(r)
     };
-    let server = FakeServer::start(small_image(), Script { begin_read: Some(Box::new(other)), ..Script::default() });
-    let conn = Connection::open_with_flags(uri_of(&server.url, "inc.db", "&preload=0"), rw()).expect("open");
+    let server = FakeServer::start(
+        small_image(),
+        Script {
+            begin_read: Some(Box::new(other)),
+            ..Script::default()
+        },
+    );
+    let conn = Connection::open_with_flags(uri_of(&server.url, "inc.db", "&preload=0"), rw())
+        .expect("open");
     let mark = log_mark();
     assert_io_error("another incarnation", quick("read", || rows(&conn)));
     assert_logged(mark, &["database 'inc.db' was replaced", "reopen it"]);
@@ -734,8 +1044,17 @@ fn begin_read_of_another_incarnation_fails_every_call_until_reopened() {
     for _ in 0..3 {
         assert_io_error("replaced", quick("read again", || rows(&conn)));
     }
-    assert_io_error("replaced", quick("write", || conn.execute("insert into t(body) values ('x')", [])));
-    assert_eq!((server.calls("BeginRead"), server.calls("ReadPages")), asked, "a replaced database asks nothing");
+    assert_io_error(
+        "replaced",
+        quick("write", || {
+            conn.execute("insert into t(body) values ('x')", [])
+        }),
+    );
+    assert_eq!(
+        (server.calls("BeginRead"), server.calls("ReadPages")),
+        asked,
+        "a replaced database asks nothing"
+    );
     // A fresh open against a sane answer works beside it.
     let fresh = open(&server.url, "inc.db", "&preload=0");
     assert_eq!(rows(&fresh).expect("fresh"), (100, 20_000));
@@ -751,7 +1070,10 @@ fn an_open_of_another_incarnation_replaces_the_database_this_process_holds() {
     server.replace();
     let fresh = open(&server.url, "inc2.db", "");
     assert_eq!(rows(&fresh).expect("fresh"), (100, 20_000));
-    assert_io_error("the old connection is replaced", quick("read", || rows(&old)));
+    assert_io_error(
+        "the old connection is replaced",
+        quick("read", || rows(&old)),
+    );
 }
 
 // Item 3: odd write leases.
@@ -760,26 +1082,56 @@ fn an_open_of_another_incarnation_replaces_the_database_this_process_holds() {
 fn odd_lease_answers_never_panic() {
     setup();
     // A 3-byte lease id: the write fails with an I/O error; reads go on.
-    let short = always(|r| pb::LeaseResponse { lease_id: Bytes::from_static(&[1; 3]), ..r });
-    let server = FakeServer::start(small_image(), Script { lease: short, ..Script::default() });
+    let short = always(|r| pb::LeaseResponse {
+        lease_id: Bytes::from_static(&[1; 3]),
+        ..r
+    });
+    let server = FakeServer::start(
+        small_image(),
+        Script {
+            lease: short,
+            ..Script::default()
+        },
+    );
     let conn = open(&server.url, "lease.db", "");
     let mark = log_mark();
-    assert_io_error("a 3-byte lease id", quick("write", || conn.execute("insert into t(body) values ('x')", [])));
+    assert_io_error(
+        "a 3-byte lease id",
+        quick("write", || {
+            conn.execute("insert into t(body) values ('x')", [])
+        }),
+    );
     assert_logged(mark, &["a lease id of 3 bytes"]);
-    assert_eq!(quick("read", || rows(&conn)).expect("reads go on"), (100, 20_000));
+    assert_eq!(
+        quick("read", || rows(&conn)).expect("reads go on"),
+        (100, 20_000)
+    );
     assert_eq!(server.calls("Commit"), 0);
 
     // A lease of u64::MAX ms (clamped: no clock overflow) or 0 ms (renewed at every
     // write), any epoch: writes work.
     for (ttl_ms, epoch) in [(u64::MAX, u64::MAX), (0, 0), (1, 1)] {
         let hook = always(move |r| pb::LeaseResponse { ttl_ms, epoch, ..r });
-        let server = FakeServer::start(small_image(), Script { lease: hook, ..Script::default() });
+        let server = FakeServer::start(
+            small_image(),
+            Script {
+                lease: hook,
+                ..Script::default()
+            },
+        );
         let conn = open(&server.url, "lease.db", "");
         for i in 0..3 {
-            quick("write", || conn.execute("insert into t(body) values ('x')", [])).unwrap_or_else(|e| panic!("ttl {ttl_ms}: {e}"));
+            quick("write", || {
+                conn.execute("insert into t(body) values ('x')", [])
+            })
+            .unwrap_or_else(|e| panic!("ttl {ttl_ms}: {e}"));
             assert_eq!(rows(&conn).expect("rows").0, 101 + i);
         }
-        assert_eq!(server.fake.state().version, 4, "ttl {ttl_ms}: three commits");
+        assert_eq!(
+            server.fake.state().version,
+            4,
+            "ttl {ttl_ms}: three commits"
+        );
     }
     still_answers();
 }
@@ -791,21 +1143,76 @@ fn a_commit_answer_that_does_not_follow_poisons_the_connection() {
     setup();
     type Tamper = fn(pb::CommitResponse) -> pb::CommitResponse;
     let cases: [(&str, Tamper, &str); 4] = [
-        ("version base+5", |r| pb::CommitResponse { version: r.version + 4, ..r }, "version 6 (tag of 16 bytes) for a commit on version 1"),
-        ("the base version", |r| pb::CommitResponse { version: r.version - 1, ..r }, "version 1 (tag of 16 bytes) for a commit on version 1"),
-        ("u64::MAX", |r| pb::CommitResponse { version: u64::MAX, ..r }, "version 18446744073709551615"),
-        ("a 3-byte tag", |r| pb::CommitResponse { tag: Bytes::from_static(&[1; 3]), ..r }, "version 2 (tag of 3 bytes)"),
+        (
+            "version base+5",
+            |r| pb::CommitResponse {
+                version: r.version + 4,
+                ..r
+            },
+            "version 6 (tag of 16 bytes) for a commit on version 1",
+        ),
+        (
+            "the base version",
+            |r| pb::CommitResponse {
+                version: r.version - 1,
+                ..r
+            },
+            "version 1 (tag of 16 bytes) for a commit on version 1",
+        ),
+        (
+            "u64::MAX",
+            |r| pb::CommitResponse {
+                version: u64::MAX,
+                ..r
+            },
+            "version 18446744073709551615",
+        ),
+        (
+            "a 3-byte tag",
+            |r| pb::CommitResponse {
+                tag: Bytes::from_static(&[1; 3]),
+                ..r
+            },
+            "version 2 (tag of 3 bytes)",
+        ),
     ];
     for (what, tamper, want) in cases {
-        let server = FakeServer::start(small_image(), Script { commit: always(tamper), ..Script::default() });
+        let server = FakeServer::start(
+            small_image(),
+            Script {
+                commit: always(tamper),
+                ..Script::default()
+            },
+        );
         let conn = open(&server.url, "commit.db", "");
         let mark = log_mark();
-        assert_io_error(what, quick(what, || conn.execute("insert into t(body) values ('x')", [])));
-        assert_logged(mark, &[want, "the outcome of a commit is unknown", "reopen the database"]);
+        assert_io_error(
+            what,
+            quick(what, || {
+                conn.execute("insert into t(body) values ('x')", [])
+            }),
+        );
+        assert_logged(
+            mark,
+            &[
+                want,
+                "the outcome of a commit is unknown",
+                "reopen the database",
+            ],
+        );
         // Poisoned: the next statements get an error, promptly.
         assert_io_error("poisoned", quick("read", || rows(&conn)));
-        assert_io_error("poisoned", quick("write", || conn.execute("insert into t(body) values ('y')", [])));
-        assert_eq!(server.calls("Commit"), 1, "{what}: a poisoned connection commits nothing more");
+        assert_io_error(
+            "poisoned",
+            quick("write", || {
+                conn.execute("insert into t(body) values ('y')", [])
+            }),
+        );
+        assert_eq!(
+            server.calls("Commit"),
+            1,
+            "{what}: a poisoned connection commits nothing more"
+        );
         // A fresh connection reads what the server has (here: the commit applied).
         let fresh = open(&server.url, "commit.db", "");
         assert_eq!(rows(&fresh).expect("fresh").0, 101, "{what}");
@@ -820,18 +1227,44 @@ fn a_commit_answer_that_does_not_follow_poisons_the_connection() {
 fn a_server_that_never_answers_begin_read_fails_the_query_within_call_timeout() {
     setup();
     let hang: Hook<pb::BeginReadResponse> = Box::new(|_, _| Reply::Hang);
-    let server = FakeServer::start(small_image(), Script { begin_read: Some(hang), ..Script::default() });
+    let server = FakeServer::start(
+        small_image(),
+        Script {
+            begin_read: Some(hang),
+            ..Script::default()
+        },
+    );
     // Open is answered (and preloads); the first read transaction asks BeginRead.
-    let conn = Connection::open_with_flags(uri_of(&server.url, "hang.db", "&call_timeout=500ms&retry_timeout=30s"), rw()).expect("open");
+    let conn = Connection::open_with_flags(
+        uri_of(
+            &server.url,
+            "hang.db",
+            "&call_timeout=500ms&retry_timeout=30s",
+        ),
+        rw(),
+    )
+    .expect("open");
     let mark = log_mark();
     let started = Instant::now();
     assert_io_error("no answer", rows(&conn));
     let took = started.elapsed();
     // Two attempts of 500 ms (the retry over a new connection), not the 30 s retry budget.
-    assert!(took >= Duration::from_millis(1000) && took < Duration::from_secs(3), "{took:?}");
-    assert_logged(mark, &["did not answer BeginRead within 500ms (call_timeout)", "gave up after 2 attempts"]);
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_logged(
+        mark,
+        &[
+            "did not answer BeginRead within 500ms (call_timeout)",
+            "gave up after 2 attempts",
+        ],
+    );
     assert_eq!(server.calls("BeginRead"), 2);
-    assert_io_error("the next statement gets an answer too", quick("again", || rows(&conn)));
+    assert_io_error(
+        "the next statement gets an answer too",
+        quick("again", || rows(&conn)),
+    );
     still_answers();
 }
 
@@ -841,20 +1274,70 @@ fn a_server_that_never_answers_begin_read_fails_the_query_within_call_timeout() 
 fn limits_of_zero_or_the_maximum_break_neither_reads_nor_writes() {
     setup();
     let limits: [(&str, Option<pb::Limits>, u64); 4] = [
-        ("zero", Some(pb::Limits { max_pages_per_read: 0, max_message_bytes: 0, max_commit_bytes: 0 }), 0),
-        ("maximum", Some(pb::Limits { max_pages_per_read: u32::MAX, max_message_bytes: u64::MAX, max_commit_bytes: u64::MAX }), u64::MAX),
-        ("one page per read", Some(pb::Limits { max_pages_per_read: 1, max_message_bytes: 1, max_commit_bytes: 1 }), 1),
+        (
+            "zero",
+            Some(pb::Limits {
+                max_pages_per_read: 0,
+                max_message_bytes: 0,
+                max_commit_bytes: 0,
+            }),
+            0,
+        ),
+        (
+            "maximum",
+            Some(pb::Limits {
+                max_pages_per_read: u32::MAX,
+                max_message_bytes: u64::MAX,
+                max_commit_bytes: u64::MAX,
+            }),
+            u64::MAX,
+        ),
+        (
+            "one page per read",
+            Some(pb::Limits {
+                max_pages_per_read: 1,
+                max_message_bytes: 1,
+                max_commit_bytes: 1,
+            }),
+            1,
+        ),
         ("none", None, 0),
     ];
     for (what, limits, ms) in limits {
-        let hook = always(move |r| pb::OpenResponse { limits, heartbeat_ms: ms, lease_ttl_ms: ms, ..r });
+        let hook = always(move |r| pb::OpenResponse {
+            limits,
+            heartbeat_ms: ms,
+            lease_ttl_ms: ms,
+            ..r
+        });
         // Big enough for read-ahead and more than one read per query.
-        let server = FakeServer::start(image(2000, 500), Script { open: hook, ..Script::default() });
+        let server = FakeServer::start(
+            image(2000, 500),
+            Script {
+                open: hook,
+                ..Script::default()
+            },
+        );
         let conn = open(&server.url, "limits.db", "&preload=0");
-        assert_eq!(quick(what, || rows(&conn)).expect(what), (2000, 1_000_000), "{what}");
-        quick(what, || conn.execute("update t set body = 'x' where id <= 300", [])).unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(rows(&conn).expect(what), (2000, 1_000_000 - 300 * 499), "{what}");
-        assert_eq!(server.rows(), (2000, 1_000_000 - 300 * 499), "{what}: the server holds it");
+        assert_eq!(
+            quick(what, || rows(&conn)).expect(what),
+            (2000, 1_000_000),
+            "{what}"
+        );
+        quick(what, || {
+            conn.execute("update t set body = 'x' where id <= 300", [])
+        })
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            rows(&conn).expect(what),
+            (2000, 1_000_000 - 300 * 499),
+            "{what}"
+        );
+        assert_eq!(
+            server.rows(),
+            (2000, 1_000_000 - 300 * 499),
+            "{what}: the server holds it"
+        );
     }
 }
 
@@ -882,12 +1365,25 @@ fn a_watch_round_with_a_huge_odd_change_list_is_harmless() {
         ];
         vec![
             Event::Invalidate(pb::Invalidate { round: 1 }),
-            Event::RoundEnd(pb::RoundEnd { round: 1, state: Some(state), changed_pages: changed, cache_invalid: false, pages, changed_from: 4_000_000_001 }),
+            Event::RoundEnd(pb::RoundEnd {
+                round: 1,
+                state: Some(state),
+                changed_pages: changed,
+                cache_invalid: false,
+                pages,
+                changed_from: 4_000_000_001,
+            }),
         ]
     });
     // About 4000 pages, all cached by the time the round comes: checking each against a
     // list of millions by scanning it would hold the database's lock for many seconds.
-    let server = FakeServer::start(image(16_000, 900), Script { watch: Some(script), ..Script::default() });
+    let server = FakeServer::start(
+        image(16_000, 900),
+        Script {
+            watch: Some(script),
+            ..Script::default()
+        },
+    );
     let conn = open(&server.url, "watch.db", "&preload=0");
     let want = (16_000, 14_400_000);
     // Read-only transactions start the Watch stream; then the read lease serves them
@@ -900,7 +1396,10 @@ fn a_watch_round_with_a_huge_odd_change_list_is_harmless() {
             if lease == format!("lease=held heard={heard} round=0") {
                 return started.elapsed();
             }
-            assert!(started.elapsed() < FEW_SECONDS, "want heard={heard}: {lease}");
+            assert!(
+                started.elapsed() < FEW_SECONDS,
+                "want heard={heard}: {lease}"
+            );
             if read {
                 assert_eq!(quick("read", || rows(&conn)).expect("read"), want);
             } else {
@@ -910,16 +1409,29 @@ fn a_watch_round_with_a_huge_odd_change_list_is_harmless() {
     };
     lease_held("1", true);
     let asked = (server.calls("BeginRead"), server.calls("ReadPages"));
-    assert_eq!(quick("read on the lease", || rows(&conn)).expect("read"), want);
-    assert_eq!((server.calls("BeginRead"), server.calls("ReadPages")), asked, "served from the cache");
+    assert_eq!(
+        quick("read on the lease", || rows(&conn)).expect("read"),
+        want
+    );
+    assert_eq!(
+        (server.calls("BeginRead"), server.calls("ReadPages")),
+        asked,
+        "served from the cache"
+    );
     // The round (no read meanwhile: a BeginRead could move the cache on first). The state
     // lock is held while it is applied, so every SQLite call of the process waits for it.
     server.fire();
     let took = lease_held("2", false);
-    assert!(took < Duration::from_secs(2), "applying the round took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "applying the round took {took:?}"
+    );
     assert_eq!(server.calls("Watch"), 1);
     // The round dropped every cached page (all were listed): read again, at version 2.
-    assert_eq!(quick("read after the round", || rows(&conn)).expect("read"), want);
+    assert_eq!(
+        quick("read after the round", || rows(&conn)).expect("read"),
+        want
+    );
     assert_eq!(common::version(&conn), 2);
     assert_eq!(common::integrity(&conn), "ok");
 }
@@ -930,9 +1442,17 @@ fn a_watch_round_with_a_huge_odd_change_list_is_harmless() {
 fn a_server_error_message_with_printf_directives_is_logged_as_text() {
     setup();
     // sqlite3_log takes a format: a server's message must never be one.
-    let fail: Hook<pb::BeginReadResponse> = Box::new(|_, _| Reply::Fail(Status::failed_precondition("%s%s%s%s%n%n%99999999d")));
-    let server = FakeServer::start(small_image(), Script { begin_read: Some(fail), ..Script::default() });
-    let conn = Connection::open_with_flags(uri_of(&server.url, "printf.db", ""), rw()).expect("open");
+    let fail: Hook<pb::BeginReadResponse> =
+        Box::new(|_, _| Reply::Fail(Status::failed_precondition("%s%s%s%s%n%n%99999999d")));
+    let server = FakeServer::start(
+        small_image(),
+        Script {
+            begin_read: Some(fail),
+            ..Script::default()
+        },
+    );
+    let conn =
+        Connection::open_with_flags(uri_of(&server.url, "printf.db", ""), rw()).expect("open");
     let mark = log_mark();
     assert_io_error("a failed BeginRead", quick("read", || rows(&conn)));
     assert_logged(mark, &["%s%s%s%s%n%n%99999999d"]);
@@ -940,8 +1460,14 @@ fn a_server_error_message_with_printf_directives_is_logged_as_text() {
     // The same for a pragma's answer (SQLite takes it as a format too).
     let server = FakeServer::start(small_image(), Script::default());
     let conn = open(&server.url, "printf.db", "");
-    let e = conn.execute_batch("pragma pagewire_min_version='%s%s%n%n'").expect_err("not a version");
-    assert!(e.to_string().contains("expected a version number, got \"%s%s%n%n\""), "{e}");
+    let e = conn
+        .execute_batch("pragma pagewire_min_version='%s%s%n%n'")
+        .expect_err("not a version");
+    assert!(
+        e.to_string()
+            .contains("expected a version number, got \"%s%s%n%n\""),
+        "{e}"
+    );
     assert_eq!(common::pragma_text(&conn, "pagewire_min_version"), "0");
     still_answers();
 }
@@ -952,8 +1478,15 @@ fn a_long_message_reaches_the_sqlite_log_whole() {
     setup();
     let long = format!("start {} end-of-the-message", "x".repeat(2000));
     let text = long.clone();
-    let fail: Hook<pb::BeginReadResponse> = Box::new(move |_, _| Reply::Fail(Status::failed_precondition(text.clone())));
-    let server = FakeServer::start(small_image(), Script { begin_read: Some(fail), ..Script::default() });
+    let fail: Hook<pb::BeginReadResponse> =
+        Box::new(move |_, _| Reply::Fail(Status::failed_precondition(text.clone())));
+    let server = FakeServer::start(
+        small_image(),
+        Script {
+            begin_read: Some(fail),
+            ..Script::default()
+        },
+    );
     let conn = Connection::open_with_flags(uri_of(&server.url, "long.db", ""), rw()).expect("open");
     let mark = log_mark();
     assert_io_error("a failed BeginRead", rows(&conn));

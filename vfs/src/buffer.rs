@@ -25,7 +25,12 @@ pub struct WriteBuffer {
 
 impl WriteBuffer {
     pub fn new(base_size: u64) -> Self {
-        Self { base_size, visible_base: base_size, size: base_size, extents: BTreeMap::new() }
+        Self {
+            base_size,
+            visible_base: base_size,
+            size: base_size,
+            extents: BTreeMap::new(),
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -36,11 +41,12 @@ impl WriteBuffer {
         let end = offset + data.len() as u64;
         // Exact rewrite of an extent (the common case: the same page again).
         if let Some(e) = self.extents.get_mut(&offset)
-            && e.len() == data.len() {
-                e.copy_from_slice(data);
-                self.size = self.size.max(end);
-                return;
-            }
+            && e.len() == data.len()
+        {
+            e.copy_from_slice(data);
+            self.size = self.size.max(end);
+            return;
+        }
         // Merge every extent overlapping [offset, end) into one. Extents are disjoint,
         // so their ends ascend with their starts: walking down from `end`, the first
         // that ends at or before `offset` has only such extents below it (stopping
@@ -74,10 +80,15 @@ impl WriteBuffer {
     pub fn truncate(&mut self, size: u64) {
         self.size = size;
         self.visible_base = self.visible_base.min(size);
-        let cut: Vec<u64> = self.extents.range(..).map(|(s, _)| *s).filter(|s| {
-            let len = self.extents[s].len() as u64;
-            *s + len > size
-        }).collect();
+        let cut: Vec<u64> = self
+            .extents
+            .range(..)
+            .map(|(s, _)| *s)
+            .filter(|s| {
+                let len = self.extents[s].len() as u64;
+                *s + len > size
+            })
+            .collect();
         for s in cut {
             if s >= size {
                 self.extents.remove(&s);
@@ -89,7 +100,12 @@ impl WriteBuffer {
 
     /// Reads the transaction's view of the file; returns the bytes available
     /// (less than `buf.len()` at the end of the file; the rest is zeroed).
-    pub fn read<E>(&self, offset: u64, buf: &mut [u8], base: &mut BaseRead<'_, E>) -> Result<usize, E> {
+    pub fn read<E>(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        base: &mut BaseRead<'_, E>,
+    ) -> Result<usize, E> {
         let n = (self.size.saturating_sub(offset)).min(buf.len() as u64) as usize;
         buf.fill(0);
         let from_base = (self.visible_base.saturating_sub(offset)).min(n as u64) as usize;

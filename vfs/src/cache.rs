@@ -39,14 +39,19 @@ pub struct Changed<'a> {
 impl<'a> Changed<'a> {
     /// From a reply's `changed_pages` and `changed_from` (0: none).
     pub fn new(pages: &'a [u32], from: u32) -> Self {
-        Self { pages, from: (from > 0).then_some(from) }
+        Self {
+            pages,
+            from: (from > 0).then_some(from),
+        }
     }
 
     /// What a commit from `base_count` pages changed: its pages and any growth.
     pub fn of_commit(pages: &'a [u32], base_count: u32, page_count: u32) -> Self {
-        Self { pages, from: (page_count > base_count).then(|| base_count + 1) }
+        Self {
+            pages,
+            from: (page_count > base_count).then(|| base_count + 1),
+        }
     }
-
 }
 
 /// One step: its listed pages (sorted, deduplicated) and growth range.
@@ -62,10 +67,18 @@ impl Step {
     /// cached page is a binary search, never a scan of a list that may be millions long.
     /// Holds no more than the list the server sent.
     fn new(changed: Changed<'_>, page_count: u32) -> Self {
-        let mut pages: Vec<u32> = changed.pages.iter().copied().filter(|p| (1..=page_count).contains(p)).collect();
+        let mut pages: Vec<u32> = changed
+            .pages
+            .iter()
+            .copied()
+            .filter(|p| (1..=page_count).contains(p))
+            .collect();
         pages.sort_unstable();
         pages.dedup();
-        Self { pages, from: changed.from }
+        Self {
+            pages,
+            from: changed.from,
+        }
     }
 
     fn changed(&self, no: u32) -> bool {
@@ -109,7 +122,11 @@ impl PageCache {
         }
         // Known only when every step from `at` to now is remembered.
         let mut later = self.steps.iter().filter(|(v, _)| *v > at.version);
-        let covered = self.steps.iter().any(|(v, _)| Some(*v) == at.version.checked_add(1)) && at.version < self.version;
+        let covered = self
+            .steps
+            .iter()
+            .any(|(v, _)| Some(*v) == at.version.checked_add(1))
+            && at.version < self.version;
         covered && later.all(|(_, step)| !step.changed(no))
     }
 
@@ -164,13 +181,25 @@ impl PageCache {
     /// Moves to `to` when the cache is at `from` and the pages changed in between are
     /// known (a Watch round); otherwise leaves it, still right for its own version, for
     /// a BeginRead to move on. Returns the changed pages it held (worth fetching again).
-    pub fn follow(&mut self, from: Option<u64>, to: DbState, changed: Option<Changed<'_>>) -> Vec<u32> {
-        let (Some(from), Some(changed)) = (from, changed) else { return Vec::new() };
+    pub fn follow(
+        &mut self,
+        from: Option<u64>,
+        to: DbState,
+        changed: Option<Changed<'_>>,
+    ) -> Vec<u32> {
+        let (Some(from), Some(changed)) = (from, changed) else {
+            return Vec::new();
+        };
         if from != self.version || to.version <= from {
             return Vec::new();
         }
         let step = Step::new(changed, to.page_count);
-        let held = self.pages.iter().map(|(p, _)| *p).filter(|p| step.changed(*p) && *p <= to.page_count).collect();
+        let held = self
+            .pages
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| step.changed(*p) && *p <= to.page_count)
+            .collect();
         self.step(from, to, step);
         held
     }
@@ -190,7 +219,12 @@ impl PageCache {
             return self.step_unknown(to);
         }
         // Pages listed, past the growth mark, or past the new end go.
-        let gone: Vec<u32> = self.pages.iter().map(|(p, _)| *p).filter(|p| step.changed(*p) || *p > to.page_count).collect();
+        let gone: Vec<u32> = self
+            .pages
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| step.changed(*p) || *p > to.page_count)
+            .collect();
         for p in gone {
             self.remove(p);
         }
@@ -230,7 +264,12 @@ mod tests {
     }
 
     fn at(version: u64) -> DbState {
-        DbState { version, page_size: 4, page_count: 10, ..Default::default() }
+        DbState {
+            version,
+            page_size: 4,
+            page_count: 10,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -249,7 +288,10 @@ mod tests {
         assert!(c.get(at(2), 4).is_none(), "changed");
         assert!(c.get(at(2), 1).is_some(), "unchanged pages survive");
         c.advance(1, at(3), Some(list(&[])));
-        assert!(c.get(at(3), 1).is_none(), "a change list from another version is not usable");
+        assert!(
+            c.get(at(3), 1).is_none(),
+            "a change list from another version is not usable"
+        );
     }
 
     #[test]
@@ -273,13 +315,21 @@ mod tests {
         c.advance(7, at(9), Some(list(&[4])));
         assert!(c.get(at(8), 2).is_some(), "the spanning list covers 8..9");
         assert!(c.get(at(7), 2).is_none(), "7 -> 8 is not known on its own");
-        assert!(c.get(at(4), 2).is_none(), "never further back than remembered");
+        assert!(
+            c.get(at(4), 2).is_none(),
+            "never further back than remembered"
+        );
     }
 
     #[test]
     fn growth_ranges_drop_every_page_past_the_mark() {
         let mut c = PageCache::new(1 << 20);
-        let sized = |version, page_count| DbState { version, page_size: 4, page_count, ..Default::default() };
+        let sized = |version, page_count| DbState {
+            version,
+            page_size: 4,
+            page_count,
+            ..Default::default()
+        };
         c.advance(0, sized(1, 6), None);
         for p in 1..=6 {
             c.insert(sized(1, 6), p, Bytes::from_static(b"abcd"));
@@ -304,7 +354,12 @@ mod tests {
         // under the database's state lock: 17 s on a 2-vCPU machine), and nothing kept
         // of pages past the end.
         let mut c = PageCache::new(1 << 30);
-        let sized = |version| DbState { version, page_size: 4, page_count: 5_000_000, ..Default::default() };
+        let sized = |version| DbState {
+            version,
+            page_size: 4,
+            page_count: 5_000_000,
+            ..Default::default()
+        };
         c.advance(0, sized(1), None);
         for p in 1..=20_000 {
             c.insert(sized(1), p, Bytes::from_static(b"abcd"));
@@ -313,7 +368,11 @@ mod tests {
         list.extend([0, 0, u32::MAX, 3_000_000_000, 4, 4]);
         let started = std::time::Instant::now();
         let held = c.follow(Some(1), sized(2), Some(Changed::new(&list, 0)));
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(held.len(), 10_000, "the even pages it held");
         assert!(c.get(sized(2), 3).is_some() && c.get(sized(2), 4).is_none());
         // Too long a list to remember: a reader still at 1 reads from the server.
@@ -339,7 +398,11 @@ mod tests {
         assert_eq!(c.version(), 5, "from another version: left alone");
         c.follow(Some(5), at(6), None);
         assert_eq!(c.version(), 5, "changes unknown: left alone");
-        assert_eq!(c.follow(Some(5), at(6), Some(list(&[1, 3]))), [1], "the changed pages it held");
+        assert_eq!(
+            c.follow(Some(5), at(6), Some(list(&[1, 3]))),
+            [1],
+            "the changed pages it held"
+        );
         assert_eq!(c.version(), 6);
         assert!(c.get(at(6), 1).is_none() && c.get(at(6), 2).is_some());
         c.follow(Some(5), at(6), Some(list(&[2])));

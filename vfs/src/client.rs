@@ -46,9 +46,7 @@ use std::{
 
 use bytes::Bytes;
 use futures::Stream;
-use pagewire_proto::v1::{
-    self as pb, commit_request::Part, pages_client::PagesClient,
-};
+use pagewire_proto::v1::{self as pb, commit_request::Part, pages_client::PagesClient};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tonic::{
@@ -238,7 +236,14 @@ impl Client {
                     .map_err(|_| VfsError::Config("token: not a valid header value".into()))
             })
             .transpose()?;
-        Ok(Self { conn, auth: Auth(header), max_message, retry_timeout, call_timeout, counters: Arc::default() })
+        Ok(Self {
+            conn,
+            auth: Auth(header),
+            max_message,
+            retry_timeout,
+            call_timeout,
+            counters: Arc::default(),
+        })
     }
 
     /// This client with another message size limit (both directions).
@@ -275,25 +280,43 @@ impl Client {
         .await
     }
 
-    pub async fn acquire_lease(self, req: pb::AcquireLeaseRequest) -> Result<pb::LeaseResponse, VfsError> {
+    pub async fn acquire_lease(
+        self,
+        req: pb::AcquireLeaseRequest,
+    ) -> Result<pb::LeaseResponse, VfsError> {
         let (limit, shown) = (self.call_timeout, self.shown_timeout());
         self.calling("AcquireLease", true, |mut c, counters| {
             let (req, shown) = (req.clone(), shown.clone());
             async move {
                 Counters::bump(&counters.lease);
-                bounded("AcquireLease", limit, &shown, c.acquire_lease(request(req, limit))).await
+                bounded(
+                    "AcquireLease",
+                    limit,
+                    &shown,
+                    c.acquire_lease(request(req, limit)),
+                )
+                .await
             }
         })
         .await
     }
 
-    pub async fn renew_lease(self, req: pb::RenewLeaseRequest) -> Result<pb::LeaseResponse, VfsError> {
+    pub async fn renew_lease(
+        self,
+        req: pb::RenewLeaseRequest,
+    ) -> Result<pb::LeaseResponse, VfsError> {
         let (limit, shown) = (self.call_timeout, self.shown_timeout());
         self.calling("RenewLease", true, |mut c, counters| {
             let (req, shown) = (req.clone(), shown.clone());
             async move {
                 Counters::bump(&counters.lease);
-                bounded("RenewLease", limit, &shown, c.renew_lease(request(req, limit))).await
+                bounded(
+                    "RenewLease",
+                    limit,
+                    &shown,
+                    c.renew_lease(request(req, limit)),
+                )
+                .await
             }
         })
         .await
@@ -305,27 +328,45 @@ impl Client {
             let (req, shown) = (req.clone(), shown.clone());
             async move {
                 Counters::bump(&counters.lease);
-                bounded("ReleaseLease", limit, &shown, c.release_lease(request(req, limit))).await
+                bounded(
+                    "ReleaseLease",
+                    limit,
+                    &shown,
+                    c.release_lease(request(req, limit)),
+                )
+                .await
             }
         })
         .await
         .map(drop)
     }
 
-    pub async fn begin_read(self, req: pb::BeginReadRequest) -> Result<pb::BeginReadResponse, VfsError> {
+    pub async fn begin_read(
+        self,
+        req: pb::BeginReadRequest,
+    ) -> Result<pb::BeginReadResponse, VfsError> {
         let (limit, shown) = (self.call_timeout, self.shown_timeout());
         self.calling("BeginRead", true, |mut c, counters| {
             let (req, shown) = (req.clone(), shown.clone());
             async move {
                 Counters::bump(&counters.begin_read);
-                bounded("BeginRead", limit, &shown, c.begin_read(request(req, limit))).await
+                bounded(
+                    "BeginRead",
+                    limit,
+                    &shown,
+                    c.begin_read(request(req, limit)),
+                )
+                .await
             }
         })
         .await
     }
 
     /// ReadPages gets `call_timeout` plus time for its largest possible answer.
-    pub async fn read_pages(self, req: pb::ReadPagesRequest) -> Result<pb::ReadPagesResponse, VfsError> {
+    pub async fn read_pages(
+        self,
+        req: pb::ReadPagesRequest,
+    ) -> Result<pb::ReadPagesResponse, VfsError> {
         let n = req.page_nos.len() as u64;
         let answer = (n * MAX_PAGE_BYTES).min(READ_ANSWER_MAX_BYTES);
         let extra = transfer_time(answer);
@@ -342,7 +383,13 @@ impl Client {
             async move {
                 Counters::bump(&counters.read_pages);
                 counters.pages_read.fetch_add(n, Ordering::Relaxed);
-                bounded("ReadPages", limit, &shown, c.read_pages(request(req, limit))).await
+                bounded(
+                    "ReadPages",
+                    limit,
+                    &shown,
+                    c.read_pages(request(req, limit)),
+                )
+                .await
             }
         })
         .await
@@ -389,14 +436,19 @@ impl Client {
             .await;
         match result {
             Ok(resp) => {
-                self.counters.pages_committed.fetch_add(plan.pages.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .pages_committed
+                    .fetch_add(plan.pages.len() as u64, Ordering::Relaxed);
                 Ok(resp)
             }
             Err(e) if !e.is_retryable() => Err(CommitError::Definite(e)),
             Err(e) if sent_whole.load(Ordering::SeqCst) => Err(CommitError::Unknown(e)),
             Err(VfsError::Status(s)) => Err(CommitError::Definite(VfsError::Status(Status::new(
                 s.code(),
-                format!("{}; no attempt sent the whole commit, so nothing was applied", s.message()),
+                format!(
+                    "{}; no attempt sent the whole commit, so nothing was applied",
+                    s.message()
+                ),
             )))),
             Err(e) => Err(CommitError::Definite(e)),
         }
@@ -447,7 +499,10 @@ impl Client {
             }
             match &failed {
                 Failed::Error(e) => tracing::debug!(call = what, error = %e, ?backoff, "retrying"),
-                Failed::TimedOut(w) => tracing::debug!(call = what, "the server {w}; retrying over a new connection"),
+                Failed::TimedOut(w) => tracing::debug!(
+                    call = what,
+                    "the server {w}; retrying over a new connection"
+                ),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -468,7 +523,10 @@ async fn commit_attempt(
     let bytes: u64 = plan.pages.iter().map(|(_, d)| d.len() as u64).sum();
     let extra = transfer_time(bytes);
     let progress = Arc::new(Progress::new(messages.len()));
-    let stream = Tracked { inner: futures::stream::iter(messages), progress: progress.clone() };
+    let stream = Tracked {
+        inner: futures::stream::iter(messages),
+        progress: progress.clone(),
+    };
     let result = tokio::select! {
         reply = stub.commit(stream) => reply.map(tonic::Response::into_inner).map_err(Failed::from),
         () = progress.stalled(idle, idle + extra) => {
@@ -498,7 +556,10 @@ struct Progress {
 
 impl Progress {
     fn new(total: usize) -> Self {
-        Self { total, state: Mutex::new((Instant::now(), 0)) }
+        Self {
+            total,
+            state: Mutex::new((Instant::now(), 0)),
+        }
     }
 
     fn took_one(&self) {
@@ -553,27 +614,29 @@ fn commit_messages(plan: &CommitPlan) -> Vec<pb::CommitRequest> {
     let mut bytes = 0;
     for (no, data) in &plan.pages {
         if bytes + data.len() > chunk_bytes && !batch.is_empty() {
-            out.push(msg(Part::Pages(pb::PageBatch { pages: std::mem::take(&mut batch) })));
+            out.push(msg(Part::Pages(pb::PageBatch {
+                pages: std::mem::take(&mut batch),
+            })));
             bytes = 0;
         }
         bytes += data.len();
-        batch.push(pb::Page { page_no: *no, data: data.clone() });
+        batch.push(pb::Page {
+            page_no: *no,
+            data: data.clone(),
+        });
     }
     if !batch.is_empty() {
         out.push(msg(Part::Pages(pb::PageBatch { pages: batch })));
     }
-    out.push(msg(Part::Trailer(pb::CommitTrailer { pages_sent: plan.pages.len() as u32 })));
+    out.push(msg(Part::Trailer(pb::CommitTrailer {
+        pages_sent: plan.pages.len() as u32,
+    })));
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        io::Read,
-        net::TcpListener,
-        sync::atomic::AtomicUsize,
-        time::Instant as StdInstant,
-    };
+    use std::{io::Read, net::TcpListener, sync::atomic::AtomicUsize, time::Instant as StdInstant};
 
     use super::*;
 
@@ -617,9 +680,20 @@ mod tests {
     }
 
     fn plan(pages: u32, page_size: usize) -> Arc<CommitPlan> {
-        let header = pb::CommitHeader { name: "t.db".into(), page_size: page_size as u32, page_count: pages, ..Default::default() };
-        let pages = (1..=pages).map(|p| (p, Bytes::from(vec![7u8; page_size]))).collect();
-        Arc::new(CommitPlan { header, pages, chunk_bytes: 8 << 20 })
+        let header = pb::CommitHeader {
+            name: "t.db".into(),
+            page_size: page_size as u32,
+            page_count: pages,
+            ..Default::default()
+        };
+        let pages = (1..=pages)
+            .map(|p| (p, Bytes::from(vec![7u8; page_size])))
+            .collect();
+        Arc::new(CommitPlan {
+            header,
+            pages,
+            chunk_bytes: 8 << 20,
+        })
     }
 
     #[test]
@@ -629,32 +703,75 @@ mod tests {
         // A long retry budget: the timeouts end the call, not the budget.
         let (rt, c) = client(&url, Duration::from_secs(30), call);
         let started = StdInstant::now();
-        let req = pb::BeginReadRequest { name: "t.db".into(), ..Default::default() };
-        let err = rt.block_on(c.clone().begin_read(req)).expect("runtime").expect_err("no answer");
+        let req = pb::BeginReadRequest {
+            name: "t.db".into(),
+            ..Default::default()
+        };
+        let err = rt
+            .block_on(c.clone().begin_read(req))
+            .expect("runtime")
+            .expect_err("no answer");
         let took = started.elapsed();
-        assert!(took >= 2 * call && took < 2 * call + Duration::from_millis(500), "{took:?}");
+        assert!(
+            took >= 2 * call && took < 2 * call + Duration::from_millis(500),
+            "{took:?}"
+        );
         assert!(err.is_retryable(), "{err}");
         let text = err.to_string();
-        assert!(text.contains("did not answer BeginRead within 300ms (call_timeout)"), "{text}");
+        assert!(
+            text.contains("did not answer BeginRead within 300ms (call_timeout)"),
+            "{text}"
+        );
         assert!(text.contains("gave up after 2 attempts"), "{text}");
         assert_eq!(c.counters.timeouts.load(Ordering::Relaxed), 2);
         assert_eq!(c.counters.begin_read.load(Ordering::Relaxed), 2);
-        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the retry went over a new connection");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the retry went over a new connection"
+        );
 
         // Open tries once.
         let started = StdInstant::now();
-        let err = rt.block_on(c.clone().open(pb::OpenRequest::default())).expect("runtime").expect_err("no answer");
-        assert!(started.elapsed() < call + Duration::from_millis(300), "{:?}", started.elapsed());
-        assert!(err.to_string().contains("did not answer Open within 300ms (call_timeout); gave up after 1 attempt"), "{err}");
+        let err = rt
+            .block_on(c.clone().open(pb::OpenRequest::default()))
+            .expect("runtime")
+            .expect_err("no answer");
+        assert!(
+            started.elapsed() < call + Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            err.to_string().contains(
+                "did not answer Open within 300ms (call_timeout); gave up after 1 attempt"
+            ),
+            "{err}"
+        );
 
         // ReadPages gets time for its answer: 64 pages of up to 64 KiB at 8 MiB/s.
         let started = StdInstant::now();
-        let req = pb::ReadPagesRequest { name: "t.db".into(), version: 1, page_nos: (1..=64).collect(), ..Default::default() };
-        let err = rt.block_on(c.clone().read_pages(req)).expect("runtime").expect_err("no answer");
+        let req = pb::ReadPagesRequest {
+            name: "t.db".into(),
+            version: 1,
+            page_nos: (1..=64).collect(),
+            ..Default::default()
+        };
+        let err = rt
+            .block_on(c.clone().read_pages(req))
+            .expect("runtime")
+            .expect_err("no answer");
         let took = started.elapsed();
         let attempt = call + Duration::from_millis(500);
-        assert!(took >= 2 * attempt && took < 2 * attempt + Duration::from_millis(500), "{took:?}");
-        assert!(err.to_string().contains("within 800ms (call_timeout 300ms + 500ms for up to 4.0 MiB of pages)"), "{err}");
+        assert!(
+            took >= 2 * attempt && took < 2 * attempt + Duration::from_millis(500),
+            "{took:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("within 800ms (call_timeout 300ms + 500ms for up to 4.0 MiB of pages)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -663,11 +780,23 @@ mod tests {
         let call = Duration::from_millis(400);
         let (rt, c) = client(&url, Duration::from_millis(100), call);
         let started = StdInstant::now();
-        let req = pb::AcquireLeaseRequest { name: "t.db".into(), ..Default::default() };
-        let err = rt.block_on(c.clone().acquire_lease(req)).expect("runtime").expect_err("no answer");
+        let req = pb::AcquireLeaseRequest {
+            name: "t.db".into(),
+            ..Default::default()
+        };
+        let err = rt
+            .block_on(c.clone().acquire_lease(req))
+            .expect("runtime")
+            .expect_err("no answer");
         let took = started.elapsed();
-        assert!(took >= call && took < call + Duration::from_millis(300), "{took:?}");
-        assert!(err.to_string().contains("gave up after 1 attempt "), "{err}");
+        assert!(
+            took >= call && took < call + Duration::from_millis(300),
+            "{took:?}"
+        );
+        assert!(
+            err.to_string().contains("gave up after 1 attempt "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -678,20 +807,30 @@ mod tests {
         // 8 MiB: the peer never grants HTTP/2 flow-control window beyond the first
         // 64 KiB, so the stream stops being taken long before its trailer.
         let started = StdInstant::now();
-        let big = rt.block_on(c.clone().commit(plan(2048, 4096))).expect("runtime");
+        let big = rt
+            .block_on(c.clone().commit(plan(2048, 4096)))
+            .expect("runtime");
         let took = started.elapsed();
         match big {
             Err(CommitError::Definite(e)) => {
                 let text = e.to_string();
-                assert!(text.contains("took no commit data for 300ms (call_timeout)"), "{text}");
+                assert!(
+                    text.contains("took no commit data for 300ms (call_timeout)"),
+                    "{text}"
+                );
                 assert!(text.contains("nothing was applied"), "{text}");
             }
             Err(CommitError::Unknown(e)) => panic!("unknown: {e}"),
             Ok(_) => panic!("a silent server answered"),
         }
-        assert!(took >= 2 * call && took < 2 * call + Duration::from_millis(500), "{took:?}");
+        assert!(
+            took >= 2 * call && took < 2 * call + Duration::from_millis(500),
+            "{took:?}"
+        );
         // A small one goes out whole: its outcome is unknown.
-        let small = rt.block_on(c.clone().commit(plan(2, 4096))).expect("runtime");
+        let small = rt
+            .block_on(c.clone().commit(plan(2, 4096)))
+            .expect("runtime");
         match small {
             Err(CommitError::Unknown(e)) => {
                 let text = e.to_string();
@@ -710,10 +849,17 @@ mod tests {
         // header, ceil(4000 KiB / 1 MiB) = 4 batches, trailer
         assert_eq!(messages.len(), 6);
         for m in &messages[1..5] {
-            let Some(Part::Pages(batch)) = &m.part else { panic!("not pages") };
-            assert!(batch.pages.iter().map(|p| p.data.len()).sum::<usize>() <= COMMIT_MESSAGE_BYTES);
+            let Some(Part::Pages(batch)) = &m.part else {
+                panic!("not pages")
+            };
+            assert!(
+                batch.pages.iter().map(|p| p.data.len()).sum::<usize>() <= COMMIT_MESSAGE_BYTES
+            );
         }
-        assert!(matches!(messages[5].part, Some(Part::Trailer(pb::CommitTrailer { pages_sent: 1000 }))));
+        assert!(matches!(
+            messages[5].part,
+            Some(Part::Trailer(pb::CommitTrailer { pages_sent: 1000 }))
+        ));
         // A page bigger than the cap still travels, alone.
         let one = plan(2, 2 << 20);
         assert_eq!(commit_messages(&one).len(), 4);

@@ -208,7 +208,9 @@ impl Config {
             c.token = None;
         }
         if c.as_of.is_some() && c.min_version > 0 {
-            return Err(VfsError::Config("as_of_* and min_version= cannot be combined".into()));
+            return Err(VfsError::Config(
+                "as_of_* and min_version= cannot be combined".into(),
+            ));
         }
         Ok(c)
     }
@@ -219,7 +221,11 @@ impl Config {
             Source::Uri => format!("URI parameter {key}="),
         };
         // Never echo a token; other values may hold one too (a URL with a query).
-        let shown = if key == "token" { String::new() } else { format!(" (got {:?})", redact(value)) };
+        let shown = if key == "token" {
+            String::new()
+        } else {
+            format!(" (got {:?})", redact(value))
+        };
         let bad = |why: String| VfsError::Config(format!("{name}: {why}{shown}"));
         match key {
             "url" => self.url = parse_url(value).map_err(bad)?,
@@ -231,11 +237,13 @@ impl Config {
             "connect_timeout" => self.connect_timeout = parse_duration(value).map_err(bad)?,
             "retry_timeout" => self.retry_timeout = parse_duration(value).map_err(bad)?,
             "call_timeout" => self.call_timeout = parse_duration(value).map_err(bad)?,
-            "log" => self.log = value.to_owned(),
+            "log" => self.log = parse_log(value).map_err(bad)?,
             "cache_size" => self.cache_size = parse_size(value).map_err(bad)?,
             "preload" => self.preload = parse_size(value).map_err(bad)?,
             "lease_idle" => self.lease_idle = parse_duration(value).map_err(bad)?,
-            "min_version_timeout" => self.min_version_timeout = parse_duration(value).map_err(bad)?,
+            "min_version_timeout" => {
+                self.min_version_timeout = parse_duration(value).map_err(bad)?
+            }
             "min_version" => self.min_version = parse_version(value).map_err(bad)?,
             "as_of_version" | "as_of_time" if self.as_of.is_some() => {
                 return Err(bad("give only one of as_of_version= and as_of_time=".into()));
@@ -250,8 +258,7 @@ impl Config {
 }
 
 fn parse_url(v: &str) -> Result<String, String> {
-    let uri: tonic::transport::Uri =
-        v.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let uri: tonic::transport::Uri = v.parse().map_err(|e| format!("not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => return Err("https is not supported yet; use http://".into()),
@@ -264,7 +271,10 @@ fn parse_url(v: &str) -> Result<String, String> {
         return Err("a user or password in the URL is not supported; give the token as token= or PAGEWIRE_TOKEN".into());
     }
     if uri.query().is_some() {
-        return Err("the server URL takes no query (?...); give the token as token= or PAGEWIRE_TOKEN".into());
+        return Err(
+            "the server URL takes no query (?...); give the token as token= or PAGEWIRE_TOKEN"
+                .into(),
+        );
     }
     Ok(v.trim_end_matches('/').to_owned())
 }
@@ -297,7 +307,12 @@ pub fn same_server(a: &str, b: &str) -> bool {
 /// carry one.
 pub fn redact(text: &str) -> String {
     const KEY: &str = "token=";
-    let ends_value = |c: char| matches!(c, '&' | '"' | '\'' | '\\' | '#' | ')' | ']' | '>' | ',' | ';') || c.is_whitespace();
+    let ends_value = |c: char| {
+        matches!(
+            c,
+            '&' | '"' | '\'' | '\\' | '#' | ')' | ']' | '>' | ',' | ';'
+        ) || c.is_whitespace()
+    };
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = find_ascii_ci(rest, KEY) {
@@ -316,7 +331,8 @@ pub fn redact(text: &str) -> String {
 /// The byte offset of `needle` (ASCII, lower case) in `hay`, ignoring ASCII case.
 fn find_ascii_ci(hay: &str, needle: &str) -> Option<usize> {
     let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
-    hay.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// `scheme://user:password@host` -> `scheme://user:***@host`, everywhere in `text`.
@@ -326,9 +342,13 @@ fn redact_passwords(text: &str) -> String {
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
-        let authority_end = tail.find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace());
+        let authority_end =
+            tail.find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace());
         let authority = &tail[..authority_end.unwrap_or(tail.len())];
-        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
+        match authority
+            .rfind('@')
+            .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)))
+        {
             Some((colon, at)) => {
                 out.push_str(&authority[..=colon]);
                 out.push_str("***");
@@ -343,11 +363,33 @@ fn redact_passwords(text: &str) -> String {
 }
 
 /// Bytes: `65536`, `64KiB`, `64MiB`, `1GiB` (also KB/MB/GB, same powers of 1024).
+/// A log filter: comma-separated levels (`warn`) or `target=level` directives
+/// (`pagewire_vfs=debug`). Checked here because the filter syntax takes any bare word
+/// as a target name, so a misspelt level would silently log nothing.
+fn parse_log(v: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let ok = v.split(',').all(|part| match part.split_once('=') {
+        Some((target, l)) => !target.trim().is_empty() && level(l),
+        None => level(part),
+    });
+    if !ok {
+        return Err(
+            "expected a level (off, error, warn, info, debug, trace) or target=level, comma-separated"
+                .into(),
+        );
+    }
+    tracing_subscriber::EnvFilter::try_new(v).map_err(|e| e.to_string())?;
+    Ok(v.to_owned())
+}
+
 fn parse_size(v: &str) -> Result<u64, String> {
     let t = v.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| "expected a size like 65536 or 64MiB".to_string())?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a size like 65536 or 64MiB".to_string())?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -355,7 +397,8 @@ fn parse_size(v: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 30,
         other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
     };
-    n.checked_mul(1 << shift).ok_or_else(|| "size too large".into())
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| "size too large".into())
 }
 
 fn parse_version(v: &str) -> Result<u64, String> {
@@ -381,7 +424,8 @@ fn parse_consistency(s: &str) -> Result<Consistency, String> {
 }
 
 fn parse_duration(v: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(v).map_err(|e| format!("not a duration like 5s or 500ms: {e}"))?;
+    let d = humantime::parse_duration(v)
+        .map_err(|e| format!("not a duration like 5s or 500ms: {e}"))?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
@@ -393,7 +437,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Config, VfsError> {
-        Config::from_lookup(|k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        Config::from_lookup(|k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
     }
 
     #[test]
@@ -403,8 +452,12 @@ mod tests {
 
     #[test]
     fn env_values_parse() {
-        let c = env(&[("PAGEWIRE_URL", "http://db:9000/"), ("PAGEWIRE_TOKEN", "t0k"), ("PAGEWIRE_RETRY_TIMEOUT", "2s")])
-            .expect("valid");
+        let c = env(&[
+            ("PAGEWIRE_URL", "http://db:9000/"),
+            ("PAGEWIRE_TOKEN", "t0k"),
+            ("PAGEWIRE_RETRY_TIMEOUT", "2s"),
+        ])
+        .expect("valid");
         assert_eq!(c.url, "http://db:9000");
         assert_eq!(c.token.as_deref(), Some("t0k"));
         assert_eq!(c.retry_timeout, Duration::from_secs(2));
@@ -432,23 +485,39 @@ mod tests {
         assert_eq!(Config::default().call_timeout, Duration::from_secs(5));
         let c = env(&[("PAGEWIRE_CALL_TIMEOUT", "2s")]).expect("valid");
         assert_eq!(c.call_timeout, Duration::from_secs(2));
-        assert_eq!(c.retry_timeout, Duration::from_secs(30), "the retry budget is its own setting");
+        assert_eq!(
+            c.retry_timeout,
+            Duration::from_secs(30),
+            "the retry budget is its own setting"
+        );
         let c = env(&[("PAGEWIRE_CALL_TIMEOUT", "1500ms")]).expect("valid");
         assert_eq!(c.call_timeout, Duration::from_millis(1500));
         let c = env(&[("PAGEWIRE_CALL_TIMEOUT", "1m 30s")]).expect("valid");
         assert_eq!(c.call_timeout, Duration::from_secs(90));
         // The URI parameter overrides the environment, for that database only.
         let base = env(&[("PAGEWIRE_CALL_TIMEOUT", "2s")]).expect("valid");
-        let c = base.with_uri_params([("call_timeout", "250ms")]).expect("valid");
+        let c = base
+            .with_uri_params([("call_timeout", "250ms")])
+            .expect("valid");
         assert_eq!(c.call_timeout, Duration::from_millis(250));
-        assert_eq!(base.with_uri_params([]).expect("valid").call_timeout, Duration::from_secs(2));
+        assert_eq!(
+            base.with_uri_params([]).expect("valid").call_timeout,
+            Duration::from_secs(2)
+        );
         for bad in ["0s", "0", "0ms", "soon", "-1s", "", "5 parsecs"] {
-            let err = env(&[("PAGEWIRE_CALL_TIMEOUT", bad)]).expect_err(bad).to_string();
+            let err = env(&[("PAGEWIRE_CALL_TIMEOUT", bad)])
+                .expect_err(bad)
+                .to_string();
             assert!(err.contains("PAGEWIRE_CALL_TIMEOUT"), "{bad:?}: {err}");
-            let err = Config::default().with_uri_params([("call_timeout", bad)]).expect_err(bad).to_string();
+            let err = Config::default()
+                .with_uri_params([("call_timeout", bad)])
+                .expect_err(bad)
+                .to_string();
             assert!(err.contains("call_timeout="), "{bad:?}: {err}");
         }
-        let err = env(&[("PAGEWIRE_CALL_TIMEOUT", "0s")]).expect_err("zero").to_string();
+        let err = env(&[("PAGEWIRE_CALL_TIMEOUT", "0s")])
+            .expect_err("zero")
+            .to_string();
         assert!(err.contains("greater than zero"), "{err}");
         let debug = format!("{:?}", Config::default());
         assert!(debug.contains("call_timeout: 5s"), "{debug}");
@@ -462,30 +531,70 @@ mod tests {
             .expect("valid");
         assert_eq!(c.url, "http://b:2");
         assert_eq!(c.consistency, Consistency::Strong);
-        let c = base.with_uri_params([("consistency", "snapshot")]).expect("valid");
+        let c = base
+            .with_uri_params([("consistency", "snapshot")])
+            .expect("valid");
         assert_eq!(c.consistency, Consistency::Snapshot);
-        let err = base.with_uri_params([("token", "a b")]).expect_err("space").to_string();
+        let err = base
+            .with_uri_params([("token", "a b")])
+            .expect_err("space")
+            .to_string();
         assert!(err.contains("token="), "{err}");
     }
 
     #[test]
     fn the_env_token_stays_with_the_env_server() {
-        let base = env(&[("PAGEWIRE_URL", "http://db1:7878"), ("PAGEWIRE_TOKEN", "env-secret")]).expect("valid");
-        let token = |params: &[(&str, &str)]| base.with_uri_params(params.iter().copied()).expect("valid").token;
+        let base = env(&[
+            ("PAGEWIRE_URL", "http://db1:7878"),
+            ("PAGEWIRE_TOKEN", "env-secret"),
+        ])
+        .expect("valid");
+        let token = |params: &[(&str, &str)]| {
+            base.with_uri_params(params.iter().copied())
+                .expect("valid")
+                .token
+        };
         assert_eq!(token(&[]).as_deref(), Some("env-secret"));
-        for same in ["http://db1:7878", "http://DB1:7878/", "HTTP://db1:7878", "http://db1.:7878"] {
-            assert_eq!(token(&[("url", same)]).as_deref(), Some("env-secret"), "{same}");
+        for same in [
+            "http://db1:7878",
+            "http://DB1:7878/",
+            "HTTP://db1:7878",
+            "http://db1.:7878",
+        ] {
+            assert_eq!(
+                token(&[("url", same)]).as_deref(),
+                Some("env-secret"),
+                "{same}"
+            );
         }
-        for other in ["http://elsewhere:7878", "http://db1:7879", "http://db1", "http://10.0.0.1:7878", "http://db1.evil:7878"] {
+        for other in [
+            "http://elsewhere:7878",
+            "http://db1:7879",
+            "http://db1",
+            "http://10.0.0.1:7878",
+            "http://db1.evil:7878",
+        ] {
             assert_eq!(token(&[("url", other)]), None, "{other}");
-            assert_eq!(token(&[("url", other), ("token", "own")]).as_deref(), Some("own"), "{other}");
-            assert_eq!(token(&[("token", "own"), ("url", other)]).as_deref(), Some("own"), "{other}");
+            assert_eq!(
+                token(&[("url", other), ("token", "own")]).as_deref(),
+                Some("own"),
+                "{other}"
+            );
+            assert_eq!(
+                token(&[("token", "own"), ("url", other)]).as_deref(),
+                Some("own"),
+                "{other}"
+            );
         }
         // The default server is the environment's server when PAGEWIRE_URL is unset.
         let default = env(&[("PAGEWIRE_TOKEN", "t")]).expect("valid");
-        let keep = default.with_uri_params([("url", "http://127.0.0.1:7878")]).expect("valid");
+        let keep = default
+            .with_uri_params([("url", "http://127.0.0.1:7878")])
+            .expect("valid");
         assert_eq!(keep.token.as_deref(), Some("t"));
-        let drop = default.with_uri_params([("url", "http://localhost:7878")]).expect("valid");
+        let drop = default
+            .with_uri_params([("url", "http://localhost:7878")])
+            .expect("valid");
         assert_eq!(drop.token, None, "another name is another server");
         assert!(same_server("http://[::1]:80", "http://[::1]"));
         assert!(!same_server("http://a:1", "not a url"));
@@ -493,28 +602,53 @@ mod tests {
 
     #[test]
     fn tokens_never_appear_in_errors_or_debug() {
-        let err = Config::default().with_uri_params([("token", "s3cret value")]).expect_err("space").to_string();
+        let err = Config::default()
+            .with_uri_params([("token", "s3cret value")])
+            .expect_err("space")
+            .to_string();
         assert!(err.contains("token=") && !err.contains("s3cret"), "{err}");
-        let err = env(&[("PAGEWIRE_TOKEN", "s3cret\tx")]).expect_err("tab").to_string();
-        assert!(err.contains("PAGEWIRE_TOKEN") && !err.contains("s3cret"), "{err}");
+        let err = env(&[("PAGEWIRE_TOKEN", "s3cret\tx")])
+            .expect_err("tab")
+            .to_string();
+        assert!(
+            err.contains("PAGEWIRE_TOKEN") && !err.contains("s3cret"),
+            "{err}"
+        );
         for url in ["http://h:1/?token=s3cret", "http://u:s3cret@h:1"] {
-            let err = Config::default().with_uri_params([("url", url)]).expect_err(url).to_string();
+            let err = Config::default()
+                .with_uri_params([("url", url)])
+                .expect_err(url)
+                .to_string();
             assert!(err.contains("url=") && !err.contains("s3cret"), "{err}");
         }
-        let c = Config::default().with_uri_params([("token", "s3cret")]).expect("valid");
+        let c = Config::default()
+            .with_uri_params([("token", "s3cret")])
+            .expect("valid");
         let debug = format!("{c:?}");
-        assert!(debug.contains("token: Some(\"***\")") && !debug.contains("s3cret"), "{debug}");
+        assert!(
+            debug.contains("token: Some(\"***\")") && !debug.contains("s3cret"),
+            "{debug}"
+        );
     }
 
     #[test]
     fn redaction() {
         for (text, want) in [
-            ("cannot open \"file:x?url=http://h:1&token=abc&mode=ro\"", "cannot open \"file:x?url=http://h:1&token=***&mode=ro\""),
+            (
+                "cannot open \"file:x?url=http://h:1&token=abc&mode=ro\"",
+                "cannot open \"file:x?url=http://h:1&token=***&mode=ro\"",
+            ),
             ("file:x?TOKEN=abc", "file:x?TOKEN=***"),
             ("a token=abc b", "a token=*** b"),
             ("token=", "token="),
-            ("postgres://u:pw@h/db and http://v:pw2@g:1", "postgres://u:***@h/db and http://v:***@g:1"),
-            ("http://h:1/x@y and ordinary text", "http://h:1/x@y and ordinary text"),
+            (
+                "postgres://u:pw@h/db and http://v:pw2@g:1",
+                "postgres://u:***@h/db and http://v:***@g:1",
+            ),
+            (
+                "http://h:1/x@y and ordinary text",
+                "http://h:1/x@y and ordinary text",
+            ),
             ("über token=ü€ ok", "über token=*** ok"),
         ] {
             assert_eq!(redact(text), want, "{text}");
@@ -529,24 +663,53 @@ mod tests {
         assert_eq!(parse_size("0"), Ok(0));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5 parsecs").is_err());
-        let err = env(&[("PAGEWIRE_CACHE_SIZE", "big")]).expect_err("bad").to_string();
+        for bad in ["wran", "debug,", "=debug", "pagewire=loud"] {
+            let err = env(&[("PAGEWIRE_LOG", bad)]).expect_err(bad).to_string();
+            assert!(err.contains("PAGEWIRE_LOG"), "{err}");
+        }
+        for good in ["warn", "OFF", "info,pagewire_vfs=debug", "h2=trace"] {
+            assert_eq!(env(&[("PAGEWIRE_LOG", good)]).expect(good).log, good);
+        }
+        let err = env(&[("PAGEWIRE_CACHE_SIZE", "big")])
+            .expect_err("bad")
+            .to_string();
         assert!(err.contains("PAGEWIRE_CACHE_SIZE"), "{err}");
     }
 
     #[test]
     fn time_travel_and_min_version() {
         let base = Config::default();
-        let c = base.with_uri_params([("as_of_version", "7")]).expect("valid");
+        let c = base
+            .with_uri_params([("as_of_version", "7")])
+            .expect("valid");
         assert_eq!(c.as_of, Some(AsOf::Version(7)));
-        let c = base.with_uri_params([("as_of_time", "2026-11-21T10:00:00+01:00")]).expect("valid");
+        let c = base
+            .with_uri_params([("as_of_time", "2026-11-21T10:00:00+01:00")])
+            .expect("valid");
         assert_eq!(c.as_of, Some(AsOf::Time(1_795_251_600_000)));
-        let c = base.with_uri_params([("min_version", "12")]).expect("valid");
+        let c = base
+            .with_uri_params([("min_version", "12")])
+            .expect("valid");
         assert_eq!(c.min_version, 12);
-        for (k, v) in [("as_of_version", "0"), ("as_of_version", "x"), ("as_of_time", "yesterday"), ("min_version", "-1")] {
+        for (k, v) in [
+            ("as_of_version", "0"),
+            ("as_of_version", "x"),
+            ("as_of_time", "yesterday"),
+            ("min_version", "-1"),
+        ] {
             let err = base.with_uri_params([(k, v)]).expect_err(k).to_string();
             assert!(err.contains(k), "{err}");
         }
-        assert!(base.with_uri_params([("as_of_version", "1"), ("as_of_time", "2026-01-01T00:00:00Z")]).is_err());
-        assert!(base.with_uri_params([("as_of_version", "1"), ("min_version", "2")]).is_err());
+        assert!(
+            base.with_uri_params([
+                ("as_of_version", "1"),
+                ("as_of_time", "2026-01-01T00:00:00Z")
+            ])
+            .is_err()
+        );
+        assert!(
+            base.with_uri_params([("as_of_version", "1"), ("min_version", "2")])
+                .is_err()
+        );
     }
 }

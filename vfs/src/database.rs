@@ -55,25 +55,44 @@ impl DbState {
     /// 16-byte ids (version 0's tag may be empty: it is all zeros in every incarnation).
     pub fn from_wire(s: Option<&pb::DbState>) -> Result<(Self, Id16), VfsError> {
         let s = s.ok_or_else(|| bad_reply("a reply without the database's state"))?;
-        let sized = s.page_size == 0 || (s.page_size.is_power_of_two() && (512..=65536).contains(&s.page_size));
+        let sized = s.page_size == 0
+            || (s.page_size.is_power_of_two() && (512..=65536).contains(&s.page_size));
         if !sized || (s.page_size == 0) != (s.page_count == 0) || s.page_count == u32::MAX {
-            return Err(bad_reply(&format!("page size {} and count {}", s.page_size, s.page_count)));
+            return Err(bad_reply(&format!(
+                "page size {} and count {}",
+                s.page_size, s.page_count
+            )));
         }
         if (s.version == 0) != (s.page_count == 0) {
-            return Err(bad_reply(&format!("version {} with page count {}", s.version, s.page_count)));
+            return Err(bad_reply(&format!(
+                "version {} with page count {}",
+                s.version, s.page_count
+            )));
         }
         let id = |what: &str, b: &[u8]| -> Result<Id16, VfsError> {
-            b.try_into().map_err(|_| bad_reply(&format!("{what} of {} bytes", b.len())))
+            b.try_into()
+                .map_err(|_| bad_reply(&format!("{what} of {} bytes", b.len())))
         };
-        let tag = if s.version == 0 && s.tag.is_empty() { Id16::default() } else { id("a version tag", &s.tag)? };
-        let state = Self { version: s.version, page_size: s.page_size, page_count: s.page_count, tag };
+        let tag = if s.version == 0 && s.tag.is_empty() {
+            Id16::default()
+        } else {
+            id("a version tag", &s.tag)?
+        };
+        let state = Self {
+            version: s.version,
+            page_size: s.page_size,
+            page_count: s.page_count,
+            tag,
+        };
         Ok((state, id("an incarnation", &s.incarnation)?))
     }
 }
 
 /// The server sent something this client cannot use.
 fn bad_reply(what: &str) -> VfsError {
-    VfsError::Internal(format!("the server sent {what}; is it a pagewire server of a compatible version?"))
+    VfsError::Internal(format!(
+        "the server sent {what}; is it a pagewire server of a compatible version?"
+    ))
 }
 
 /// What identifies a database to this process.
@@ -131,11 +150,19 @@ struct Lease {
 impl Lease {
     fn from_response(r: &pb::LeaseResponse, asked_at: Instant) -> Result<Self, VfsError> {
         if r.lease_id.len() != 16 {
-            return Err(bad_reply(&format!("a lease id of {} bytes", r.lease_id.len())));
+            return Err(bad_reply(&format!(
+                "a lease id of {} bytes",
+                r.lease_id.len()
+            )));
         }
         // A server's word is not trusted to overflow our clock arithmetic.
         let ttl = Duration::from_millis(r.ttl_ms.min(MAX_TTL_MS));
-        Ok(Self { id: r.lease_id.clone(), epoch: r.epoch, ttl, valid_until: Self::deadline(asked_at, ttl) })
+        Ok(Self {
+            id: r.lease_id.clone(),
+            epoch: r.epoch,
+            ttl,
+            valid_until: Self::deadline(asked_at, ttl),
+        })
     }
 
     fn deadline(asked_at: Instant, ttl: Duration) -> Instant {
@@ -157,7 +184,13 @@ pub fn lease_deadline(asked_at: Instant, ttl: Duration) -> Instant {
 /// One ReadPages call, its answer checked: one page of `at`'s page size per page asked.
 /// The request names the incarnation and `at`'s tag, so the server never answers with
 /// another database's pages.
-async fn read_chunk(client: Client, name: String, incarnation: Id16, at: DbState, pages: Vec<u32>) -> Result<Vec<Bytes>, VfsError> {
+async fn read_chunk(
+    client: Client,
+    name: String,
+    incarnation: Id16,
+    at: DbState,
+    pages: Vec<u32>,
+) -> Result<Vec<Bytes>, VfsError> {
     let asked = pages.len();
     let req = pb::ReadPagesRequest {
         name,
@@ -169,13 +202,22 @@ async fn read_chunk(client: Client, name: String, incarnation: Id16, at: DbState
     let resp = client.read_pages(req).await?;
     let size = at.page_size as usize;
     if resp.page_size != at.page_size {
-        return Err(bad_reply(&format!("pages of {} bytes for version {} of page size {size}", resp.page_size, at.version)));
+        return Err(bad_reply(&format!(
+            "pages of {} bytes for version {} of page size {size}",
+            resp.page_size, at.version
+        )));
     }
     if resp.pages.len() != asked {
-        return Err(bad_reply(&format!("{} pages for {asked} asked", resp.pages.len())));
+        return Err(bad_reply(&format!(
+            "{} pages for {asked} asked",
+            resp.pages.len()
+        )));
     }
     if let Some(d) = resp.pages.iter().find(|d| d.len() != size) {
-        return Err(bad_reply(&format!("a page of {} bytes at page size {size}", d.len())));
+        return Err(bad_reply(&format!(
+            "a page of {} bytes at page size {size}",
+            d.len()
+        )));
     }
     Ok(resp.pages)
 }
@@ -329,19 +371,33 @@ impl Database {
     /// have been decided before that commit.) Refuses (and marks the database
     /// replaced) a state of another incarnation, an older newest, or a known version
     /// with another tag.
-    fn learn(&self, s: &mut Shared, wire: Option<&pb::DbState>, newest: Option<u64>) -> Result<DbState, VfsError> {
+    fn learn(
+        &self,
+        s: &mut Shared,
+        wire: Option<&pb::DbState>,
+        newest: Option<u64>,
+    ) -> Result<DbState, VfsError> {
         let (state, incarnation) = DbState::from_wire(wire)?;
         let seen = s.committed;
         let why = if incarnation != self.incarnation {
             Some("it was deleted and created again (or restored from a backup) since this connection opened it".to_owned())
         } else if state.version == seen.version && state.tag != seen.tag {
-            Some(format!("its version {} is not the one this connection saw (restored from a backup?)", seen.version))
+            Some(format!(
+                "its version {} is not the one this connection saw (restored from a backup?)",
+                seen.version
+            ))
         } else {
             let went_back = newest.filter(|asked| state.version < *asked);
             went_back.map(|asked| format!("its newest version is {} but this connection saw {asked} (restored from a backup?)", state.version))
         };
         if let Some(why) = why {
-            return Err(s.void(&self.key.name, &format!("database '{}' was replaced: {why}; reopen it", self.key.name)));
+            return Err(s.void(
+                &self.key.name,
+                &format!(
+                    "database '{}' was replaced: {why}; reopen it",
+                    self.key.name
+                ),
+            ));
         }
         if state.version > seen.version {
             s.committed = state;
@@ -383,14 +439,19 @@ impl Database {
     /// lease holder is the only writer, so while its lease is valid and its cache
     /// current, that is the newest version; a read lease holder (see [`watch`]) knows
     /// the newest version from its Watch stream. Otherwise BeginRead asks the server.
-    pub fn begin_read(self: &Arc<Self>, as_of: Option<AsOf>, consistency: Consistency) -> Result<DbState, VfsError> {
+    pub fn begin_read(
+        self: &Arc<Self>,
+        as_of: Option<AsOf>,
+        consistency: Consistency,
+    ) -> Result<DbState, VfsError> {
         let (cached, seen) = {
             let mut s = self.state.lock();
             if let Some(why) = &s.replaced {
                 return Err(VfsError::Replaced(why.clone()));
             }
             if as_of.is_none() {
-                let sole_writer = s.lease.as_ref().is_some_and(Lease::valid) && s.cache.version() == s.committed.version;
+                let sole_writer = s.lease.as_ref().is_some_and(Lease::valid)
+                    && s.cache.version() == s.committed.version;
                 if sole_writer {
                     return Ok(s.committed);
                 }
@@ -398,15 +459,26 @@ impl Database {
                     // A commit is being published: its RoundEnd usually follows within
                     // a round trip, so wait for it rather than ask the server.
                     let deadline = Instant::now() + ROUND_WAIT;
-                    while s.watch.round_pending() && !self.round_end.wait_until(&mut s, deadline).timed_out() {}
+                    while s.watch.round_pending()
+                        && !self.round_end.wait_until(&mut s, deadline).timed_out()
+                    {
+                    }
                 }
                 if let Some(state) = s.watch.serves(consistency, s.cache.version()) {
                     s.watch.touch();
-                    self.client.counters.local_reads.fetch_add(1, Ordering::Relaxed);
+                    self.client
+                        .counters
+                        .local_reads
+                        .fetch_add(1, Ordering::Relaxed);
                     return Ok(state);
                 }
                 if let Some(signals) = s.watch.note_read(consistency) {
-                    self.rt.spawn(watch::run(Arc::downgrade(self), self.key.name.clone(), self.lease_idle, signals));
+                    self.rt.spawn(watch::run(
+                        Arc::downgrade(self),
+                        self.key.name.clone(),
+                        self.lease_idle,
+                        signals,
+                    ));
                 }
             }
             (s.cache.version(), s.committed)
@@ -426,14 +498,25 @@ impl Database {
             seen_version: seen.version,
             seen_tag: Bytes::copy_from_slice(&seen.tag),
         };
-        let resp = self.rt.block_on(self.client.clone().begin_read(req))?.map_err(|e| self.gone(e))?;
+        let resp = self
+            .rt
+            .block_on(self.client.clone().begin_read(req))?
+            .map_err(|e| self.gone(e))?;
         let mut s = self.state.lock();
-        let state = self.learn(&mut s, resp.state.as_ref(), as_of.is_none().then_some(seen.version))?;
+        let state = self.learn(
+            &mut s,
+            resp.state.as_ref(),
+            as_of.is_none().then_some(seen.version),
+        )?;
         if at_version != 0 && state.version != at_version {
-            return Err(bad_reply(&format!("version {} for a read as of version {at_version}", state.version)));
+            return Err(bad_reply(&format!(
+                "version {} for a read as of version {at_version}",
+                state.version
+            )));
         }
         if state.version >= s.cache.version() {
-            let changed = (!resp.cache_invalid).then(|| Changed::new(&resp.changed_pages, resp.changed_from));
+            let changed =
+                (!resp.cache_invalid).then(|| Changed::new(&resp.changed_pages, resp.changed_from));
             s.cache.advance(cached, state, changed);
         }
         Ok(state)
@@ -442,7 +525,12 @@ impl Database {
     /// Reads whole pages at `at`, from cache where it holds that version. Pages
     /// in `ahead` that are not cached travel in the same round trip when one is
     /// needed anyway (read-ahead), and go to the cache.
-    pub fn read_pages(&self, at: DbState, pages: &[u32], ahead: RangeInclusive<u32>) -> Result<Vec<Bytes>, VfsError> {
+    pub fn read_pages(
+        &self,
+        at: DbState,
+        pages: &[u32],
+        ahead: RangeInclusive<u32>,
+    ) -> Result<Vec<Bytes>, VfsError> {
         let mut out: Vec<Option<Bytes>> = Vec::with_capacity(pages.len());
         let mut fetch: Vec<u32> = Vec::new();
         {
@@ -468,7 +556,10 @@ impl Database {
         // Every page is cached or fetched (`read_chunk` checked the answer's count).
         out.into_iter()
             .zip(pages)
-            .map(|(o, p)| o.or_else(|| fetched.get(p).cloned()).ok_or_else(|| VfsError::Internal(format!("page {p} was not read"))))
+            .map(|(o, p)| {
+                o.or_else(|| fetched.get(p).cloned())
+                    .ok_or_else(|| VfsError::Internal(format!("page {p} was not read")))
+            })
             .collect()
     }
 
@@ -477,7 +568,13 @@ impl Database {
     fn fetch(&self, at: DbState, pages: &[u32]) -> Result<HashMap<u32, Bytes>, VfsError> {
         let mut fetched = HashMap::with_capacity(pages.len());
         for chunk in pages.chunks(self.settings.pages_per_read(at.page_size)) {
-            let read = read_chunk(self.client.clone(), self.key.name.clone(), self.incarnation, at, chunk.to_vec());
+            let read = read_chunk(
+                self.client.clone(),
+                self.key.name.clone(),
+                self.incarnation,
+                at,
+                chunk.to_vec(),
+            );
             let data = self.rt.block_on(read)?.map_err(|e| self.gone(e))?;
             let mut s = self.state.lock();
             for (p, d) in chunk.iter().zip(data) {
@@ -490,10 +587,20 @@ impl Database {
 
     /// Fetches `pages` at `at` into the cache in the background (after a commit
     /// changed pages this process had cached). Best effort.
-    pub fn refetch(self: &Arc<Self>, at: DbState, pages: Vec<u32>) -> impl Future<Output = ()> + Send + 'static {
+    pub fn refetch(
+        self: &Arc<Self>,
+        at: DbState,
+        pages: Vec<u32>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let db = self.clone();
         async move {
-            let read = read_chunk(db.client.clone(), db.key.name.clone(), db.incarnation, at, pages.clone());
+            let read = read_chunk(
+                db.client.clone(),
+                db.key.name.clone(),
+                db.incarnation,
+                at,
+                pages.clone(),
+            );
             let data = match read.await {
                 Ok(data) => data,
                 Err(e) => return drop(db.gone(e)),
@@ -546,7 +653,11 @@ impl Database {
                     epoch: l.epoch,
                     incarnation: Bytes::copy_from_slice(&self.incarnation),
                 };
-                match self.rt.block_on(self.client.clone().renew_lease(req))?.map_err(|e| self.gone(e)) {
+                match self
+                    .rt
+                    .block_on(self.client.clone().renew_lease(req))?
+                    .map_err(|e| self.gone(e))
+                {
                     Err(VfsError::Status(s)) if s.code() == Code::FailedPrecondition => None,
                     other => Some(other?),
                 }
@@ -561,7 +672,11 @@ impl Database {
                     client_id: self.client_id.clone(),
                     incarnation: Bytes::copy_from_slice(&self.incarnation),
                 };
-                match self.rt.block_on(self.client.clone().acquire_lease(req))?.map_err(|e| self.gone(e)) {
+                match self
+                    .rt
+                    .block_on(self.client.clone().acquire_lease(req))?
+                    .map_err(|e| self.gone(e))
+                {
                     Err(VfsError::Status(s)) if s.code() == Code::Aborted => {
                         return Err(VfsError::Busy(s.message().to_owned()));
                     }
@@ -605,7 +720,9 @@ impl Database {
     pub fn stop_watch(&self) {
         let done = self.state.lock().watch.stop();
         if let Some(done) = done {
-            let _ = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), done).await });
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(2), done).await });
         }
     }
 
@@ -620,11 +737,17 @@ impl Database {
     /// Forgets the lease and returns the call that gives it back to the server.
     fn take_lease_for_release(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
         let l = self.state.lock().lease.take()?;
-        let req = pb::ReleaseLeaseRequest { name: self.key.name.clone(), lease_id: l.id, epoch: l.epoch };
+        let req = pb::ReleaseLeaseRequest {
+            name: self.key.name.clone(),
+            lease_id: l.id,
+            epoch: l.epoch,
+        };
         let client = self.client.clone();
         Some(async move {
             let name = req.name.clone();
-            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), client.release_lease(req)).await {
+            if let Ok(Err(e)) =
+                tokio::time::timeout(Duration::from_secs(2), client.release_lease(req)).await
+            {
                 tracing::debug!(db = %name, error = %e, "lease release failed; it will expire");
             }
         })
@@ -653,12 +776,18 @@ impl Database {
 
     /// Sends a transaction built on `base`. On success the cache and committed
     /// state move to the new version.
-    pub fn commit(&self, base: DbState, page_size: u32, page_count: u32, pages: Vec<(u32, Bytes)>) -> Result<DbState, CommitError> {
+    pub fn commit(
+        &self,
+        base: DbState,
+        page_size: u32,
+        page_count: u32,
+        pages: Vec<(u32, Bytes)>,
+    ) -> Result<DbState, CommitError> {
         self.check_replaced().map_err(CommitError::Definite)?;
         let Some(lease) = self.state.lock().lease.clone() else {
-            return Err(CommitError::Definite(VfsError::Status(tonic::Status::failed_precondition(
-                "this connection does not hold the write lease",
-            ))));
+            return Err(CommitError::Definite(VfsError::Status(
+                tonic::Status::failed_precondition("this connection does not hold the write lease"),
+            )));
         };
         let header = pb::CommitHeader {
             name: self.key.name.clone(),
@@ -672,7 +801,11 @@ impl Database {
             base_tag: Bytes::copy_from_slice(&base.tag),
         };
         let chunk_bytes = (self.settings.max_message_bytes / 2).max(page_size as usize);
-        let plan = Arc::new(CommitPlan { header, pages, chunk_bytes });
+        let plan = Arc::new(CommitPlan {
+            header,
+            pages,
+            chunk_bytes,
+        });
         let asked_at = Instant::now();
         let resp = self
             .rt
@@ -692,7 +825,12 @@ impl Database {
                 base.version
             ))));
         };
-        let state = DbState { version: resp.version, page_size, page_count, tag };
+        let state = DbState {
+            version: resp.version,
+            page_size,
+            page_count,
+            tag,
+        };
         let mut s = self.state.lock();
         s.last_write = Instant::now();
         // A commit renews the lease on the server.
@@ -705,7 +843,11 @@ impl Database {
         let changed: Vec<u32> = plan.pages.iter().map(|(p, _)| *p).collect();
         // The Watch stream's RoundEnd may have moved the cache there already.
         if s.cache.version() < state.version {
-            s.cache.advance(base.version, state, Some(Changed::of_commit(&changed, base.page_count, page_count)));
+            s.cache.advance(
+                base.version,
+                state,
+                Some(Changed::of_commit(&changed, base.page_count, page_count)),
+            );
         }
         for (p, d) in &plan.pages {
             s.cache.insert(state, *p, d.clone());
@@ -736,7 +878,10 @@ async fn heartbeat(db: Weak<Database>, epoch: u64) {
         }
         let (lease, seen) = {
             let s = db.state.lock();
-            (s.lease.clone().filter(|l| l.epoch == epoch), s.committed.version)
+            (
+                s.lease.clone().filter(|l| l.epoch == epoch),
+                s.committed.version,
+            )
         };
         let Some(lease) = lease else { return };
         let asked_at = Instant::now();
@@ -746,10 +891,17 @@ async fn heartbeat(db: Weak<Database>, epoch: u64) {
             epoch,
             incarnation: Bytes::copy_from_slice(&db.incarnation),
         };
-        match db.client.clone().renew_lease(req).await.map_err(|e| db.gone(e)) {
+        match db
+            .client
+            .clone()
+            .renew_lease(req)
+            .await
+            .map_err(|e| db.gone(e))
+        {
             Ok(resp) => {
                 let mut s = db.state.lock();
-                let renewed = Lease::from_response(&resp, asked_at).and_then(|l| Ok((l, db.learn(&mut s, resp.state.as_ref(), Some(seen))?)));
+                let renewed = Lease::from_response(&resp, asked_at)
+                    .and_then(|l| Ok((l, db.learn(&mut s, resp.state.as_ref(), Some(seen))?)));
                 match renewed {
                     Ok((renewed, _)) => {
                         if let Some(l) = s.lease.as_mut().filter(|l| l.epoch == epoch) {
@@ -765,12 +917,20 @@ async fn heartbeat(db: Weak<Database>, epoch: u64) {
             }
             Err(e) if !e.is_retryable() => {
                 tracing::warn!(db = %db.key.name, error = %e, "write lease lost");
-                if db.state.lock().lease.as_ref().is_some_and(|l| l.epoch == epoch) {
+                if db
+                    .state
+                    .lock()
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.epoch == epoch)
+                {
                     db.drop_all();
                 }
                 return;
             }
-            Err(e) => tracing::debug!(db = %db.key.name, error = %e, "lease renewal failed; retrying"),
+            Err(e) => {
+                tracing::debug!(db = %db.key.name, error = %e, "lease renewal failed; retrying")
+            }
         }
     }
 }
@@ -791,7 +951,13 @@ mod tests {
     use super::*;
 
     fn wire(version: u64, page_size: u32, page_count: u32, tag: &[u8]) -> pb::DbState {
-        pb::DbState { version, page_size, page_count, incarnation: Bytes::from_static(&[1; 16]), tag: Bytes::copy_from_slice(tag) }
+        pb::DbState {
+            version,
+            page_size,
+            page_count,
+            incarnation: Bytes::from_static(&[1; 16]),
+            tag: Bytes::copy_from_slice(tag),
+        }
     }
 
     fn refused(s: Option<&pb::DbState>) -> String {
@@ -800,17 +966,28 @@ mod tests {
 
     #[test]
     fn states_from_the_server_are_checked() {
-        let (s, incarnation) = DbState::from_wire(Some(&wire(3, 4096, 10, &[2; 16]))).expect("valid");
-        assert_eq!((s.version, s.page_size, s.page_count, s.tag, incarnation), (3, 4096, 10, [2; 16], [1; 16]));
+        let (s, incarnation) =
+            DbState::from_wire(Some(&wire(3, 4096, 10, &[2; 16]))).expect("valid");
+        assert_eq!(
+            (s.version, s.page_size, s.page_count, s.tag, incarnation),
+            (3, 4096, 10, [2; 16], [1; 16])
+        );
         // Version 0: empty, its tag all zeros or left out.
-        assert_eq!(DbState::from_wire(Some(&wire(0, 0, 0, &[]))).expect("empty tag at 0").0, DbState::default());
+        assert_eq!(
+            DbState::from_wire(Some(&wire(0, 0, 0, &[])))
+                .expect("empty tag at 0")
+                .0,
+            DbState::default()
+        );
         assert!(DbState::from_wire(Some(&wire(0, 0, 0, &[0; 16]))).is_ok());
         assert!(refused(Some(&wire(1, 4096, 1, &[]))).contains("a version tag of 0 bytes"));
         assert!(refused(Some(&wire(0, 4096, 1, &[0; 16]))).contains("version 0 with page count 1"));
         assert!(refused(Some(&wire(5, 4096, 0, &[2; 16]))).contains("page size 4096 and count 0"));
         assert!(refused(Some(&wire(5, 0, 3, &[2; 16]))).contains("page size 0 and count 3"));
         for size in [3000, 256, 1 << 17, 1 << 30, u32::MAX] {
-            assert!(refused(Some(&wire(1, size, 1, &[2; 16]))).contains(&format!("page size {size}")));
+            assert!(
+                refused(Some(&wire(1, size, 1, &[2; 16]))).contains(&format!("page size {size}"))
+            );
         }
         assert!(refused(Some(&wire(1, 4096, u32::MAX, &[2; 16]))).contains("count 4294967295"));
         let mut short = wire(1, 4096, 1, &[2; 16]);
@@ -821,31 +998,81 @@ mod tests {
 
     #[test]
     fn server_limits_of_any_value_give_settings_that_work() {
-        let open = |limits, heartbeat_ms| pb::OpenResponse { limits, heartbeat_ms, ..Default::default() };
+        let open = |limits, heartbeat_ms| pb::OpenResponse {
+            limits,
+            heartbeat_ms,
+            ..Default::default()
+        };
         let zero = ServerSettings::from_open(&open(Some(pb::Limits::default()), 0), 256 << 20);
-        assert_eq!((zero.max_pages_per_read, zero.max_message_bytes, zero.heartbeat), (1, 1 << 20, Duration::from_millis(100)));
+        assert_eq!(
+            (
+                zero.max_pages_per_read,
+                zero.max_message_bytes,
+                zero.heartbeat
+            ),
+            (1, 1 << 20, Duration::from_millis(100))
+        );
         assert_eq!(zero.pages_per_read(65536), 1);
         let none = ServerSettings::from_open(&open(None, 1000), 256 << 20);
-        assert_eq!((none.max_pages_per_read, none.max_message_bytes), (1, 1 << 20));
-        let max = pb::Limits { max_pages_per_read: u32::MAX, max_message_bytes: u64::MAX, max_commit_bytes: u64::MAX };
+        assert_eq!(
+            (none.max_pages_per_read, none.max_message_bytes),
+            (1, 1 << 20)
+        );
+        let max = pb::Limits {
+            max_pages_per_read: u32::MAX,
+            max_message_bytes: u64::MAX,
+            max_commit_bytes: u64::MAX,
+        };
         let max = ServerSettings::from_open(&open(Some(max), u64::MAX), 256 << 20);
-        assert_eq!((max.max_message_bytes, max.heartbeat), (256 << 20, Duration::from_millis(MAX_TTL_MS)));
+        assert_eq!(
+            (max.max_message_bytes, max.heartbeat),
+            (256 << 20, Duration::from_millis(MAX_TTL_MS))
+        );
         // As many pages as fit in a message this client accepts, with room for framing.
         assert_eq!(max.pages_per_read(4096), (256 << 20) / 4096 - 1);
         assert_eq!(max.pages_per_read(65536), 4095);
-        assert_eq!(max.pages_per_read(0), (256 << 20) - 1, "an empty state asks for no pages anyway");
-        let server = pb::Limits { max_pages_per_read: 1024, max_message_bytes: 16 << 20, max_commit_bytes: 0 };
+        assert_eq!(
+            max.pages_per_read(0),
+            (256 << 20) - 1,
+            "an empty state asks for no pages anyway"
+        );
+        let server = pb::Limits {
+            max_pages_per_read: 1024,
+            max_message_bytes: 16 << 20,
+            max_commit_bytes: 0,
+        };
         let server = ServerSettings::from_open(&open(Some(server), 3000), 256 << 20);
-        assert_eq!((server.pages_per_read(4096), server.pages_per_read(65536)), (1024, 255));
+        assert_eq!(
+            (server.pages_per_read(4096), server.pages_per_read(65536)),
+            (1024, 255)
+        );
     }
 
     #[test]
     fn lease_ttls_are_clamped() {
         let at = Instant::now();
-        let lease = |ttl_ms| pb::LeaseResponse { lease_id: Bytes::from_static(&[1; 16]), epoch: 1, ttl_ms, state: None };
-        assert_eq!(Lease::from_response(&lease(u64::MAX), at).expect("clamped").ttl, Duration::from_millis(MAX_TTL_MS));
+        let lease = |ttl_ms| pb::LeaseResponse {
+            lease_id: Bytes::from_static(&[1; 16]),
+            epoch: 1,
+            ttl_ms,
+            state: None,
+        };
+        assert_eq!(
+            Lease::from_response(&lease(u64::MAX), at)
+                .expect("clamped")
+                .ttl,
+            Duration::from_millis(MAX_TTL_MS)
+        );
         assert!(!Lease::from_response(&lease(0), at).expect("zero").valid());
-        let short = pb::LeaseResponse { lease_id: Bytes::from_static(&[1; 3]), ..lease(1000) };
-        assert!(Lease::from_response(&short, at).expect_err("short id").to_string().contains("a lease id of 3 bytes"));
+        let short = pb::LeaseResponse {
+            lease_id: Bytes::from_static(&[1; 3]),
+            ..lease(1000)
+        };
+        assert!(
+            Lease::from_response(&short, at)
+                .expect_err("short id")
+                .to_string()
+                .contains("a lease id of 3 bytes")
+        );
     }
 }

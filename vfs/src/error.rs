@@ -70,10 +70,12 @@ impl VfsError {
     /// call may be sent again (commits are idempotent by commit id).
     pub fn is_retryable(&self) -> bool {
         match self {
-            VfsError::Status(s) => matches!(
-                s.code(),
-                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-            ) || (s.code() == Code::Internal && s.message().contains("h2")),
+            VfsError::Status(s) => {
+                matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+                ) || (s.code() == Code::Internal && s.message().contains("h2"))
+            }
             _ => false,
         }
     }
@@ -106,6 +108,9 @@ mod tests {
         let lost = VfsError::Status(tonic::Status::failed_precondition("lease lost"));
         assert_eq!(lost.sqlite_code(Op::Sync), vars::SQLITE_IOERR_FSYNC);
         assert!(!lost.is_retryable());
-        assert_eq!(VfsError::BadName("x".into()).sqlite_code(Op::Open), vars::SQLITE_CANTOPEN);
+        assert_eq!(
+            VfsError::BadName("x".into()).sqlite_code(Op::Open),
+            vars::SQLITE_CANTOPEN
+        );
     }
 }

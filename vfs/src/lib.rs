@@ -82,8 +82,15 @@ fn sqlite_log_lines(msg: &str) -> Vec<String> {
             end -= 1;
         }
         let (piece, more) = rest.split_at(end);
-        let prefix = if lines.is_empty() { "pagewire: " } else { "pagewire: ... " };
-        lines.push(format!("{prefix}{}", piece.replace('%', "%%").replace('\0', " ")));
+        let prefix = if lines.is_empty() {
+            "pagewire: "
+        } else {
+            "pagewire: ... "
+        };
+        lines.push(format!(
+            "{prefix}{}",
+            piece.replace('%', "%%").replace('\0', " ")
+        ));
         rest = more;
     }
     lines
@@ -122,7 +129,9 @@ fn finish(result: Result<SqliteLogger, i32>) -> Result<(), String> {
         }
         Err(code) => {
             REGISTERED.store(false, Ordering::SeqCst);
-            Err(format!("pagewire: registering the VFS failed (SQLite code {code})"))
+            Err(format!(
+                "pagewire: registering the VFS failed (SQLite code {code})"
+            ))
         }
     }
 }
@@ -133,7 +142,11 @@ fn finish(result: Result<SqliteLogger, i32>) -> Result<(), String> {
 pub fn register(make_default: bool) -> Result<(), String> {
     let Some(vfs) = prepare()? else { return Ok(()) };
     let name = std::ffi::CString::new(VFS_NAME).map_err(|e| e.to_string())?;
-    finish(sqlite_plugin::vfs::register_static(name, vfs, sqlite_plugin::vfs::RegisterOpts { make_default }))
+    finish(sqlite_plugin::vfs::register_static(
+        name,
+        vfs,
+        sqlite_plugin::vfs::RegisterOpts { make_default },
+    ))
 }
 
 /// C entry point for binaries linking SQLite statically (the static shell):
@@ -178,9 +191,10 @@ pub unsafe extern "C" fn sqlite3_pagewirevfs_init(
             // SAFETY: p_api is valid (above); pz_err_msg is SQLite's out pointer.
             unsafe {
                 if let (Some(api), false) = (p_api.as_ref(), pz_err_msg.is_null())
-                    && let Ok(api) = sqlite_plugin::vfs::SqliteApi::new_dynamic(api) {
-                        let _ = api.mprintf(&msg, pz_err_msg);
-                    }
+                    && let Ok(api) = sqlite_plugin::vfs::SqliteApi::new_dynamic(api)
+                {
+                    let _ = api.mprintf(&msg, pz_err_msg);
+                }
             }
             vars::SQLITE_ERROR
         }
@@ -195,14 +209,31 @@ mod tests {
     #[test]
     fn sqlite_log_lines_are_short_text_formats() {
         assert_eq!(sqlite_log_lines(""), ["pagewire: "]);
-        assert_eq!(sqlite_log_lines("50% off: %s%n\0"), ["pagewire: 50%% off: %%s%%n "]);
+        assert_eq!(
+            sqlite_log_lines("50% off: %s%n\0"),
+            ["pagewire: 50%% off: %%s%%n "]
+        );
         let long = format!("{}é{}", "a".repeat(179), "b".repeat(400));
         let lines = sqlite_log_lines(&long);
         assert_eq!(lines.len(), 4);
-        assert!(lines[0].ends_with(&"a".repeat(179)), "a piece ends on a char boundary");
+        assert!(
+            lines[0].ends_with(&"a".repeat(179)),
+            "a piece ends on a char boundary"
+        );
         assert!(lines[1].starts_with("pagewire: ... é"));
-        let joined: String = lines.iter().map(|l| l.strip_prefix("pagewire: ... ").or(l.strip_prefix("pagewire: ")).unwrap_or(l)).collect();
+        let joined: String = lines
+            .iter()
+            .map(|l| {
+                l.strip_prefix("pagewire: ... ")
+                    .or(l.strip_prefix("pagewire: "))
+                    .unwrap_or(l)
+            })
+            .collect();
         assert_eq!(joined, long);
-        assert!(lines.iter().all(|l| l.len() <= SQLITE_LOG_PIECE + "pagewire: ... ".len()));
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.len() <= SQLITE_LOG_PIECE + "pagewire: ... ".len())
+        );
     }
 }

@@ -24,7 +24,9 @@ impl LockTable {
     pub fn lock(&mut self, id: u64, from: LockLevel, to: LockLevel) -> Result<(), VfsError> {
         if to >= LockLevel::Reserved && from < LockLevel::Reserved {
             if self.reserved.is_some_and(|h| h != id) {
-                return Err(VfsError::Busy("another connection in this process is writing".into()));
+                return Err(VfsError::Busy(
+                    "another connection in this process is writing".into(),
+                ));
             }
             self.reserved = Some(id);
         }
@@ -57,8 +59,10 @@ mod tests {
         t.lock(1, Shared, Reserved).expect("a writes");
         assert!(t.reserved());
         assert!(t.lock(2, Shared, Reserved).is_err(), "one writer at a time");
-        t.lock(1, Reserved, Exclusive).expect("a commits while b reads its own version");
-        t.lock(3, Unlocked, Shared).expect("new readers are welcome");
+        t.lock(1, Reserved, Exclusive)
+            .expect("a commits while b reads its own version");
+        t.lock(3, Unlocked, Shared)
+            .expect("new readers are welcome");
         t.unlock(1, Exclusive, Shared);
         assert!(!t.reserved());
         t.lock(2, Shared, Reserved).expect("b's turn");

@@ -55,7 +55,13 @@ pub struct MainFile {
 }
 
 impl MainFile {
-    pub fn new(db: Arc<Database>, id: u64, read_only: bool, view: DbState, config: &Config) -> Self {
+    pub fn new(
+        db: Arc<Database>,
+        id: u64,
+        read_only: bool,
+        view: DbState,
+        config: &Config,
+    ) -> Self {
         Self {
             db,
             id,
@@ -96,7 +102,9 @@ impl MainFile {
         self.check_poison()?;
         let (db, view, ra) = (&self.db, self.view, &mut self.readahead);
         match &self.txn {
-            Some(txn) => txn.read(offset, buf, &mut |o, b| read_committed(db, view, o, b, Some(&mut *ra))),
+            Some(txn) => txn.read(offset, buf, &mut |o, b| {
+                read_committed(db, view, o, b, Some(&mut *ra))
+            }),
             None => read_committed(db, view, offset, buf, Some(ra)),
         }
     }
@@ -107,7 +115,9 @@ impl MainFile {
             return Err(VfsError::ReadOnly);
         }
         let base = self.view.file_size();
-        self.txn.get_or_insert_with(|| WriteBuffer::new(base)).write(offset, data);
+        self.txn
+            .get_or_insert_with(|| WriteBuffer::new(base))
+            .write(offset, data);
         Ok(())
     }
 
@@ -122,13 +132,18 @@ impl MainFile {
             return Err(VfsError::ReadOnly);
         }
         let base = self.view.file_size();
-        self.txn.get_or_insert_with(|| WriteBuffer::new(base)).truncate(size);
+        self.txn
+            .get_or_insert_with(|| WriteBuffer::new(base))
+            .truncate(size);
         Ok(())
     }
 
     pub fn file_size(&self) -> Result<u64, VfsError> {
         self.check_poison()?;
-        Ok(self.txn.as_ref().map_or(self.view.file_size(), WriteBuffer::size))
+        Ok(self
+            .txn
+            .as_ref()
+            .map_or(self.view.file_size(), WriteBuffer::size))
     }
 
     pub fn lock(&mut self, to: LockLevel) -> Result<(), VfsError> {
@@ -245,7 +260,9 @@ impl MainFile {
     fn commit(&mut self) -> Result<(), VfsError> {
         // Taken out first: whatever happens below, the buffer is gone (SQLite
         // replays its journal after a failed sync).
-        let Some(txn) = self.txn.take() else { return Ok(()) };
+        let Some(txn) = self.txn.take() else {
+            return Ok(());
+        };
         let (db, view) = (self.db.clone(), self.view);
         let mut base = |o, b: &mut [u8]| read_committed(&db, view, o, b, None);
         if txn.equals_base(&mut base)? {
@@ -293,7 +310,10 @@ impl MainFile {
     /// Releases this connection's locks (xClose).
     pub fn close(&mut self) {
         self.txn = None;
-        self.db.locks.lock().unlock(self.id, self.lock, LockLevel::Unlocked);
+        self.db
+            .locks
+            .lock()
+            .unlock(self.id, self.lock, LockLevel::Unlocked);
         self.lock = LockLevel::Unlocked;
     }
 }
@@ -316,18 +336,19 @@ fn new_geometry(
     let from_extent = txn.size().div_ceil(page_size as u64);
     let page_count = match complete.then(|| header::page_count(&h)).flatten() {
         Some(n) => n,
-        None => u32::try_from(from_extent).map_err(|_| VfsError::Internal("file too large".into()))?,
+        None => {
+            u32::try_from(from_extent).map_err(|_| VfsError::Internal("file too large".into()))?
+        }
     };
     if page_count == 0 {
-        return Err(VfsError::Internal("a commit must leave at least one page".into()));
+        return Err(VfsError::Internal(
+            "a commit must leave at least one page".into(),
+        ));
     }
     Ok((page_size, page_count))
 }
 
-fn base_change_counter(
-    view: DbState,
-    base: &mut BaseRead<'_, VfsError>,
-) -> Result<u32, VfsError> {
+fn base_change_counter(view: DbState, base: &mut BaseRead<'_, VfsError>) -> Result<u32, VfsError> {
     if view.page_count == 0 {
         return Ok(0);
     }

@@ -26,7 +26,11 @@ use crate::main_file::MainFile;
 /// SQLite's journal mode names, in the order it matches prefixes against them.
 const JOURNAL_MODES: [&str; 6] = ["delete", "persist", "off", "truncate", "memory", "wal"];
 
-pub fn handle(file: &mut MainFile, name: &str, arg: Option<&str>) -> Result<Option<String>, PragmaErr> {
+pub fn handle(
+    file: &mut MainFile,
+    name: &str,
+    arg: Option<&str>,
+) -> Result<Option<String>, PragmaErr> {
     match (name.to_ascii_lowercase().as_str(), arg) {
         ("journal_mode", Some(arg)) => match journal_mode(arg) {
             Some(mode @ ("wal" | "off")) => {
@@ -59,7 +63,9 @@ pub fn handle(file: &mut MainFile, name: &str, arg: Option<&str>) -> Result<Opti
             }
             Err(_) => Err(PragmaErr::Fail(
                 sqlite_plugin::vars::SQLITE_ERROR,
-                Some(format!("pagewire_min_version: expected a version number, got {arg:?}")),
+                Some(format!(
+                    "pagewire_min_version: expected a version number, got {arg:?}"
+                )),
             )),
         },
         ("pagewire_read_lease", None) => Ok(Some(file.db.with_watch(|w, _| w.describe()))),
@@ -121,7 +127,17 @@ mod tests {
         for off in ["off", "OFF", "0", "no", "False", "8", "7", "00"] {
             assert_eq!(synchronous_level(off), 0, "{off}");
         }
-        for (arg, level) in [("normal", 1), ("on", 1), ("yes", 1), ("true", 1), ("1", 1), ("full", 2), ("2", 2), ("extra", 3), ("3", 3)] {
+        for (arg, level) in [
+            ("normal", 1),
+            ("on", 1),
+            ("yes", 1),
+            ("true", 1),
+            ("1", 1),
+            ("full", 2),
+            ("2", 2),
+            ("extra", 3),
+            ("3", 3),
+        ] {
             assert_eq!(synchronous_level(arg), level, "{arg}");
         }
     }

@@ -17,8 +17,14 @@ pub struct ReadAhead {
 impl ReadAhead {
     /// Records a read of pages `first..=last`; returns the pages to fetch with
     /// it (after `last`, at most up to `page_count`).
-    pub fn on_read(&mut self, first: u32, last: u32, page_count: u32) -> std::ops::RangeInclusive<u32> {
-        let sequential = self.last > 0 && first > self.last && first <= self.last.saturating_add(NEAR);
+    pub fn on_read(
+        &mut self,
+        first: u32,
+        last: u32,
+        page_count: u32,
+    ) -> std::ops::RangeInclusive<u32> {
+        let sequential =
+            self.last > 0 && first > self.last && first <= self.last.saturating_add(NEAR);
         self.window = match (sequential, self.window) {
             (false, _) => 0,
             (true, 0) => FIRST_WINDOW,
@@ -37,7 +43,10 @@ mod tests {
     #[test]
     fn grows_on_sequential_reads_and_resets_on_jumps() {
         let mut r = ReadAhead::default();
-        assert!(r.on_read(5, 5, 1000).is_empty(), "one read is not a pattern");
+        assert!(
+            r.on_read(5, 5, 1000).is_empty(),
+            "one read is not a pattern"
+        );
         assert_eq!(r.on_read(6, 6, 1000), 7..=14);
         assert_eq!(r.on_read(9, 9, 1000), 10..=25, "near-sequential counts");
         assert!(r.on_read(500, 500, 1000).is_empty(), "a jump resets");

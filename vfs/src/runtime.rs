@@ -57,7 +57,10 @@ impl Conn {
         // connect_lazy needs a runtime context to spawn its connection task.
         let _guard = self.handle.enter();
         *current = (seen + 1, self.endpoint.connect_lazy());
-        tracing::debug!(generation = seen + 1, "new connection to the server after a call timed out");
+        tracing::debug!(
+            generation = seen + 1,
+            "new connection to the server after a call timed out"
+        );
     }
 }
 
@@ -84,14 +87,20 @@ pub fn get() -> Result<Arc<Rt>, VfsError> {
         .enable_all()
         .build()
         .map_err(|e| VfsError::Internal(format!("cannot start the VFS runtime: {e}")))?;
-    let rt = Arc::new(Rt { pid, runtime, channels: Mutex::new(HashMap::new()) });
+    let rt = Arc::new(Rt {
+        pid,
+        runtime,
+        channels: Mutex::new(HashMap::new()),
+    });
     *slot = Some(rt.clone());
     Ok(rt)
 }
 
 /// The error for a database opened before this process forked, used in the child.
 pub fn forked() -> VfsError {
-    VfsError::Internal("this database was opened before the process forked; open it again in the child".into())
+    VfsError::Internal(
+        "this database was opened before the process forked; open it again in the child".into(),
+    )
 }
 
 impl Rt {
@@ -114,7 +123,8 @@ impl Rt {
         self.runtime.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().map_err(|_| VfsError::Internal("the VFS runtime stopped".into()))
+        rx.recv()
+            .map_err(|_| VfsError::Internal("the VFS runtime stopped".into()))
     }
 
     /// False in a forked child, whose copy of this runtime has no threads.
@@ -146,7 +156,11 @@ impl Rt {
         // connect_lazy needs a runtime context to spawn its connection task.
         let _guard = self.runtime.enter();
         let channel = endpoint.connect_lazy();
-        let conn = Arc::new(Conn { endpoint, handle: self.runtime.handle().clone(), current: Mutex::new((0, channel)) });
+        let conn = Arc::new(Conn {
+            endpoint,
+            handle: self.runtime.handle().clone(),
+            current: Mutex::new((0, channel)),
+        });
         channels.insert(url.to_owned(), conn.clone());
         Ok(conn)
     }

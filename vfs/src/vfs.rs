@@ -46,7 +46,11 @@ mod compat {
                 resp.min_client_protocol
             )));
         }
-        if !resp.capabilities.iter().any(|c| c == capability::INCARNATIONS) {
+        if !resp
+            .capabilities
+            .iter()
+            .any(|c| c == capability::INCARNATIONS)
+        {
             return Err(VfsError::Internal(format!(
                 "the server is older than this VFS (protocol revision {}, this VFS speaks {PROTOCOL_REVISION}): it cannot tell a \
                  replaced database from the one opened; upgrade the server",
@@ -93,19 +97,34 @@ pub struct PagewireVfs {
 
 impl PagewireVfs {
     pub fn new(config: Config) -> Self {
-        Self { config, databases: Mutex::default(), next_connection: AtomicU64::new(1) }
+        Self {
+            config,
+            databases: Mutex::default(),
+            next_connection: AtomicU64::new(1),
+        }
     }
 
     fn open_main(&self, path: &str, opts: &OpenOpts) -> Result<Handle, VfsError> {
         let name = normalize_name(path)?;
         // SAFETY: `path` is the main database name SQLite passed to xOpen (see uri_params).
         let params = unsafe { uri_params(path) };
-        let config = self.config.with_uri_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let config = self
+            .config
+            .with_uri_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         let read_only = opts.mode().is_readonly() || config.as_of.is_some();
         let create = !read_only
-            && matches!(opts.mode(), OpenMode::ReadWrite { create: CreateMode::Create | CreateMode::MustCreate });
+            && matches!(
+                opts.mode(),
+                OpenMode::ReadWrite {
+                    create: CreateMode::Create | CreateMode::MustCreate
+                }
+            );
         let rt = runtime::get()?;
-        let key = DbKey { url: config.url.clone(), token: config.token.clone(), name: name.clone() };
+        let key = DbKey {
+            url: config.url.clone(),
+            token: config.token.clone(),
+            name: name.clone(),
+        };
         let client = match self.live_database(&key) {
             Some(db) => db.client.clone(),
             None => Client::new(
@@ -116,13 +135,26 @@ impl PagewireVfs {
                 MAX_MESSAGE_BYTES,
             )?,
         };
-        let req = pb::OpenRequest { name, create, read_only, protocol: pagewire_proto::PROTOCOL_REVISION };
-        let cannot_open = |e: VfsError| VfsError::Open(format!("{:?} at {}: {e}", key.name, config.url));
-        let resp = rt.block_on(client.clone().open(req))?.map_err(cannot_open)?;
-        let opened = compat::check_open(&resp).and_then(|()| DbState::from_wire(resp.state.as_ref())).map_err(cannot_open)?;
+        let req = pb::OpenRequest {
+            name,
+            create,
+            read_only,
+            protocol: pagewire_proto::PROTOCOL_REVISION,
+        };
+        let cannot_open =
+            |e: VfsError| VfsError::Open(format!("{:?} at {}: {e}", key.name, config.url));
+        let resp = rt
+            .block_on(client.clone().open(req))?
+            .map_err(cannot_open)?;
+        let opened = compat::check_open(&resp)
+            .and_then(|()| DbState::from_wire(resp.state.as_ref()))
+            .map_err(cannot_open)?;
         let db = {
             let mut dbs = self.databases.lock();
-            let live = dbs.get(&key).and_then(Weak::upgrade).filter(|db| db.rt().is_current());
+            let live = dbs
+                .get(&key)
+                .and_then(Weak::upgrade)
+                .filter(|db| db.rt().is_current());
             let db = match live.filter(|db| same_incarnation(db, opened.1)) {
                 Some(db) => db,
                 None => {
@@ -130,7 +162,15 @@ impl PagewireVfs {
                     // Replies are decoded only up to what this server says it sends: prost
                     // builds a reply's structs before any check, several times its size.
                     let client = client.with_max_message(settings.max_message_bytes + DECODE_SLACK);
-                    Arc::new(Database::new(key.clone(), rt, client, settings, opened, config.cache_size as usize, config.lease_idle))
+                    Arc::new(Database::new(
+                        key.clone(),
+                        rt,
+                        client,
+                        settings,
+                        opened,
+                        config.cache_size as usize,
+                        config.lease_idle,
+                    ))
                 }
             };
             dbs.insert(key, Arc::downgrade(&db));
@@ -151,7 +191,10 @@ impl PagewireVfs {
             if let Err(e) = file.pin() {
                 let name = file.db.name().to_owned();
                 self.close_main(file);
-                return Err(VfsError::Open(format!("{name:?} as of {:?}: {e}", config.as_of)));
+                return Err(VfsError::Open(format!(
+                    "{name:?} as of {:?}: {e}",
+                    config.as_of
+                )));
             }
         }
         Ok(Handle::Main(Box::new(file)))
@@ -159,9 +202,12 @@ impl PagewireVfs {
 
     /// The open database for `key`, unless it belongs to the parent of a fork.
     fn live_database(&self, key: &DbKey) -> Option<Arc<Database>> {
-        self.databases.lock().get(key).and_then(Weak::upgrade).filter(|db| db.rt().is_current())
+        self.databases
+            .lock()
+            .get(key)
+            .and_then(Weak::upgrade)
+            .filter(|db| db.rt().is_current())
     }
-
 
     fn close_main(&self, mut file: MainFile) {
         file.close();
@@ -169,7 +215,9 @@ impl PagewireVfs {
             let mut dbs = self.databases.lock();
             let last = file.db.connection_closed();
             // A replaced database's entry may already be its successor's.
-            let ours = dbs.get(&file.db.key).is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&file.db)));
+            let ours = dbs
+                .get(&file.db.key)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&file.db)));
             if last && ours {
                 dbs.remove(&file.db.key);
             }
@@ -224,7 +272,11 @@ fn guard<T>(op: Op, what: impl FnOnce() -> Result<T, VfsError>) -> VfsResult<T> 
 /// forked is refused on every path before anything else: its runtime's threads are in
 /// the parent, a lock one of them held may never be released here, and its cached
 /// state (write lease, read lease) would let reads go on with no RPC at all.
-fn on_file<T>(op: Op, h: &mut Handle, what: impl FnOnce(&mut Handle) -> Result<T, VfsError>) -> VfsResult<T> {
+fn on_file<T>(
+    op: Op,
+    h: &mut Handle,
+    what: impl FnOnce(&mut Handle) -> Result<T, VfsError>,
+) -> VfsResult<T> {
     guard(op, || match h {
         Handle::Main(m) if !m.db.rt().is_current() => Err(runtime::forked()),
         _ => what(h),
@@ -288,7 +340,10 @@ unsafe fn uri_params(path: &str) -> Vec<(String, String)> {
             p = p.add(key.to_bytes().len() + 1);
             let value = CStr::from_ptr(p);
             p = p.add(value.to_bytes().len() + 1);
-            out.push((key.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()));
+            out.push((
+                key.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            ));
         }
     }
     out
@@ -404,11 +459,15 @@ impl Vfs for PagewireVfs {
     /// directive (and write through a pointer that is not there).
     fn pragma(&self, h: &mut Handle, p: Pragma<'_>) -> Result<Option<String>, PragmaErr> {
         let answer = match h {
-            Handle::Main(m) if !m.db.rt().is_current() => {
-                Err(PragmaErr::Fail(vars::SQLITE_IOERR, Some(runtime::forked().to_string())))
-            }
+            Handle::Main(m) if !m.db.rt().is_current() => Err(PragmaErr::Fail(
+                vars::SQLITE_IOERR,
+                Some(runtime::forked().to_string()),
+            )),
             Handle::Main(m) => catch_unwind(AssertUnwindSafe(|| pragma::handle(m, p.name, p.arg)))
-                .unwrap_or(Err(PragmaErr::Fail(vars::SQLITE_INTERNAL, Some("pagewire: internal error".into())))),
+                .unwrap_or(Err(PragmaErr::Fail(
+                    vars::SQLITE_INTERNAL,
+                    Some("pagewire: internal error".into()),
+                ))),
             Handle::Local(_) => Err(PragmaErr::NotFound),
         };
         let text = |t: Option<String>| t.map(|t| t.replace('%', "%%"));
@@ -420,7 +479,13 @@ impl Vfs for PagewireVfs {
     }
 
     /// Decline shared memory: WAL is refused (see pragma.rs).
-    fn shm_map(&self, _h: &mut Handle, _region: usize, _size: usize, _extend: bool) -> VfsResult<Option<std::ptr::NonNull<u8>>> {
+    fn shm_map(
+        &self,
+        _h: &mut Handle,
+        _region: usize,
+        _size: usize,
+        _extend: bool,
+    ) -> VfsResult<Option<std::ptr::NonNull<u8>>> {
         Err(vars::SQLITE_IOERR_SHMMAP)
     }
 }
@@ -431,7 +496,10 @@ mod tests {
 
     #[test]
     fn names_are_normalized_and_bounded() {
-        assert_eq!(normalize_name("./acme/orders.db").ok().as_deref(), Some("acme/orders.db"));
+        assert_eq!(
+            normalize_name("./acme/orders.db").ok().as_deref(),
+            Some("acme/orders.db")
+        );
         assert_eq!(normalize_name("//x.db").ok().as_deref(), Some("x.db"));
         assert_eq!(normalize_name("/./x.db").ok().as_deref(), Some("x.db"));
         assert!(normalize_name("/").is_err());

@@ -23,8 +23,8 @@ use pb::watch_event::Event;
 use pb::watch_request::Part;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::config::Consistency;
 use crate::cache::{Changed, PageCache};
+use crate::config::Consistency;
 use crate::database::{Database, DbState, lease_deadline};
 
 /// Most changed pages fetched again after a commit (a bigger commit is read on demand).
@@ -115,7 +115,11 @@ impl WatchView {
     pub fn describe(&self) -> String {
         let held = self.lease_until.is_some_and(|t| Instant::now() < t);
         let heard = self.known.map_or("none".into(), |k| k.version.to_string());
-        format!("lease={} heard={heard} round={}", if held { "held" } else { "none" }, u8::from(self.in_round))
+        format!(
+            "lease={} heard={heard} round={}",
+            if held { "held" } else { "none" },
+            u8::from(self.in_round)
+        )
     }
 
     /// Notes a read transaction; returns the signals of a task to start for it.
@@ -137,7 +141,12 @@ impl WatchView {
         let (done, finished) = oneshot::channel();
         self.stop = Some(stop);
         self.done = Some(finished);
-        Some(TaskSignals { task: self.task, stop: stopped, done, wake: self.wake.clone() })
+        Some(TaskSignals {
+            task: self.task,
+            stop: stopped,
+            done,
+            wake: self.wake.clone(),
+        })
     }
 
     /// A transaction of this process took RESERVED: its reads need no stream for now.
@@ -199,7 +208,10 @@ pub struct TaskSignals {
 /// The watch task of `db`: runs until the stream breaks, the database is dropped or
 /// closed (`stop` fires), or no one has read for `idle`.
 pub async fn run(db: Weak<Database>, name: String, idle: Duration, signals: TaskSignals) {
-    let own = Own { db, task: signals.task };
+    let own = Own {
+        db,
+        task: signals.task,
+    };
     let failed = match follow(&own, name, idle, signals.stop, &signals.wake).await {
         Ok(()) => false,
         Err(e) => {
@@ -231,8 +243,13 @@ impl Own {
         self.db.upgrade().ok_or(Superseded)
     }
 
-    fn with<T>(&self, db: &Database, f: impl FnOnce(&mut WatchView, &mut PageCache) -> T) -> Result<T, Superseded> {
-        db.with_watch(|w, cache| (w.running && w.task == self.task).then(|| f(w, cache))).ok_or(Superseded)
+    fn with<T>(
+        &self,
+        db: &Database,
+        f: impl FnOnce(&mut WatchView, &mut PageCache) -> T,
+    ) -> Result<T, Superseded> {
+        db.with_watch(|w, cache| (w.running && w.task == self.task).then(|| f(w, cache)))
+            .ok_or(Superseded)
     }
 }
 
@@ -243,11 +260,19 @@ async fn follow(
     mut stop: oneshot::Receiver<()>,
     wake: &Notify,
 ) -> Result<(), tonic::Status> {
-    let Ok((client, incarnation)) = own.db().map(|d| (d.client.clone(), d.incarnation())) else { return Ok(()) };
+    let Ok((client, incarnation)) = own.db().map(|d| (d.client.clone(), d.incarnation())) else {
+        return Ok(());
+    };
     let (tx, rx) = mpsc::channel(16);
     let outbox = Outbox(tx);
     let incarnation = bytes::Bytes::copy_from_slice(&incarnation);
-    outbox.send(Part::Start(pb::WatchStart { name, ranges: true, incarnation })).await;
+    outbox
+        .send(Part::Start(pb::WatchStart {
+            name,
+            ranges: true,
+            incarnation,
+        }))
+        .await;
     let mut events = client.watch(rx).await?;
     let mut lease = LeaseAsks::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -283,9 +308,19 @@ async fn follow(
 
 /// Every third of a lease: ask for it again, give it back (this process writes), or
 /// stop (no reads for `idle`).
-fn renew(own: &Own, db: &Database, lease: &mut LeaseAsks, idle: Duration) -> Result<Option<Part>, Superseded> {
+fn renew(
+    own: &Own,
+    db: &Database,
+    lease: &mut LeaseAsks,
+    idle: Duration,
+) -> Result<Option<Part>, Superseded> {
     // Only a held lease is renewed here; reads ask for a new one (`ask_soon`).
-    let (idle_now, wants) = own.with(db, |w, _| (w.last_read.elapsed() >= idle, w.wants_lease && w.lease_until.is_some()))?;
+    let (idle_now, wants) = own.with(db, |w, _| {
+        (
+            w.last_read.elapsed() >= idle,
+            w.wants_lease && w.lease_until.is_some(),
+        )
+    })?;
     if idle_now {
         return Err(Superseded);
     }
@@ -331,7 +366,10 @@ impl LeaseAsks {
     /// An ask on a reader's demand, unless one is already on its way (or this process
     /// writes: its reads need none).
     fn ask_soon(&mut self, db: &Database) -> Option<Part> {
-        let pending = self.asked.values().any(|at| at.elapsed() < Duration::from_millis(20));
+        let pending = self
+            .asked
+            .values()
+            .any(|at| at.elapsed() < Duration::from_millis(20));
         if pending || db.holds_write_lease() {
             return None;
         }
@@ -358,8 +396,15 @@ impl LeaseAsks {
 }
 
 /// Applies one event; returns what to send back.
-fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Event>) -> Result<Vec<Part>, Superseded> {
-    let Some(event) = event else { return Ok(Vec::new()) };
+fn handle(
+    own: &Own,
+    db: &Arc<Database>,
+    lease: &mut LeaseAsks,
+    event: Option<Event>,
+) -> Result<Vec<Part>, Superseded> {
+    let Some(event) = event else {
+        return Ok(Vec::new());
+    };
     match event {
         Event::Started(started) => {
             lease.ttl = read_lease_ttl(started.read_lease_ttl_ms);
@@ -367,7 +412,9 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
                 lease.renew_every = Some(lease.ttl / 3);
             }
             // A state of another database ends the task (the database is marked replaced).
-            let state = db.learn_watched(started.state.as_ref()).map_err(|_| Superseded)?;
+            let state = db
+                .learn_watched(started.state.as_ref())
+                .map_err(|_| Superseded)?;
             // The cache stays where it is; a BeginRead moves it to `state` (its change
             // list is not known here), after which reads need no RPC.
             let wants = own.with(db, |w, _| {
@@ -375,12 +422,20 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
                 w.known = Some(state);
                 w.wants_lease
             })?;
-            Ok(if wants { lease.ask().into_iter().collect() } else { Vec::new() })
+            Ok(if wants {
+                lease.ask().into_iter().collect()
+            } else {
+                Vec::new()
+            })
         }
         Event::Granted(grant) => {
-            let Some(asked_at) = lease.asked.remove(&grant.seq) else { return Ok(Vec::new()) };
+            let Some(asked_at) = lease.asked.remove(&grant.seq) else {
+                return Ok(Vec::new());
+            };
             let until = lease_deadline(asked_at, read_lease_ttl(grant.ttl_ms));
-            own.with(db, |w, _| w.lease_until = Some(w.lease_until.map_or(until, |t| t.max(until))))?;
+            own.with(db, |w, _| {
+                w.lease_until = Some(w.lease_until.map_or(until, |t| t.max(until)))
+            })?;
             Ok(Vec::new())
         }
         Event::Invalidate(inv) => {
@@ -396,20 +451,31 @@ fn handle(own: &Own, db: &Arc<Database>, lease: &mut LeaseAsks, event: Option<Ev
                 unused
             })?;
             let ack = Part::Ack(pb::InvalidationAck { round: inv.round });
-            Ok(if unused { vec![ack, lease.release()] } else { vec![ack] })
+            Ok(if unused {
+                vec![ack, lease.release()]
+            } else {
+                vec![ack]
+            })
         }
         Event::RoundEnd(end) => {
-            let state = db.learn_watched(end.state.as_ref()).map_err(|_| Superseded)?;
-            let changed = (!end.cache_invalid).then(|| Changed::new(&end.changed_pages, end.changed_from));
+            let state = db
+                .learn_watched(end.state.as_ref())
+                .map_err(|_| Superseded)?;
+            let changed =
+                (!end.cache_invalid).then(|| Changed::new(&end.changed_pages, end.changed_from));
             let pushed = end.pages;
             let (refetch, leased) = own.with(db, |w, cache| {
-                let mut held: HashSet<u32> = cache.follow(w.known.map(|k| k.version), state, changed).into_iter().collect();
+                let mut held: HashSet<u32> = cache
+                    .follow(w.known.map(|k| k.version), state, changed)
+                    .into_iter()
+                    .collect();
                 // Small commits come with their pages: keep those this process had
                 // cached (and page 1, which every read transaction looks at). Only
                 // pages of this state (numbered within it, of its page size); each costs
                 // a lookup, however many the server sent.
                 for page in pushed {
-                    let fits = (1..=state.page_count).contains(&page.page_no) && page.data.len() == state.page_size as usize;
+                    let fits = (1..=state.page_count).contains(&page.page_no)
+                        && page.data.len() == state.page_size as usize;
                     if fits && (held.remove(&page.page_no) || page.page_no == 1) {
                         cache.insert(state, page.page_no, page.data);
                     }

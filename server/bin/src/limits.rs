@@ -63,7 +63,9 @@ pub struct LimitFlags {
 
 /// A byte size such as `4096`, `256MiB` or `2GiB`.
 fn bytes(s: &str) -> Result<u64, String> {
-    s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| format!("{s:?} is not a byte size like 256MiB: {e}"))
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a byte size like 256MiB: {e}"))
 }
 
 impl LimitFlags {
@@ -110,9 +112,12 @@ mod tests {
 
     #[test]
     fn sizes_take_units_and_bad_ones_say_so() {
-        let cli = Cli::try_parse_from(["x", "--max-commit-bytes", "256MiB"]).map(|c| c.limits.max_commit_bytes);
+        let cli = Cli::try_parse_from(["x", "--max-commit-bytes", "256MiB"])
+            .map(|c| c.limits.max_commit_bytes);
         assert_eq!(cli.ok(), Some(256 << 20));
-        let bad = Cli::try_parse_from(["x", "--max-commit-bytes", "lots"]).err().map(|e| e.to_string());
+        let bad = Cli::try_parse_from(["x", "--max-commit-bytes", "lots"])
+            .err()
+            .map(|e| e.to_string());
         assert!(bad.is_some_and(|e| e.contains("byte size")));
     }
 }

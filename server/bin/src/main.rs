@@ -112,7 +112,9 @@ fn redact(spec: &str) -> String {
 fn is_loopback(addr: &SocketAddr) -> bool {
     match addr.ip() {
         std::net::IpAddr::V4(ip) => ip.is_loopback(),
-        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -246,10 +248,21 @@ mod tests {
 
     #[test]
     fn only_loopback_is_loopback() {
-        for ok in ["127.0.0.1:1", "127.1.2.3:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+        for ok in [
+            "127.0.0.1:1",
+            "127.1.2.3:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
             assert!(is_loopback(&ok.parse().expect(ok)), "{ok}");
         }
-        for public in ["0.0.0.0:1", "10.0.0.1:1", "[::]:1", "[::ffff:10.0.0.1]:1", "[fe80::1]:1"] {
+        for public in [
+            "0.0.0.0:1",
+            "10.0.0.1:1",
+            "[::]:1",
+            "[::ffff:10.0.0.1]:1",
+            "[fe80::1]:1",
+        ] {
             assert!(!is_loopback(&public.parse().expect(public)), "{public}");
         }
     }
@@ -257,14 +270,23 @@ mod tests {
     #[test]
     fn public_listen_needs_tokens_or_the_insecure_flag() {
         let parse = |args: &[&str]| Flags::try_parse_from([&["pagewire-server"], args].concat());
-        let check = |args: &[&str]| check_exposure(&parse(args).expect("flags")).map_err(|e| e.to_string());
+        let check =
+            |args: &[&str]| check_exposure(&parse(args).expect("flags")).map_err(|e| e.to_string());
         let e = check(&["--listen", "0.0.0.0:7878"]).expect_err("refused");
-        assert!(e.contains("--tokens") && e.contains("--insecure-no-auth") && e.contains("0.0.0.0:7878"), "{e}");
+        assert!(
+            e.contains("--tokens")
+                && e.contains("--insecure-no-auth")
+                && e.contains("0.0.0.0:7878"),
+            "{e}"
+        );
         assert!(check(&["--listen", "0.0.0.0:7878", "--tokens", "t.toml"]).is_ok());
         assert!(check(&["--listen", "0.0.0.0:7878", "--insecure-no-auth"]).is_ok());
         assert!(check(&["--listen", "127.0.0.1:7878"]).is_ok());
         assert!(check(&[]).is_ok(), "the default is loopback");
-        assert!(parse(&["--tokens", "t.toml", "--insecure-no-auth"]).is_err(), "contradictory");
+        assert!(
+            parse(&["--tokens", "t.toml", "--insecure-no-auth"]).is_err(),
+            "contradictory"
+        );
     }
 
     #[tokio::test]

@@ -309,14 +309,23 @@ mod tests {
     #[test]
     fn errors_never_quote_a_token() {
         let bad = [
-            ("[[token]]\ntoken = \"SECRET1\" tenant = \"a\"\n", "line 2, column 19"),
+            (
+                "[[token]]\ntoken = \"SECRET1\" tenant = \"a\"\n",
+                "line 2, column 19",
+            ),
             ("[[token]]\ntoken = \"SECRET2\ntenant = \"a\"\n", "line 2"),
-            ("[[token]]\ntoken = 12345\ntenant = \"a\"\n", "invalid type: integer, expected a string"),
+            (
+                "[[token]]\ntoken = 12345\ntenant = \"a\"\n",
+                "invalid type: integer, expected a string",
+            ),
             (
                 "[[token]]\ntoken = \"SECRET4\"\ntenant = \"a\"\nadmin = \"SECRET4\"\n",
                 "line 4, column 9: invalid type: string, expected a boolean",
             ),
-            ("[[token]]\ntoken = 'SECRET5'\ntenant = \"a\"\nadmn = true\n", "unknown field `admn`"),
+            (
+                "[[token]]\ntoken = 'SECRET5'\ntenant = \"a\"\nadmn = true\n",
+                "unknown field `admn`",
+            ),
             (
                 "[[token]]\ntoken = \"SECRET6\"\ntenant = \"a\"\n[[token]]\ntoken = \"SECRET6\"\ntenant = \"b\"\n",
                 "duplicate token",

@@ -93,7 +93,10 @@ impl Limits {
             self.max_message_bytes >= smallest,
             "--max-message-bytes must be at least {smallest} (a few of the largest pages)"
         );
-        ensure!(self.max_pages_per_read >= 1, "--max-pages-per-read must be at least 1");
+        ensure!(
+            self.max_pages_per_read >= 1,
+            "--max-pages-per-read must be at least 1"
+        );
         ensure!(
             self.max_commit_bytes >= u64::from(validate::MAX_PAGE_SIZE),
             "--max-commit-bytes is below one page"
@@ -111,16 +114,43 @@ impl Limits {
             self.max_request_message_bytes >= 4096,
             "--max-request-message-bytes must be at least 4KiB"
         );
-        ensure!(self.max_change_list >= 1, "--max-change-list must be at least 1");
+        ensure!(
+            self.max_change_list >= 1,
+            "--max-change-list must be at least 1"
+        );
         ensure!(self.max_calls >= 1, "--max-calls must be at least 1");
-        ensure!(self.max_connections >= 1, "--max-connections must be at least 1");
-        ensure!(self.max_concurrent_streams >= 1, "--max-concurrent-streams must be at least 1");
-        ensure!(!self.stream_idle_timeout.is_zero(), "--stream-idle-timeout must be more than zero");
-        ensure!(!self.keepalive_interval.is_zero(), "--keepalive-interval must be more than zero");
-        ensure!(!self.keepalive_timeout.is_zero(), "--keepalive-timeout must be more than zero");
-        ensure!(self.max_watchers_per_db >= 1, "--max-watchers-per-db must be at least 1");
-        ensure!(self.max_watchers_per_tenant >= 1, "--max-watchers-per-tenant must be at least 1");
-        ensure!(!self.max_pin_age.is_zero(), "--max-pin-age must be more than zero");
+        ensure!(
+            self.max_connections >= 1,
+            "--max-connections must be at least 1"
+        );
+        ensure!(
+            self.max_concurrent_streams >= 1,
+            "--max-concurrent-streams must be at least 1"
+        );
+        ensure!(
+            !self.stream_idle_timeout.is_zero(),
+            "--stream-idle-timeout must be more than zero"
+        );
+        ensure!(
+            !self.keepalive_interval.is_zero(),
+            "--keepalive-interval must be more than zero"
+        );
+        ensure!(
+            !self.keepalive_timeout.is_zero(),
+            "--keepalive-timeout must be more than zero"
+        );
+        ensure!(
+            self.max_watchers_per_db >= 1,
+            "--max-watchers-per-db must be at least 1"
+        );
+        ensure!(
+            self.max_watchers_per_tenant >= 1,
+            "--max-watchers-per-tenant must be at least 1"
+        );
+        ensure!(
+            !self.max_pin_age.is_zero(),
+            "--max-pin-age must be more than zero"
+        );
         Ok(())
     }
 }

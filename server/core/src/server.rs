@@ -80,7 +80,10 @@ impl ServerConfig {
 
     /// How long reader pins last.
     pub fn pin(&self) -> PinTtl {
-        PinTtl { ttl: self.pin_ttl, max_age: self.limits.max_pin_age }
+        PinTtl {
+            ttl: self.pin_ttl,
+            max_age: self.limits.max_pin_age,
+        }
     }
 
     /// The ReadPages limit told to clients: one that holds whatever the page size, now or

@@ -30,7 +30,10 @@ fn tokens() -> anyhow::Result<TokenMap> {
 
 fn config() -> anyhow::Result<ServerConfig> {
     Ok(ServerConfig {
-        limits: Limits { max_commit_bytes: 16 * u64::from(PS), ..Limits::default() },
+        limits: Limits {
+            max_commit_bytes: 16 * u64::from(PS),
+            ..Limits::default()
+        },
         tokens: Some(tokens()?),
         ..ServerConfig::default()
     })
@@ -111,7 +114,11 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
     let before = snapshot(&mut c).await?;
     let geometry = |s: &pb::DbState| (s.version, s.page_size, s.page_count);
     assert_eq!(geometry(&before.0), (1, PS, 3));
-    assert_eq!((before.0.incarnation.len(), before.0.tag.len()), (16, 16), "identity");
+    assert_eq!(
+        (before.0.incarnation.len(), before.0.tag.len()),
+        (16, 16),
+        "identity"
+    );
 
     let mut failures = Vec::new();
     let mut expect = |what: &str, got: Result<String, Status>, want: Code| {
@@ -448,7 +455,10 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
     let retry = commit(&mut c, stream).await?;
     assert_eq!((retry.version, retry.already_applied), (2, true));
     let (state, pages) = snapshot(&mut c).await?;
-    assert_eq!((state.version, state.page_size, state.page_count), (2, PS, 3));
+    assert_eq!(
+        (state.version, state.page_size, state.page_count),
+        (2, PS, 3)
+    );
     assert_eq!(state.incarnation, before.0.incarnation, "the same database");
     assert!(
         pages[1..].iter().all(|p| p.iter().all(|&b| b == 2))

@@ -28,7 +28,12 @@ const BAD_NAMES: [&str; 5] = [
 ];
 
 fn open(name: &str, create: bool) -> pb::OpenRequest {
-    pb::OpenRequest { name: name.into(), create, read_only: false, ..Default::default() }
+    pb::OpenRequest {
+        name: name.into(),
+        create,
+        read_only: false,
+        ..Default::default()
+    }
 }
 
 fn code<T>(r: Result<T, tonic::Status>) -> Option<Code> {
@@ -36,7 +41,10 @@ fn code<T>(r: Result<T, tonic::Status>) -> Option<Code> {
 }
 
 async fn names(admin: &mut Admin) -> anyhow::Result<Vec<String>> {
-    let list = admin.list_databases(pb::ListDatabasesRequest::default()).await?.into_inner();
+    let list = admin
+        .list_databases(pb::ListDatabasesRequest::default())
+        .await?
+        .into_inner();
     Ok(list.databases.into_iter().map(|d| d.name).collect())
 }
 
@@ -45,14 +53,27 @@ async fn new_names_with_control_characters_are_refused() -> anyhow::Result<()> {
     let server = TestServer::start(ServerConfig::default()).await?;
     let (mut pages, mut admin) = (server.pages(None)?, server.admin(None)?);
     for name in BAD_NAMES {
-        let created = admin.create_database(pb::CreateDatabaseRequest { name: name.into(), ..Default::default() }).await;
+        let created = admin
+            .create_database(pb::CreateDatabaseRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await;
         let status = created.expect_err("CreateDatabase refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{name:?}: {status:?}");
         assert!(status.message().contains("control character"), "{status:?}");
         let opened = pages.open(open(name, true)).await;
-        assert_eq!(code(opened), Some(Code::InvalidArgument), "Open with create {name:?}");
+        assert_eq!(
+            code(opened),
+            Some(Code::InvalidArgument),
+            "Open with create {name:?}"
+        );
         // Without create it simply does not exist.
-        assert_eq!(code(pages.open(open(name, false)).await), Some(Code::NotFound), "{name:?}");
+        assert_eq!(
+            code(pages.open(open(name, false)).await),
+            Some(Code::NotFound),
+            "{name:?}"
+        );
     }
     assert!(names(&mut admin).await?.is_empty(), "nothing was created");
     // A good name is still created by Open, once.
@@ -78,21 +99,52 @@ async fn existing_names_with_control_characters_stay_usable() -> anyhow::Result<
     assert_eq!(listed, want, "listable");
     for name in BAD_NAMES {
         let opened = pages.open(open(name, true)).await?.into_inner();
-        assert!(!opened.created, "Open with create opens the existing {name:?}");
+        assert!(
+            !opened.created,
+            "Open with create opens the existing {name:?}"
+        );
         pages.open(open(name, false)).await?;
         let lease = pages
-            .acquire_lease(pb::AcquireLeaseRequest { name: name.into(), client_id: "w".into(), ..Default::default() })
+            .acquire_lease(pb::AcquireLeaseRequest {
+                name: name.into(),
+                client_id: "w".into(),
+                ..Default::default()
+            })
             .await?
             .into_inner();
         commit(&mut pages, Parts::new(name, &lease, 0, 2, 7).stream()).await?;
-        let read = pb::ReadPagesRequest { name: name.into(), version: 1, page_nos: vec![1, 2], ..Default::default() };
-        assert_eq!(pages.read_pages(read).await?.into_inner().pages.len(), 2, "readable: {name:?}");
-        let info = admin.get_database_info(pb::GetDatabaseInfoRequest { name: name.into(), ..Default::default() }).await?;
+        let read = pb::ReadPagesRequest {
+            name: name.into(),
+            version: 1,
+            page_nos: vec![1, 2],
+            ..Default::default()
+        };
+        assert_eq!(
+            pages.read_pages(read).await?.into_inner().pages.len(),
+            2,
+            "readable: {name:?}"
+        );
+        let info = admin
+            .get_database_info(pb::GetDatabaseInfoRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await?;
         assert_eq!(info.into_inner().name, name);
         // CreateDatabase of it is refused either way (it exists; and the name is bad).
-        let again = admin.create_database(pb::CreateDatabaseRequest { name: name.into(), ..Default::default() }).await;
+        let again = admin
+            .create_database(pb::CreateDatabaseRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await;
         assert!(again.is_err());
-        admin.delete_database(pb::DeleteDatabaseRequest { name: name.into(), ..Default::default() }).await?;
+        admin
+            .delete_database(pb::DeleteDatabaseRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await?;
     }
     assert!(names(&mut admin).await?.is_empty(), "deletable");
     server.stop().await
@@ -107,21 +159,36 @@ struct Watcher {
 impl Watcher {
     async fn start(client: &mut Pages, name: &str) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel(16);
-        let start = Part::Start(pb::WatchStart { name: name.into(), ..Default::default() });
+        let start = Part::Start(pb::WatchStart {
+            name: name.into(),
+            ..Default::default()
+        });
         tx.send(pb::WatchRequest { part: Some(start) }).await?;
-        let events = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let events = client
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         let mut w = Self { tx, events };
-        anyhow::ensure!(matches!(w.next().await?, Event::Started(_)), "no WatchStarted");
+        anyhow::ensure!(
+            matches!(w.next().await?, Event::Started(_)),
+            "no WatchStarted"
+        );
         Ok(w)
     }
 
     async fn next(&mut self) -> anyhow::Result<Event> {
         let event = timeout(Duration::from_secs(5), self.events.message()).await??;
-        event.and_then(|e| e.event).ok_or_else(|| anyhow::anyhow!("stream ended"))
+        event
+            .and_then(|e| e.event)
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))
     }
 
     async fn take_lease(&mut self) -> anyhow::Result<()> {
-        self.tx.send(pb::WatchRequest { part: Some(Part::Lease(pb::ReadLeaseAsk { seq: 1 })) }).await?;
+        self.tx
+            .send(pb::WatchRequest {
+                part: Some(Part::Lease(pb::ReadLeaseAsk { seq: 1 })),
+            })
+            .await?;
         match self.next().await? {
             Event::Granted(g) if g.ttl_ms > 0 => Ok(()),
             other => anyhow::bail!("want a read lease, got {other:?}"),
@@ -132,16 +199,28 @@ impl Watcher {
 /// Creates `name` for the client's tenant and commits `commits` versions.
 async fn committed(pages: &mut Pages, name: &str, commits: u64) -> anyhow::Result<()> {
     pages.open(open(name, true)).await?;
-    let ask = pb::AcquireLeaseRequest { name: name.into(), client_id: "w".into(), ..Default::default() };
+    let ask = pb::AcquireLeaseRequest {
+        name: name.into(),
+        client_id: "w".into(),
+        ..Default::default()
+    };
     let lease = pages.acquire_lease(ask).await?.into_inner();
     for base in 0..commits {
-        commit(pages, Parts::new(name, &lease, base, 2, base as u8).stream()).await?;
+        commit(
+            pages,
+            Parts::new(name, &lease, base, 2, base as u8).stream(),
+        )
+        .await?;
     }
     Ok(())
 }
 
 async fn metrics(server: &TestServer, token: &str) -> anyhow::Result<(u64, u64, u64, u64)> {
-    let m = server.admin(Some(token))?.get_metrics(pb::GetMetricsRequest::default()).await?.into_inner();
+    let m = server
+        .admin(Some(token))?
+        .get_metrics(pb::GetMetricsRequest::default())
+        .await?
+        .into_inner();
     let waits = m.invalidation_wait.map_or(0, |h| h.count);
     Ok((m.read_leases_held, m.watchers, m.commits, waits))
 }
@@ -149,8 +228,14 @@ async fn metrics(server: &TestServer, token: &str) -> anyhow::Result<(u64, u64, 
 #[tokio::test]
 async fn get_metrics_shows_a_tenant_only_its_own_numbers() -> anyhow::Result<()> {
     let mut tokens = TokenMap::default();
-    for (token, tenant) in [("tok-acme", "acme"), ("tok-beta", "beta"), ("tok-idle", "idle")] {
-        tokens.insert(token, tenant, true).map_err(anyhow::Error::msg)?;
+    for (token, tenant) in [
+        ("tok-acme", "acme"),
+        ("tok-beta", "beta"),
+        ("tok-idle", "idle"),
+    ] {
+        tokens
+            .insert(token, tenant, true)
+            .map_err(anyhow::Error::msg)?;
     }
     let config = ServerConfig {
         tokens: Some(tokens),
@@ -169,9 +254,21 @@ async fn get_metrics_shows_a_tenant_only_its_own_numbers() -> anyhow::Result<()>
     let _b1 = Watcher::start(&mut beta, "same.db").await?;
     let _b2 = Watcher::start(&mut beta, "same.db").await?;
 
-    assert_eq!(metrics(&server, "tok-acme").await?, (1, 1, 3, 3), "acme: leases, watchers, commits, waits");
-    assert_eq!(metrics(&server, "tok-beta").await?, (0, 2, 1, 1), "beta sees only beta");
-    assert_eq!(metrics(&server, "tok-idle").await?, (0, 0, 0, 0), "a tenant with no activity sees zeros");
+    assert_eq!(
+        metrics(&server, "tok-acme").await?,
+        (1, 1, 3, 3),
+        "acme: leases, watchers, commits, waits"
+    );
+    assert_eq!(
+        metrics(&server, "tok-beta").await?,
+        (0, 2, 1, 1),
+        "beta sees only beta"
+    );
+    assert_eq!(
+        metrics(&server, "tok-idle").await?,
+        (0, 0, 0, 0),
+        "a tenant with no activity sees zeros"
+    );
     // A watcher that leaves is counted off its own tenant only.
     drop(_b2);
     let mut beta_watchers = 2;

@@ -22,9 +22,12 @@ pub fn open(server: &Server, name: &str) -> Connection {
 
 pub fn open_url(url: &str, name: &str) -> Connection {
     register();
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(uri(url, name, ""), flags).expect("open");
-    conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
     conn
 }
 
@@ -32,26 +35,32 @@ pub fn try_open(url: &str, name: &str, flags: OpenFlags) -> rusqlite::Result<Con
     register();
     let conn = Connection::open_with_flags(uri(url, name, ""), flags | OpenFlags::SQLITE_OPEN_URI)?;
     // SQLite opens lazily: touch the file.
-    conn.query_row("select count(*) from sqlite_schema", [], |r| r.get::<_, i64>(0))?;
+    conn.query_row("select count(*) from sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
     Ok(conn)
 }
 
 pub fn integrity(conn: &Connection) -> String {
-    conn.query_row("pragma integrity_check", [], |r| r.get(0)).expect("integrity_check")
+    conn.query_row("pragma integrity_check", [], |r| r.get(0))
+        .expect("integrity_check")
 }
 
 pub fn count(conn: &Connection, table: &str) -> i64 {
-    conn.query_row(&format!("select count(*) from {table}"), [], |r| r.get(0)).expect("count")
+    conn.query_row(&format!("select count(*) from {table}"), [], |r| r.get(0))
+        .expect("count")
 }
 
 pub fn pragma_text(conn: &Connection, pragma: &str) -> String {
-    conn.query_row(&format!("pragma {pragma}"), [], |r| r.get::<_, rusqlite::types::Value>(0))
-        .map(|v| match v {
-            rusqlite::types::Value::Text(s) => s,
-            rusqlite::types::Value::Integer(i) => i.to_string(),
-            other => format!("{other:?}"),
-        })
-        .expect("pragma")
+    conn.query_row(&format!("pragma {pragma}"), [], |r| {
+        r.get::<_, rusqlite::types::Value>(0)
+    })
+    .map(|v| match v {
+        rusqlite::types::Value::Text(s) => s,
+        rusqlite::types::Value::Integer(i) => i.to_string(),
+        other => format!("{other:?}"),
+    })
+    .expect("pragma")
 }
 
 /// Spawns this test binary again to run the (ignored) test `name` as a child
@@ -59,10 +68,16 @@ pub fn pragma_text(conn: &Connection, pragma: &str) -> String {
 pub fn spawn_child(name: &str, env: &[(&str, &str)]) -> std::process::Child {
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = std::process::Command::new(exe);
-    cmd.args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit());
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -78,13 +93,17 @@ pub fn child_env(name: &str) -> Option<String> {
 pub fn open_replica(url: &str, name: &str) -> Connection {
     register();
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(uri(url, name, "&mode=ro"), flags).expect("open replica");
-    conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    let conn =
+        Connection::open_with_flags(uri(url, name, "&mode=ro"), flags).expect("open replica");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
     conn
 }
 
 pub fn version(conn: &Connection) -> u64 {
-    pragma_text(conn, "pagewire_version").parse().expect("version number")
+    pragma_text(conn, "pagewire_version")
+        .parse()
+        .expect("version number")
 }
 
 /// The value of one counter in `PRAGMA pagewire_stats`.
@@ -92,14 +111,22 @@ pub fn stat(conn: &Connection, key: &str) -> u64 {
     let stats = pragma_text(conn, "pagewire_stats");
     stats
         .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
+        .find_map(|kv| {
+            kv.strip_prefix(&format!("{key}="))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or_else(|| panic!("no {key} in {stats}"))
 }
 
 /// Opens with extra URI parameters (`&as_of_version=3`) and touches the file.
 pub fn try_open_uri(url: &str, name: &str, extra: &str, flags: OpenFlags) -> Connection {
     register();
-    let conn = Connection::open_with_flags(uri(url, name, extra), flags | OpenFlags::SQLITE_OPEN_URI).expect("open");
-    conn.query_row("select count(*) from sqlite_schema", [], |r| r.get::<_, i64>(0)).expect("first read");
+    let conn =
+        Connection::open_with_flags(uri(url, name, extra), flags | OpenFlags::SQLITE_OPEN_URI)
+            .expect("open");
+    conn.query_row("select count(*) from sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .expect("first read");
     conn
 }

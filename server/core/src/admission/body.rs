@@ -41,7 +41,9 @@ impl Meter {
         match self {
             Meter::Commit(charge) => charge.take(declared),
             Meter::Small(max) if declared > *max => Err(exhausted(
-                format!("a request message of {declared} bytes (only Commit messages may be larger than {max})"),
+                format!(
+                    "a request message of {declared} bytes (only Commit messages may be larger than {max})"
+                ),
                 "--max-request-message-bytes",
             )),
             Meter::Small(_) => Ok(()),
@@ -67,7 +69,11 @@ const PREFIX: usize = 5;
 impl Framing {
     /// Takes `data`; calls `begin` with the declared size (prefix included) of every
     /// message whose prefix completes in it.
-    fn feed(&mut self, mut data: &[u8], mut begin: impl FnMut(u64) -> Result<(), Status>) -> Result<(), Status> {
+    fn feed(
+        &mut self,
+        mut data: &[u8],
+        mut begin: impl FnMut(u64) -> Result<(), Status>,
+    ) -> Result<(), Status> {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = (self.remaining.min(data.len() as u64)) as usize;
@@ -84,7 +90,12 @@ impl Framing {
             data = &data[n..];
             if self.have == PREFIX {
                 self.have = 0;
-                let len = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]);
+                let len = u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]);
                 begin(PREFIX as u64 + u64::from(len))?;
                 self.remaining = u64::from(len);
                 if len == 0 {
@@ -117,7 +128,14 @@ pub struct Metered {
 impl Metered {
     pub fn new(inner: Body, meter: Meter, idle: Duration) -> Self {
         let due = Some(Instant::now() + idle);
-        Self { inner, meter, framing: Framing::default(), idle, due, timer: None }
+        Self {
+            inner,
+            meter,
+            framing: Framing::default(),
+            idle,
+            due,
+            timer: None,
+        }
     }
 
     fn take(&mut self, data: &[u8]) -> Result<(), Status> {
@@ -135,8 +153,12 @@ impl Metered {
 
     /// Ready once the message under way is overdue.
     fn poll_overdue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(due) = self.due else { return Poll::Pending };
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        let Some(due) = self.due else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
         timer.as_mut().poll(cx)
     }
 
@@ -152,7 +174,10 @@ impl HttpBody for Metered {
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -191,7 +216,10 @@ pub struct Holding {
 
 impl Holding {
     pub fn new(inner: Body, permit: OwnedSemaphorePermit) -> Self {
-        Self { inner, _permit: permit }
+        Self {
+            inner,
+            _permit: permit,
+        }
     }
 }
 
@@ -199,7 +227,10 @@ impl HttpBody for Holding {
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -248,7 +279,10 @@ mod tests {
         let mut f = Framing::default();
         let small = Meter::Small(64);
         let prefix_only = &message(1 << 24)[..PREFIX];
-        let e = f.feed(prefix_only, |n| small.begin(n)).err().map(|s| s.message().to_owned());
+        let e = f
+            .feed(prefix_only, |n| small.begin(n))
+            .err()
+            .map(|s| s.message().to_owned());
         assert!(e.is_some_and(|m| m.contains("--max-request-message-bytes")));
     }
 }

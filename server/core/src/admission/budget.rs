@@ -21,12 +21,17 @@ struct Budget {
 
 impl Budget {
     fn new(limit: u64) -> Self {
-        Self { limit, used: AtomicU64::new(0) }
+        Self {
+            limit,
+            used: AtomicU64::new(0),
+        }
     }
 
     fn try_take(&self, n: u64) -> bool {
         let take = |used: u64| used.checked_add(n).filter(|&total| total <= self.limit);
-        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, take).is_ok()
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, take)
+            .is_ok()
     }
 
     fn give(&self, n: u64) {
@@ -88,7 +93,10 @@ struct ChargeState {
 
 impl CommitCharge {
     pub fn new(budgets: Arc<Budgets>) -> Self {
-        Self { budgets, state: Mutex::default() }
+        Self {
+            budgets,
+            state: Mutex::default(),
+        }
     }
 
     /// Names the stream's tenant (once authenticated): what it received so far is taken
@@ -123,11 +131,17 @@ impl CommitCharge {
         let size = s.received.saturating_add(if received { n } else { 0 });
         let b = &self.budgets;
         if size > b.max_commit_bytes {
-            let what = format!("the commit stream carried more than {} bytes", b.max_commit_bytes);
+            let what = format!(
+                "the commit stream carried more than {} bytes",
+                b.max_commit_bytes
+            );
             return Err(exhausted(what, "--max-commit-bytes"));
         }
         if !b.server.try_take(n) {
-            let what = format!("the server already holds {} bytes of commits in flight", b.server.limit);
+            let what = format!(
+                "the server already holds {} bytes of commits in flight",
+                b.server.limit
+            );
             return Err(exhausted(what, "--max-inflight-commit-bytes"));
         }
         if let Some(tenant) = &s.tenant
@@ -139,11 +153,13 @@ impl CommitCharge {
         (s.total, s.received) = (total, size);
         Ok(())
     }
-
 }
 
 fn tenant_full(budget: &Budget) -> Status {
-    let what = format!("this tenant already has {} bytes of commits in flight", budget.limit);
+    let what = format!(
+        "this tenant already has {} bytes of commits in flight",
+        budget.limit
+    );
     exhausted(what, "--max-tenant-inflight-commit-bytes")
 }
 

@@ -74,7 +74,10 @@ impl<S> Layer<S> for AdmissionLayer {
     type Service = AdmissionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AdmissionService { inner, admission: self.admission.clone() }
+        AdmissionService {
+            inner,
+            admission: self.admission.clone(),
+        }
     }
 }
 
@@ -102,7 +105,10 @@ where
 
     fn call(&mut self, mut request: HttpRequest) -> Self::Future {
         let Ok(permit) = self.admission.calls.clone().try_acquire_owned() else {
-            let what = format!("the server has {} calls in progress", self.admission.max_calls);
+            let what = format!(
+                "the server has {} calls in progress",
+                self.admission.max_calls
+            );
             let refused = limits::exhausted(what, "--max-calls").into_http();
             return Box::pin(async move { Ok(refused) });
         };

@@ -70,7 +70,11 @@ pub async fn info(
 /// state and whether this call created it. A name is checked as a new one
 /// ([`validate::new_db_name`]) only when it would be created, so a database whose name
 /// predates those rules still opens (with or without `create`).
-pub async fn open_or_create(cx: &Context, key: &DbKey, create: bool) -> StoreResult<(DbState, bool)> {
+pub async fn open_or_create(
+    cx: &Context,
+    key: &DbKey,
+    create: bool,
+) -> StoreResult<(DbState, bool)> {
     if create {
         match cx.store.open(key, false).await {
             Err(StoreError::NotFound(_)) => validate::new_db_name(&key.name)?,

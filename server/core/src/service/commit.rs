@@ -38,14 +38,18 @@ pub async fn commit(
         charge.set_tenant(&tenant.name)?;
     }
     let limits = &cx.config.limits;
-    let mut stream = Messages { stream: request.into_inner(), idle: limits.stream_idle_timeout };
+    let mut stream = Messages {
+        stream: request.into_inner(),
+        idle: limits.stream_idle_timeout,
+    };
     let mut assembly = Assembly::new(limits.max_commit_bytes, charge.clone());
     let first = stream.next().await?;
     assembly.take(first.ok_or_else(|| invalid("commit stream ended without a header"))?)?;
     let span = tracing::Span::current();
     let key = match &assembly.started {
         Some((name, c)) => {
-            span.record("db", name.as_str()).record("base", c.base_version);
+            span.record("db", name.as_str())
+                .record("base", c.base_version);
             let key = DbKey::new(tenant.name, name.clone());
             if let Some(done) = cx.store.precheck(&key, c.header()).await? {
                 return Ok(reply(done));
@@ -80,7 +84,10 @@ fn reply(outcome: CommitOutcome) -> Response<pb::CommitResponse> {
     Response::new(pb::CommitResponse {
         version: outcome.version,
         already_applied: outcome.already_applied,
-        tag: outcome.tag.map(|t| Bytes::copy_from_slice(&t)).unwrap_or_default(),
+        tag: outcome
+            .tag
+            .map(|t| Bytes::copy_from_slice(&t))
+            .unwrap_or_default(),
     })
 }
 
@@ -215,7 +222,9 @@ impl Assembly {
             validate::commit_bytes(self.bytes, self.max_bytes)?;
             // A copy: the decoded bytes are a slice of the whole received message
             // (padding included), which they would otherwise keep alive.
-            commit.pages.push((page.page_no, Bytes::copy_from_slice(&page.data)));
+            commit
+                .pages
+                .push((page.page_no, Bytes::copy_from_slice(&page.data)));
         }
         Ok(())
     }

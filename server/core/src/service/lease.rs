@@ -9,10 +9,17 @@ use crate::validate;
 
 /// A lease granted in another incarnation than the client's is given back at once and
 /// refused (`Replaced`): it fences nothing the client holds.
-async fn check_incarnation(cx: &Context, key: &DbKey, incarnation: &[u8], lease: Lease) -> Result<Lease, Status> {
+async fn check_incarnation(
+    cx: &Context,
+    key: &DbKey,
+    incarnation: &[u8],
+    lease: Lease,
+) -> Result<Lease, Status> {
     let identity = Identity::from_wire(incarnation, 0, &[])?;
     if let Err(e) = identity.check_incarnation(&key.name, &lease.state.incarnation) {
-        cx.store.release_lease(key, lease.lease_id, lease.epoch).await?;
+        cx.store
+            .release_lease(key, lease.lease_id, lease.epoch)
+            .await?;
         return Err(e.into());
     }
     Ok(lease)

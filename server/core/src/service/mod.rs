@@ -131,10 +131,7 @@ impl pb::admin_server::Admin for AdminService {
         admin::info(&self.context, request).await
     }
 
-    async fn get_metrics(
-        &self,
-        request: Request<pb::GetMetricsRequest>,
-    ) -> Reply<pb::Metrics> {
+    async fn get_metrics(&self, request: Request<pb::GetMetricsRequest>) -> Reply<pb::Metrics> {
         admin::metrics(&self.context, request).await
     }
 }

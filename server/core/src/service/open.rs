@@ -35,7 +35,9 @@ pub async fn open(
         limits: Some(cx.limits()),
         lease_ttl_ms: millis(cx.config.lease_ttl),
         heartbeat_ms: millis(cx.config.effective_heartbeat()),
-        capabilities: [capability::INCARNATIONS, capability::RANGES].map(String::from).to_vec(),
+        capabilities: [capability::INCARNATIONS, capability::RANGES]
+            .map(String::from)
+            .to_vec(),
         protocol: pagewire_proto::PROTOCOL_REVISION,
         min_client_protocol: pagewire_proto::MIN_CLIENT_PROTOCOL,
     }))

@@ -37,7 +37,11 @@ pub async fn begin_read(
     let view = cx.store.begin_read(&key, read).await?;
     identity.check_incarnation(&key.name, &view.state.incarnation)?;
     // Only a read of the newest version knows how far the history goes.
-    let newest = if read.at == ReadAt::Newest { view.state.version } else { u64::MAX };
+    let newest = if read.at == ReadAt::Newest {
+        view.state.version
+    } else {
+        u64::MAX
+    };
     identity.check_version(&key.name, newest, view.seen_tag)?;
     let changes = WireChanges::new(view.changes.as_ref(), ranges, view.state.page_count, limit);
     Ok(Response::new(pb::BeginReadResponse {

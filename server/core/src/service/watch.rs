@@ -22,13 +22,22 @@ pub async fn watch(
     let mut requests = request.into_inner();
     // The admission layer cuts a stream whose WatchStart does not come in time.
     let start = match requests.message().await? {
-        Some(pb::WatchRequest { part: Some(Part::Start(start)) }) => start,
-        _ => return Err(Status::invalid_argument("a Watch stream must start with WatchStart")),
+        Some(pb::WatchRequest {
+            part: Some(Part::Start(start)),
+        }) => start,
+        _ => {
+            return Err(Status::invalid_argument(
+                "a Watch stream must start with WatchStart",
+            ));
+        }
     };
     crate::validate::db_name(&start.name)?;
     let key = DbKey::new(tenant.name, start.name);
     let incarnation = crate::store::identity::id_from_wire("incarnation", &start.incarnation)?;
-    let (id, events) = cx.hub.watch(&*cx.store, &key, start.ranges, incarnation).await?;
+    let (id, events) = cx
+        .hub
+        .watch(&*cx.store, &key, start.ranges, incarnation)
+        .await?;
     tracing::debug!(db = %key, watcher = id, "watch started");
     let hub = cx.hub.clone();
     let closing = hub.closing();
@@ -57,13 +66,17 @@ async fn follow(
             message = requests.message() => message?,
             _ = closing.wait_for(|closing| *closing) => return Err(Status::unavailable("shutting down")),
         };
-        let Some(message) = message else { return Ok(()) };
+        let Some(message) = message else {
+            return Ok(());
+        };
         match message.part {
             Some(Part::Lease(ask)) => hub.grant(key, id, ask.seq),
             Some(Part::Ack(ack)) => hub.ack(key, id, ack.round),
             Some(Part::Release(_)) => hub.release_lease(key, id),
             Some(Part::Start(_)) | None => {
-                return Err(Status::invalid_argument("unexpected message on a started Watch stream"));
+                return Err(Status::invalid_argument(
+                    "unexpected message on a started Watch stream",
+                ));
             }
         }
     }

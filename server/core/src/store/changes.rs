@@ -15,7 +15,11 @@ pub struct Changes {
 impl Changes {
     /// What one commit changed: the pages it carried (any order), and growth from
     /// `old_count` to `new_count`.
-    pub fn of_commit(carried: impl IntoIterator<Item = u32>, old_count: u32, new_count: u32) -> Self {
+    pub fn of_commit(
+        carried: impl IntoIterator<Item = u32>,
+        old_count: u32,
+        new_count: u32,
+    ) -> Self {
         let mut pages: Vec<u32> = carried.into_iter().collect();
         pages.sort_unstable();
         pages.dedup();
@@ -75,12 +79,23 @@ impl WireChanges {
     /// `changes` (`None`: unknown) for a client at a version of `page_count` pages,
     /// which takes ranges or (an older client) needs growth listed, up to `limit` pages.
     pub fn new(changes: Option<&Changes>, ranges: bool, page_count: u32, limit: usize) -> Self {
-        let invalid = Self { invalid: true, ..Self::default() };
+        let invalid = Self {
+            invalid: true,
+            ..Self::default()
+        };
         match changes {
             None => invalid,
-            Some(c) if ranges => Self { pages: c.pages.clone(), from: c.from.unwrap_or(0), invalid: false },
+            Some(c) if ranges => Self {
+                pages: c.pages.clone(),
+                from: c.from.unwrap_or(0),
+                invalid: false,
+            },
             Some(c) => match c.enumerated(page_count, limit) {
-                Some(pages) => Self { pages, from: 0, invalid: false },
+                Some(pages) => Self {
+                    pages,
+                    from: 0,
+                    invalid: false,
+                },
                 None => invalid,
             },
         }
@@ -101,7 +116,11 @@ impl ChangeWalk {
     /// `None` when the span of versions alone is over the limit.
     pub fn new(cached: u64, target: u64, limit: usize) -> Option<Self> {
         let span = target.checked_sub(cached)?;
-        (span <= limit as u64).then(|| Self { changes: Changes::default(), limit, steps: 0 })
+        (span <= limit as u64).then(|| Self {
+            changes: Changes::default(),
+            limit,
+            steps: 0,
+        })
     }
 
     /// Adds one version's changes; `None` once the list is over the limit.
@@ -131,35 +150,78 @@ mod tests {
     #[test]
     fn growth_is_a_range_and_covers_listed_pages() {
         let c = Changes::of_commit([9, 1, 4_294_967_294], 8, 4_294_967_294);
-        assert_eq!(c, Changes { pages: vec![1], from: Some(9) });
-        assert_eq!(Changes::of_commit([3, 1], 5, 5), Changes { pages: vec![1, 3], from: None });
+        assert_eq!(
+            c,
+            Changes {
+                pages: vec![1],
+                from: Some(9)
+            }
+        );
+        assert_eq!(
+            Changes::of_commit([3, 1], 5, 5),
+            Changes {
+                pages: vec![1, 3],
+                from: None
+            }
+        );
     }
 
     #[test]
     fn enumeration_is_bounded() {
-        let c = Changes { pages: vec![1, 2], from: Some(10) };
+        let c = Changes {
+            pages: vec![1, 2],
+            from: Some(10),
+        };
         assert_eq!(c.enumerated(12, 5), Some(vec![1, 2, 10, 11, 12]));
         assert_eq!(c.enumerated(13, 5), None);
         assert_eq!(c.enumerated(9, 2), Some(vec![1, 2]));
-        let huge = Changes { pages: vec![1], from: Some(2) };
+        let huge = Changes {
+            pages: vec![1],
+            from: Some(2),
+        };
         assert_eq!(huge.enumerated(u32::MAX - 1, 65536), None);
     }
 
     #[test]
     fn older_clients_get_growth_listed_or_drop_their_cache() {
-        let c = Changes { pages: vec![1], from: Some(3) };
+        let c = Changes {
+            pages: vec![1],
+            from: Some(3),
+        };
         let newer = WireChanges::new(Some(&c), true, 1 << 30, 10);
-        assert_eq!(newer, WireChanges { pages: vec![1], from: 3, invalid: false });
+        assert_eq!(
+            newer,
+            WireChanges {
+                pages: vec![1],
+                from: 3,
+                invalid: false
+            }
+        );
         let older = WireChanges::new(Some(&c), false, 4, 10);
-        assert_eq!(older, WireChanges { pages: vec![1, 3, 4], from: 0, invalid: false });
+        assert_eq!(
+            older,
+            WireChanges {
+                pages: vec![1, 3, 4],
+                from: 0,
+                invalid: false
+            }
+        );
         assert!(WireChanges::new(Some(&c), false, 1 << 30, 10).invalid);
         assert!(WireChanges::new(None, true, 4, 10).invalid);
     }
 
     #[test]
     fn walks_merge_ranges_and_stop_at_the_limit() {
-        let walk = ChangeWalk::new(1, 3, 4).and_then(|w| w.step(&[5, 1], Some(7))).and_then(|w| w.step(&[2, 9], None));
-        assert_eq!(walk.map(ChangeWalk::finish), Some(Changes { pages: vec![1, 2, 5], from: Some(7) }));
+        let walk = ChangeWalk::new(1, 3, 4)
+            .and_then(|w| w.step(&[5, 1], Some(7)))
+            .and_then(|w| w.step(&[2, 9], None));
+        assert_eq!(
+            walk.map(ChangeWalk::finish),
+            Some(Changes {
+                pages: vec![1, 2, 5],
+                from: Some(7)
+            })
+        );
         assert!(ChangeWalk::new(1, 10, 4).is_none(), "span over the limit");
         let over = ChangeWalk::new(1, 2, 2).and_then(|w| w.step(&[1, 2, 3], None));
         assert!(over.is_none(), "list over the limit");

@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    BeginRead, Commit, CommitHeader, CommitOutcome, PinTtl, DbInfo, DbKey, DbState, GcStats, Id16, Lease, PageRead,
-    PageStore, ReadView, StoreError, StoreResult,
+    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease,
+    PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult,
 };
 
 /// A fault to inject.
@@ -139,7 +139,11 @@ impl PageStore for FaultyStore {
         self.inner.read_pages(key, version, page_nos, pin).await
     }
 
-    async fn precheck(&self, key: &DbKey, header: CommitHeader) -> StoreResult<Option<CommitOutcome>> {
+    async fn precheck(
+        &self,
+        key: &DbKey,
+        header: CommitHeader,
+    ) -> StoreResult<Option<CommitOutcome>> {
         self.inner.precheck(key, header).await
     }
 

@@ -20,9 +20,9 @@ pub fn id_from_wire(what: &str, bytes: &[u8]) -> StoreResult<Option<Id16>> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    let id: Id16 = bytes
-        .try_into()
-        .map_err(|_| StoreError::InvalidArgument(format!("{what} must be 16 bytes, not {}", bytes.len())))?;
+    let id: Id16 = bytes.try_into().map_err(|_| {
+        StoreError::InvalidArgument(format!("{what} must be 16 bytes, not {}", bytes.len()))
+    })?;
     Ok(Some(id))
 }
 
@@ -51,20 +51,29 @@ impl Identity {
     /// `Replaced` unless the client's version is in this database's history: not past
     /// its `newest` version, and with the tag the database has for it (`have_tag`;
     /// `None` when the record is no longer kept, which is not checked).
-    pub fn check_version(&self, name: &str, newest: u64, have_tag: Option<VersionTag>) -> StoreResult<()> {
+    pub fn check_version(
+        &self,
+        name: &str,
+        newest: u64,
+        have_tag: Option<VersionTag>,
+    ) -> StoreResult<()> {
         let Some((version, tag)) = self.version else {
             return Ok(());
         };
         if version > newest {
             return Err(replaced(
                 name,
-                &format!("this client saw version {version} but its newest is {newest} (restored from an earlier backup?)"),
+                &format!(
+                    "this client saw version {version} but its newest is {newest} (restored from an earlier backup?)"
+                ),
             ));
         }
         match have_tag {
             Some(have) if have != tag => Err(replaced(
                 name,
-                &format!("its version {version} is not the one this client saw (restored from a backup and written since?)"),
+                &format!(
+                    "its version {version} is not the one this client saw (restored from a backup and written since?)"
+                ),
             )),
             _ => Ok(()),
         }
@@ -110,8 +119,14 @@ mod tests {
 
     #[test]
     fn bad_lengths_are_invalid() {
-        assert!(matches!(Identity::from_wire(&[1; 15], 0, &[]), Err(StoreError::InvalidArgument(_))));
-        assert!(matches!(Identity::from_wire(&[], 0, &[1; 17]), Err(StoreError::InvalidArgument(_))));
+        assert!(matches!(
+            Identity::from_wire(&[1; 15], 0, &[]),
+            Err(StoreError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            Identity::from_wire(&[], 0, &[1; 17]),
+            Err(StoreError::InvalidArgument(_))
+        ));
     }
 
     #[test]
@@ -119,18 +134,33 @@ mod tests {
         let id = Identity::from_wire(&[1; 16], 0, &[]).expect("valid");
         assert!(id.check_state("d", &state(3, 1, 0)).is_ok());
         let e = id.check_state("d", &state(3, 2, 0)).expect_err("replaced");
-        assert!(matches!(&e, StoreError::Replaced(m) if m.contains("'d' was replaced")), "{e}");
+        assert!(
+            matches!(&e, StoreError::Replaced(m) if m.contains("'d' was replaced")),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_version_gone_back_or_retagged_is_replaced() {
         let id = Identity::from_wire(&[1; 16], 7, &[5; 16]).expect("valid");
         assert!(id.check_version("d", 9, Some([5; 16])).is_ok());
-        assert!(id.check_version("d", 9, None).is_ok(), "a record no longer kept is not checked");
-        assert!(matches!(id.check_version("d", 6, None), Err(StoreError::Replaced(_))));
-        assert!(matches!(id.check_version("d", 9, Some([6; 16])), Err(StoreError::Replaced(_))));
+        assert!(
+            id.check_version("d", 9, None).is_ok(),
+            "a record no longer kept is not checked"
+        );
+        assert!(matches!(
+            id.check_version("d", 6, None),
+            Err(StoreError::Replaced(_))
+        ));
+        assert!(matches!(
+            id.check_version("d", 9, Some([6; 16])),
+            Err(StoreError::Replaced(_))
+        ));
         assert!(id.check_state("d", &state(7, 1, 5)).is_ok());
-        assert!(matches!(id.check_state("d", &state(7, 1, 6)), Err(StoreError::Replaced(_))));
+        assert!(matches!(
+            id.check_state("d", &state(7, 1, 6)),
+            Err(StoreError::Replaced(_))
+        ));
         // A state at another version says nothing about version 7's tag.
         assert!(id.check_state("d", &state(8, 1, 6)).is_ok());
     }

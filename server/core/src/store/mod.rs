@@ -406,7 +406,11 @@ pub trait PageStore: Send + Sync + 'static {
     /// `LeaseLost` or `VersionConflict`, as [`PageStore::commit`] would answer now. `commit` stays
     /// authoritative (the lease may lapse meanwhile). A store may skip the look
     /// (the default): the commit is then refused only once received.
-    async fn precheck(&self, key: &DbKey, header: CommitHeader) -> StoreResult<Option<CommitOutcome>> {
+    async fn precheck(
+        &self,
+        key: &DbKey,
+        header: CommitHeader,
+    ) -> StoreResult<Option<CommitOutcome>> {
         let _ = (key, header);
         Ok(None)
     }

@@ -36,7 +36,13 @@ fn database_names() {
 
 #[test]
 fn new_names_have_no_control_characters() {
-    for ok in ["a", "acme/orders.db", "é ü 日本", "tab-free name", "x\u{a0}y"] {
+    for ok in [
+        "a",
+        "acme/orders.db",
+        "é ü 日本",
+        "tab-free name",
+        "x\u{a0}y",
+    ] {
         assert!(new_db_name(ok).is_ok(), "{ok:?}");
     }
     for (bad, code) in [
@@ -49,7 +55,10 @@ fn new_names_have_no_control_characters() {
         ("c1\u{9f}", "U+009F"),
     ] {
         let m = msg(new_db_name(bad));
-        assert!(m.contains(code) && m.contains("control character"), "{bad:?}: {m}");
+        assert!(
+            m.contains(code) && m.contains("control character"),
+            "{bad:?}: {m}"
+        );
         // Existing databases keep such names: every other call accepts them.
         assert!(db_name(bad).is_ok(), "{bad:?}");
     }

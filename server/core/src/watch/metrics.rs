@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 /// Bucket upper bounds (µs) of the invalidation-wait histogram; one more bucket holds
 /// everything above the last.
 const BOUNDS_US: [u64; 14] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-    500_000, 1_000_000,
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
 ];
 
 /// A fixed-bucket histogram that many tasks record into without a lock.
@@ -36,7 +36,11 @@ impl Histogram {
     pub fn to_proto(&self) -> pb::Histogram {
         pb::Histogram {
             bounds_us: BOUNDS_US.to_vec(),
-            counts: self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
             sum_us: self.sum_us.load(Ordering::Relaxed),
             count: self.count.load(Ordering::Relaxed),
         }
@@ -102,6 +106,9 @@ mod tests {
         m.tenant("b").commits.fetch_add(1, Ordering::Relaxed);
         m.tenant("a").commits.fetch_add(1, Ordering::Relaxed);
         let commits = |t: &str| m.get(t).map(|t| t.commits.load(Ordering::Relaxed));
-        assert_eq!((commits("a"), commits("b"), commits("c")), (Some(3), Some(1), None));
+        assert_eq!(
+            (commits("a"), commits("b"), commits("c")),
+            (Some(3), Some(1), None)
+        );
     }
 }

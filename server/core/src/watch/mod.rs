@@ -38,7 +38,9 @@ use tonic::Status;
 
 pub use metrics::Metrics;
 
-use crate::store::{DbKey, DbState, Identity, Incarnation, PageStore, PinTtl, StoreError, StoreResult};
+use crate::store::{
+    DbKey, DbState, Identity, Incarnation, PageStore, PinTtl, StoreError, StoreResult,
+};
 
 /// Events queued per watcher before it counts as stuck and is disconnected.
 const QUEUE: usize = 256;
@@ -133,14 +135,18 @@ impl Watcher {
             self.lease_until = Some(Instant::now() + ttl);
         }
         let ttl_ms = ttl.as_millis() as u64;
-        self.send(pb::watch_event::Event::Granted(pb::ReadLeaseGrant { seq, ttl_ms }));
+        self.send(pb::watch_event::Event::Granted(pb::ReadLeaseGrant {
+            seq,
+            ttl_ms,
+        }));
     }
 
     /// Queues an event; a watcher too slow to take it becomes a ghost (its client
     /// sees the stream end, which voids its lease).
     fn send(&mut self, event: pb::watch_event::Event) {
         let full = self.tx.as_ref().is_some_and(|tx| {
-            tx.try_send(Ok(pb::WatchEvent { event: Some(event) })).is_err()
+            tx.try_send(Ok(pb::WatchEvent { event: Some(event) }))
+                .is_err()
         });
         if full {
             self.tx = None;
@@ -171,7 +177,12 @@ pub struct HubConfig {
 
 impl Hub {
     pub fn new(config: HubConfig) -> Arc<Self> {
-        let HubConfig { read_lease_ttl, pin, history_retention, .. } = config;
+        let HubConfig {
+            read_lease_ttl,
+            pin,
+            history_retention,
+            ..
+        } = config;
         Arc::new(Self {
             dbs: Mutex::default(),
             tenant_watchers: Mutex::default(),
@@ -230,7 +241,12 @@ impl Hub {
 
     /// Makes sure the published state is known, reading it from the store (between
     /// rounds, so no commit is half done) when it is not.
-    async fn learn_published(&self, store: &dyn PageStore, key: &DbKey, w: &DbWatch) -> StoreResult<()> {
+    async fn learn_published(
+        &self,
+        store: &dyn PageStore,
+        key: &DbKey,
+        w: &DbWatch,
+    ) -> StoreResult<()> {
         if w.state.lock().published.is_some() {
             return Ok(());
         }
@@ -242,20 +258,35 @@ impl Hub {
         Ok(())
     }
 
-    fn add_watcher(&self, key: &DbKey, w: &DbWatch, ranges: bool, incarnation: Option<Incarnation>) -> StoreResult<(u64, EventRx)> {
+    fn add_watcher(
+        &self,
+        key: &DbKey,
+        w: &DbWatch,
+        ranges: bool,
+        incarnation: Option<Incarnation>,
+    ) -> StoreResult<(u64, EventRx)> {
         let mut s = w.state.lock();
         if let Some(published) = &s.published {
-            let identity = Identity { incarnation, version: None };
+            let identity = Identity {
+                incarnation,
+                version: None,
+            };
             identity.check_incarnation(&key.name, &published.incarnation)?;
         }
         if s.watchers.len() >= self.max_watchers_per_db {
-            return Err(over_cap(format!("database '{}' has {} watchers", key.name, s.watchers.len()), "--max-watchers-per-db"));
+            return Err(over_cap(
+                format!("database '{}' has {} watchers", key.name, s.watchers.len()),
+                "--max-watchers-per-db",
+            ));
         }
         {
             let mut tenants = self.tenant_watchers.lock();
             let count = tenants.entry(key.tenant.clone()).or_default();
             if *count >= self.max_watchers_per_tenant {
-                return Err(over_cap(format!("this tenant has {count} watchers"), "--max-watchers-per-tenant"));
+                return Err(over_cap(
+                    format!("this tenant has {count} watchers"),
+                    "--max-watchers-per-tenant",
+                ));
             }
             *count += 1;
         }
@@ -276,7 +307,10 @@ impl Hub {
         };
         watcher.send(pb::watch_event::Event::Started(started));
         s.watchers.insert(id, watcher);
-        self.metrics.tenant(&key.tenant).watchers.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .tenant(&key.tenant)
+            .watchers
+            .fetch_add(1, Ordering::Relaxed);
         Ok((id, rx))
     }
 
@@ -297,7 +331,9 @@ impl Hub {
     /// Watcher `id` asks for (or to renew) its read lease: granted from now, on its
     /// stream, unless it must wait (see [`Watcher::ask`]).
     pub fn grant(&self, key: &DbKey, id: u64, seq: u64) {
-        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        let Some(db) = self.dbs.lock().get(key).cloned() else {
+            return;
+        };
         let s = &mut *db.state.lock();
         let round = s.in_round.then_some(s.round);
         if let Some(w) = s.watchers.get_mut(&id) {
@@ -314,7 +350,9 @@ impl Hub {
 
     /// Watcher `id` acknowledged `round`; an ask it made meanwhile is answered.
     pub fn ack(&self, key: &DbKey, id: u64, round: u64) {
-        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        let Some(db) = self.dbs.lock().get(key).cloned() else {
+            return;
+        };
         {
             let s = &mut *db.state.lock();
             let current = s.in_round.then_some(s.round);
@@ -330,7 +368,12 @@ impl Hub {
     }
 
     /// Runs `f` on watcher `id` of `key`; returns the database's entry if it has one.
-    fn with_watcher(&self, key: &DbKey, id: u64, f: impl FnOnce(&mut Watcher)) -> Option<Arc<DbWatch>> {
+    fn with_watcher(
+        &self,
+        key: &DbKey,
+        id: u64,
+        f: impl FnOnce(&mut Watcher),
+    ) -> Option<Arc<DbWatch>> {
         let db = self.dbs.lock().get(key).cloned()?;
         if let Some(w) = db.state.lock().watchers.get_mut(&id) {
             f(w);
@@ -341,8 +384,13 @@ impl Hub {
     /// Watcher `id`'s stream ended. Its lease, if any, is still honoured until it runs
     /// out: the client may not know yet.
     pub fn disconnect(self: &Arc<Self>, key: &DbKey, id: u64) {
-        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
-        self.metrics.tenant(&key.tenant).watchers.fetch_sub(1, Ordering::Relaxed);
+        let Some(db) = self.dbs.lock().get(key).cloned() else {
+            return;
+        };
+        self.metrics
+            .tenant(&key.tenant)
+            .watchers
+            .fetch_sub(1, Ordering::Relaxed);
         let ghost_until = {
             let mut s = db.state.lock();
             let now = Instant::now();
@@ -375,11 +423,16 @@ impl Hub {
     }
 
     fn remove_ghost(&self, key: &DbKey, id: u64) {
-        let Some(db) = self.dbs.lock().get(key).cloned() else { return };
+        let Some(db) = self.dbs.lock().get(key).cloned() else {
+            return;
+        };
         {
             let mut s = db.state.lock();
             let now = Instant::now();
-            if s.watchers.get(&id).is_some_and(|w| w.tx.is_none() && !w.lease_valid(now)) {
+            if s.watchers
+                .get(&id)
+                .is_some_and(|w| w.tx.is_none() && !w.lease_valid(now))
+            {
                 self.forget(key, &mut s, id);
             }
         }
@@ -395,7 +448,12 @@ impl Hub {
         let status = Status::not_found(format!("database '{}' was deleted", key.name));
         let mut s = db.state.lock();
         let now = Instant::now();
-        let until = s.watchers.values().filter_map(|w| w.lease_until).filter(|t| *t > now).max();
+        let until = s
+            .watchers
+            .values()
+            .filter_map(|w| w.lease_until)
+            .filter(|t| *t > now)
+            .max();
         end_all(&mut s, status);
         until
     }
@@ -406,7 +464,10 @@ impl Hub {
         self.closing.send_replace(true);
         let dbs: Vec<_> = self.dbs.lock().values().cloned().collect();
         for db in dbs {
-            end_all(&mut db.state.lock(), Status::unavailable("the server is shutting down"));
+            end_all(
+                &mut db.state.lock(),
+                Status::unavailable("the server is shutting down"),
+            );
         }
     }
 
@@ -426,11 +487,21 @@ impl Hub {
     }
 
     fn read_leases_held_where(&self, mut select: impl FnMut(&DbKey) -> bool) -> u64 {
-        let dbs: Vec<_> =
-            self.dbs.lock().iter().filter(|(key, _)| select(key)).map(|(_, db)| db.clone()).collect();
+        let dbs: Vec<_> = self
+            .dbs
+            .lock()
+            .iter()
+            .filter(|(key, _)| select(key))
+            .map(|(_, db)| db.clone())
+            .collect();
         let now = Instant::now();
         let held = dbs.iter().map(|db| {
-            db.state.lock().watchers.values().filter(|w| w.lease_valid(now)).count() as u64
+            db.state
+                .lock()
+                .watchers
+                .values()
+                .filter(|w| w.lease_valid(now))
+                .count() as u64
         });
         held.sum()
     }

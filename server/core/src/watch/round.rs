@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 use super::{DbWatch, Hub, WatchState};
 use crate::store::{
-    BeginRead, Changes, Commit, CommitOutcome, DbKey, DbState, NO_TAG, PageStore, ReadAt, StoreResult, WireChanges,
+    BeginRead, Changes, Commit, CommitOutcome, DbKey, DbState, NO_TAG, PageStore, ReadAt,
+    StoreResult, WireChanges,
 };
 
 /// What a round tells watchers at its end.
@@ -57,7 +58,13 @@ impl Hub {
         let pin = async {
             if let Some(version) = pin {
                 let at = ReadAt::Version(version);
-                let read = BeginRead { cached_version: version, at, pin: self.pin, max_changes: 0, seen_version: 0 };
+                let read = BeginRead {
+                    cached_version: version,
+                    at,
+                    pin: self.pin,
+                    max_changes: 0,
+                    seen_version: 0,
+                };
                 if let Err(e) = store.begin_read(key, read).await {
                     tracing::debug!(db = %key, version, "pinning for read lease holders failed: {e}");
                 }
@@ -90,7 +97,13 @@ impl Hub {
                 Err(_) => End::Unknown,
             },
         };
-        finish(&mut w.state.lock(), round, end, self.max_change_list, self.read_lease_ttl);
+        finish(
+            &mut w.state.lock(),
+            round,
+            end,
+            self.max_change_list,
+            self.read_lease_ttl,
+        );
         w.acked.notify_waiters();
         result
     }
@@ -110,8 +123,13 @@ impl Hub {
             w.invalidated = round;
             w.send(pb::watch_event::Event::Invalidate(pb::Invalidate { round }));
         }
-        let kept_anyway = s.published_at.is_some_and(|t| t.elapsed() + self.pin.ttl < self.history_retention);
-        let pin = s.published.map(|p| p.version).filter(|v| leased && *v > 0 && !kept_anyway);
+        let kept_anyway = s
+            .published_at
+            .is_some_and(|t| t.elapsed() + self.pin.ttl < self.history_retention);
+        let pin = s
+            .published
+            .map(|p| p.version)
+            .filter(|v| leased && *v > 0 && !kept_anyway);
         (round, pin)
     }
 }
@@ -126,7 +144,10 @@ async fn wait_for_acks(w: &DbWatch, round: u64) {
         let now = Instant::now();
         let next_expiry = {
             let s = w.state.lock();
-            let pending = s.watchers.values().filter(|x| x.acked < round && x.lease_valid(now));
+            let pending = s
+                .watchers
+                .values()
+                .filter(|x| x.acked < round && x.lease_valid(now));
             pending.filter_map(|x| x.lease_until).min()
         };
         let Some(expiry) = next_expiry else { return };
@@ -148,7 +169,14 @@ fn small_commit_pages(commit: &Commit) -> Vec<pb::Page> {
     if commit.pages.len() > PUSHED_PAGES || bytes > PUSHED_BYTES {
         return Vec::new();
     }
-    commit.pages.iter().map(|(page_no, data)| pb::Page { page_no: *page_no, data: data.clone() }).collect()
+    commit
+        .pages
+        .iter()
+        .map(|(page_no, data)| pb::Page {
+            page_no: *page_no,
+            data: data.clone(),
+        })
+        .collect()
 }
 
 /// Ends round `n`: publishes its outcome to every watcher, and grants the read leases
@@ -157,7 +185,10 @@ fn finish(s: &mut WatchState, round: u64, end: End, limit: usize, ttl: Duration)
     s.in_round = false;
     let (state, changes, pages) = match (end, s.published) {
         (End::Unknown, _) | (End::Unchanged | End::Applied(..) | End::Reset(_), None) => {
-            super::end_all(s, tonic::Status::unavailable("lost track of the database's state; watch again"));
+            super::end_all(
+                s,
+                tonic::Status::unavailable("lost track of the database's state; watch again"),
+            );
             return;
         }
         (End::Unchanged, Some(old)) => (old, Some(Changes::default()), Vec::new()),
@@ -165,7 +196,11 @@ fn finish(s: &mut WatchState, round: u64, end: End, limit: usize, ttl: Duration)
         (End::Applied(new, written, pages), Some(old)) => {
             // Pages past the old end were zeros (or stale) before: a range.
             let usable = old.page_size == new.page_size && new.version == old.version + 1;
-            (new, usable.then(|| Changes::of_commit(written, old.page_count, new.page_count)), pages)
+            (
+                new,
+                usable.then(|| Changes::of_commit(written, old.page_count, new.page_count)),
+                pages,
+            )
         }
     };
     if s.published != Some(state) {
@@ -178,7 +213,11 @@ fn finish(s: &mut WatchState, round: u64, end: End, limit: usize, ttl: Duration)
         pb::RoundEnd {
             round,
             state: Some(state.into()),
-            pages: if wire.invalid { Vec::new() } else { pages.clone() },
+            pages: if wire.invalid {
+                Vec::new()
+            } else {
+                pages.clone()
+            },
             changed_pages: wire.pages,
             cache_invalid: wire.invalid,
             changed_from: wire.from,

@@ -52,7 +52,10 @@ impl TestServer {
         Self::start_with(config, Arc::new(MemoryStore::new())).await
     }
 
-    pub async fn start_with(config: ServerConfig, store: Arc<dyn PageStore>) -> anyhow::Result<Self> {
+    pub async fn start_with(
+        config: ServerConfig,
+        store: Arc<dyn PageStore>,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -102,7 +105,13 @@ pub struct Parts {
 }
 
 impl Parts {
-    pub fn new(name: &str, lease: &pb::LeaseResponse, base: u64, page_count: u32, fill: u8) -> Self {
+    pub fn new(
+        name: &str,
+        lease: &pb::LeaseResponse,
+        base: u64,
+        page_count: u32,
+        fill: u8,
+    ) -> Self {
         let header = pb::CommitHeader {
             name: name.into(),
             lease_id: lease.lease_id.clone(),
@@ -161,4 +170,3 @@ pub async fn commit(
         .await?
         .into_inner())
 }
-

@@ -285,7 +285,9 @@ pub async fn gc_keeps_newest_window_and_pins(store: &dyn PageStore, time: &TestT
         model.commit(store, &k, &lease, 5, fills).await?;
     }
     let pin = time.unit();
-    store.begin_read(&k, at(ReadAt::Version(3), 0, super::pin(pin))).await?;
+    store
+        .begin_read(&k, at(ReadAt::Version(3), 0, super::pin(pin)))
+        .await?;
     let (now, t7) = (model.times[10], model.times[7]);
     let retention = Duration::from_millis(u64::try_from(now - t7)?);
     let stats = store.gc(now, retention).await?;
@@ -326,7 +328,11 @@ pub async fn gc_keeps_newest_window_and_pins(store: &dyn PageStore, time: &TestT
         );
     }
     ensure!(
-        store.begin_read(&k, super::newest(2)).await?.changes.is_none(),
+        store
+            .begin_read(&k, super::newest(2))
+            .await?
+            .changes
+            .is_none(),
         "below oldest"
     );
     pins_expire_unless_read(store, time, &k, &model, retention).await
@@ -440,7 +446,9 @@ pub async fn gc_frees_space_and_keeps_newest_whole(store: &dyn PageStore) -> any
         retry.already_applied && retry.version == 1,
         "commit ids survive GC: {retry:?}"
     );
-    model.commit(store, &k, &lease, 8, &[(1, 13), (8, 13)]).await?; // grows back: 7 is zeros
+    model
+        .commit(store, &k, &lease, 8, &[(1, 13), (8, 13)])
+        .await?; // grows back: 7 is zeros
     ensure!(
         model.reads_right(store, &k, 13).await?,
         "regrown pages read zeros"

@@ -53,7 +53,10 @@ const MAX_CHANGES: usize = 65_536;
 
 /// Pins of `ttl`, with an age limit no test reaches unless it tests that.
 pub const fn pin(ttl: Duration) -> PinTtl {
-    PinTtl { ttl, max_age: Duration::from_secs(86_400) }
+    PinTtl {
+        ttl,
+        max_age: Duration::from_secs(86_400),
+    }
 }
 
 /// A BeginRead of the newest version with `cached_version`.
@@ -70,7 +73,9 @@ pub fn newest(cached_version: u64) -> BeginRead {
 /// A view's changes as a plain list (growth listed up to its page count); `None` when
 /// the client must drop its cache.
 pub fn listed(view: &ReadView) -> Option<Vec<u32>> {
-    view.changes.as_ref().and_then(|c| c.enumerated(view.state.page_count, usize::MAX))
+    view.changes
+        .as_ref()
+        .and_then(|c| c.enumerated(view.state.page_count, usize::MAX))
 }
 
 /// A valid page 1 (rollback-journal format, valid in-header page count) whose body past
@@ -201,11 +206,7 @@ pub async fn read_your_writes_at_versions(store: &dyn PageStore) -> anyhow::Resu
     );
     ensure!(page_is(store, &k, 1, 2, 1).await?, "v1 still sees its page");
     let state = store.open(&k, false).await?.0;
-    ensure!(
-        state
-            .geometry() == (2, PS, 3),
-        "state {state:?}"
-    );
+    ensure!(state.geometry() == (2, PS, 3), "state {state:?}");
     Ok(())
 }
 
@@ -532,7 +533,10 @@ pub async fn create_list_delete(store: &dyn PageStore) -> anyhow::Result<()> {
         "create twice",
     )?;
     let (state, created) = store.open(&key(t, "a.db"), true).await?;
-    ensure!(created && state.geometry() == (0, 0, 0) && state.tag == crate::store::NO_TAG, "open creates");
+    ensure!(
+        created && state.geometry() == (0, 0, 0) && state.tag == crate::store::NO_TAG,
+        "open creates"
+    );
     ensure!(
         !store.open(&key(t, "a.db"), true).await?.1,
         "second open does not create"
@@ -577,20 +581,10 @@ pub async fn begin_read_change_lists(store: &dyn PageStore) -> anyhow::Result<()
         .commit(&k, commit(&lease, 2, PS, 6, &[(4, 3)]))
         .await?;
     let v = store.begin_read(&k, newest(1)).await?;
-    ensure!(
-        listed(&v) == Some(vec![1, 2, 4]),
-        "since 1: {v:?}"
-    );
-    ensure!(
-        v.state
-            .geometry() == (3, PS, 6),
-        "state {v:?}"
-    );
+    ensure!(listed(&v) == Some(vec![1, 2, 4]), "since 1: {v:?}");
+    ensure!(v.state.geometry() == (3, PS, 6), "state {v:?}");
     let v = store.begin_read(&k, newest(3)).await?;
-    ensure!(
-        listed(&v) == Some(vec![]),
-        "current: {v:?}"
-    );
+    ensure!(listed(&v) == Some(vec![]), "current: {v:?}");
     ensure!(
         store.begin_read(&k, newest(0)).await?.changes.is_none(),
         "no cache"

@@ -11,8 +11,8 @@ use super::lease::{LeaseRecord, LeaseSlot};
 use super::pages::Pages;
 use crate::store::history::{History, Pins, VersionMeta};
 use crate::store::{
-    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbState, GcStats, Id16, Lease, PageRead,
-    PinTtl, ReadView, StoreError, StoreResult, random_id,
+    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbState, GcStats, Id16, Lease,
+    PageRead, PinTtl, ReadView, StoreError, StoreResult, random_id,
 };
 use crate::validate;
 
@@ -150,8 +150,14 @@ impl MemDb {
 
     /// The checks of [`MemDb::commit`] that need only the header: `Some` outcome when
     /// the commit id is known, else the lease and base version.
-    pub(super) fn precheck(&mut self, h: &CommitHeader, name: &str, now: Instant) -> StoreResult<Option<CommitOutcome>> {
-        h.identity.check_incarnation(name, &self.history.incarnation())?;
+    pub(super) fn precheck(
+        &mut self,
+        h: &CommitHeader,
+        name: &str,
+        now: Instant,
+    ) -> StoreResult<Option<CommitOutcome>> {
+        h.identity
+            .check_incarnation(name, &self.history.incarnation())?;
         if let Some(version) = self.commit_ids.get(&h.commit_id) {
             return Ok(Some(CommitOutcome {
                 version,

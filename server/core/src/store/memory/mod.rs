@@ -22,8 +22,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
 use super::{
-    BeginRead, Clock, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats,
-    Id16, Lease, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult,
+    BeginRead, Clock, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16,
+    Lease, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult,
 };
 use db::MemDb;
 
@@ -178,13 +178,19 @@ impl PageStore for MemoryStore {
         self.with_db(key, |db| db.read(version, page_nos, pin, Instant::now()))
     }
 
-    async fn precheck(&self, key: &DbKey, header: CommitHeader) -> StoreResult<Option<CommitOutcome>> {
+    async fn precheck(
+        &self,
+        key: &DbKey,
+        header: CommitHeader,
+    ) -> StoreResult<Option<CommitOutcome>> {
         self.with_db(key, |db| db.precheck(&header, &key.name, Instant::now()))
     }
 
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {
         let now_unix_ms = self.clock.unix_ms();
-        self.with_db(key, |db| db.commit(commit, &key.name, Instant::now(), now_unix_ms))
+        self.with_db(key, |db| {
+            db.commit(commit, &key.name, Instant::now(), now_unix_ms)
+        })
     }
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {

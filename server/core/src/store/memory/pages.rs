@@ -56,11 +56,18 @@ impl Pages {
     /// was needed: GC may have deleted the stale write a client still caches).
     pub(super) fn write(&mut self, commit: Commit, base_count: u32, version: u64) -> Changes {
         self.mark_holes(&commit, base_count, version);
-        let changes = Changes::of_commit(commit.pages.iter().map(|(no, _)| *no), base_count, commit.page_count);
+        let changes = Changes::of_commit(
+            commit.pages.iter().map(|(no, _)| *no),
+            base_count,
+            commit.page_count,
+        );
         for (no, data) in commit.pages {
             self.bytes += data.len() as u64;
             // Kept as it is: the service copied it out of the received message.
-            self.writes.entry(no).or_default().push((version, Some(data)));
+            self.writes
+                .entry(no)
+                .or_default()
+                .push((version, Some(data)));
         }
         changes
     }
