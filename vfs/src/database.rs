@@ -237,7 +237,24 @@ struct Shared {
     watch: WatchView,
 }
 
+/// Why a database was replaced, when its incarnation changed.
+const ANOTHER_INCARNATION: &str =
+    "it was deleted and created again (or restored from a backup) since this connection opened it";
+
+/// The message every call of a replaced database fails with.
+fn replaced(name: &str, why: &str) -> String {
+    format!("database '{name}' was replaced: {why}; reopen it")
+}
+
 impl Shared {
+    /// The error every call gets once the database is known to be replaced.
+    fn check(&self) -> Result<(), VfsError> {
+        match &self.replaced {
+            Some(why) => Err(VfsError::Replaced(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Marks the database replaced (the first reason stays) and forgets everything
     /// believed about it: cached pages, the write lease (not given back: the server
     /// that holds it is another database's), the Watch stream and read lease.
@@ -338,10 +355,7 @@ impl Database {
 
     /// The error every call gets once the database is known to be replaced.
     pub fn check_replaced(&self) -> Result<(), VfsError> {
-        match &self.state.lock().replaced {
-            Some(why) => Err(VfsError::Replaced(why.clone())),
-            None => Ok(()),
-        }
+        self.state.lock().check()
     }
 
     pub fn is_replaced(&self) -> bool {
@@ -353,6 +367,19 @@ impl Database {
     /// call with `why`.
     pub fn mark_replaced(&self, why: &str) -> VfsError {
         self.state.lock().void(&self.key.name, why)
+    }
+
+    /// A fresh Open found another incarnation: this one was replaced. Returns whether
+    /// `opened` is this database's incarnation (false, too, once it is replaced).
+    pub fn is_incarnation(&self, opened: Id16) -> bool {
+        if self.is_replaced() {
+            return false;
+        }
+        if self.incarnation == opened {
+            return true;
+        }
+        self.mark_replaced(&replaced(&self.key.name, ANOTHER_INCARNATION));
+        false
     }
 
     /// An error from a call that named this incarnation: NOT_FOUND means the database
@@ -380,7 +407,7 @@ impl Database {
         let (state, incarnation) = DbState::from_wire(wire)?;
         let seen = s.committed;
         let why = if incarnation != self.incarnation {
-            Some("it was deleted and created again (or restored from a backup) since this connection opened it".to_owned())
+            Some(ANOTHER_INCARNATION.to_owned())
         } else if state.version == seen.version && state.tag != seen.tag {
             Some(format!(
                 "its version {} is not the one this connection saw (restored from a backup?)",
@@ -391,13 +418,7 @@ impl Database {
             went_back.map(|asked| format!("its newest version is {} but this connection saw {asked} (restored from a backup?)", state.version))
         };
         if let Some(why) = why {
-            return Err(s.void(
-                &self.key.name,
-                &format!(
-                    "database '{}' was replaced: {why}; reopen it",
-                    self.key.name
-                ),
-            ));
+            return Err(s.void(&self.key.name, &replaced(&self.key.name, &why)));
         }
         if state.version > seen.version {
             s.committed = state;
@@ -446,9 +467,7 @@ impl Database {
     ) -> Result<DbState, VfsError> {
         let (cached, seen) = {
             let mut s = self.state.lock();
-            if let Some(why) = &s.replaced {
-                return Err(VfsError::Replaced(why.clone()));
-            }
+            s.check()?;
             if as_of.is_none() {
                 let sole_writer = s.lease.as_ref().is_some_and(Lease::valid)
                     && s.cache.version() == s.committed.version;
@@ -535,9 +554,7 @@ impl Database {
         let mut fetch: Vec<u32> = Vec::new();
         {
             let mut s = self.state.lock();
-            if let Some(why) = &s.replaced {
-                return Err(VfsError::Replaced(why.clone()));
-            }
+            s.check()?;
             for p in pages {
                 let hit = s.cache.get(at, *p);
                 if hit.is_none() {
@@ -634,9 +651,7 @@ impl Database {
     pub fn ensure_lease(self: &Arc<Self>) -> Result<DbState, VfsError> {
         let (current, seen) = {
             let mut s = self.state.lock();
-            if let Some(why) = &s.replaced {
-                return Err(VfsError::Replaced(why.clone()));
-            }
+            s.check()?;
             s.last_write = Instant::now();
             s.watch.wrote();
             match &s.lease {

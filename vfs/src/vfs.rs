@@ -155,7 +155,7 @@ impl PagewireVfs {
                 .get(&key)
                 .and_then(Weak::upgrade)
                 .filter(|db| db.rt().is_current());
-            let db = match live.filter(|db| same_incarnation(db, opened.1)) {
+            let db = match live.filter(|db| db.is_incarnation(opened.1)) {
                 Some(db) => db,
                 None => {
                     let settings = ServerSettings::from_open(&resp, MAX_MESSAGE_BYTES);
@@ -228,23 +228,6 @@ impl PagewireVfs {
             file.db.release_lease();
         }
     }
-}
-
-/// Whether a fresh Open of `db`'s name found the incarnation `db` has. If not, `db` was
-/// replaced: its connections fail from now on, and the new one gets a new `Database`.
-fn same_incarnation(db: &Database, opened: crate::database::Id16) -> bool {
-    if db.is_replaced() {
-        return false;
-    }
-    if db.incarnation() == opened {
-        return true;
-    }
-    let why = format!(
-        "database '{}' was replaced: it was deleted and created again (or restored from a backup) since this connection opened it; reopen it",
-        db.name()
-    );
-    db.mark_replaced(&why);
-    false
 }
 
 /// Runs one VFS operation: never lets a panic cross into SQLite, and turns
