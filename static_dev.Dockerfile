@@ -13,7 +13,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release -p pagewire-server -p pagewire-vfs \
+RUN cargo build --release -p pagewire-server -p pagewire-vfs-ext \
  && scripts/build-static-sqlite.sh
 
 FROM debian:bookworm-slim

@@ -40,7 +40,7 @@ fi
 
 # 2. The VFS as a static library with the `static` feature (its own target dir,
 #    so the .load-able cdylib in target/release keeps the `dynamic` feature).
-cargo build --release -p pagewire-vfs --no-default-features --features static \
+cargo build --release -p pagewire-vfs-ext --no-default-features --features static \
     --target-dir "$root/target/static/cargo"
 lib=$root/target/static/cargo/release/libpagewire_vfs.a
 

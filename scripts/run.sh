@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release -p pagewire-server -p pagewire-vfs
+cargo build --release -p pagewire-server -p pagewire-vfs-ext
 echo "VFS library: $(pwd)/target/release/libpagewire_vfs.so (in sqlite3: .load $(pwd)/target/release/libpagewire_vfs)" >&2
 exec target/release/pagewire-server "$@"

@@ -2,6 +2,19 @@
 //! encoded file descriptor set for gRPC reflection.
 //!
 //! `bytes` fields are `bytes::Bytes`, so page payloads move without copies.
+//!
+//! Besides the generated code, the few rules both sides of the wire share:
+//! - [`ids`]: typed ids, versions and page numbers past the boundary;
+//! - [`limits`]: the limits written into the protocol (name length, page sizes);
+//! - [`sqlite_header`]: the page-1 header fields the VFS stamps and the server checks;
+//! - [`redact()`]: secrets out of anything logged or reported.
+
+pub mod ids;
+pub mod limits;
+mod redact;
+pub mod sqlite_header;
+
+pub use redact::redact;
 
 #[allow(clippy::all, clippy::unwrap_used)]
 pub mod v1 {

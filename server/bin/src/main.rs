@@ -11,6 +11,7 @@ mod limits;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use pagewire_proto::redact;
 use pagewire_server_core::store::{Fault, FaultyStore};
 use pagewire_server_core::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
 use tokio::net::TcpListener;
@@ -92,20 +93,6 @@ async fn open_store(spec: &str) -> anyhow::Result<Arc<dyn PageStore>> {
         return Ok(Arc::new(store));
     }
     bail!("unknown store {:?} (supported: {SUPPORTED})", redact(spec))
-}
-
-/// `spec` without a password (`postgres://user:secret@host` -> `postgres://user:***@host`).
-fn redact(spec: &str) -> String {
-    let Some((scheme, rest)) = spec.split_once("://") else {
-        return spec.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return spec.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => spec.to_owned(),
-    }
 }
 
 /// Loopback only: 127.0.0.0/8, ::1 (and ::ffff:127.x.y.z, the same over IPv6).
@@ -238,13 +225,6 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_reach_logs() {
-        assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("memory"), "memory");
-    }
 
     #[test]
     fn only_loopback_is_loopback() {
