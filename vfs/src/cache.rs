@@ -13,10 +13,12 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use lru::LruCache;
 
-use crate::database::DbState;
+use pagewire_proto::ids::Version;
+
+use crate::state::DbState;
 
 pub struct PageCache {
-    version: u64,
+    version: Version,
     page_size: u32,
     /// Page count of `version`: pages past it are dropped when it shrinks.
     page_count: u32,
@@ -25,7 +27,7 @@ pub struct PageCache {
     max_bytes: usize,
     /// The last steps: (version reached, pages changed to reach it), oldest
     /// first; contiguous, ending at `version`.
-    steps: VecDeque<(u64, Step)>,
+    steps: VecDeque<(Version, Step)>,
 }
 
 /// Pages that changed between two versions, as the server says: the listed ones
@@ -97,7 +99,7 @@ const STEP_PAGES: usize = 1 << 16;
 impl PageCache {
     pub fn new(max_bytes: usize) -> Self {
         Self {
-            version: 0,
+            version: Version::ZERO,
             page_size: 0,
             page_count: 0,
             pages: LruCache::unbounded(),
@@ -108,7 +110,7 @@ impl PageCache {
     }
 
     /// The version whose pages this cache holds.
-    pub fn version(&self) -> u64 {
+    pub fn version(&self) -> Version {
         self.version
     }
 
@@ -125,7 +127,7 @@ impl PageCache {
         let covered = self
             .steps
             .iter()
-            .any(|(v, _)| Some(*v) == at.version.checked_add(1))
+            .any(|(v, _)| Some(*v) == at.version.next())
             && at.version < self.version;
         covered && later.all(|(_, step)| !step.changed(no))
     }
@@ -173,7 +175,7 @@ impl PageCache {
     /// Forgets everything, including which version it held.
     pub fn reset(&mut self) {
         self.clear();
-        self.version = 0;
+        self.version = Version::ZERO;
         self.page_size = 0;
         self.page_count = 0;
     }
@@ -183,7 +185,7 @@ impl PageCache {
     /// a BeginRead to move on. Returns the changed pages it held (worth fetching again).
     pub fn follow(
         &mut self,
-        from: Option<u64>,
+        from: Option<Version>,
         to: DbState,
         changed: Option<Changed<'_>>,
     ) -> Vec<u32> {
@@ -206,7 +208,7 @@ impl PageCache {
 
     /// Moves the cache from version `from` to `to`, dropping the pages that
     /// changed in between (`changed`, or everything when it is not known).
-    pub fn advance(&mut self, from: u64, to: DbState, changed: Option<Changed<'_>>) {
+    pub fn advance(&mut self, from: Version, to: DbState, changed: Option<Changed<'_>>) {
         match changed {
             Some(changed) => self.step(from, to, Step::new(changed, to.page_count)),
             None => self.step_unknown(to),
@@ -214,7 +216,7 @@ impl PageCache {
     }
 
     /// [`PageCache::advance`] with the changes known.
-    fn step(&mut self, from: u64, to: DbState, step: Step) {
+    fn step(&mut self, from: Version, to: DbState, step: Step) {
         if self.version != from || self.page_size != to.page_size {
             return self.step_unknown(to);
         }
@@ -230,7 +232,8 @@ impl PageCache {
         }
         // One step per version: a change list spanning several versions is recorded as
         // its last, with the steps before it unknown; so is one too long to keep.
-        if to.version > from.saturating_add(1) || step.pages.len() > STEP_PAGES {
+        let one_version = from.next().is_none_or(|next| to.version <= next);
+        if !one_version || step.pages.len() > STEP_PAGES {
             self.steps.clear();
         }
         if to.version > from && step.pages.len() <= STEP_PAGES {
@@ -265,7 +268,7 @@ mod tests {
 
     fn at(version: u64) -> DbState {
         DbState {
-            version,
+            version: Version(version),
             page_size: 4,
             page_count: 10,
             ..Default::default()
@@ -275,7 +278,7 @@ mod tests {
     #[test]
     fn serves_only_its_version_and_evicts_lru() {
         let mut c = PageCache::new(12);
-        c.advance(0, at(1), None);
+        c.advance(Version(0), at(1), None);
         for p in 1..=3 {
             c.insert(at(1), p, Bytes::from_static(b"abcd"));
         }
@@ -284,10 +287,10 @@ mod tests {
         assert!(c.get(at(1), 2).is_none());
         assert!(c.get(at(1), 1).is_some() && c.get(at(1), 4).is_some());
         assert!(c.get(at(2), 1).is_none(), "another version");
-        c.advance(1, at(2), Some(list(&[4])));
+        c.advance(Version(1), at(2), Some(list(&[4])));
         assert!(c.get(at(2), 4).is_none(), "changed");
         assert!(c.get(at(2), 1).is_some(), "unchanged pages survive");
-        c.advance(1, at(3), Some(list(&[])));
+        c.advance(Version(1), at(3), Some(list(&[])));
         assert!(
             c.get(at(3), 1).is_none(),
             "a change list from another version is not usable"
@@ -297,11 +300,11 @@ mod tests {
     #[test]
     fn readers_at_recent_versions_share_unchanged_pages() {
         let mut c = PageCache::new(1 << 20);
-        c.advance(0, at(5), None);
+        c.advance(Version(0), at(5), None);
         c.insert(at(5), 1, Bytes::from_static(b"p1v5"));
         c.insert(at(5), 2, Bytes::from_static(b"p2v5"));
-        c.advance(5, at(6), Some(list(&[1])));
-        c.advance(6, at(7), Some(list(&[3])));
+        c.advance(Version(5), at(6), Some(list(&[1])));
+        c.advance(Version(6), at(7), Some(list(&[3])));
         assert!(c.get(at(5), 2).is_some(), "page 2 unchanged since 5");
         assert!(c.get(at(5), 1).is_none(), "page 1 changed at 6");
         assert!(c.get(at(6), 1).is_none(), "not cached");
@@ -312,7 +315,7 @@ mod tests {
         c.insert(at(6), 3, Bytes::from_static(b"p3v6"));
         assert!(c.get(at(7), 3).is_none());
         // A change list spanning versions forgets the steps before it.
-        c.advance(7, at(9), Some(list(&[4])));
+        c.advance(Version(7), at(9), Some(list(&[4])));
         assert!(c.get(at(8), 2).is_some(), "the spanning list covers 8..9");
         assert!(c.get(at(7), 2).is_none(), "7 -> 8 is not known on its own");
         assert!(
@@ -325,18 +328,18 @@ mod tests {
     fn growth_ranges_drop_every_page_past_the_mark() {
         let mut c = PageCache::new(1 << 20);
         let sized = |version, page_count| DbState {
-            version,
+            version: Version(version),
             page_size: 4,
             page_count,
             ..Default::default()
         };
-        c.advance(0, sized(1, 6), None);
+        c.advance(Version(0), sized(1, 6), None);
         for p in 1..=6 {
             c.insert(sized(1, 6), p, Bytes::from_static(b"abcd"));
         }
         // 1 -> 2 shrinks to 3 and grows back to 4_000_000_000 (a range from 4).
         let grown = sized(2, 4_000_000_000);
-        let mut held = c.follow(Some(1), grown, Some(Changed::new(&[1], 4)));
+        let mut held = c.follow(Some(Version(1)), grown, Some(Changed::new(&[1], 4)));
         held.sort_unstable();
         assert_eq!(held, [1, 4, 5, 6], "the changed pages it held");
         assert!(c.get(grown, 2).is_some() && c.get(grown, 3).is_some());
@@ -355,19 +358,19 @@ mod tests {
         // of pages past the end.
         let mut c = PageCache::new(1 << 30);
         let sized = |version| DbState {
-            version,
+            version: Version(version),
             page_size: 4,
             page_count: 5_000_000,
             ..Default::default()
         };
-        c.advance(0, sized(1), None);
+        c.advance(Version(0), sized(1), None);
         for p in 1..=20_000 {
             c.insert(sized(1), p, Bytes::from_static(b"abcd"));
         }
         let mut list: Vec<u32> = (1..=4_000_000).rev().filter(|p| p % 2 == 0).collect();
         list.extend([0, 0, u32::MAX, 3_000_000_000, 4, 4]);
         let started = std::time::Instant::now();
-        let held = c.follow(Some(1), sized(2), Some(Changed::new(&list, 0)));
+        let held = c.follow(Some(Version(1)), sized(2), Some(Changed::new(&list, 0)));
         assert!(
             started.elapsed() < std::time::Duration::from_secs(2),
             "{:?}",
@@ -378,34 +381,104 @@ mod tests {
         // Too long a list to remember: a reader still at 1 reads from the server.
         assert!(c.get(sized(1), 3).is_none());
         // A short one is remembered.
-        c.advance(2, sized(3), Some(Changed::new(&[5, 7], 0)));
+        c.advance(Version(2), sized(3), Some(Changed::new(&[5, 7], 0)));
         assert!(c.get(sized(2), 3).is_some() && c.get(sized(2), 5).is_none());
         // Versions at the end of u64 do not overflow.
         let mut c = PageCache::new(1 << 20);
-        c.advance(0, sized(u64::MAX - 1), None);
-        c.advance(u64::MAX - 1, sized(u64::MAX), Some(Changed::new(&[1], 0)));
+        c.advance(Version(0), sized(u64::MAX - 1), None);
+        c.advance(
+            Version(u64::MAX - 1),
+            sized(u64::MAX),
+            Some(Changed::new(&[1], 0)),
+        );
         assert!(c.get(sized(u64::MAX), 2).is_none() && c.get(sized(u64::MAX - 1), 2).is_none());
-        c.advance(u64::MAX, sized(u64::MAX), Some(Changed::new(&[1], 0)));
+        c.advance(
+            Version(u64::MAX),
+            sized(u64::MAX),
+            Some(Changed::new(&[1], 0)),
+        );
+    }
+
+    #[test]
+    fn the_byte_bound_holds_through_replacements_and_oversized_pages() {
+        let mut c = PageCache::new(10);
+        c.advance(Version(0), at(1), None);
+        c.insert(at(1), 1, Bytes::from_static(b"abcd"));
+        c.insert(at(1), 2, Bytes::from_static(b"efgh"));
+        // The same page again replaces it: 8 bytes held, not 12 (nothing evicted).
+        c.insert(at(1), 1, Bytes::from_static(b"ABCD"));
+        assert_eq!(c.bytes, 8);
+        assert_eq!(c.get(at(1), 2).as_deref(), Some(&b"efgh"[..]));
+        // A page bigger than the whole cache is not kept, and evicts nothing.
+        c.insert(at(1), 3, Bytes::from_static(b"eleven byte"));
+        assert!(c.get(at(1), 3).is_none());
+        assert_eq!(c.bytes, 8);
+        // One more evicts the least recently used (1: 2 was just read).
+        c.insert(at(1), 4, Bytes::from_static(b"ijkl"));
+        assert_eq!(c.bytes, 8);
+        assert!(c.get(at(1), 1).is_none() && c.get(at(1), 2).is_some());
+        // A page past the version's end, or of another page size, is not kept either.
+        c.insert(at(1), 11, Bytes::from_static(b"mnop"));
+        assert!(!c.contains(at(1), 11));
+        let bigger = DbState {
+            page_size: 8,
+            ..at(1)
+        };
+        c.insert(bigger, 5, Bytes::from_static(b"qrst"));
+        assert!(!c.contains(at(1), 5));
+    }
+
+    #[test]
+    fn shrinking_drops_pages_past_the_end_and_a_new_page_size_drops_all() {
+        let mut c = PageCache::new(1 << 20);
+        let sized = |version, page_size, page_count| DbState {
+            version: Version(version),
+            page_size,
+            page_count,
+            ..Default::default()
+        };
+        c.advance(Version(0), sized(1, 4, 6), None);
+        for p in 1..=6 {
+            c.insert(sized(1, 4, 6), p, Bytes::from_static(b"abcd"));
+        }
+        // 1 -> 2 shrinks to 4 pages and changes page 2.
+        c.advance(Version(1), sized(2, 4, 4), Some(list(&[2])));
+        let now = sized(2, 4, 4);
+        assert!(c.get(now, 1).is_some() && c.get(now, 3).is_some() && c.get(now, 4).is_some());
+        assert!(c.get(now, 2).is_none(), "changed");
+        assert_eq!(c.bytes, 12, "pages 5 and 6 went with the shrink");
+        // A reader still at 1 is served unchanged pages within both ends only.
+        assert!(c.get(sized(1, 4, 6), 3).is_some() && c.get(sized(1, 4, 6), 5).is_none());
+        // 2 -> 3 with another page size (VACUUM): nothing cached survives.
+        c.advance(Version(2), sized(3, 8, 2), Some(list(&[1, 2])));
+        assert_eq!((c.version(), c.bytes), (Version(3), 0));
+        assert!(
+            c.get(sized(2, 4, 4), 3).is_none(),
+            "no step remembered across it"
+        );
+        // Reset forgets the version too: only a fresh advance moves it on.
+        c.reset();
+        assert_eq!(c.version(), Version::ZERO);
     }
 
     #[test]
     fn follow_moves_only_from_its_own_version() {
         let mut c = PageCache::new(1 << 20);
-        c.advance(0, at(5), None);
+        c.advance(Version(0), at(5), None);
         c.insert(at(5), 1, Bytes::from_static(b"p1v5"));
         c.insert(at(5), 2, Bytes::from_static(b"p2v5"));
-        c.follow(Some(4), at(6), Some(list(&[1])));
-        assert_eq!(c.version(), 5, "from another version: left alone");
-        c.follow(Some(5), at(6), None);
-        assert_eq!(c.version(), 5, "changes unknown: left alone");
+        c.follow(Some(Version(4)), at(6), Some(list(&[1])));
+        assert_eq!(c.version(), Version(5), "from another version: left alone");
+        c.follow(Some(Version(5)), at(6), None);
+        assert_eq!(c.version(), Version(5), "changes unknown: left alone");
         assert_eq!(
-            c.follow(Some(5), at(6), Some(list(&[1, 3]))),
+            c.follow(Some(Version(5)), at(6), Some(list(&[1, 3]))),
             [1],
             "the changed pages it held"
         );
-        assert_eq!(c.version(), 6);
+        assert_eq!(c.version(), Version(6));
         assert!(c.get(at(6), 1).is_none() && c.get(at(6), 2).is_some());
-        c.follow(Some(5), at(6), Some(list(&[2])));
+        c.follow(Some(Version(5)), at(6), Some(list(&[2])));
         assert!(c.get(at(6), 2).is_some(), "never backwards or twice");
     }
 }

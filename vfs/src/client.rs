@@ -46,17 +46,24 @@ use std::{
 
 use bytes::Bytes;
 use futures::Stream;
-use pagewire_proto::v1::{self as pb, commit_request::Part, pages_client::PagesClient};
+use pagewire_proto::{
+    ids::PageNo,
+    v1::{self as pb, commit_request::Part, pages_client::PagesClient},
+};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tonic::{
-    Code, Request, Status,
+    Request, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
     transport::Channel,
 };
 
-use crate::{error::VfsError, runtime::Conn};
+use crate::{
+    error::VfsError,
+    runtime::Conn,
+    status::{Class, Outcome},
+};
 
 /// Most page bytes in one Commit stream message. Progress is seen per message, so this
 /// is what a live link must move per `call_timeout`; the server's
@@ -146,13 +153,14 @@ pub struct Client {
 /// A commit ready to send; kept whole so a retry sends the same bytes.
 pub struct CommitPlan {
     pub header: pb::CommitHeader,
-    pub pages: Vec<(u32, Bytes)>,
+    pub pages: Vec<(PageNo, Bytes)>,
     /// Most page bytes per stream message (the client sends at most
     /// [`COMMIT_MESSAGE_BYTES`]).
     pub chunk_bytes: usize,
 }
 
 /// How a commit ended.
+#[derive(Debug)]
 pub enum CommitError {
     /// The server answered: the commit did not apply and never will.
     Definite(VfsError),
@@ -171,10 +179,10 @@ enum Failed {
 impl From<Status> for Failed {
     fn from(s: Status) -> Self {
         // tonic's own enforcement of the grpc-timeout we send (it fires with ours).
-        if s.code() == Code::Cancelled && s.message() == "Timeout expired" {
-            return Failed::TimedOut(String::new());
+        match Class::of(&s) {
+            Class::TimedOut => Failed::TimedOut(String::new()),
+            _ => Failed::Error(VfsError::Status(s)),
         }
-        Failed::Error(VfsError::Status(s))
     }
 }
 
@@ -441,16 +449,7 @@ impl Client {
                     .fetch_add(plan.pages.len() as u64, Ordering::Relaxed);
                 Ok(resp)
             }
-            Err(e) if !e.is_retryable() => Err(CommitError::Definite(e)),
-            Err(e) if sent_whole.load(Ordering::SeqCst) => Err(CommitError::Unknown(e)),
-            Err(VfsError::Status(s)) => Err(CommitError::Definite(VfsError::Status(Status::new(
-                s.code(),
-                format!(
-                    "{}; no attempt sent the whole commit, so nothing was applied",
-                    s.message()
-                ),
-            )))),
-            Err(e) => Err(CommitError::Definite(e)),
+            Err(e) => Err(commit_failed(e, sent_whole.load(Ordering::SeqCst))),
         }
     }
 
@@ -507,6 +506,30 @@ impl Client {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+}
+
+/// How a commit whose retries ended with `e` failed (see [`Class::commit_outcome`]).
+/// A retryable failure before any attempt sent the whole stream is definite, and
+/// says so; the status keeps the original as its source, so it classifies the same.
+fn commit_failed(e: VfsError, sent_whole: bool) -> CommitError {
+    let class = e.class();
+    match class.map_or(Outcome::Definite, |c| c.commit_outcome(sent_whole)) {
+        Outcome::Unknown => CommitError::Unknown(e),
+        Outcome::Definite => match e {
+            VfsError::Status(s) if class.is_some_and(Class::is_retryable) => {
+                let mut said = Status::new(
+                    s.code(),
+                    format!(
+                        "{}; no attempt sent the whole commit, so nothing was applied",
+                        s.message()
+                    ),
+                );
+                said.set_source(Arc::new(s));
+                CommitError::Definite(VfsError::Status(said))
+            }
+            e => CommitError::Definite(e),
+        },
     }
 }
 
@@ -621,7 +644,7 @@ fn commit_messages(plan: &CommitPlan) -> Vec<pb::CommitRequest> {
         }
         bytes += data.len();
         batch.push(pb::Page {
-            page_no: *no,
+            page_no: no.0,
             data: data.clone(),
         });
     }
@@ -637,6 +660,8 @@ fn commit_messages(plan: &CommitPlan) -> Vec<pb::CommitRequest> {
 #[cfg(test)]
 mod tests {
     use std::{io::Read, net::TcpListener, sync::atomic::AtomicUsize, time::Instant as StdInstant};
+
+    use tonic::Code;
 
     use super::*;
 
@@ -672,6 +697,77 @@ mod tests {
         url
     }
 
+    /// A server that answers whatever it is sent with `reply`, then reads on until the
+    /// client hangs up (so the reply is not lost to a reset); with no reply it hangs up.
+    fn garbage_server(reply: &'static [u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let mut buf = vec![0u8; 1 << 16];
+                    let _ = conn.read(&mut buf);
+                    if reply.is_empty() {
+                        return;
+                    }
+                    let _ = conn.write_all(reply);
+                    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        url
+    }
+
+    /// One BeginRead attempt on `c`'s channel with `grpc-timeout` `limit` and no
+    /// deadline of ours: the status exactly as tonic reports it.
+    fn raw_begin_read(rt: &crate::runtime::Rt, c: &Client, limit: Duration) -> Status {
+        let (_, mut stub) = c.stub();
+        let req = request(pb::BeginReadRequest::default(), limit);
+        rt.block_on(async move { stub.begin_read(req).await })
+            .expect("runtime")
+            .expect_err("no answer")
+    }
+
+    #[test]
+    fn a_peer_that_breaks_http2_is_transport_trouble_though_tonic_says_internal() {
+        // A SETTINGS frame with a bad length, and an HTTP/1 answer: tonic reports both
+        // as INTERNAL, with the hyper error as the source (a server's INTERNAL has none).
+        let frames: [&[u8]; 2] = [
+            b"\x00\x00\x04\x07\x00\x00\x00\x00\x00garbage",
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
+        ];
+        for reply in frames {
+            let url = garbage_server(reply);
+            let (rt, c) = client(&url, Duration::from_secs(30), Duration::from_secs(5));
+            let status = raw_begin_read(&rt, &c, Duration::from_secs(5));
+            assert_eq!(status.code(), Code::Internal, "{status:?}");
+            assert!(std::error::Error::source(&status).is_some(), "{status:?}");
+            assert_eq!(Class::of(&status), Class::Transport, "{status:?}");
+        }
+        // A peer that hangs up: UNKNOWN, retryable by its code alone.
+        let (rt, c) = client(
+            &garbage_server(b""),
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+        );
+        let status = raw_begin_read(&rt, &c, Duration::from_secs(5));
+        assert_eq!(Class::of(&status), Class::Transport, "{status:?}");
+    }
+
+    #[test]
+    fn tonic_enforcing_our_grpc_timeout_is_told_by_the_source_not_the_message() {
+        let (url, _) = silent_server();
+        let (rt, c) = client(&url, Duration::from_secs(30), Duration::from_secs(30));
+        let status = raw_begin_read(&rt, &c, Duration::from_millis(200));
+        assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+        assert_eq!(Class::of(&status), Class::TimedOut, "{status:?}");
+        assert!(matches!(Failed::from(status), Failed::TimedOut(_)));
+        // The same code and words from a server are a cancellation, not our deadline.
+        let said = Status::cancelled("Timeout expired");
+        assert!(matches!(Failed::from(said), Failed::Error(e) if e.is_retryable()));
+    }
+
     fn client(url: &str, retry: Duration, call: Duration) -> (Arc<crate::runtime::Rt>, Client) {
         let rt = crate::runtime::get().expect("runtime");
         let conn = rt.channel(url, Duration::from_secs(1)).expect("channel");
@@ -687,7 +783,7 @@ mod tests {
             ..Default::default()
         };
         let pages = (1..=pages)
-            .map(|p| (p, Bytes::from(vec![7u8; page_size])))
+            .map(|p| (PageNo(p), Bytes::from(vec![7u8; page_size])))
             .collect();
         Arc::new(CommitPlan {
             header,

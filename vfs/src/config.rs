@@ -302,65 +302,7 @@ pub fn same_server(a: &str, b: &str) -> bool {
     }
 }
 
-/// `text` with every `token=` value (URI parameters) and URL password replaced by
-/// `***`, for anything the VFS logs or reports: a filename or URL in a message may
-/// carry one.
-pub fn redact(text: &str) -> String {
-    const KEY: &str = "token=";
-    let ends_value = |c: char| {
-        matches!(
-            c,
-            '&' | '"' | '\'' | '\\' | '#' | ')' | ']' | '>' | ',' | ';'
-        ) || c.is_whitespace()
-    };
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = find_ascii_ci(rest, KEY) {
-        let (head, tail) = rest.split_at(at + KEY.len());
-        out.push_str(head);
-        let end = tail.find(ends_value).unwrap_or(tail.len());
-        if end > 0 {
-            out.push_str("***");
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    redact_passwords(&out)
-}
-
-/// The byte offset of `needle` (ASCII, lower case) in `hay`, ignoring ASCII case.
-fn find_ascii_ci(hay: &str, needle: &str) -> Option<usize> {
-    let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
-    hay.windows(needle.len())
-        .position(|w| w.eq_ignore_ascii_case(needle))
-}
-
-/// `scheme://user:password@host` -> `scheme://user:***@host`, everywhere in `text`.
-fn redact_passwords(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let authority_end =
-            tail.find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace());
-        let authority = &tail[..authority_end.unwrap_or(tail.len())];
-        match authority
-            .rfind('@')
-            .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)))
-        {
-            Some((colon, at)) => {
-                out.push_str(&authority[..=colon]);
-                out.push_str("***");
-                out.push_str(&authority[at..]);
-                rest = &tail[authority.len()..];
-            }
-            None => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
-}
+pub use pagewire_proto::redact;
 
 /// Bytes: `65536`, `64KiB`, `64MiB`, `1GiB` (also KB/MB/GB, same powers of 1024).
 /// A log filter: comma-separated levels (`warn`) or `target=level` directives
@@ -629,30 +571,6 @@ mod tests {
             debug.contains("token: Some(\"***\")") && !debug.contains("s3cret"),
             "{debug}"
         );
-    }
-
-    #[test]
-    fn redaction() {
-        for (text, want) in [
-            (
-                "cannot open \"file:x?url=http://h:1&token=abc&mode=ro\"",
-                "cannot open \"file:x?url=http://h:1&token=***&mode=ro\"",
-            ),
-            ("file:x?TOKEN=abc", "file:x?TOKEN=***"),
-            ("a token=abc b", "a token=*** b"),
-            ("token=", "token="),
-            (
-                "postgres://u:pw@h/db and http://v:pw2@g:1",
-                "postgres://u:***@h/db and http://v:***@g:1",
-            ),
-            (
-                "http://h:1/x@y and ordinary text",
-                "http://h:1/x@y and ordinary text",
-            ),
-            ("über token=ü€ ok", "über token=*** ok"),
-        ] {
-            assert_eq!(redact(text), want, "{text}");
-        }
     }
 
     #[test]

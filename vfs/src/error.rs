@@ -1,7 +1,8 @@
 //! VFS errors, and the one place they become SQLite result codes.
 
 use sqlite_plugin::vars;
-use tonic::Code;
+
+use crate::status::Class;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfsError {
@@ -54,30 +55,29 @@ impl VfsError {
             VfsError::Busy(_) => vars::SQLITE_BUSY,
             VfsError::ReadOnly => vars::SQLITE_READONLY,
             VfsError::Config(_) | VfsError::BadName(_) | VfsError::Open(_) => vars::SQLITE_CANTOPEN,
-            VfsError::Status(s) if matches!(op, Op::Open) => match s.code() {
-                Code::NotFound | Code::InvalidArgument | Code::Unauthenticated => {
-                    vars::SQLITE_CANTOPEN
-                }
-                Code::PermissionDenied => vars::SQLITE_PERM,
-                _ => vars::SQLITE_CANTOPEN,
+            VfsError::Status(s) => match (op, Class::of(s)) {
+                (Op::Open, Class::Forbidden) => vars::SQLITE_PERM,
+                (Op::Open, _) => vars::SQLITE_CANTOPEN,
+                (_, Class::Busy) => vars::SQLITE_BUSY,
+                _ => io_code(op),
             },
-            VfsError::Status(s) if s.code() == Code::Aborted => vars::SQLITE_BUSY,
             _ => io_code(op),
+        }
+    }
+
+    /// How the server (or the transport) failed the call, when it did (see
+    /// [`Class`]); `None` for errors of this side.
+    pub fn class(&self) -> Option<Class> {
+        match self {
+            VfsError::Status(s) => Some(Class::of(s)),
+            _ => None,
         }
     }
 
     /// True when the server never saw the call or its reply was lost: the same
     /// call may be sent again (commits are idempotent by commit id).
     pub fn is_retryable(&self) -> bool {
-        match self {
-            VfsError::Status(s) => {
-                matches!(
-                    s.code(),
-                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-                ) || (s.code() == Code::Internal && s.message().contains("h2"))
-            }
-            _ => false,
-        }
+        self.class().is_some_and(Class::is_retryable)
     }
 }
 
@@ -112,5 +112,16 @@ mod tests {
             VfsError::BadName("x".into()).sqlite_code(Op::Open),
             vars::SQLITE_CANTOPEN
         );
+        let denied = VfsError::Status(tonic::Status::permission_denied("token"));
+        assert_eq!(denied.sqlite_code(Op::Open), vars::SQLITE_PERM);
+        assert_eq!(denied.sqlite_code(Op::Read), vars::SQLITE_IOERR_READ);
+        let missing = VfsError::Status(tonic::Status::not_found("no such database"));
+        assert_eq!(missing.sqlite_code(Op::Open), vars::SQLITE_CANTOPEN);
+        assert_eq!(held.sqlite_code(Op::Open), vars::SQLITE_CANTOPEN);
+        assert_eq!(
+            VfsError::Busy("held".into()).sqlite_code(Op::Open),
+            vars::SQLITE_BUSY
+        );
+        assert!(!VfsError::Internal("x".into()).is_retryable());
     }
 }

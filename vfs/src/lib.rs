@@ -4,38 +4,54 @@
 //! - `vfs`        the sqlite-plugin `Vfs` impl: a guard and a call per method
 //! - `main_file`  one connection's main file: locks, pinned version, commit point
 //! - `buffer`     a transaction's write buffer (bytes over the base version)
-//! - `database`   per-process state of one database: lock table, write lease,
-//!   committed state, page cache
+//! - `commit`     the commit: the new image from the buffer, the Commit call's plan,
+//!   its answer checked, the cache moved
+//! - `database`   per-process state of one database: lock table, committed state,
+//!   replaced or not, the read path; holds the write lease, cache and Watch view
+//! - `lease`      the write lease rules: obtain, heartbeat, idle release, deadlines
+//! - `state`      shared state types: `DbState`, `DbKey`, `ServerSettings`,
+//!   `lease_deadline` (every server reply checked where it is decoded)
 //! - `cache`      the page cache of one database (LRU, bounded in bytes)
 //! - `watch`      the Watch stream and read lease: read transactions at no RPC
+//!   (`watch/view.rs` the state and its rules, `watch/task.rs` the stream task)
 //! - `readahead`  sequential-read detection, for batched page fetches
 //! - `locks`      SQLite lock levels between connections of this process
-//! - `client`     gRPC calls, retries, RPC counters
+//! - `client`     gRPC calls, deadlines, retries, RPC counters
+//! - `status`     what a gRPC status means to the VFS (retryable, busy, definite)
 //! - `runtime`    the tokio runtime and channel pool (rebuilt after fork)
 //! - `config`     settings from `PAGEWIRE_*` and URI parameters
 //! - `pragma`     pragmas the VFS answers (WAL and synchronous=OFF refused)
-//! - `header`     the page-1 header fields the commit path reads and stamps
 //! - `local_file` journals and temp files, kept in client memory
 //!
-//! Entry points: `sqlite3_pagewirevfs_init` (`.load`, feature `dynamic`) and
-//! `register` / `pagewire_vfs_register` (linked SQLite, feature `static`).
+//! Registration: [`register_with`] (any SQLite), [`register`] (linked SQLite, feature
+//! `static`). The C entry points (`sqlite3_pagewirevfs_init` for `.load`,
+//! `pagewire_vfs_register` for the static shell) and the extension's log set-up are the
+//! thin crate `vfs/ext` (`pagewire-vfs-ext`), which builds `libpagewire_vfs.so` / `.a`:
+//! this crate has no `extern "C"` entry point and installs no global log subscriber.
 
 mod buffer;
 mod cache;
 mod client;
+mod commit;
 pub mod config;
 mod database;
 mod error;
-mod header;
+mod lease;
 mod local_file;
 mod locks;
 mod main_file;
 mod pragma;
 mod readahead;
 mod runtime;
+mod state;
+mod status;
 mod vfs;
 mod watch;
 
+/// The page-1 header fields the commit path reads and stamps (shared with the server).
+use pagewire_proto::sqlite_header as header;
+
+use std::ffi::CString;
 use std::sync::{
     OnceLock,
     atomic::{AtomicBool, Ordering},
@@ -96,110 +112,53 @@ fn sqlite_log_lines(msg: &str) -> Vec<String> {
     lines
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
-/// Reads the configuration and builds the VFS, once per process.
-fn prepare() -> Result<Option<PagewireVfs>, String> {
+/// Registers the `pagewire` VFS, once per process (later calls return `Ok`): reads the
+/// configuration from `PAGEWIRE_*`, shows it to `on_config` (the extension sets up its
+/// log output there; a Rust program that links this crate keeps its own), builds the VFS
+/// and hands it to `registrar`: sqlite-plugin's `register_static` (linked SQLite) or
+/// `register_dynamic` (a `.load`ed extension). Returns a message on a bad configuration or a refused
+/// registration, and then a later call may try again.
+pub fn register_with(
+    on_config: impl FnOnce(&Config),
+    registrar: impl FnOnce(CString, PagewireVfs) -> Result<SqliteLogger, i32>,
+) -> Result<(), String> {
     if REGISTERED.swap(true, Ordering::SeqCst) {
-        return Ok(None);
+        return Ok(());
     }
-    let config = Config::from_env().map_err(|e| {
-        REGISTERED.store(false, Ordering::SeqCst);
-        format!("pagewire: {e}")
-    })?;
-    init_logging(&config);
-    Ok(Some(PagewireVfs::new(config)))
-}
-
-fn finish(result: Result<SqliteLogger, i32>) -> Result<(), String> {
-    match result {
+    let registered = Config::from_env()
+        .map_err(|e| format!("pagewire: {e}"))
+        .and_then(|config| {
+            on_config(&config);
+            let name = CString::new(VFS_NAME).map_err(|e| e.to_string())?;
+            registrar(name, PagewireVfs::new(config)).map_err(|code| {
+                format!("pagewire: registering the VFS failed (SQLite code {code})")
+            })
+        });
+    match registered {
         Ok(logger) => {
             let _ = SQLITE_LOG.set(logger);
             Ok(())
         }
-        Err(code) => {
+        Err(msg) => {
             REGISTERED.store(false, Ordering::SeqCst);
-            Err(format!(
-                "pagewire: registering the VFS failed (SQLite code {code})"
-            ))
+            Err(msg)
         }
     }
 }
 
-/// Registers the `pagewire` VFS with the SQLite linked into this binary.
-/// Idempotent within a process. Returns a message on a bad configuration.
+/// Registers the `pagewire` VFS with the SQLite linked into this binary (rusqlite with
+/// `bundled`, a C program linking libsqlite3): `register_with` through sqlite-plugin's
+/// `register_static`. Installs no log subscriber: the VFS logs through `tracing`, so the
+/// program's own subscriber (if any) sees its messages.
 #[cfg(feature = "static")]
 pub fn register(make_default: bool) -> Result<(), String> {
-    let Some(vfs) = prepare()? else { return Ok(()) };
-    let name = std::ffi::CString::new(VFS_NAME).map_err(|e| e.to_string())?;
-    finish(sqlite_plugin::vfs::register_static(
-        name,
-        vfs,
-        sqlite_plugin::vfs::RegisterOpts { make_default },
-    ))
-}
-
-/// C entry point for binaries linking SQLite statically (the static shell):
-/// registers `pagewire` as the default VFS. Returns SQLITE_OK or SQLITE_ERROR
-/// (the reason is printed on stderr).
-#[cfg(feature = "static")]
-#[unsafe(no_mangle)]
-pub extern "C" fn pagewire_vfs_register() -> std::ffi::c_int {
-    match std::panic::catch_unwind(|| register(true)) {
-        Ok(Ok(())) => sqlite_plugin::vars::SQLITE_OK,
-        Ok(Err(msg)) => {
-            eprintln!("{msg}");
-            sqlite_plugin::vars::SQLITE_ERROR
-        }
-        Err(_) => sqlite_plugin::vars::SQLITE_ERROR,
-    }
-}
-
-/// Extension entry point: `.load libpagewire_vfs` (SQLite derives this name from
-/// the file name). Registers `pagewire` as the default VFS and stays loaded.
-///
-/// # Safety
-/// Called by SQLite with a valid `sqlite3_api_routines` pointer.
-#[cfg(feature = "dynamic")]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn sqlite3_pagewirevfs_init(
-    _db: *mut std::ffi::c_void,
-    pz_err_msg: *mut *const std::ffi::c_char,
-    p_api: *mut sqlite_plugin::sqlite3_api_routines,
-) -> std::ffi::c_int {
-    use sqlite_plugin::vars;
-    let result = std::panic::catch_unwind(|| -> Result<(), String> {
-        let Some(vfs) = prepare()? else { return Ok(()) };
-        let name = std::ffi::CString::new(VFS_NAME).map_err(|e| e.to_string())?;
-        let opts = sqlite_plugin::vfs::RegisterOpts { make_default: true };
-        // SAFETY: SQLite passes its api routines to extension entry points.
-        finish(unsafe { sqlite_plugin::vfs::register_dynamic(p_api, name, vfs, opts) })
-    });
-    match result {
-        Ok(Ok(())) => vars::SQLITE_OK_LOAD_PERMANENTLY,
-        Ok(Err(msg)) => {
-            // SAFETY: p_api is valid (above); pz_err_msg is SQLite's out pointer.
-            unsafe {
-                if let (Some(api), false) = (p_api.as_ref(), pz_err_msg.is_null())
-                    && let Ok(api) = sqlite_plugin::vfs::SqliteApi::new_dynamic(api)
-                {
-                    let _ = api.mprintf(&msg, pz_err_msg);
-                }
-            }
-            vars::SQLITE_ERROR
-        }
-        Err(_) => vars::SQLITE_ERROR,
-    }
+    register_with(
+        |_| {},
+        |name, vfs| {
+            let opts = sqlite_plugin::vfs::RegisterOpts { make_default };
+            sqlite_plugin::vfs::register_static(name, vfs, opts)
+        },
+    )
 }
 
 #[cfg(test)]

@@ -12,18 +12,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use pagewire_proto::ids::Version;
 use sqlite_plugin::flags::LockLevel;
-use tonic::Code;
 
 use crate::{
-    buffer::{BaseRead, WriteBuffer},
+    buffer::WriteBuffer,
     client::CommitError,
+    commit,
     config::{AsOf, Config, Consistency},
-    database::{Database, DbState},
+    database::Database,
     error::VfsError,
-    header,
     readahead::ReadAhead,
+    state::DbState,
+    status::Class,
 };
 
 pub struct MainFile {
@@ -184,14 +185,15 @@ impl MainFile {
     /// Waits (polling, up to `min_version_timeout`) until the database reaches
     /// `min_version`, for read-your-writes on a replica.
     fn await_min_version(&self) -> Result<(), VfsError> {
-        if self.min_version <= self.view.version || self.as_of.is_some() {
+        let wanted = Version(self.min_version);
+        if wanted <= self.view.version || self.as_of.is_some() {
             return Ok(());
         }
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
             let state = self.db.begin_read(None, self.consistency)?;
-            if state.version >= self.min_version {
+            if state.version >= wanted {
                 return Ok(());
             }
             if started.elapsed() >= self.min_version_timeout {
@@ -265,33 +267,16 @@ impl MainFile {
         };
         let (db, view) = (self.db.clone(), self.view);
         let mut base = |o, b: &mut [u8]| read_committed(&db, view, o, b, None);
-        if txn.equals_base(&mut base)? {
+        let Some(image) = commit::image(&txn, view, &mut base)? else {
             return Ok(());
-        }
-        let (page_size, page_count) = new_geometry(&txn, view, &mut base)?;
-        let mut dirty = txn.dirty_pages(page_size);
-        if view.page_count > 0 && page_size != view.page_size {
-            dirty = (1..=page_count).collect();
-        }
-        dirty.insert(1);
-        dirty.retain(|p| *p <= page_count);
-        let base_counter = base_change_counter(view, &mut base)?;
-        let mut pages = Vec::with_capacity(dirty.len());
-        for p in dirty {
-            let mut data = vec![0u8; page_size as usize];
-            txn.read((p as u64 - 1) * page_size as u64, &mut data, &mut base)?;
-            if p == 1 {
-                header::stamp(&mut data, base_counter, page_count);
-            }
-            pages.push((p, Bytes::from(data)));
-        }
-        match self.db.commit(view, page_size, page_count, pages) {
+        };
+        match self.db.commit(view, image) {
             Ok(state) => {
                 self.view = state;
                 Ok(())
             }
             Err(CommitError::Definite(e)) => {
-                if matches!(&e, VfsError::Status(s) if s.code() == Code::FailedPrecondition) {
+                if e.class() == Some(Class::Fenced) {
                     // Lease lapsed or superseded: another writer may have committed.
                     // Forget the lease and the cache; the next write re-acquires.
                     self.db.drop_all();
@@ -316,45 +301,6 @@ impl MainFile {
             .unlock(self.id, self.lock, LockLevel::Unlocked);
         self.lock = LockLevel::Unlocked;
     }
-}
-
-/// Page size and page count of the transaction's image: from its page 1 header
-/// when valid (the truncate may come after the sync), else the base page size
-/// and the byte extent.
-fn new_geometry(
-    txn: &WriteBuffer,
-    view: DbState,
-    base: &mut BaseRead<'_, VfsError>,
-) -> Result<(u32, u32), VfsError> {
-    let mut h = [0u8; header::HEADER_LEN];
-    let complete = txn.read(0, &mut h, base)? == h.len();
-    let page_size = complete
-        .then(|| header::page_size(&h))
-        .flatten()
-        .or((view.page_size > 0).then_some(view.page_size))
-        .ok_or_else(|| VfsError::Internal("cannot tell the page size of the new image".into()))?;
-    let from_extent = txn.size().div_ceil(page_size as u64);
-    let page_count = match complete.then(|| header::page_count(&h)).flatten() {
-        Some(n) => n,
-        None => {
-            u32::try_from(from_extent).map_err(|_| VfsError::Internal("file too large".into()))?
-        }
-    };
-    if page_count == 0 {
-        return Err(VfsError::Internal(
-            "a commit must leave at least one page".into(),
-        ));
-    }
-    Ok((page_size, page_count))
-}
-
-fn base_change_counter(view: DbState, base: &mut BaseRead<'_, VfsError>) -> Result<u32, VfsError> {
-    if view.page_count == 0 {
-        return Ok(0);
-    }
-    let mut h = [0u8; header::HEADER_LEN];
-    base(0, &mut h)?;
-    Ok(header::change_counter(&h))
 }
 
 /// Reads bytes of the committed image at `view`; returns how many exist.

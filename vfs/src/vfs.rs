@@ -24,11 +24,12 @@ use sqlite_plugin::{
 use crate::{
     client::Client,
     config::Config,
-    database::{Database, DbKey, DbState, ServerSettings},
+    database::Database,
     error::{Op, VfsError},
     local_file::LocalFile,
     main_file::MainFile,
     pragma, runtime,
+    state::{DbKey, DbState, ServerSettings},
 };
 
 mod compat {
@@ -63,7 +64,7 @@ mod compat {
 
 /// Longest database name: sqlite-plugin's mxPathname is 512 and it cuts longer
 /// names silently, so longer ones are refused before that happens.
-pub const MAX_NAME_BYTES: usize = 511;
+pub use pagewire_proto::limits::MAX_NAME_BYTES;
 
 /// Largest gRPC message the client accepts before Open (after it, the server's
 /// announced limit plus `DECODE_SLACK`).
