@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Output, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -18,6 +18,8 @@ use std::{
 };
 
 use anyhow::Context as _;
+
+use crate::python::{self, PYTHON};
 
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
@@ -197,20 +199,11 @@ impl Tally {
     /// The table: attack, outcome, count, first message.
     pub fn table(&self) -> String {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let aw = inner
-            .counts
-            .keys()
-            .map(|(a, _)| a.len())
-            .max()
-            .unwrap_or(6)
-            .max(6);
-        let ow = inner
-            .counts
-            .keys()
-            .map(|(_, o)| o.len())
-            .max()
-            .unwrap_or(7)
-            .max(7);
+        // The widest name in a column, or its heading's width.
+        let width = |len: fn(&(String, String)) -> usize, heading: usize| {
+            inner.counts.keys().map(len).max().unwrap_or(0).max(heading)
+        };
+        let (aw, ow) = (width(|(a, _)| a.len(), 6), width(|(_, o)| o.len(), 7));
         let mut out = format!(
             "{:aw$}  {:ow$}  {:>7}  first message\n",
             "attack", "outcome", "count"
@@ -233,9 +226,9 @@ fn shorten(s: &str, max: usize) -> String {
 }
 
 /// The well-behaved tenant: a Python script (Debian's `/usr/bin/python3`, whose
-/// `sqlite3` module may load extensions) using SQLite through the VFS, started with the
-/// VFS library path, server URL and token in its environment. It stops when
-/// [`PythonTenant::stop`] creates its stop file (the script checks for it).
+/// `sqlite3` module may load extensions) using SQLite through the VFS (loaded by
+/// [`python::LOAD_VFS`]), started with the server URL and token in its environment. It
+/// stops when [`PythonTenant::stop`] creates its stop file (the script checks for it).
 pub struct PythonTenant {
     stop_file: PathBuf,
     pid: i32,
@@ -243,26 +236,18 @@ pub struct PythonTenant {
     started: Instant,
 }
 
-pub use crate::PYTHON;
-
 impl PythonTenant {
-    /// Runs `script` (`python3 -c`) with `env` plus `HOSTILE_STOP` (the stop file's path
-    /// in `dir`). Its stdout and stderr are captured.
+    /// Runs `script` (after [`python::LOAD_VFS`]) with `env` plus `HOSTILE_STOP` (the
+    /// stop file's path in `dir`). Its stdout and stderr are captured.
     pub fn spawn(dir: &Path, script: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let stop_file = dir.join("python-tenant.stop");
         let _ = std::fs::remove_file(&stop_file);
-        let mut command = Command::new(PYTHON);
-        command
-            .arg("-c")
-            .arg(script)
+        let child: Child = python::command(PYTHON, script)?
             .env("HOSTILE_STOP", &stop_file)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child: Child = command
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("spawning {PYTHON}"))?;
         let pid = child.id() as i32;

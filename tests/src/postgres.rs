@@ -144,20 +144,7 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{}/{name}{query}", &base[..path_start])
 }
 
-/// `url` without its password, for messages.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.find('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end], &rest[at..]),
-        None => url.to_owned(),
-    }
-}
+pub use pagewire_proto::redact;
 
 /// A PostgreSQL cluster in a temporary directory, stopped and deleted when dropped.
 pub struct LocalCluster {
@@ -356,11 +343,5 @@ mod tests {
         );
         assert_eq!(with_database("postgres://u@h", "t_1"), "postgres://u@h/t_1");
         assert_eq!(with_database("postgresql://h/", "x"), "postgresql://h/x");
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -6,12 +6,12 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use common::*;
-use pagewire_tests::{Proxy, Server};
+use pagewire_tests::{Server, child_test, proxy::Proxy};
 use rand::Rng;
 
 const ROWS: i64 = 2000;
@@ -75,7 +75,6 @@ fn crash_child() {
 #[test]
 fn kill_client_at_random_points() {
     let server = Server::start().expect("server");
-    let exe = std::env::current_exe().expect("exe");
     let mut rng = rand::rng();
     let settings = [
         "journal_mode=delete",
@@ -91,14 +90,7 @@ fn kill_client_at_random_points() {
         for trial in 0..6 {
             let name = format!("crash/{}-{trial}.db", setting.replace('=', "-"));
             setup(&server.url, &name);
-            let mut child = Command::new(&exe)
-                .args([
-                    "crash_child",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+            let mut child = child_test("crash_child")
                 .env("CHILD_URL", &server.url)
                 .env("CHILD_DB", &name)
                 .env("CHILD_SETTING", setting)

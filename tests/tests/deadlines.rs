@@ -12,14 +12,18 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use common::*;
-use pagewire_tests::{DelayProxy, Server, Throttle, ThrottleProxy, python, vfs_library};
+use pagewire_tests::{
+    Server,
+    proxy::{DelayProxy, Throttle, ThrottleProxy},
+    python::{self, python},
+};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 /// What every test sets: the deadline of one attempt.
@@ -27,22 +31,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most any SQLite call may block against a stuck server with that deadline.
 const BOUND: Duration = Duration::from_secs(15);
 
-fn rw() -> OpenFlags {
-    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
-}
-
 /// A connection with `call_timeout=2s`, no preload (so reads of a fresh connection
 /// must ask the server).
 fn open_with_deadline(url: &str, name: &str) -> Connection {
-    register();
-    let conn = Connection::open_with_flags(
-        uri(url, name, "&call_timeout=2s&preload=0&lease_idle=60s"),
-        rw(),
-    )
-    .expect("open");
-    conn.busy_timeout(Duration::from_secs(10))
-        .expect("busy timeout");
-    conn
+    open_with(url, name, "&call_timeout=2s&preload=0&lease_idle=60s")
 }
 
 /// Runs `f`, returning how long it took and what it returned.
@@ -90,12 +82,7 @@ fn a_stuck_server_fails_every_kind_of_sqlite_call_within_the_bound() {
     // A long write lease, so the writer's lease is still valid (no RPC to take it) when
     // its commit meets the stuck server.
     let server = Server::start_with(&["--lease-ttl", "60s"]).expect("server");
-    let proxy = DelayProxy::start(
-        &server.addr,
-        Duration::ZERO..Duration::ZERO,
-        Duration::ZERO..Duration::ZERO,
-    )
-    .expect("proxy");
+    let proxy = DelayProxy::undelayed(&server.addr).expect("proxy");
     let via = proxy.url.as_str();
     for name in ["stuck/lease.db", "stuck/cold.db", "stuck/new.db"] {
         populate(&server.url, name, 200);
@@ -245,13 +232,10 @@ fn a_stuck_server_fails_every_kind_of_sqlite_call_within_the_bound() {
 /// Python (Debian's `/usr/bin/python3`, the VFS loaded as an extension), configured by
 /// `PAGEWIRE_CALL_TIMEOUT`: prints `ready`, waits for a line (the proxy is frozen
 /// then), and runs one statement of each kind, printing `case <label> <seconds> <error>`.
+/// Run after [`python::LOAD_VFS`].
 const PY_CLIENT: &str = r#"
-import sqlite3, sys, time
-lib, name, other = sys.argv[1], sys.argv[2], sys.argv[3]
-loader = sqlite3.connect(":memory:")
-loader.enable_load_extension(True)
-loader.load_extension(lib)
-loader.close()
+import time
+name, other = sys.argv[2], sys.argv[3]
 w = sqlite3.connect(name, isolation_level=None)
 w.execute("create table t(id integer primary key, body text)")
 w.execute("insert into t(body) values ('before')")
@@ -275,22 +259,15 @@ print("done", flush=True)
 fn a_stuck_server_fails_python_calls_within_the_bound_and_says_why() {
     let Some(python) = python() else { return };
     let server = Server::start_with(&["--lease-ttl", "60s"]).expect("server");
-    let proxy = DelayProxy::start(
-        &server.addr,
-        Duration::ZERO..Duration::ZERO,
-        Duration::ZERO..Duration::ZERO,
-    )
-    .expect("proxy");
+    let proxy = DelayProxy::undelayed(&server.addr).expect("proxy");
     {
         let db = open_url(&server.url, "py/other.db");
         db.execute_batch("create table u(x); insert into u values (1), (2)")
             .expect("other");
     }
-    let lib = vfs_library().expect("VFS library");
-    let mut child = Command::new(python)
-        .arg("-c")
-        .arg(PY_CLIENT)
-        .args([lib.to_str().expect("path"), "py/main.db", "py/other.db"])
+    let mut child = python::command(python, PY_CLIENT)
+        .expect("VFS library")
+        .args(["py/main.db", "py/other.db"])
         .env("PAGEWIRE_URL", &proxy.url)
         .env("PAGEWIRE_CALL_TIMEOUT", "2s")
         .env("PAGEWIRE_PRELOAD", "0")
@@ -462,12 +439,7 @@ fn read_until_error(
 #[test]
 fn readers_on_a_watch_stream_never_wait_on_a_stuck_server() {
     let server = Server::start_with(&["--read-lease-ttl", "1s"]).expect("server");
-    let proxy = DelayProxy::start(
-        &server.addr,
-        Duration::ZERO..Duration::ZERO,
-        Duration::ZERO..Duration::ZERO,
-    )
-    .expect("proxy");
+    let proxy = DelayProxy::undelayed(&server.addr).expect("proxy");
     for name in ["watch/strong.db", "watch/snapshot.db"] {
         populate(&server.url, name, 10);
     }

@@ -15,7 +15,7 @@ use common::*;
 use pagewire_tests::Server;
 use pagewire_tests::postgres::TempPostgres;
 use rand::Rng;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 /// The server on `pg`'s database, with a short lease so a killed writer's lease lapses
 /// soon.
@@ -32,34 +32,18 @@ fn kill_9(server: Server) {
 
 /// A writer that gives up on a dead server after a second instead of thirty.
 fn open_writer(url: &str, name: &str) -> Connection {
-    register();
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_URI;
-    let conn =
-        Connection::open_with_flags(uri(url, name, "&retry_timeout=1s"), flags).expect("open");
-    conn.busy_timeout(Duration::from_secs(10))
-        .expect("busy timeout");
-    conn
+    open_with(url, name, "&retry_timeout=1s")
 }
 
 /// Every row of `t`, as text.
 fn rows(conn: &Connection) -> Vec<(i64, i64, String)> {
-    let mut stmt = conn
-        .prepare("select id, v, hex(pad) from t order by id")
-        .expect("prepare");
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .expect("query");
-    rows.map(|r| r.expect("row")).collect()
+    all_rows(conn, "select id, v, hex(pad) from t order by id", |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 fn ledger(conn: &Connection) -> Vec<i64> {
-    let mut stmt = conn
-        .prepare("select i from log order by i")
-        .expect("prepare");
-    let rows = stmt.query_map([], |r| r.get(0)).expect("query");
-    rows.map(|r| r.expect("row")).collect()
+    all_rows(conn, "select i from log order by i", |r| r.get(0))
 }
 
 fn create_tables(conn: &Connection) {

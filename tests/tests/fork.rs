@@ -5,14 +5,15 @@
 
 use std::process::Command;
 
-use pagewire_tests::{Server, python, vfs_library};
+use pagewire_tests::{
+    Server,
+    python::{self, python},
+    text, vfs_library,
+};
 
+/// Run after [`python::LOAD_VFS`].
 const SCRIPT: &str = r#"
-import os, sqlite3, sys, time
-loader = sqlite3.connect(":memory:")
-loader.enable_load_extension(True)
-loader.load_extension(sys.argv[1])
-loader.close()
+import os, time
 
 def connect(name, ro=False):
     return sqlite3.connect(f"file:{name}" + ("?mode=ro" if ro else ""), uri=True, isolation_level=None)
@@ -67,26 +68,26 @@ assert r.execute("select count(*) from t").fetchone()[0] == 2
 print("ok")
 "#;
 
-#[test]
-fn a_forked_child_refuses_inherited_connections_on_every_path() {
-    let Some(python) = python() else { return };
+/// Runs `program` (a fork test: the VFS library is its first argument) against a fresh
+/// server; it must succeed, printing `ok` last.
+fn assert_fork_test_passes(program: &mut Command) {
     let server = Server::start().expect("server");
-    let lib = vfs_library().expect("VFS library");
-    let out = Command::new(python)
-        .args(["-c", SCRIPT])
-        .arg(&lib)
+    let out = program
         .env("PAGEWIRE_URL", &server.url)
         .env("PAGEWIRE_LOG", "off")
         .output()
-        .expect("python");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+        .expect("run the fork test");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(
         out.status.success() && stdout.trim_end().ends_with("ok"),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
+}
+
+#[test]
+fn a_forked_child_refuses_inherited_connections_on_every_path() {
+    let Some(python) = python() else { return };
+    assert_fork_test_passes(&mut python::command(python, SCRIPT).expect("VFS library"));
 }
 
 /// The same from C (`tests/tests/fork.c`, built here with the system's `cc` against its
@@ -116,20 +117,6 @@ fn a_forked_c_child_refuses_inherited_connections_on_every_path() {
             return;
         }
     }
-    let server = Server::start().expect("server");
     let lib = vfs_library().expect("VFS library");
-    let out = Command::new(&program)
-        .arg(&lib)
-        .env("PAGEWIRE_URL", &server.url)
-        .env("PAGEWIRE_LOG", "off")
-        .output()
-        .expect("run the C program");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.trim_end().ends_with("ok"),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert_fork_test_passes(Command::new(&program).arg(&lib));
 }

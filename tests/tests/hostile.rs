@@ -39,9 +39,9 @@ use futures::{Stream, StreamExt, stream};
 use http_body_util::{BodyExt as _, StreamBody};
 use pagewire_proto::v1 as pb;
 use pagewire_tests::hostile::{
-    GIB, MIB, MemoryReport, PYTHON, PythonTenant, RssSampler, Tally, mib, proc_name, write_tokens,
+    GIB, MIB, MemoryReport, PythonTenant, RssSampler, Tally, mib, proc_name, write_tokens,
 };
-use pagewire_tests::{Server, in_ci, postgres::TempPostgres, vfs_library};
+use pagewire_tests::{Server, postgres::TempPostgres, python::PYTHON, required, value_of};
 use pb::{commit_request::Part, pages_client::PagesClient, watch_event::Event, watch_request};
 use prost::Message as _;
 use tokio::sync::watch;
@@ -214,17 +214,12 @@ impl Scale {
 // The run: server under prlimit, RSS sampler, the scenario, the verdict
 
 fn prerequisites() -> bool {
-    for (path, what) in [
+    [
         (PYTHON, "Debian's python3"),
         ("/usr/bin/prlimit", "prlimit (util-linux)"),
-    ] {
-        if !Path::new(path).exists() {
-            assert!(!in_ci(), "{path} ({what}) is missing; CI must have it");
-            eprintln!("SKIPPED: {path} ({what}) not found");
-            return false;
-        }
-    }
-    true
+    ]
+    .into_iter()
+    .all(|(path, what)| required(path, what).is_some())
 }
 
 fn run(store_label: &str, store: &str) {
@@ -403,11 +398,7 @@ impl Verdict<'_> {
             output.status
         );
         let done = stdout.lines().last().unwrap_or_default();
-        let field = |key: &str| -> Option<String> {
-            done.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                .map(str::to_owned)
-        };
+        let field = |key: &str| value_of(done, key).map(str::to_owned);
         let commits: u64 = field("commits").and_then(|v| v.parse().ok()).unwrap_or(0);
         let count: u64 = field("count")
             .and_then(|v| v.parse().ok())
@@ -481,11 +472,7 @@ async fn scenario(scale: &Scale, url: &str, dir: &Path) -> Report {
 /// checked; any error ends the script non-zero. The last line is
 /// `done commits=N count=N integrity=ok max_tx_ms=M`.
 const TENANT_B: &str = r#"
-import os, sqlite3, sys, time
-loader = sqlite3.connect(":memory:")
-loader.enable_load_extension(True)
-loader.load_extension(os.environ["HOSTILE_LIB"])
-loader.close()
+import os, time
 stop, least = os.environ["HOSTILE_STOP"], int(os.environ["HOSTILE_MIN"])
 db = sqlite3.connect("b/ledger.db", timeout=30, isolation_level=None)
 db.execute("create table if not exists ledger(id integer primary key, note text)")
@@ -514,7 +501,6 @@ sys.exit(0 if n == done and ok == "ok" else 4)
 "#;
 
 fn tenant_b(url: &str, dir: &Path, least: u64) -> anyhow::Result<PythonTenant> {
-    let lib = vfs_library()?.display().to_string();
     let least = least.to_string();
     PythonTenant::spawn(
         dir,
@@ -522,7 +508,6 @@ fn tenant_b(url: &str, dir: &Path, least: u64) -> anyhow::Result<PythonTenant> {
         &[
             ("PAGEWIRE_URL", url),
             ("PAGEWIRE_TOKEN", B_TOKEN),
-            ("HOSTILE_LIB", &lib),
             ("HOSTILE_MIN", &least),
         ],
     )
@@ -575,28 +560,19 @@ impl Attack {
             open(&mut pages, &format!("watch-{i}.db")).await;
         }
         open(&mut pages, "watch-hot.db").await;
-        let first = vec![
-            header(&pin, pin.version, 1),
-            batch(vec![(1, page_one(Some(1), 1))]),
-            trailer(1),
-        ];
-        pin.version = pages
-            .commit(authed(stream::iter(first), A_TOKEN))
-            .await
-            .expect("pin.db's first commit")
-            .into_inner()
-            .version;
-        let first = vec![
-            header(&tiny, tiny.version, 1),
-            batch(vec![(1, page_one(Some(1), 1))]),
-            trailer(1),
-        ];
-        tiny.version = pages
-            .commit(authed(stream::iter(first), A_TOKEN))
-            .await
-            .expect("tiny.db's first commit")
-            .into_inner()
-            .version;
+        for db in [&mut pin, &mut tiny] {
+            let first = vec![
+                header(db, db.version, 1),
+                batch(vec![(1, page_one(Some(1), 1))]),
+                trailer(1),
+            ];
+            db.version = pages
+                .commit(authed(stream::iter(first), A_TOKEN))
+                .await
+                .unwrap_or_else(|s| panic!("{}'s first commit: {s}", db.name))
+                .into_inner()
+                .version;
+        }
         let tiny_watcher = start_watch(&mut pages, "tiny.db")
             .await
             .expect("a watcher on tiny.db");
@@ -989,6 +965,33 @@ async fn tiny_commits(a: Arc<Attack>, mut watcher: Streaming<pb::WatchEvent>) {
     drain_tiny_watcher(&a, &mut watcher).await;
 }
 
+/// Commits `messages` to tiny.db, claiming `count` pages, within a minute; the new
+/// version, recorded, or the refusal, counted and checked (None: no answer in time).
+async fn tiny_commit(
+    a: &Attack,
+    pages: &mut PagesClient<Channel>,
+    attack: &str,
+    count: u32,
+    messages: Vec<pb::CommitRequest>,
+) -> Option<Result<u64, Status>> {
+    let call = pages.commit(authed(stream::iter(messages), A_TOKEN));
+    match a.bounded(attack, Duration::from_secs(60), call).await? {
+        Ok(r) => {
+            let v = r.into_inner().version;
+            a.tally.record(
+                attack,
+                "OK (applied)",
+                &format!("page count {count}: version {v}"),
+            );
+            Some(Ok(v))
+        }
+        Err(s) => {
+            a.refused(attack, &s);
+            Some(Err(s))
+        }
+    }
+}
+
 /// Page 1 alone, claiming `count` pages; the version after it (`base` unless applied).
 async fn claim_with_page_one(
     a: &Attack,
@@ -1002,23 +1005,15 @@ async fn claim_with_page_one(
         trailer(1),
     ];
     let attack = &format!("{TINY_ONE} N={count}");
-    let call = pages.commit(authed(stream::iter(one), A_TOKEN));
-    match a.bounded(attack, Duration::from_secs(60), call).await {
+    match tiny_commit(a, pages, attack, count, one).await {
         None => base,
-        Some(Ok(r)) => {
-            let v = r.into_inner().version;
-            a.tally.record(
-                attack,
-                "OK (applied)",
-                &format!("page count {count}: version {v}"),
-            );
+        Some(Ok(v)) => {
             a.tally.violation(format!(
                 "{attack}: page 1 alone claiming {count} pages was applied (version {v})"
             ));
             v
         }
         Some(Err(s)) => {
-            a.refused(attack, &s);
             if s.code() != Code::InvalidArgument {
                 let (code, message) = (s.code(), s.message());
                 a.tally.violation(format!(
@@ -1044,23 +1039,12 @@ async fn claim_with_last_page(
         trailer(2),
     ];
     let attack = &format!("{TINY_TWO} N={count}");
-    let call = pages.commit(authed(stream::iter(two), A_TOKEN));
-    match a.bounded(attack, Duration::from_secs(60), call).await {
-        None => base,
-        Some(Ok(r)) => {
-            let v = r.into_inner().version;
-            a.tally.record(
-                attack,
-                "OK (applied)",
-                &format!("page count {count}: version {v}"),
-            );
+    match tiny_commit(a, pages, attack, count, two).await {
+        Some(Ok(v)) => {
             after_growth(a, pages, base, v, count).await;
             v
         }
-        Some(Err(s)) => {
-            a.refused(attack, &s);
-            base
-        }
+        None | Some(Err(_)) => base,
     }
 }
 

@@ -5,23 +5,19 @@
 //! pagewire's commit point), the journal stays a rollback journal, and a transaction
 //! after them is committed on the server, read back by other processes.
 
-use std::{
-    io::Write,
-    process::{Command, Output, Stdio},
+use std::process::Output;
+
+use pagewire_tests::{
+    Server,
+    python::{self, python},
+    shell, text,
 };
 
-use pagewire_tests::{Server, in_ci, python, vfs_library};
-
-const SHELL: &str = "/usr/bin/sqlite3";
-
-/// Loads the VFS (argv[1]: the library) into the process, making it the default.
-const LOAD: &str = r#"
-import sqlite3, subprocess, sys
+/// What the scripts start with, after [`python::LOAD_VFS`] (argv[1]: the library,
+/// argv[2]: the database).
+const ARGS: &str = r#"
+import subprocess
 lib, name = sys.argv[1], sys.argv[2]
-loader = sqlite3.connect(":memory:")
-loader.enable_load_extension(True)
-loader.load_extension(lib)
-loader.close()
 "#;
 
 /// Sets the pragmas a bulk load sets, each of which must answer one row with a column
@@ -60,14 +56,10 @@ print("integrity", db.execute("PRAGMA integrity_check").fetchone()[0])
 db.close()
 "#;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
+/// Runs `script` (after [`python::LOAD_VFS`]; the library is argv[1], `args` follow).
 fn run_python(python: &str, url: &str, script: &str, args: &[&str]) -> Output {
-    Command::new(python)
-        .arg("-c")
-        .arg(script)
+    python::command(python, script)
+        .expect("VFS library")
         .args(args)
         .env("PAGEWIRE_URL", url)
         .output()
@@ -78,15 +70,14 @@ fn run_python(python: &str, url: &str, script: &str, args: &[&str]) -> Output {
 fn refused_pragmas_answer_a_row_from_python_and_commits_stay_durable() {
     let Some(python) = python() else { return };
     let server = Server::start().expect("server");
-    let lib = vfs_library().expect("VFS library");
-    let lib = lib.to_str().expect("library path");
     let name = "bulk/pragmas.db";
-    let reader = format!("{LOAD}{READER}");
+    // The writer runs the reader as `python -c <reader> <lib> <name>`.
+    let reader = format!("{}{ARGS}{READER}", python::LOAD_VFS);
     let writer = run_python(
         python,
         &server.url,
-        &format!("{LOAD}{WRITER}"),
-        &[lib, name, &reader],
+        &format!("{ARGS}{WRITER}"),
+        &[name, &reader],
     );
     let stdout = text(&writer.stdout);
     assert!(
@@ -109,43 +100,25 @@ fn refused_pragmas_answer_a_row_from_python_and_commits_stay_durable() {
     assert_eq!(stdout, format!("{want}{read_back}"));
 
     // After the writer closed: a new Python process, and the stock shell.
-    let again = run_python(python, &server.url, &reader, &[lib, name]);
+    let again = run_python(python, &server.url, &format!("{ARGS}{READER}"), &[name]);
     assert!(
         again.status.success(),
         "reader failed: {}",
         text(&again.stderr)
     );
     assert_eq!(text(&again.stdout), read_back);
-    if std::path::Path::new(SHELL).exists() {
-        let mut child = Command::new(SHELL)
-            .arg("-batch")
-            .env("PAGEWIRE_URL", &server.url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sqlite3");
+    if let Some(sqlite3) = shell::sqlite3() {
         let script = format!(
-            ".load {lib}\n.open {name}\nselect count(*) from t;\npragma integrity_check;\n\
-             pragma synchronous=off;\npragma synchronous;\n"
+            "{}.open {name}\nselect count(*) from t;\npragma integrity_check;\n\
+             pragma synchronous=off;\npragma synchronous;\n",
+            shell::load_vfs()
         );
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("script");
-        let shell = child.wait_with_output().expect("sqlite3 output");
+        let shell = shell::run(sqlite3, &[("PAGEWIRE_URL", &server.url)], &script);
         assert!(
             shell.status.success(),
             "shell failed: {}",
             text(&shell.stderr)
         );
         assert_eq!(text(&shell.stdout), "2000\nok\n2\n2\n");
-    } else {
-        assert!(
-            !in_ci(),
-            "{SHELL} is missing; CI must have it (apt-get install sqlite3)"
-        );
     }
 }

@@ -18,7 +18,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, Write},
     process::{Child, ChildStdin},
     sync::mpsc,
     thread,
@@ -26,8 +26,7 @@ use std::{
 };
 
 use common::*;
-use pagewire_proto::v1 as pb;
-use pagewire_tests::{DelayProxy, Server, wait_for};
+use pagewire_tests::{Server, admin::Admin, proxy::DelayProxy, value_of, wait_for};
 use rand::Rng;
 use rusqlite::{Connection, OpenFlags};
 
@@ -73,9 +72,7 @@ fn field(line: &str, key: &str) -> u64 {
 
 /// A `key=value` word from a report line.
 fn text<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    value_of(line, key).unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
 /// A child process (this test binary running an ignored entry point) whose `@@`
@@ -95,11 +92,8 @@ impl Kid {
         let stdin = child.stdin.take();
         let (tx, out) = mpsc::channel();
         thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // The harness may print "test name ... " on the same line.
-                if let Some((_, report)) = line.split_once("@@")
-                    && tx.send(report.to_owned()).is_err()
-                {
+            for report in reports(stdout) {
+                if tx.send(report).is_err() {
                     break;
                 }
             }
@@ -159,6 +153,14 @@ impl Kid {
             self.name
         );
         lines
+    }
+
+    /// [`Kid::finish`]; its report line starting with `prefix`.
+    fn report(self, prefix: &str) -> String {
+        self.finish()
+            .into_iter()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} report"))
     }
 
     fn signal(&self, sig: i32) {
@@ -393,11 +395,7 @@ fn readers_never_see_new_then_old() {
         Kid::spawn("counter_reader", &slow),
     ];
     let writer = Kid::spawn("counter_writer", &direct);
-    let writer_report = writer
-        .finish()
-        .into_iter()
-        .find(|l| l.starts_with("writer "))
-        .expect("writer report");
+    let writer_report = writer.report("writer ");
     let [fast, slow] = readers.map(|r| reader_run(r.finish()));
     let commits = field(&writer_report, "commits");
     assert!(
@@ -540,11 +538,7 @@ fn a_read_after_an_acknowledged_commit_sees_it() {
         check(&reader, &mut waiting, rounds);
     }
     let elapsed = started.elapsed();
-    let done = reader
-        .finish()
-        .into_iter()
-        .find(|l| l.starts_with("done "))
-        .expect("done report");
+    let done = reader.report("done ");
     assert!(
         stale.is_empty(),
         "{} stale reads of {rounds}, e.g. {:?}",
@@ -812,12 +806,7 @@ fn a_partitioned_reader_stops_serving_before_its_lease_ends_on_the_server() {
     let (db, mut next) = setup_rows(&server);
     // The reader reaches the server through a proxy that can hold every byte (its
     // connection stays open: neither side notices anything but silence).
-    let proxy = DelayProxy::start(
-        &server.addr,
-        Duration::ZERO..Duration::ZERO,
-        Duration::ZERO..Duration::ZERO,
-    )
-    .expect("proxy");
+    let proxy = DelayProxy::undelayed(&server.addr).expect("proxy");
     let mut reader = Kid::spawn("vanishing_reader", &[("LR_URL", proxy.url.as_str())]);
     reader.send("ready");
     let ready = reader.expect("ready ", Duration::from_secs(30));
@@ -864,11 +853,7 @@ fn a_partitioned_reader_stops_serving_before_its_lease_ends_on_the_server() {
         next,
         "{until}"
     );
-    let bye = reader
-        .finish()
-        .into_iter()
-        .find(|l| l.starts_with("bye "))
-        .expect("bye");
+    let bye = reader.report("bye ");
     assert_eq!(count(&db, "t"), next);
     eprintln!(
         "partitioned reader: commit stalled {stall:?}; its last read of the old value began {:.0} ms before \
@@ -909,11 +894,7 @@ fn a_stopped_snapshot_reader_holds_nothing_back() {
         next,
         "{caught_up}"
     );
-    let bye = reader
-        .finish()
-        .into_iter()
-        .find(|l| l.starts_with("bye "))
-        .expect("bye");
+    let bye = reader.report("bye ");
     assert!(field(&bye, "watch") >= 1, "{bye}");
     assert_eq!(count(&db, "t"), next);
     eprintln!(
@@ -926,27 +907,11 @@ fn a_stopped_snapshot_reader_holds_nothing_back() {
 // ---------------------------------------------------------------------------
 // 5. Server metrics.
 
-fn metrics(rt: &tokio::runtime::Runtime, url: &str) -> pb::Metrics {
-    rt.block_on(async {
-        let mut admin = pb::admin_client::AdminClient::connect(url.to_owned())
-            .await
-            .expect("connect");
-        admin
-            .get_metrics(pb::GetMetricsRequest {})
-            .await
-            .expect("GetMetrics")
-            .into_inner()
-    })
-}
-
 #[test]
 fn metrics_count_leases_commits_and_invalidation_waits() {
     let server = server();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let fresh = metrics(&rt, &server.url);
+    let mut admin = Admin::connect(&server.url);
+    let fresh = admin.metrics();
     assert_eq!(
         (fresh.read_leases_held, fresh.watchers, fresh.commits),
         (0, 0, 0),
@@ -965,13 +930,13 @@ fn metrics_count_leases_commits_and_invalidation_waits() {
 
     // The reader renews its lease every third of a TTL; on a loaded machine one
     // renewal may come late, so look a few times.
-    let mut m = metrics(&rt, &server.url);
+    let mut m = admin.metrics();
     for _ in 0..20 {
         if m.read_leases_held >= 1 {
             break;
         }
         thread::sleep(Duration::from_millis(50));
-        m = metrics(&rt, &server.url);
+        m = admin.metrics();
     }
     assert!(m.read_leases_held >= 1, "the reader holds a lease: {m:?}");
     assert!(m.watchers >= 1, "{m:?}");
@@ -992,14 +957,10 @@ fn metrics_count_leases_commits_and_invalidation_waits() {
     assert!(h.sum_us > 0, "{h:?}");
 
     // A reader that closes gives its lease back and ends its stream at once.
-    let bye = reader
-        .finish()
-        .into_iter()
-        .find(|l| l.starts_with("bye "))
-        .expect("bye");
-    let mut last = metrics(&rt, &server.url);
+    let bye = reader.report("bye ");
+    let mut last = admin.metrics();
     let gone = wait_for(Duration::from_secs(5), || {
-        last = metrics(&rt, &server.url);
+        last = admin.metrics();
         last.read_leases_held == 0 && last.watchers == 0
     });
     assert!(

@@ -7,112 +7,29 @@
 //! once beside it. A reader pinned at the old version gets an error from ReadPages,
 //! never the new database's pages.
 
-use std::{
-    fs::File,
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    time::Duration,
+use std::{process::Command, time::Duration};
+
+use pagewire_tests::{
+    Server,
+    admin::Admin,
+    postgres::TempPostgres,
+    python::{Driver, python},
+    wait_for,
 };
 
-use pagewire_proto::v1 as pb;
-use pagewire_tests::{Server, postgres::TempPostgres, python, vfs_library};
-
-/// A long-lived Python process with pagewire connections, driven one line at a time:
-/// `open <id> <uri>`, `sql <id> <statement>`; answers `ok <rows>` or `err <message>`.
-const DRIVER: &str = r#"
-import sqlite3, sys
-loader = sqlite3.connect(":memory:")
-loader.enable_load_extension(True)
-loader.load_extension(sys.argv[1])
-loader.close()
-conns = {}
-for line in sys.stdin:
-    op, cid, arg = line.rstrip("\n").split(" ", 2)
-    try:
-        if op == "open":
-            conns[cid] = sqlite3.connect(arg, uri=True, isolation_level=None)
-            out = "opened"
-        else:
-            out = repr(conns[cid].execute(arg).fetchall())
-        print("ok", out, flush=True)
-    except Exception as e:
-        print("err", type(e).__name__, str(e).replace("\n", " "), flush=True)
-"#;
-
-struct Py {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    stderr: tempfile::NamedTempFile,
-}
-
-impl Py {
-    fn start(python: &str, url: &str) -> Py {
-        let stderr = tempfile::NamedTempFile::new().expect("stderr file");
-        let mut child = Command::new(python)
-            .args(["-c", DRIVER])
-            .arg(vfs_library().expect("vfs library"))
-            .env("PAGEWIRE_URL", url)
-            .env("PAGEWIRE_RETRY_TIMEOUT", "3s")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(File::create(stderr.path()).expect("stderr")))
-            .spawn()
-            .expect("python");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Py {
-            child,
-            stdin,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn send(&mut self, op: &str, id: u32, arg: &str) -> Result<String, String> {
-        writeln!(self.stdin, "{op} {id} {arg}").expect("write to python");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read from python");
-        match line.trim_end().split_once(' ') {
-            Some(("ok", rows)) => Ok(rows.to_owned()),
-            Some(("err", message)) => Err(message.to_owned()),
-            _ => panic!(
-                "python driver said {line:?}; stderr: {}",
-                self.stderr_text()
-            ),
-        }
-    }
-
-    fn open(&mut self, id: u32, name: &str) {
-        self.send("open", id, &format!("file:{name}"))
-            .expect("open");
-    }
-
-    fn sql(&mut self, id: u32, sql: &str) -> Result<String, String> {
-        self.send("sql", id, sql)
-    }
-
-    fn ok(&mut self, id: u32, sql: &str) -> String {
-        self.sql(id, sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}; stderr: {}", self.stderr_text()))
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A long-lived Python process (the VFS loaded, `url` its server), its connections
+/// driven one statement at a time.
+fn start(python: &str, url: &str) -> Driver {
+    Driver::start(
+        python,
+        &[("PAGEWIRE_URL", url), ("PAGEWIRE_RETRY_TIMEOUT", "3s")],
+    )
 }
 
 /// P's database: table `p`, built to version 7 (one version per statement), then idle.
-const OLD: &str = "inc.db?lease_idle=100ms";
+const OLD: &str = "file:inc.db?lease_idle=100ms";
 
-fn build_old(p: &mut Py, versions: std::ops::RangeInclusive<u64>) {
+fn build_old(p: &mut Driver, versions: std::ops::RangeInclusive<u64>) {
     for v in versions {
         let sql = if v == 1 {
             "create table p(x)".to_owned()
@@ -130,8 +47,8 @@ fn build_old(p: &mut Py, versions: std::ops::RangeInclusive<u64>) {
 
 /// Q (another process) makes the new database: table `q`, to version `to`.
 fn build_new(python: &str, url: &str, from: u64, to: u64) {
-    let mut q = Py::start(python, url);
-    q.open(1, "inc.db");
+    let mut q = start(python, url);
+    q.connect(1, "file:inc.db");
     for v in from..=to {
         let sql = if v == 1 {
             "create table q(y)".to_owned()
@@ -149,14 +66,14 @@ fn build_new(python: &str, url: &str, from: u64, to: u64) {
 
 /// P's old connection fails on every call, saying why, and never shows old rows;
 /// a fresh open in P's process reads the new database; so does a fresh process.
-fn assert_replaced(p: &mut Py, python: &str, url: &str, new_rows: usize) {
+fn assert_replaced(p: &mut Driver, python: &str, url: &str, new_rows: usize) {
     assert_old_connection_fails(p);
     let stderr = p.stderr_text();
     assert!(
         stderr.contains("was replaced"),
         "P's log says why: {stderr}"
     );
-    p.open(2, "inc.db");
+    p.connect(2, "file:inc.db");
     assert_eq!(
         p.ok(2, "select count(*) from q"),
         format!("[({new_rows},)]"),
@@ -171,8 +88,8 @@ fn assert_replaced(p: &mut Py, python: &str, url: &str, new_rows: usize) {
         p.sql(1, "select count(*) from q").is_err(),
         "the old connection still fails"
     );
-    let mut fresh = Py::start(python, url);
-    fresh.open(1, "inc.db");
+    let mut fresh = start(python, url);
+    fresh.connect(1, "file:inc.db");
     assert_eq!(
         fresh.ok(1, "select count(*) from q"),
         format!("[({new_rows},)]"),
@@ -185,9 +102,9 @@ fn assert_replaced(p: &mut Py, python: &str, url: &str, new_rows: usize) {
 
 /// A reader (another process, no page cache) in a read transaction pinned at P's
 /// version 7, which has read only page 1 so far: table p's pages are still to fetch.
-fn pinned_reader(python: &str, url: &str) -> Py {
-    let mut r = Py::start(python, url);
-    r.open(1, "inc.db?mode=ro&cache_size=0&preload=0");
+fn pinned_reader(python: &str, url: &str) -> Driver {
+    let mut r = start(python, url);
+    r.connect(1, "file:inc.db?mode=ro&cache_size=0&preload=0");
     r.ok(1, "begin");
     assert_eq!(r.ok(1, "pragma pagewire_version"), "[('7',)]");
     r.ok(1, "select count(*) from sqlite_schema");
@@ -195,7 +112,7 @@ fn pinned_reader(python: &str, url: &str) -> Py {
 }
 
 /// Its ReadPages at the old version gets an error, never the new database's pages.
-fn assert_pinned_reader_fails(r: &mut Py) {
+fn assert_pinned_reader_fails(r: &mut Driver) {
     let pinned = r.sql(1, "select count(*), sum(length(x)) from p");
     assert!(
         pinned.is_err(),
@@ -205,7 +122,7 @@ fn assert_pinned_reader_fails(r: &mut Py) {
 
 /// Every call of P's old connection fails: an I/O error (or, for a table only the new
 /// database has, SQLite's "no such table" from its cached schema); never rows.
-fn assert_old_connection_fails(p: &mut Py) {
+fn assert_old_connection_fails(p: &mut Driver) {
     for sql in [
         "select count(*) from p",
         "select count(*) from q",
@@ -224,23 +141,9 @@ fn assert_old_connection_fails(p: &mut Py) {
 /// Waits until P, idle, has given its write lease back (`lease_idle` is 100 ms; the
 /// heartbeat notices within a third of the lease TTL).
 fn idle(url: &str) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let released = rt.block_on(async {
-        let mut admin = pb::admin_client::AdminClient::connect(url.to_owned())
-            .await
-            .expect("connect");
-        for _ in 0..200 {
-            let info = admin
-                .get_database_info(pb::GetDatabaseInfoRequest {
-                    name: "inc.db".into(),
-                })
-                .await;
-            if !info.expect("info").into_inner().lease_held {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+    let mut admin = Admin::connect(url);
+    let released = wait_for(Duration::from_secs(10), || {
+        !admin.database_info("inc.db").lease_held
     });
     assert!(released, "P kept its write lease while idle");
     // And its Watch stream (read lease) goes idle too.
@@ -251,8 +154,8 @@ fn idle(url: &str) {
 fn replaced_by_a_memory_server_restart() {
     let Some(python) = python() else { return };
     let first = Server::start().expect("server");
-    let mut p = Py::start(python, &first.url);
-    p.open(1, OLD);
+    let mut p = start(python, &first.url);
+    p.connect(1, OLD);
     build_old(&mut p, 1..=7);
     let mut r = pinned_reader(python, &first.url);
     idle(&first.url);
@@ -268,29 +171,14 @@ fn replaced_by_a_memory_server_restart() {
 fn replaced_by_admin_delete_and_create() {
     let Some(python) = python() else { return };
     let server = Server::start().expect("server");
-    let mut p = Py::start(python, &server.url);
-    p.open(1, OLD);
+    let mut p = start(python, &server.url);
+    p.connect(1, OLD);
     build_old(&mut p, 1..=7);
     let mut r = pinned_reader(python, &server.url);
     idle(&server.url);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let mut admin = pb::admin_client::AdminClient::connect(server.url.clone())
-            .await
-            .expect("connect");
-        admin
-            .delete_database(pb::DeleteDatabaseRequest {
-                name: "inc.db".into(),
-            })
-            .await
-            .expect("delete");
-        admin
-            .create_database(pb::CreateDatabaseRequest {
-                name: "inc.db".into(),
-            })
-            .await
-            .expect("create");
-    });
+    let mut admin = Admin::connect(&server.url);
+    admin.delete_database("inc.db");
+    admin.create_database("inc.db");
     build_new(python, &server.url, 1, 7);
     assert_pinned_reader_fails(&mut r);
     assert_replaced(&mut p, python, &server.url, 6);
@@ -309,8 +197,8 @@ fn replaced_by_a_postgres_restore() {
     let bin = pagewire_tests::postgres::find_bin_dir().expect("PostgreSQL binaries");
     let first = Server::start_with(&["--store", pg.url()]).expect("server");
     let (url, addr) = (first.url.clone(), first.addr.clone());
-    let mut p = Py::start(python, &url);
-    p.open(1, OLD);
+    let mut p = start(python, &url);
+    p.connect(1, OLD);
     build_old(&mut p, 1..=3);
     // A dump taken while P held the write lease would hold it too (live until it runs
     // out); this one is taken with P idle.
@@ -336,8 +224,8 @@ fn replaced_by_a_postgres_restore() {
     assert!(restored.success(), "pg_restore");
     let _second = Server::start_at(&addr, &["--store", pg.url()]).expect("server again");
     // Back at version 3 (table p, two rows); Q writes versions 4-7 of its own.
-    let mut q = Py::start(python, &url);
-    q.open(1, "inc.db");
+    let mut q = start(python, &url);
+    q.connect(1, "file:inc.db");
     assert_eq!(
         q.ok(1, "pragma pagewire_version"),
         "[('3',)]",
@@ -356,8 +244,8 @@ fn replaced_by_a_postgres_restore() {
         "{}",
         p.stderr_text()
     );
-    let mut fresh = Py::start(python, &url);
-    fresh.open(1, "inc.db");
+    let mut fresh = start(python, &url);
+    fresh.connect(1, "file:inc.db");
     assert_eq!(
         fresh.ok(1, "select count(*) from p"),
         "[(2,)]",
@@ -374,7 +262,7 @@ fn replaced_by_a_postgres_restore() {
 
 /// P's versions 4-7, with rows big enough that table p spans many pages (so the pinned
 /// reader has pages left to fetch).
-fn build_old_more(p: &mut Py) {
+fn build_old_more(p: &mut Driver) {
     for v in 4..=7 {
         let rows = "with recursive n(i) as (select 1 union all select i + 1 from n where i < 20)";
         p.ok(

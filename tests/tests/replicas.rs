@@ -4,26 +4,22 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     process::Child,
     time::{Duration, Instant, SystemTime},
 };
 
 use common::*;
-use pagewire_tests::Server;
+use pagewire_tests::{Server, value_of};
 use rand::Rng;
 use rusqlite::{OpenFlags, params};
 
 const ACCOUNTS: i64 = 100;
 const OPENING_BALANCE: i64 = 1000;
 
-/// A child's report lines: what it printed after `@@` (the test harness may
-/// have printed "test name ... " on the same line).
+/// A child's report lines (see [`reports`]).
 fn lines(child: &mut Child) -> impl Iterator<Item = String> + use<> {
-    BufReader::new(child.stdout.take().expect("child stdout"))
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| l.split_once("@@").map(|(_, report)| report.to_owned()))
+    reports(child.stdout.take().expect("child stdout"))
 }
 
 /// Waits for a child to finish and returns its report line starting with
@@ -39,11 +35,8 @@ fn report(mut child: Child, prefix: &str) -> String {
 
 /// A `key=value` number from a child's report line.
 fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|kv| {
-            kv.strip_prefix(&format!("{key}="))
-                .and_then(|v| v.parse().ok())
-        })
+    value_of(line, key)
+        .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
@@ -232,13 +225,7 @@ fn a_lapsed_writer_is_fenced_off() {
     assert_eq!(out.next().as_deref(), Some("retry ok"));
     assert!(a.wait().expect("A").success());
     let db = open(&server, "fence.db");
-    let rows: Vec<String> = db
-        .prepare("select who from t order by rowid")
-        .expect("prep")
-        .query_map([], |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let rows: Vec<String> = all_rows(&db, "select who from t order by rowid", |r| r.get(0));
     assert_eq!(
         rows,
         ["B", "A2"],
@@ -282,13 +269,11 @@ fn writers_queue_with_busy_timeout() {
         assert_eq!(report(c, "done"), "done");
     }
     let db = open(&server, "queue.db");
-    let per: Vec<(String, i64)> = db
-        .prepare("select who, count(distinct i) from q group by who order by who")
-        .expect("prep")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let per: Vec<(String, i64)> = all_rows(
+        &db,
+        "select who, count(distinct i) from q group by who order by who",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
     assert_eq!(per, [("one".to_string(), 1000), ("two".to_string(), 1000)]);
     assert_eq!(count(&db, "q"), 2000);
 }

@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use pagewire_tests::Server;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 /// Round trips that serve reads and writes (lease renewals run in the
 /// background on their own schedule and are not part of any query).
@@ -24,12 +24,9 @@ fn diff(after: [u64; 4], before: [u64; 4]) -> [u64; 4] {
 
 fn client(server: &Server, name: &str, who: &str, extra: &str) -> Connection {
     register();
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_URI;
     Connection::open_with_flags(
         uri(&server.url, name, &format!("&token={who}{extra}")),
-        flags,
+        rw(),
     )
     .expect("open")
 }

@@ -13,34 +13,23 @@
 
 use std::{
     convert::Infallible,
-    io::{BufRead, BufReader, Write},
-    net::SocketAddr,
     process::{Command, Output, Stdio},
     sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
-use pagewire_proto::v1 as pb;
-use pagewire_tests::{Server, hostile::write_tokens, in_ci, server_binary, vfs_library};
+use pagewire_tests::{
+    Server,
+    admin::Admin,
+    child_test, fake_server,
+    hostile::write_tokens,
+    listening_url, server_binary,
+    shell::{self, sqlite3},
+    text,
+};
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
-
-const SHELL: &str = "/usr/bin/sqlite3";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// `program`, or None (skip) where it is missing outside CI.
-fn tool(program: &'static str) -> Option<&'static str> {
-    if std::path::Path::new(program).exists() {
-        return Some(program);
-    }
-    assert!(!in_ci(), "{program} is missing; CI must have it");
-    eprintln!("SKIPPED: {program} not found");
-    None
-}
 
 // 1. A public --listen needs --tokens.
 
@@ -54,12 +43,10 @@ fn try_start(args: &[&str]) -> Result<String, (Option<i32>, String)> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn pagewire-server");
-    let mut line = String::new();
-    let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
-    if let Some(url) = line.trim().strip_prefix("pagewire-server listening on ") {
+    if let Ok(url) = listening_url(&mut child) {
         let _ = child.kill();
         let _ = child.wait();
-        return Ok(url.to_owned());
+        return Ok(url);
     }
     let out = child.wait_with_output().expect("server exit");
     Err((out.status.code(), text(&out.stderr)))
@@ -148,17 +135,8 @@ impl Service<http::Request<Body>> for Recorder {
 impl Recorder {
     /// Serves on a free loopback port until `rt` is dropped; returns its URL.
     fn start(&self, rt: &tokio::runtime::Runtime) -> String {
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("addr");
-        let incoming = futures::stream::unfold(listener, |l| async move {
-            let accepted = l.accept().await.map(|(s, _)| s);
-            Some((accepted, l))
-        });
         let router = tonic::transport::Server::builder().add_service(self.clone());
-        rt.spawn(router.serve_with_incoming(incoming));
-        format!("http://{addr}")
+        fake_server::serve(rt, router)
     }
 
     /// The authorization headers of every Open call so far.
@@ -184,27 +162,14 @@ impl Recorder {
     }
 }
 
-/// Runs the stock shell on `script` with the VFS loaded and `env` set.
-fn shell(shell: &str, env: &[(&str, &str)], script: &str) -> Output {
-    let lib = vfs_library().expect("VFS library");
-    let mut child = Command::new(shell)
-        .arg("-batch")
-        .envs(env.iter().copied())
-        .env("PAGEWIRE_CONNECT_TIMEOUT", "2s")
-        .env("PAGEWIRE_RETRY_TIMEOUT", "2s")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sqlite3");
-    let script = format!(".load {}\n{script}", lib.display());
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("script");
-    child.wait_with_output().expect("sqlite3 output")
+/// Runs the stock shell on `script` with the VFS loaded, `env` set and short deadlines.
+fn run_shell(sqlite3: &str, env: &[(&str, &str)], script: &str) -> Output {
+    let deadlines = [
+        ("PAGEWIRE_CONNECT_TIMEOUT", "2s"),
+        ("PAGEWIRE_RETRY_TIMEOUT", "2s"),
+    ];
+    let env: Vec<_> = env.iter().chain(&deadlines).copied().collect();
+    shell::run(sqlite3, &env, &format!("{}{script}", shell::load_vfs()))
 }
 
 /// The VFS's own lines on stderr (its log lines start `pagewire:` after the level).
@@ -217,7 +182,7 @@ const OWN_TOKEN: &str = "own-secret-91c2";
 
 #[test]
 fn the_environment_token_never_follows_a_filename_to_another_server() {
-    let Some(sqlite3) = tool(SHELL) else { return };
+    let Some(sqlite3) = sqlite3() else { return };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let recorder = Recorder::default();
     let fake = recorder.start(&rt);
@@ -230,7 +195,7 @@ fn the_environment_token_never_follows_a_filename_to_another_server() {
         ("PAGEWIRE_TOKEN", ENV_TOKEN),
     ];
 
-    let out = shell(
+    let out = run_shell(
         sqlite3,
         &env,
         &format!(
@@ -278,7 +243,7 @@ fn the_environment_token_never_follows_a_filename_to_another_server() {
         ("PAGEWIRE_URL", fake.as_str()),
         ("PAGEWIRE_TOKEN", ENV_TOKEN),
     ];
-    let out = shell(
+    let out = run_shell(
         sqlite3,
         &env,
         ".open file:z.db\nselect count(*) from sqlite_schema;\n",
@@ -327,7 +292,7 @@ fn a_bad_tokens_file_is_reported_without_its_tokens() {
 
 #[test]
 fn the_vfs_never_prints_a_token() {
-    let Some(sqlite3) = tool(SHELL) else { return };
+    let Some(sqlite3) = sqlite3() else { return };
     let server = Server::start().expect("server");
     let env = [
         ("PAGEWIRE_URL", server.url.as_str()),
@@ -336,7 +301,7 @@ fn the_vfs_never_prints_a_token() {
     // A URL carrying a token in its query (%3F is '?', %3D '='), a token= SQLite
     // decodes to one with a space, a URL with a password: each refused, the values
     // left out of the VFS's message.
-    let out = shell(
+    let out = run_shell(
         sqlite3,
         &env,
         &format!(
@@ -382,14 +347,7 @@ fn the_vfs_never_prints_a_token() {
 #[test]
 fn a_uri_filename_opened_without_uri_processing_is_refused() {
     let server = Server::start().expect("server");
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_opens_without_uri_processing",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = child_test("child_opens_without_uri_processing")
         .env("PAGEWIRE_URL", &server.url)
         .env("SAFE_DEFAULTS_CHILD", "1")
         .output()
@@ -409,21 +367,7 @@ fn a_uri_filename_opened_without_uri_processing_is_refused() {
         "{stderr}"
     );
     // Only the plain database exists on the server: the name never reached it.
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let names = rt.block_on(async {
-        let mut admin = pb::admin_client::AdminClient::connect(server.url.clone())
-            .await
-            .expect("connect");
-        let list = admin
-            .list_databases(pb::ListDatabasesRequest::default())
-            .await
-            .expect("list");
-        list.into_inner()
-            .databases
-            .into_iter()
-            .map(|d| d.name)
-            .collect::<Vec<_>>()
-    });
+    let names = Admin::connect(&server.url).database_names();
     assert_eq!(names, vec!["plain.db".to_owned()]);
 }
 
@@ -439,6 +383,10 @@ fn child_opens_without_uri_processing() {
         rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_URI, 0 as std::ffi::c_int)
     };
     assert_eq!(rc, rusqlite::ffi::SQLITE_OK, "SQLITE_CONFIG_URI");
+    // A Rust program that links the VFS sees its messages through its own subscriber.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     pagewire_vfs::register(false).expect("register the VFS");
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
     let first_read = |c: Connection| {

@@ -4,13 +4,13 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::*;
-use pagewire_tests::{Server, server_binary, target_dir, wait_for};
+use pagewire_tests::{Server, listening_url, server_binary, target_dir, wait_for};
 
 fn exits_cleanly_on(signal: i32) {
     let mut server = Server::start().expect("server");
@@ -70,9 +70,9 @@ fn bad_flags_fail_with_a_message() {
     );
 }
 
-#[test]
-fn embedded_memory_server_example_serves_sqlite() {
-    let exe = target_dir().expect("target").join("examples/memory_server");
+/// The built example `name`, or None (skip) where it was not built, outside CI.
+fn example(name: &str) -> Option<PathBuf> {
+    let exe = target_dir().expect("target").join("examples").join(name);
     if !exe.exists() {
         assert!(
             !pagewire_tests::in_ci(),
@@ -83,22 +83,24 @@ fn embedded_memory_server_example_serves_sqlite() {
             "SKIPPED: {} not built (cargo build --release -p pagewire-server-core --examples)",
             exe.display()
         );
-        return;
+        return None;
     }
-    let mut child = Command::new(&exe)
-        .arg("127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("example");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("line");
-    let url = line
-        .trim()
-        .strip_prefix("pagewire-server listening on ")
-        .expect("listening line")
-        .to_owned();
+    Some(exe)
+}
+
+/// Starts an example server; the process and the URL it listens on.
+fn start_example(command: &mut Command) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).spawn().expect("example");
+    let url = listening_url(&mut child).expect("listening line");
+    (child, url)
+}
+
+#[test]
+fn embedded_memory_server_example_serves_sqlite() {
+    let Some(exe) = example("memory_server") else {
+        return;
+    };
+    let (mut child, url) = start_example(Command::new(&exe).arg("127.0.0.1:0"));
     let db = open_url(&url, "example.db");
     db.execute_batch("create table t(x); insert into t values (42)")
         .expect("write");
@@ -113,38 +115,11 @@ fn embedded_memory_server_example_serves_sqlite() {
 
 #[test]
 fn custom_store_example_keeps_data_across_restarts() {
-    let exe = target_dir().expect("target").join("examples/custom_store");
-    if !exe.exists() {
-        assert!(
-            !pagewire_tests::in_ci(),
-            "{} missing: scripts/test.sh builds the examples",
-            exe.display()
-        );
-        eprintln!(
-            "SKIPPED: {} not built (cargo build --release -p pagewire-server-core --examples)",
-            exe.display()
-        );
+    let Some(exe) = example("custom_store") else {
         return;
-    }
-    let data = tempfile::tempdir().expect("data directory");
-    let start = || {
-        let mut child = Command::new(&exe)
-            .arg(data.path())
-            .arg("127.0.0.1:0")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("example");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("line");
-        let url = line
-            .trim()
-            .strip_prefix("pagewire-server listening on ")
-            .expect("listening line")
-            .to_owned();
-        (child, url)
     };
+    let data = tempfile::tempdir().expect("data directory");
+    let start = || start_example(Command::new(&exe).arg(data.path()).arg("127.0.0.1:0"));
     let (mut child, url) = start();
     let db = open_url(&url, "kept.db");
     db.execute_batch("create table t(x); insert into t values (42)")

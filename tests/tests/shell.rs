@@ -1,55 +1,24 @@
 //! The stock sqlite3 shell (Debian's /usr/bin/sqlite3) with `.load`: the README
 //! Quick Start, scripted, and the shell surviving a server that is not there.
 
-use std::{
-    io::Write,
-    process::{Command, Output, Stdio},
+use std::process::{Command, Output};
+
+use pagewire_tests::{
+    Server, in_ci,
+    python::python,
+    shell::{load_vfs, sqlite3},
+    text, vfs_library,
 };
 
-use pagewire_tests::{Server, in_ci, vfs_library};
-
-const SHELL: &str = "/usr/bin/sqlite3";
-
-/// The shell to use, or None (skip) where it is missing outside CI.
-fn shell() -> Option<&'static str> {
-    if std::path::Path::new(SHELL).exists() {
-        return Some(SHELL);
-    }
-    assert!(
-        !in_ci(),
-        "{SHELL} is missing; CI must have it (apt-get install sqlite3)"
-    );
-    eprintln!("SKIPPED: {SHELL} not found; install Debian's sqlite3 to run the shell tests");
-    None
-}
-
+/// Runs `script` in `shell` with `PAGEWIRE_URL=url`.
 fn run(shell: &str, url: &str, script: &str) -> Output {
-    let mut child = Command::new(shell)
-        .arg("-batch")
-        .env("PAGEWIRE_URL", url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sqlite3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("script");
-    child.wait_with_output().expect("sqlite3 output")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    pagewire_tests::shell::run(shell, &[("PAGEWIRE_URL", url)], script)
 }
 
 #[test]
 fn quick_start_in_the_stock_shell() {
-    let Some(shell) = shell() else { return };
-    let lib = vfs_library().expect("VFS library");
-    quick_start(shell, &format!(".load {}\n", lib.display()));
+    let Some(shell) = sqlite3() else { return };
+    quick_start(shell, &load_vfs());
 }
 
 /// The static shell (scripts/build-static-sqlite.sh): pagewire is its default
@@ -142,20 +111,19 @@ fn quick_start(shell: &str, load: &str) {
 
 #[test]
 fn shell_survives_an_unreachable_server() {
-    let Some(shell) = shell() else { return };
-    let lib = vfs_library().expect("VFS library");
+    let Some(shell) = sqlite3() else { return };
     // Port 1 on loopback: nothing listens there.
     let out = run(
         shell,
         "http://127.0.0.1:1",
         &format!(
-            ".load {}\n\
+            "{}\
          .open nowhere.db\n\
          select count(*) from sqlite_schema;\n\
          .print still-alive\n\
          .open :memory:\n\
          select 6 * 7;\n",
-            lib.display()
+            load_vfs()
         ),
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -176,12 +144,11 @@ fn shell_survives_an_unreachable_server() {
 
 #[test]
 fn bad_configuration_fails_the_load_with_a_message() {
-    let Some(shell) = shell() else { return };
-    let lib = vfs_library().expect("VFS library");
+    let Some(shell) = sqlite3() else { return };
     let out = run(
         shell,
         "ftp://nowhere",
-        &format!(".load {}\n.print still-alive\n", lib.display()),
+        &format!("{}.print still-alive\n", load_vfs()),
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(
@@ -200,10 +167,9 @@ fn example(name: &str) -> String {
 
 #[test]
 fn read_replica_demo_from_the_readme() {
-    let Some(shell) = shell() else { return };
+    let Some(shell) = sqlite3() else { return };
     let server = Server::start().expect("server");
-    let lib = vfs_library().expect("VFS library");
-    let load = format!(".load {}\n", lib.display());
+    let load = load_vfs();
     let session = |script: &str| {
         let out = run(shell, &server.url, &format!("{load}{}", example(script)));
         assert!(
@@ -230,9 +196,7 @@ fn read_replica_demo_from_the_readme() {
 
 #[test]
 fn python_example_runs_against_a_server() {
-    let Some(python) = pagewire_tests::python() else {
-        return;
-    };
+    let Some(python) = python() else { return };
     let server = Server::start().expect("server");
     let lib = vfs_library().expect("VFS library");
     let script =
@@ -257,15 +221,14 @@ fn python_example_runs_against_a_server() {
 /// 64 KiB pages: the lock-byte page is page 16385; each transaction adds ~256 MiB.
 #[test]
 fn growing_past_the_lock_byte_page_at_one_gibibyte() {
-    let Some(shell) = shell() else { return };
-    let lib = vfs_library().expect("VFS library");
+    let Some(shell) = sqlite3() else { return };
     let server = Server::start().expect("server");
     let grow = "begin; insert into t select randomblob(1000000) from c limit 256; commit;\n";
     let script = format!(
-        ".load {}\n.open lockbyte.db\npragma page_size=65536;\ncreate table t(b blob);\n\
+        "{}.open lockbyte.db\npragma page_size=65536;\ncreate table t(b blob);\n\
          create temp view c as with recursive n(x) as (select 1 union all select x+1 from n limit 2000) select x from n;\n\
          {}select count(*), sum(length(b)) from t;\npragma page_count;\npragma integrity_check;\n",
-        lib.display(),
+        load_vfs(),
         grow.repeat(5)
     );
     let out = run(shell, &server.url, &script);

@@ -132,20 +132,8 @@ fn two_databases_in_one_process() {
     )
     .expect("b");
     a.execute("insert into t values ('a2')", []).expect("a2");
-    let av: Vec<String> = a
-        .prepare("select v from t order by rowid")
-        .expect("prep")
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows");
-    let bv: Vec<String> = b
-        .prepare("select v from t order by rowid")
-        .expect("prep")
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let av: Vec<String> = all_rows(&a, "select v from t order by rowid", |r| r.get(0));
+    let bv: Vec<String> = all_rows(&b, "select v from t order by rowid", |r| r.get(0));
     assert_eq!(av, ["from a", "a2"]);
     assert_eq!(bv, ["from b", "b2"]);
     // A second connection to the same database in this process sees the commits.
@@ -170,27 +158,25 @@ fn page_sizes_512_and_65536_and_changing_them_with_vacuum() {
         }
         tx.commit().expect("commit");
         drop(db);
-        let db = open(&server, &name);
-        assert_eq!(
-            db.query_row("pragma page_size", [], |r| r.get::<_, i64>(0))
-                .expect("ps"),
-            size
-        );
-        assert_eq!(count(&db, "t"), 2000);
-        assert_eq!(integrity(&db), "ok");
+        // Opened again: at `page_size`, every row there, the file sound.
+        let reopen = |page_size: i64| {
+            let db = open(&server, &name);
+            assert_eq!(
+                db.query_row("pragma page_size", [], |r| r.get::<_, i64>(0))
+                    .expect("ps"),
+                page_size
+            );
+            assert_eq!(count(&db, "t"), 2000);
+            assert_eq!(integrity(&db), "ok");
+            db
+        };
+        let db = reopen(size);
         // Rewrite the whole file at another page size.
         let other = if size == 512 { 65536 } else { 1024 };
         db.execute_batch(&format!("pragma page_size={other}; vacuum"))
             .expect("vacuum");
         drop(db);
-        let db = open(&server, &name);
-        assert_eq!(
-            db.query_row("pragma page_size", [], |r| r.get::<_, i64>(0))
-                .expect("ps"),
-            other
-        );
-        assert_eq!(count(&db, "t"), 2000);
-        assert_eq!(integrity(&db), "ok");
+        reopen(other);
     }
 }
 

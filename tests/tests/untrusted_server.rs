@@ -18,25 +18,26 @@ mod common;
 use std::{
     collections::HashMap,
     ffi::{CStr, c_char, c_int, c_void},
-    io::{BufRead, BufReader, Write},
-    net::SocketAddr,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use common::rw;
 use futures::stream::BoxStream;
 use pagewire_proto::{PROTOCOL_REVISION, capability, v1 as pb};
-use pagewire_tests::{in_ci, python, vfs_library};
+use pagewire_tests::{
+    fake_server,
+    python::{Driver, python},
+    shell, text,
+};
 use pb::{commit_request, watch_event::Event, watch_request};
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, ErrorCode};
 use tonic::{Request, Response, Status, Streaming};
 
 const PS: u32 = 4096;
 /// What "within a few seconds" means here (calls have `call_timeout=1s`).
 const FEW_SECONDS: Duration = Duration::from_secs(5);
-const SHELL: &str = "/usr/bin/sqlite3";
 
 // The fake server.
 
@@ -374,28 +375,13 @@ impl FakeServer {
             .enable_all()
             .build()
             .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("addr");
-        let incoming = futures::stream::unfold(listener, |l| async move {
-            let accepted = l.accept().await.map(|(s, _)| s);
-            // Many small replies: no Nagle delay for each.
-            let accepted = accepted.and_then(|s| s.set_nodelay(true).map(|()| s));
-            Some((accepted, l))
-        });
         let service = pb::pages_server::PagesServer::from_arc(fake.clone())
             .max_decoding_message_size(64 << 20);
-        rt.spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming),
+        let url = fake_server::serve(
+            &rt,
+            tonic::transport::Server::builder().add_service(service),
         );
-        Self {
-            fake,
-            url: format!("http://{addr}"),
-            _rt: rt,
-        }
+        Self { fake, url, _rt: rt }
     }
 
     fn calls(&self, rpc: &str) -> usize {
@@ -522,27 +508,20 @@ fn assert_logged(mark: usize, wants: &[&str]) {
     }
 }
 
-fn rw() -> OpenFlags {
-    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
+/// Short deadlines, and `extra` parameters.
+fn params(extra: &str) -> String {
+    format!("&call_timeout=1s&retry_timeout=2s&connect_timeout=2s&lease_idle=60s{extra}")
 }
 
 /// The URI of `name` on `url`, with short deadlines and `extra` parameters.
 fn uri_of(url: &str, name: &str, extra: &str) -> String {
-    common::uri(
-        url,
-        name,
-        &format!("&call_timeout=1s&retry_timeout=2s&connect_timeout=2s&lease_idle=60s{extra}"),
-    )
+    common::uri(url, name, &params(extra))
 }
 
 /// Opens `name` on `url` and reads the schema (SQLite opens lazily).
 fn try_open(url: &str, name: &str, extra: &str) -> rusqlite::Result<Connection> {
     setup();
-    let conn = Connection::open_with_flags(uri_of(url, name, extra), rw())?;
-    conn.query_row("select count(*) from sqlite_schema", [], |r| {
-        r.get::<_, i64>(0)
-    })?;
-    Ok(conn)
+    common::try_open_with(url, name, &params(extra), rw())
 }
 
 fn open(url: &str, name: &str, extra: &str) -> Connection {
@@ -583,119 +562,17 @@ fn still_answers() {
     );
 }
 
-// Debian's Python and the stock shell, for the messages on stderr.
+// The stock shell, for the messages on stderr.
 
-/// A Python process with one pagewire connection, driven a line at a time: `open <uri>`
-/// or `sql <statement>`; answers `ok <rows>` or `err <exception>`.
-const DRIVER: &str = r#"
-import sqlite3, sys
-loader = sqlite3.connect(":memory:")
-loader.enable_load_extension(True)
-loader.load_extension(sys.argv[1])
-loader.close()
-conn = None
-for line in sys.stdin:
-    op, arg = line.rstrip("\n").split(" ", 1)
-    try:
-        if op == "open":
-            conn = sqlite3.connect(arg, uri=True, isolation_level=None)
-            conn.execute("select count(*) from sqlite_schema").fetchall()
-            out = "opened"
-        else:
-            out = repr(conn.execute(arg).fetchall())
-        print("ok", out, flush=True)
-    except Exception as e:
-        print("err", type(e).__name__, str(e).replace("\n", " "), flush=True)
-"#;
-
-struct Py {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    stderr: tempfile::NamedTempFile,
-}
-
-impl Py {
-    fn start(python: &str) -> Py {
-        let stderr = tempfile::NamedTempFile::new().expect("stderr file");
-        let mut child = Command::new(python)
-            .args(["-c", DRIVER])
-            .arg(vfs_library().expect("vfs library"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr.reopen().expect("stderr")))
-            .spawn()
-            .expect("python");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Py {
-            child,
-            stdin,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Sends one line; its answer, within [`FEW_SECONDS`].
-    fn say(&mut self, line: &str) -> Result<String, String> {
-        let started = Instant::now();
-        writeln!(self.stdin, "{line}").expect("to python");
-        let mut answer = String::new();
-        self.stdout.read_line(&mut answer).expect("from python");
-        assert!(
-            started.elapsed() < FEW_SECONDS,
-            "{line}: {:?}",
-            started.elapsed()
-        );
-        let answer = answer.trim_end().to_owned();
-        match answer.split_once(' ') {
-            Some(("ok", rest)) => Ok(rest.to_owned()),
-            Some(("err", rest)) => Err(rest.to_owned()),
-            _ => panic!(
-                "python said {answer:?} to {line:?}; stderr: {}",
-                self.stderr_text()
-            ),
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs the stock shell on `script` with the VFS loaded; (stdout, stderr, success).
-fn shell(script: &str) -> Option<(String, String, bool)> {
-    if !std::path::Path::new(SHELL).exists() {
-        assert!(!in_ci(), "{SHELL} is missing; CI must have it");
-        eprintln!("SKIPPED: {SHELL} not found");
-        return None;
-    }
-    let lib = vfs_library().expect("VFS library");
-    let mut child = Command::new(SHELL)
-        .arg("-batch")
-        .env("PAGEWIRE_CALL_TIMEOUT", "1s")
-        .env("PAGEWIRE_RETRY_TIMEOUT", "2s")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sqlite3");
-    let script = format!(".load {}\n{script}", lib.display());
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("script");
-    let out = child.wait_with_output().expect("sqlite3 output");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+/// Runs the stock shell on `script` with the VFS loaded and short deadlines;
+/// (stdout, stderr, success), or None (skip) where the shell is missing.
+fn run_shell(script: &str) -> Option<(String, String, bool)> {
+    let sqlite3 = shell::sqlite3()?;
+    let env = [
+        ("PAGEWIRE_CALL_TIMEOUT", "1s"),
+        ("PAGEWIRE_RETRY_TIMEOUT", "2s"),
+    ];
+    let out = shell::run(sqlite3, &env, &format!("{}{script}", shell::load_vfs()));
     Some((text(&out.stdout), text(&out.stderr), out.status.success()))
 }
 
@@ -747,7 +624,7 @@ fn an_older_server_fails_open_saying_to_upgrade_the_server() {
         ".open file:old.db?url={}\nselect count(*) from sqlite_schema;\n.open :memory:\nselect 6*7;\n",
         server.url
     );
-    let Some((stdout, stderr, _)) = shell(&script) else {
+    let Some((stdout, stderr, _)) = run_shell(&script) else {
         return;
     };
     assert!(stderr.contains("upgrade the server"), "stderr: {stderr}");
@@ -785,9 +662,9 @@ fn a_server_that_needs_a_newer_client_fails_open_saying_to_upgrade_the_vfs() {
 
     // Debian's Python: the exception, and the reason on stderr.
     let Some(python) = python() else { return };
-    let mut py = Py::start(python);
+    let mut py = Driver::start(python, &[]).answering_within(FEW_SECONDS);
     let failed = py
-        .say(&format!("open {}", uri_of(&server.url, "new.db", "")))
+        .open(1, &uri_of(&server.url, "new.db", ""))
         .expect_err("a newer server");
     assert_eq!(failed, "OperationalError unable to open database file");
     let stderr = py.stderr_text();
@@ -796,8 +673,8 @@ fn a_server_that_needs_a_newer_client_fails_open_saying_to_upgrade_the_vfs() {
         "stderr: {stderr}"
     );
     // The process goes on: a database of its own still works.
-    assert_eq!(py.say("open :memory:"), Ok("opened".into()));
-    assert_eq!(py.say("sql select 6*7"), Ok("[(42,)]".into()));
+    assert_eq!(py.open(1, ":memory:"), Ok("opened".into()));
+    assert_eq!(py.sql(1, "select 6*7"), Ok("[(42,)]".into()));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pagewire_tests::Server;
+use pagewire_tests::{Server, value_of};
 use rusqlite::{Connection, OpenFlags};
 
 pub fn register() {
@@ -15,30 +15,60 @@ pub fn uri(url: &str, name: &str, extra: &str) -> String {
     format!("file:{name}?vfs=pagewire&url={url}{extra}")
 }
 
+/// Read-write, created if missing, the name a URI.
+pub fn rw() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
+}
+
 /// A read-write connection to `name` on `server`.
 pub fn open(server: &Server, name: &str) -> Connection {
     open_url(&server.url, name)
 }
 
 pub fn open_url(url: &str, name: &str) -> Connection {
+    open_with(url, name, "")
+}
+
+/// A read-write connection with extra URI parameters (`&retry_timeout=1s`) and a busy
+/// timeout of 10 s.
+pub fn open_with(url: &str, name: &str, extra: &str) -> Connection {
     register();
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(uri(url, name, ""), flags).expect("open");
+    let conn = Connection::open_with_flags(uri(url, name, extra), rw()).expect("open");
     conn.busy_timeout(Duration::from_secs(10))
         .expect("busy timeout");
     conn
 }
 
 pub fn try_open(url: &str, name: &str, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    try_open_with(url, name, "", flags)
+}
+
+/// Opens with extra URI parameters and reads the schema (SQLite opens lazily: an open
+/// that fails shows here).
+pub fn try_open_with(
+    url: &str,
+    name: &str,
+    extra: &str,
+    flags: OpenFlags,
+) -> rusqlite::Result<Connection> {
     register();
-    let conn = Connection::open_with_flags(uri(url, name, ""), flags | OpenFlags::SQLITE_OPEN_URI)?;
-    // SQLite opens lazily: touch the file.
+    let conn =
+        Connection::open_with_flags(uri(url, name, extra), flags | OpenFlags::SQLITE_OPEN_URI)?;
     conn.query_row("select count(*) from sqlite_schema", [], |r| {
         r.get::<_, i64>(0)
     })?;
     Ok(conn)
+}
+
+/// Every row `sql` returns, each turned into a value by `row`.
+pub fn all_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Vec<T> {
+    let mut stmt = conn.prepare(sql).expect("prepare");
+    let rows = stmt.query_map([], row).expect("query");
+    rows.map(|r| r.expect("row")).collect()
 }
 
 pub fn integrity(conn: &Connection) -> String {
@@ -66,22 +96,23 @@ pub fn pragma_text(conn: &Connection, pragma: &str) -> String {
 /// Spawns this test binary again to run the (ignored) test `name` as a child
 /// process, with `env` telling it what to do.
 pub fn spawn_child(name: &str, env: &[(&str, &str)]) -> std::process::Child {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args([
-        name,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn child test process")
+    pagewire_tests::child_test(name)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn child test process")
+}
+
+/// A child's report lines from its stdout: what it printed after `@@` (the test
+/// harness may have printed "test name ... " on the same line).
+pub fn reports(stdout: std::process::ChildStdout) -> impl Iterator<Item = String> {
+    use std::io::BufRead as _;
+    std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.split_once("@@").map(|(_, report)| report.to_owned()))
 }
 
 /// An environment variable a child was given, or None when run as a normal test.
@@ -109,24 +140,12 @@ pub fn version(conn: &Connection) -> u64 {
 /// The value of one counter in `PRAGMA pagewire_stats`.
 pub fn stat(conn: &Connection, key: &str) -> u64 {
     let stats = pragma_text(conn, "pagewire_stats");
-    stats
-        .split_whitespace()
-        .find_map(|kv| {
-            kv.strip_prefix(&format!("{key}="))
-                .and_then(|v| v.parse().ok())
-        })
+    value_of(&stats, key)
+        .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {stats}"))
 }
 
 /// Opens with extra URI parameters (`&as_of_version=3`) and touches the file.
 pub fn try_open_uri(url: &str, name: &str, extra: &str, flags: OpenFlags) -> Connection {
-    register();
-    let conn =
-        Connection::open_with_flags(uri(url, name, extra), flags | OpenFlags::SQLITE_OPEN_URI)
-            .expect("open");
-    conn.query_row("select count(*) from sqlite_schema", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .expect("first read");
-    conn
+    try_open_with(url, name, extra, flags).expect("open")
 }
