@@ -1,7 +1,19 @@
 //! Typed values at the protocol boundary. The wire carries ids as `bytes` and versions and
 //! page numbers as integers; past the boundary (the server's request checks, the VFS's
 //! response checks) each kind has its own type, so passing a lease id where a commit id
-//! goes, or a page number where a version goes, does not compile.
+//! goes, or a page number where a version goes, does not compile:
+//!
+//! ```compile_fail
+//! use pagewire_proto::ids::{CommitId, LeaseId};
+//! fn renew(_lease: LeaseId) {}
+//! renew(CommitId([0; 16]));
+//! ```
+//!
+//! ```compile_fail
+//! use pagewire_proto::ids::{PageNo, Version};
+//! fn read_at(_version: Version) {}
+//! read_at(PageNo(1));
+//! ```
 
 use std::fmt;
 
@@ -151,7 +163,10 @@ mod tests {
         let err = CommitId::from_wire(&[1; 15]).expect_err("15 bytes");
         assert_eq!(err.to_string(), "a commit id must be 16 bytes (got 15)");
         assert!(Incarnation::from_wire(&[]).is_err());
-        assert_eq!(format!("{:?}", VersionTag::ZERO), format!("VersionTag({})", "00".repeat(16)));
+        assert_eq!(
+            format!("{:?}", VersionTag::ZERO),
+            format!("VersionTag({})", "00".repeat(16))
+        );
     }
 
     #[test]

@@ -68,8 +68,8 @@ mod tests {
             (StoreError::LeaseLost("x".into()), Code::FailedPrecondition),
             (
                 StoreError::VersionConflict {
-                    base: 1,
-                    current: 2,
+                    base: crate::store::Version(1),
+                    current: crate::store::Version(2),
                 },
                 Code::FailedPrecondition,
             ),

@@ -6,14 +6,15 @@
 
 use std::collections::HashSet;
 
-use crate::store::{Commit, DbState, Id16, ReadAt, StoreError};
+use pagewire_proto::{limits, sqlite_header};
+
+use crate::store::{
+    BadId, Commit, CommitId, DbState, LeaseId, PageNo, ReadAt, StoreError, Version,
+};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// Longest database name in bytes (SQLite's path limit in the VFS is 512 with the NUL).
-pub const MAX_NAME_BYTES: usize = 511;
-pub const MIN_PAGE_SIZE: u32 = 512;
-pub const MAX_PAGE_SIZE: u32 = 65536;
+pub use pagewire_proto::limits::{MAX_NAME_BYTES, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 /// SQLite's largest page count.
 pub const MAX_PAGE_COUNT: u32 = 4_294_967_294;
 /// Longest free-form client id on AcquireLease.
@@ -58,7 +59,7 @@ pub fn new_db_name(name: &str) -> Result<()> {
 
 /// A page size: a power of two in 512..=65536.
 pub fn page_size(page_size: u32) -> Result<()> {
-    if !page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
+    if !limits::is_page_size(page_size) {
         return Err(invalid(format!(
             "page size {page_size} is not a power of two in {MIN_PAGE_SIZE}..={MAX_PAGE_SIZE}"
         )));
@@ -76,28 +77,30 @@ pub fn page_count(page_count: u32) -> Result<()> {
     Ok(())
 }
 
-/// A page number: 1..=page_count.
-pub fn page_no(page_no: u32, page_count: u32) -> Result<()> {
-    if page_no == 0 {
+/// A page number from a request: 1..=page_count.
+pub fn page_no(page_no: u32, page_count: u32) -> Result<PageNo> {
+    let Some(no) = PageNo::from_wire(page_no) else {
         return Err(invalid(
             "page number 0 does not exist (pages are numbered from 1)",
         ));
-    }
+    };
     if page_no > page_count {
         return Err(invalid(format!(
             "page {page_no} is beyond the page count {page_count}"
         )));
     }
-    Ok(())
+    Ok(no)
 }
 
 /// Every page number in `1..=page_count`.
 pub fn page_nos_in_range(page_nos: &[u32], page_count: u32) -> Result<()> {
-    page_nos.iter().try_for_each(|&no| page_no(no, page_count))
+    page_nos
+        .iter()
+        .try_for_each(|&no| page_no(no, page_count).map(drop))
 }
 
 /// A page's payload is exactly one page.
-pub fn page_len(page_no: u32, len: usize, page_size: u32) -> Result<()> {
+pub fn page_len(page_no: PageNo, len: usize, page_size: u32) -> Result<()> {
     if len != page_size as usize {
         return Err(invalid(format!(
             "page {page_no} is {len} bytes; the page size is {page_size}"
@@ -106,17 +109,21 @@ pub fn page_len(page_no: u32, len: usize, page_size: u32) -> Result<()> {
     Ok(())
 }
 
-fn id16(what: &str, bytes: &[u8]) -> Result<Id16> {
-    Id16::try_from(bytes)
-        .map_err(|_| invalid(format!("{what} must be 16 bytes, got {}", bytes.len())))
+/// A required 16-byte id, read by `parse` (its type's `from_wire`).
+fn id16<T>(
+    what: &str,
+    bytes: &[u8],
+    parse: fn(&[u8]) -> std::result::Result<T, BadId>,
+) -> Result<T> {
+    parse(bytes).map_err(|e| invalid(format!("{what} must be 16 bytes, got {}", e.len)))
 }
 
-pub fn lease_id(bytes: &[u8]) -> Result<Id16> {
-    id16("lease_id", bytes)
+pub fn lease_id(bytes: &[u8]) -> Result<LeaseId> {
+    id16("lease_id", bytes, LeaseId::from_wire)
 }
 
-pub fn commit_id(bytes: &[u8]) -> Result<Id16> {
-    id16("commit_id", bytes)
+pub fn commit_id(bytes: &[u8]) -> Result<CommitId> {
+    id16("commit_id", bytes, CommitId::from_wire)
 }
 
 /// The free-form client id of AcquireLease (shown to operators and in errors).
@@ -141,34 +148,28 @@ pub fn no_duplicates(page_nos: impl IntoIterator<Item = u32>) -> Result<()> {
     Ok(())
 }
 
-fn be_u32(data: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
-}
-
 /// Page 1's database header agrees with the commit: its page size, rollback-journal
 /// format (bytes 18 and 19 are 1; a WAL-format image is refused), and, when the header's
 /// page count is valid (bytes 24..28 equal 92..96 and the count is not 0, SQLite's own
 /// rule), that page count.
 pub fn page_one(data: &[u8], page_size: u32, page_count: u32) -> Result<()> {
-    page_len(1, data.len(), page_size)?;
-    let header_size = match u16::from_be_bytes([data[16], data[17]]) {
-        1 => 65536,
-        n => u32::from(n),
-    };
+    page_len(PageNo::FIRST, data.len(), page_size)?;
+    let header_size = sqlite_header::raw_page_size(data);
     if header_size != page_size {
         return Err(invalid(format!(
             "page 1 header says page size {header_size} but the commit says {page_size}"
         )));
     }
-    if data[18] != 1 || data[19] != 1 {
+    let (write, read) = sqlite_header::file_format(data);
+    if (write, read) != (1, 1) {
         return Err(invalid(format!(
-            "page 1 header has file format bytes {}/{} (offsets 18/19): only the rollback-journal \
-             format (1/1) is accepted; WAL mode is not supported",
-            data[18], data[19]
+            "page 1 header has file format bytes {write}/{read} (offsets 18/19): only the \
+             rollback-journal format (1/1) is accepted; WAL mode is not supported"
         )));
     }
-    let header_count = be_u32(data, 28);
-    if data[24..28] == data[92..96] && header_count != 0 && header_count != page_count {
+    if let Some(header_count) = sqlite_header::page_count(data)
+        && header_count != page_count
+    {
         return Err(invalid(format!(
             "page 1 header says {header_count} pages but the commit says {page_count}"
         )));
@@ -181,8 +182,8 @@ pub fn commit(c: &Commit) -> Result<()> {
     page_size(c.page_size)?;
     page_count(c.page_count)?;
     for (no, data) in &c.pages {
-        page_no(*no, c.page_count)?;
-        page_len(*no, data.len(), c.page_size)?;
+        let no = page_no(*no, c.page_count)?;
+        page_len(no, data.len(), c.page_size)?;
     }
     no_duplicates(c.pages.iter().map(|(no, _)| *no))?;
     let page1 = c.pages.iter().find(|(no, _)| *no == 1);
@@ -230,7 +231,7 @@ pub fn against_base(c: &Commit, base: &DbState) -> Result<()> {
 pub fn read_at(at_version: u64, at_unix_ms: i64) -> Result<ReadAt> {
     match (at_version, at_unix_ms) {
         (0, 0) => Ok(ReadAt::Newest),
-        (v, 0) => Ok(ReadAt::Version(v)),
+        (v, 0) => Ok(ReadAt::Version(Version(v))),
         (0, t) => Ok(ReadAt::UnixMs(t)),
         (v, t) => Err(invalid(format!(
             "at_version ({v}) and at_unix_ms ({t}) are both set; ask for a version or a time, not both"

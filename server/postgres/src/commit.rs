@@ -21,15 +21,15 @@
 
 use deadpool_postgres::GenericClient;
 use pagewire_server_core::store::{
-    Changes, Commit, CommitHeader, CommitOutcome, DbKey, DbState, Id16, StoreError, StoreResult,
-    VersionTag, random_id,
+    Changes, Commit, CommitHeader, CommitId, CommitOutcome, DbKey, DbState, StoreError,
+    StoreResult, Version, VersionTag, random_id,
 };
 use pagewire_server_core::validate;
 
 use crate::db::{self, DbRow, Lock};
 use crate::error::{Pg as _, corrupt};
 use crate::lease;
-use crate::sql::{self, Client, int};
+use crate::sql::{self, Client};
 
 /// Page bytes per INSERT statement of a commit.
 const CHUNK_BYTES: usize = 8 << 20;
@@ -85,7 +85,7 @@ pub(crate) async fn commit(
 
 /// The outcome of a retry whose commit id created `version` (`tag`: that version's,
 /// `None` when its row is no longer kept).
-fn retried(current: &DbState, version: u64, tag: Option<VersionTag>) -> CommitOutcome {
+fn retried(current: &DbState, version: Version, tag: Option<VersionTag>) -> CommitOutcome {
     CommitOutcome {
         version,
         already_applied: true,
@@ -129,7 +129,11 @@ pub(crate) async fn precheck(
     let row = sql::query_opt(
         client,
         &sql,
-        &[&key.tenant, &key.name, &&header.commit_id[..]],
+        &[
+            &key.tenant,
+            &key.name,
+            &header.commit_id.as_bytes().as_slice(),
+        ],
     )
     .await?
     .ok_or_else(|| StoreError::NotFound(key.name.clone()))?;
@@ -140,6 +144,7 @@ pub(crate) async fn precheck(
     let applied: Option<i64> = row.try_get("applied").pg()?;
     if let Some(version) = applied {
         let version = u64::try_from(version).map_err(|_| corrupt("version", version))?;
+        let version = Version(version);
         let tag = sql::opt_id16_of(&row, "applied_tag")?;
         return Ok(Some(retried(&current, version, tag)));
     }
@@ -157,12 +162,17 @@ const APPLIED: &str = "SELECT c.version, v.tag FROM pagewire.commit_ids c \
 async fn applied<C: GenericClient>(
     c: &C,
     db_id: i64,
-    id: &Id16,
-) -> StoreResult<Option<(u64, Option<VersionTag>)>> {
+    id: &CommitId,
+) -> StoreResult<Option<(Version, Option<VersionTag>)>> {
     let sql = format!("{APPLIED} WHERE c.db_id = $1 AND c.commit_id = $2");
-    let row = sql::query_opt(c, &sql, &[&db_id, &&id[..]]).await?;
-    row.map(|r| Ok((sql::u64_of(&r, "version")?, sql::opt_id16_of(&r, "tag")?)))
-        .transpose()
+    let row = sql::query_opt(c, &sql, &[&db_id, &id.as_bytes().as_slice()]).await?;
+    row.map(|r| {
+        Ok((
+            sql::version_of(&r, "version")?,
+            sql::opt_id16_of(&r, "tag")?,
+        ))
+    })
+    .transpose()
 }
 
 /// Writes a checked commit as the next version, tagged `tag`; returns it.
@@ -171,9 +181,9 @@ async fn apply<C: GenericClient>(
     row: &DbRow,
     commit: &Commit,
     tag: &VersionTag,
-) -> StoreResult<u64> {
-    let version = row.state.version + 1;
-    let v = int(version);
+) -> StoreResult<Version> {
+    let version = Version(row.state.version.0 + 1);
+    let v = sql::version(version);
     mark_holes(c, row, commit, v).await?;
     let bytes: i64 = commit.pages.iter().map(|(_, d)| d.len() as i64).sum();
     let committed = row.now_unix_ms.max(row.updated_unix_ms);
@@ -191,7 +201,7 @@ async fn apply<C: GenericClient>(
             .map(|chunk| insert_pages(c, row.id, v, chunk)),
     );
     let (page_size, page_count) = (i64::from(commit.page_size), i64::from(commit.page_count));
-    let tag = &tag[..];
+    let tag = tag.as_bytes().as_slice();
     let version_row: sql::Params = &[
         &row.id,
         &v,
@@ -202,7 +212,8 @@ async fn apply<C: GenericClient>(
         &grown_from,
         &tag,
     ];
-    let commit_id: sql::Params = &[&row.id, &&commit.commit_id[..], &v];
+    let commit_id = commit.commit_id.as_bytes().as_slice();
+    let commit_id: sql::Params = &[&row.id, &commit_id, &v];
     let newest: sql::Params = &[
         &row.id,
         &v,

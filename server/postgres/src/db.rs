@@ -7,7 +7,7 @@
 
 use deadpool_postgres::GenericClient;
 use pagewire_server_core::store::{
-    DbInfo, DbKey, DbState, NO_TAG, StoreError, StoreResult, random_id,
+    DbInfo, DbKey, DbState, Incarnation, NO_TAG, StoreError, StoreResult, Version, random_id,
 };
 use tokio_postgres::Row;
 
@@ -56,7 +56,7 @@ const COLUMNS: &str = "id, version, page_size, page_count, incarnation, tag, upd
 /// `tag` (the newest version's, kept on the databases row by every commit).
 pub(crate) fn state_of(row: &Row) -> StoreResult<DbState> {
     Ok(DbState {
-        version: u64_of(row, "version")?,
+        version: sql::version_of(row, "version")?,
         page_size: u32_of(row, "page_size")?,
         page_count: u32_of(row, "page_count")?,
         incarnation: id16_of(row, "incarnation")?,
@@ -123,8 +123,9 @@ pub(crate) async fn create<C: GenericClient>(c: &C, key: &DbKey) -> StoreResult<
          SELECT $1, $2, now_ms, now_ms, $3, $4 FROM (SELECT {NOW_MS} AS now_ms) AS t \
          ON CONFLICT (tenant, name) DO NOTHING RETURNING id, created_unix_ms"
     );
-    let incarnation = random_id();
-    let params: sql::Params = &[&key.tenant, &key.name, &&incarnation[..], &&NO_TAG[..]];
+    let (incarnation, tag): (Incarnation, _) = (random_id(), NO_TAG);
+    let (incarnation, tag) = (incarnation.as_bytes().as_slice(), tag.as_bytes().as_slice());
+    let params: sql::Params = &[&key.tenant, &key.name, &incarnation, &tag];
     let Some(row) = sql::query_opt(c, &sql, params).await? else {
         return Ok(false);
     };
@@ -134,7 +135,7 @@ pub(crate) async fn create<C: GenericClient>(c: &C, key: &DbKey) -> StoreResult<
         "INSERT INTO pagewire.versions \
          (db_id, version, committed_unix_ms, page_size, page_count, changed_pages, tag) \
          VALUES ($1, 0, $2, 0, 0, '{}', $3)",
-        &[&id, &created, &&NO_TAG[..]],
+        &[&id, &created, &tag],
     )
     .await?;
     Ok(true)
@@ -173,7 +174,7 @@ fn info_of(row: &Row) -> StoreResult<DbInfo> {
         name: row.try_get("name").pg()?,
         state: state_of(row)?,
         stored_bytes: u64_of(row, "stored_bytes")?,
-        oldest_version: oldest.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+        oldest_version: Version(oldest.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)),
         created_unix_ms: row.try_get("created_unix_ms").pg()?,
         updated_unix_ms: row.try_get("updated_unix_ms").pg()?,
         lease_held: row.try_get("lease_held").pg()?,

@@ -16,7 +16,7 @@ use pagewire_server_core::store::{GcStats, StoreResult};
 
 use crate::db::{self, DbRow, Lock};
 use crate::error::Pg as _;
-use crate::sql::{self, Client, int, ms};
+use crate::sql::{self, Client, ms};
 
 /// Commit ids kept per database, counted in versions back from the newest.
 const COMMIT_IDS_KEPT: i64 = 1024;
@@ -94,7 +94,7 @@ async fn kept<C: GenericClient>(
            OR EXISTS (SELECT 1 FROM pagewire.pins p WHERE p.db_id = v.db_id \
                       AND p.version = v.version AND p.expires_at > clock_timestamp())) \
          ORDER BY version",
-        &[&row.id, &int(row.state.version), &cutoff],
+        &[&row.id, &sql::version(row.state.version), &cutoff],
     )
     .await?;
     let versions = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>();
@@ -176,7 +176,10 @@ async fn collect_versions<C: GenericClient>(
         &[&row.id, &kept],
     )
     .await?;
-    let oldest = kept.first().copied().unwrap_or(int(row.state.version));
+    let oldest = kept
+        .first()
+        .copied()
+        .unwrap_or(sql::version(row.state.version));
     sql::execute(
         c,
         "DELETE FROM pagewire.versions WHERE db_id = $1 AND version < $2",
@@ -186,7 +189,10 @@ async fn collect_versions<C: GenericClient>(
     sql::execute(
         c,
         "DELETE FROM pagewire.commit_ids WHERE db_id = $1 AND version <= $2",
-        &[&row.id, &(int(row.state.version) - COMMIT_IDS_KEPT)],
+        &[
+            &row.id,
+            &(sql::version(row.state.version) - COMMIT_IDS_KEPT),
+        ],
     )
     .await?;
     sql::execute(

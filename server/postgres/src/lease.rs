@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
-use pagewire_server_core::store::{DbKey, Id16, Lease, StoreError, StoreResult};
+use pagewire_server_core::store::{DbKey, Lease, LeaseId, StoreError, StoreResult, random_id};
 use tokio_postgres::Row;
 
 use crate::db::{self, DbRow, Lock};
@@ -60,7 +60,7 @@ async fn held<C: GenericClient>(c: &C, db_id: i64) -> StoreResult<Option<Held>> 
     }
 }
 
-fn lease_of(row: &DbRow, lease_id: Id16, epoch: u64, ttl: Duration) -> Lease {
+fn lease_of(row: &DbRow, lease_id: LeaseId, epoch: u64, ttl: Duration) -> Lease {
     Lease {
         lease_id,
         epoch,
@@ -86,7 +86,7 @@ pub(crate) async fn acquire(
         });
     }
     let epoch = row.max_epoch + 1;
-    let lease_id: Id16 = rand::random();
+    let lease_id: LeaseId = random_id();
     sql::execute(
         &tx,
         "INSERT INTO pagewire.leases (db_id, lease_id, epoch, client_id, ttl_ms, expires_at) \
@@ -94,7 +94,13 @@ pub(crate) async fn acquire(
          ON CONFLICT (db_id) DO UPDATE SET lease_id = EXCLUDED.lease_id, \
            epoch = EXCLUDED.epoch, client_id = EXCLUDED.client_id, \
            ttl_ms = EXCLUDED.ttl_ms, expires_at = EXCLUDED.expires_at",
-        &[&row.id, &&lease_id[..], &int(epoch), &client_id, &ms(ttl)],
+        &[
+            &row.id,
+            &lease_id.as_bytes().as_slice(),
+            &int(epoch),
+            &client_id,
+            &ms(ttl),
+        ],
     )
     .await?;
     sql::execute(
@@ -112,24 +118,24 @@ pub(crate) async fn acquire(
 pub(crate) async fn check<C: GenericClient>(
     c: &C,
     db_id: i64,
-    lease_id: Id16,
+    lease_id: LeaseId,
     epoch: u64,
 ) -> StoreResult<i64> {
     judge(held(c, db_id).await?, lease_id, epoch)
 }
 
 /// [`check`] on a row already read with [`HELD_COLUMNS`] (NULL when no lease).
-pub(crate) fn check_row(row: &Row, lease_id: Id16, epoch: u64) -> StoreResult<i64> {
+pub(crate) fn check_row(row: &Row, lease_id: LeaseId, epoch: u64) -> StoreResult<i64> {
     judge(Held::from_row(row)?, lease_id, epoch)
 }
 
-fn judge(held: Option<Held>, lease_id: Id16, epoch: u64) -> StoreResult<i64> {
+fn judge(held: Option<Held>, lease_id: LeaseId, epoch: u64) -> StoreResult<i64> {
     let Some(h) = held else {
         return Err(StoreError::LeaseLost(format!(
             "the write lease (epoch {epoch}) is no longer held (released or expired); acquire a new one"
         )));
     };
-    if h.lease_id != lease_id || h.epoch != int(epoch) {
+    if h.lease_id[..] != lease_id.as_bytes()[..] || h.epoch != int(epoch) {
         return Err(StoreError::LeaseLost(format!(
             "the write lease (epoch {epoch}) was superseded by epoch {}",
             h.epoch
@@ -148,7 +154,7 @@ fn judge(held: Option<Held>, lease_id: Id16, epoch: u64) -> StoreResult<i64> {
 pub(crate) async fn renew(
     client: &mut Client,
     key: &DbKey,
-    lease_id: Id16,
+    lease_id: LeaseId,
     epoch: u64,
     ttl: Duration,
 ) -> StoreResult<Lease> {
@@ -183,7 +189,7 @@ pub(crate) async fn touch<C: GenericClient>(c: &C, db_id: i64) -> StoreResult<()
 pub(crate) async fn release(
     client: &Client,
     key: &DbKey,
-    lease_id: Id16,
+    lease_id: LeaseId,
     epoch: u64,
 ) -> StoreResult<()> {
     sql::execute(
@@ -191,7 +197,12 @@ pub(crate) async fn release(
         "DELETE FROM pagewire.leases l USING pagewire.databases d \
          WHERE d.id = l.db_id AND d.tenant = $1 AND d.name = $2 \
            AND l.lease_id = $3 AND l.epoch = $4",
-        &[&key.tenant, &key.name, &&lease_id[..], &int(epoch)],
+        &[
+            &key.tenant,
+            &key.name,
+            &lease_id.as_bytes().as_slice(),
+            &int(epoch),
+        ],
     )
     .await?;
     Ok(())

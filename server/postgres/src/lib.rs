@@ -27,8 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use pagewire_server_core::store::{
-    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease,
-    PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult,
+    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
+    LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult, Version,
 };
 use tokio_postgres::NoTls;
 
@@ -142,14 +142,14 @@ impl PageStore for PostgresStore {
     async fn renew_lease(
         &self,
         key: &DbKey,
-        lease_id: Id16,
+        lease_id: LeaseId,
         epoch: u64,
         ttl: Duration,
     ) -> StoreResult<Lease> {
         lease::renew(&mut self.client().await?, key, lease_id, epoch, ttl).await
     }
 
-    async fn release_lease(&self, key: &DbKey, lease_id: Id16, epoch: u64) -> StoreResult<()> {
+    async fn release_lease(&self, key: &DbKey, lease_id: LeaseId, epoch: u64) -> StoreResult<()> {
         lease::release(&self.client().await?, key, lease_id, epoch).await
     }
 
@@ -160,7 +160,7 @@ impl PageStore for PostgresStore {
     async fn read_pages(
         &self,
         key: &DbKey,
-        version: u64,
+        version: Version,
         page_nos: &[u32],
         pin: PinTtl,
     ) -> StoreResult<PageRead> {

@@ -20,7 +20,7 @@ use deadpool_postgres::GenericClient;
 use pagewire_server_core::store::clock::{check_after_first_commit, describe_unix_ms};
 use pagewire_server_core::store::{
     BeginRead, ChangeWalk, Changes, DbKey, DbState, PageRead, PinTtl, ReadAt, ReadView, StoreError,
-    StoreResult, VersionTag,
+    StoreResult, Version, VersionTag,
 };
 use pagewire_server_core::validate;
 use tokio_postgres::IsolationLevel;
@@ -71,8 +71,8 @@ async fn not_retained<C: GenericClient>(c: &C, row: &DbRow, what: &str) -> Store
 async fn readable<C: GenericClient>(
     c: &C,
     row: &DbRow,
-    version: u64,
-    seen: Option<u64>,
+    version: Version,
+    seen: Option<Version>,
 ) -> StoreResult<VersionRow> {
     if version > row.state.version {
         return Err(StoreError::OutOfRange(format!(
@@ -80,14 +80,14 @@ async fn readable<C: GenericClient>(
             row.state.version
         )));
     }
-    let seen = seen.filter(|&s| s <= row.state.version).map(int);
+    let seen = seen.filter(|&s| s <= row.state.version).map(sql::version);
     let meta = sql::query_opt(
         c,
         "SELECT page_size, page_count, committed_unix_ms, tag, \
            (SELECT s.tag FROM pagewire.versions s \
             WHERE s.db_id = $1 AND s.version = $3::bigint) AS seen_tag \
          FROM pagewire.versions WHERE db_id = $1 AND version = $2 AND retained",
-        &[&row.id, &int(version), &seen],
+        &[&row.id, &sql::version(version), &seen],
     )
     .await?;
     let Some(meta) = meta else {
@@ -107,7 +107,11 @@ async fn readable<C: GenericClient>(
 }
 
 /// The newest version committed at or before `unix_ms`.
-async fn version_at_time<C: GenericClient>(c: &C, row: &DbRow, unix_ms: i64) -> StoreResult<u64> {
+async fn version_at_time<C: GenericClient>(
+    c: &C,
+    row: &DbRow,
+    unix_ms: i64,
+) -> StoreResult<Version> {
     check_after_first_commit(row.first_commit_unix_ms, unix_ms)?;
     let found = sql::query_opt(
         c,
@@ -117,7 +121,7 @@ async fn version_at_time<C: GenericClient>(c: &C, row: &DbRow, unix_ms: i64) -> 
     )
     .await?;
     match found {
-        Some(r) => sql::u64_of(&r, "version"),
+        Some(r) => sql::version_of(&r, "version"),
         None => {
             let what = format!(
                 "the version committed at or before {}",
@@ -128,7 +132,7 @@ async fn version_at_time<C: GenericClient>(c: &C, row: &DbRow, unix_ms: i64) -> 
     }
 }
 
-async fn resolve<C: GenericClient>(c: &C, row: &DbRow, at: ReadAt) -> StoreResult<u64> {
+async fn resolve<C: GenericClient>(c: &C, row: &DbRow, at: ReadAt) -> StoreResult<Version> {
     match at {
         ReadAt::Newest => Ok(row.state.version),
         ReadAt::Version(v) => Ok(v),
@@ -144,11 +148,11 @@ async fn resolve<C: GenericClient>(c: &C, row: &DbRow, at: ReadAt) -> StoreResul
 async fn changes<C: GenericClient>(
     c: &C,
     db_id: i64,
-    cached: u64,
-    target: u64,
+    cached: Version,
+    target: Version,
     limit: usize,
 ) -> StoreResult<Option<Changes>> {
-    if cached == 0 {
+    if cached == Version::ZERO {
         return Ok(None);
     }
     let Some(mut walk) = ChangeWalk::new(cached, target, limit) else {
@@ -162,15 +166,15 @@ async fn changes<C: GenericClient>(
          WHERE db_id = $1 AND version >= $2 AND version <= $3 ORDER BY version LIMIT $4",
         &[
             &db_id,
-            &int(cached),
-            &int(target),
+            &sql::version(cached),
+            &sql::version(target),
             &int((limit as u64).saturating_add(1)),
         ],
     )
     .await?;
     // Every version of the span must be there (GC drops rows below the oldest kept one).
-    let complete = rows.len() as u64 == target - cached + 1
-        && rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) == Some(int(cached));
+    let complete = rows.len() as u64 == target.0 - cached.0 + 1
+        && rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) == Some(sql::version(cached));
     let Some(first) = rows.first().filter(|_| complete) else {
         return Ok(None);
     };
@@ -218,7 +222,7 @@ pub(crate) async fn begin_read(
     Ok(ReadView {
         state: meta.state,
         changes,
-        committed_unix_ms: if version == 0 {
+        committed_unix_ms: if version == Version::ZERO {
             0
         } else {
             meta.committed_unix_ms
@@ -232,7 +236,7 @@ pub(crate) async fn begin_read(
 pub(crate) async fn read_pages(
     client: &mut Client,
     key: &DbKey,
-    version: u64,
+    version: Version,
     page_nos: &[u32],
     pin: PinTtl,
 ) -> StoreResult<PageRead> {
@@ -260,7 +264,7 @@ pub(crate) async fn read_pages(
 async fn fetch<C: GenericClient>(
     c: &C,
     db_id: i64,
-    version: u64,
+    version: Version,
     page_nos: &[u32],
     page_size: u32,
 ) -> StoreResult<Vec<Bytes>> {
@@ -276,7 +280,7 @@ async fn fetch<C: GenericClient>(
            WHERE db_id = $1 AND page_no = n.no AND version <= $3 \
            ORDER BY version DESC LIMIT 1) AS p ON true \
          ORDER BY n.ord",
-        &[&db_id, &nos, &int(version)],
+        &[&db_id, &nos, &sql::version(version)],
     )
     .await?;
     rows.iter()
@@ -289,7 +293,7 @@ async fn fetch<C: GenericClient>(
 }
 
 /// One page's bytes: stored data of the right size, or zeros.
-fn page_of(no: i64, data: Option<Vec<u8>>, version: u64, page_size: u32) -> StoreResult<Bytes> {
+fn page_of(no: i64, data: Option<Vec<u8>>, version: Version, page_size: u32) -> StoreResult<Bytes> {
     let Some(data) = data else {
         return Ok(Bytes::from(vec![0; page_size as usize]));
     };
@@ -306,7 +310,12 @@ fn page_of(no: i64, data: Option<Vec<u8>>, version: u64, page_size: u32) -> Stor
 /// `max_age`, counted from `created_at`, which later pins of the version keep; an existing
 /// pin is extended to `ttl` from now, never past `created_at + max_age`, and never
 /// shortened.
-async fn pin<C: GenericClient>(c: &C, db_id: i64, version: u64, pin: PinTtl) -> StoreResult<()> {
+async fn pin<C: GenericClient>(
+    c: &C,
+    db_id: i64,
+    version: Version,
+    pin: PinTtl,
+) -> StoreResult<()> {
     sql::execute(
         c,
         "INSERT INTO pagewire.pins (db_id, version, expires_at, created_at) \
@@ -317,7 +326,7 @@ async fn pin<C: GenericClient>(c: &C, db_id: i64, version: u64, pin: PinTtl) -> 
                  pins.created_at + $4::bigint * interval '1 millisecond'))",
         &[
             &db_id,
-            &int(version),
+            &sql::version(version),
             &pin_ms(pin.ttl),
             &pin_ms(pin.max_age),
         ],
@@ -331,7 +340,7 @@ async fn pin<C: GenericClient>(c: &C, db_id: i64, version: u64, pin: PinTtl) -> 
 async fn refresh_pin(
     client: &mut Client,
     db_id: i64,
-    version: u64,
+    version: Version,
     pin: PinTtl,
 ) -> StoreResult<()> {
     let tx = client.transaction().await.pg()?;
@@ -346,7 +355,7 @@ async fn refresh_pin(
          WHERE db_id = $1 AND version = $2",
         &[
             &db_id,
-            &int(version),
+            &sql::version(version),
             &pin_ms(pin.ttl),
             &pin_ms(pin.max_age),
         ],

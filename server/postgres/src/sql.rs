@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use crate::error::{Pg as _, corrupt};
-use pagewire_server_core::store::{Id16, StoreError, StoreResult};
+use pagewire_server_core::store::{StoreError, StoreResult, Version};
 
 pub(crate) type Client = deadpool_postgres::Object;
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -61,6 +61,16 @@ pub(crate) fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// A version as bigint (see [`int`]).
+pub(crate) fn version(version: Version) -> i64 {
+    int(version.0)
+}
+
+/// A stored version (a bigint that must fit a u64).
+pub(crate) fn version_of(row: &Row, column: &str) -> StoreResult<Version> {
+    u64_of(row, column).map(Version)
+}
+
 /// A stored bigint that must fit a u64.
 pub(crate) fn u64_of(row: &Row, column: &str) -> StoreResult<u64> {
     let value: i64 = row.try_get(column).pg()?;
@@ -73,18 +83,19 @@ pub(crate) fn u32_of(row: &Row, column: &str) -> StoreResult<u32> {
     u32::try_from(value).map_err(|_| corrupt(column, value))
 }
 
-/// A stored 16-byte id (incarnation, version tag).
-pub(crate) fn id16_of(row: &Row, column: &str) -> StoreResult<Id16> {
+/// A stored 16-byte id, as its type (incarnation, version tag, ...): the columns are
+/// plain `bytea`.
+pub(crate) fn id16_of<T: From<[u8; 16]>>(row: &Row, column: &str) -> StoreResult<T> {
     opt_id16_of(row, column)?
         .ok_or_else(|| StoreError::Internal(format!("corrupt store: {column} is NULL")))
 }
 
 /// A stored 16-byte id that may be NULL (the column of an outer join).
-pub(crate) fn opt_id16_of(row: &Row, column: &str) -> StoreResult<Option<Id16>> {
+pub(crate) fn opt_id16_of<T: From<[u8; 16]>>(row: &Row, column: &str) -> StoreResult<Option<T>> {
     let bytes: Option<&[u8]> = row.try_get(column).pg()?;
     bytes
         .map(|b| {
-            b.try_into().map_err(|_| {
+            <[u8; 16]>::try_from(b).map(T::from).map_err(|_| {
                 StoreError::Internal(format!("corrupt store: {column} is {} bytes", b.len()))
             })
         })

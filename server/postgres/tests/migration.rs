@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use pagewire_server_core::store::conformance::{self, page};
 use pagewire_server_core::store::{
-    BeginRead, Changes, Commit, DbKey, DbState, Identity, Lease, NO_TAG, PageStore, PinTtl, ReadAt,
-    StoreError, VersionTag,
+    BeginRead, Changes, Commit, CommitId, DbKey, DbState, Identity, Incarnation, Lease, LeaseId,
+    NO_TAG, PageStore, PinTtl, ReadAt, StoreError, Version, VersionTag,
 };
 use pagewire_store_postgres::PostgresStore;
 use pagewire_tests::postgres::TempPostgres;
@@ -205,14 +205,14 @@ async fn migration_turns_growth_lists_into_ranges() -> anyhow::Result<()> {
 
 fn at(cached_version: u64, at: ReadAt) -> BeginRead {
     BeginRead {
-        cached_version,
+        cached_version: Version(cached_version),
         at,
         pin: PinTtl {
             ttl: Duration::from_secs(60),
             max_age: Duration::from_secs(3600),
         },
         max_changes: 1000,
-        seen_version: 0,
+        seen_version: Version::ZERO,
     }
 }
 
@@ -251,22 +251,25 @@ async fn an_existing_database_keeps_working() -> anyhow::Result<()> {
 
     // Pages as they were.
     let pin = at(0, ReadAt::Newest).pin;
-    let read = store.read_pages(&k, 5, &[1, 2, 3, 4], pin).await?;
+    let read = store.read_pages(&k, Version(5), &[1, 2, 3, 4], pin).await?;
     assert_eq!(
         read.pages,
         [page(PS, 51), page(PS, 22), page(PS, 0), page(PS, 54)]
     );
-    let read = store.read_pages(&k, 2, &[1, 2, 3], pin).await?;
+    let read = store.read_pages(&k, Version(2), &[1, 2, 3], pin).await?;
     assert_eq!(read.pages, [page(PS, 11), page(PS, 22), page(PS, 13)]);
 
     // The old commit id, lease and epoch still count.
     let old = conformance::commit(&lease_of_epoch(1), 4, PS, 4, &[(1, 51)]);
     let mut commit_id = [0; 16];
     commit_id[15] = 0xc5;
-    let retry = Commit { commit_id, ..old };
+    let retry = Commit {
+        commit_id: CommitId(commit_id),
+        ..old
+    };
     let done = store.precheck(&k, retry.header()).await?;
     assert!(
-        done.is_some_and(|d| d.already_applied && d.version == 5),
+        done.is_some_and(|d| d.already_applied && d.version == Version(5)),
         "{done:?}"
     );
     let lease = store
@@ -284,21 +287,21 @@ async fn an_existing_database_keeps_working() -> anyhow::Result<()> {
         matches!(
             conflict,
             Err(StoreError::VersionConflict {
-                base: 4,
-                current: 5
+                base: Version(4),
+                current: Version(5)
             })
         ),
         "{conflict:?}"
     );
-    assert_eq!(store.commit(&k, grow.clone()).await?.version, 6);
+    assert_eq!(store.commit(&k, grow.clone()).await?.version, Version(6));
     let again = store.precheck(&k, grow.header()).await?;
     assert!(
-        again.is_some_and(|d| d.already_applied && d.version == 6),
+        again.is_some_and(|d| d.already_applied && d.version == Version(6)),
         "{again:?}"
     );
     assert_eq!(view(5).await?.changes, changes(&[1], Some(5)));
     assert_eq!(view(2).await?.changes, changes(&[1], Some(3)));
-    let read = store.read_pages(&k, 6, &[3, 4, 5, 6], pin).await?;
+    let read = store.read_pages(&k, Version(6), &[3, 4, 5, 6], pin).await?;
     assert_eq!(
         read.pages,
         [page(PS, 0), page(PS, 54), page(PS, 0), page(PS, 66)]
@@ -315,14 +318,18 @@ async fn an_existing_database_keeps_working() -> anyhow::Result<()> {
         .as_millis() as i64;
     let stats = store.gc(now, Duration::ZERO).await?;
     assert!(stats.versions_collected >= 5, "{stats:?}");
-    let at5 = store.begin_read(&k, at(0, ReadAt::Version(5))).await?;
+    let at5 = store
+        .begin_read(&k, at(0, ReadAt::Version(Version(5))))
+        .await?;
     assert_eq!(at5.state, newest);
-    let read = store.read_pages(&k, 5, &[1, 2, 3, 4], pin).await?;
+    let read = store.read_pages(&k, Version(5), &[1, 2, 3, 4], pin).await?;
     assert_eq!(
         read.pages,
         [page(PS, 51), page(PS, 22), page(PS, 0), page(PS, 54)]
     );
-    let gone = store.begin_read(&k, at(0, ReadAt::Version(3))).await;
+    let gone = store
+        .begin_read(&k, at(0, ReadAt::Version(Version(3))))
+        .await;
     assert!(matches!(gone, Err(StoreError::OutOfRange(_))), "{gone:?}");
     assert_eq!(view(2).await?.changes, None, "v2 is gone: drop the cache");
     assert_eq!(view(5).await?.changes, changes(&[1], Some(5)));
@@ -334,7 +341,7 @@ fn lease_of_epoch(epoch: u64) -> Lease {
     let mut lease_id = [0; 16];
     lease_id[15] = 1;
     Lease {
-        lease_id,
+        lease_id: LeaseId(lease_id),
         epoch,
         ttl: Duration::from_secs(1),
         state: DbState::default(),
@@ -420,10 +427,10 @@ async fn version_tags(
     rows.iter()
         .map(|r| {
             let tag: Vec<u8> = r.get(1);
-            let tag: VersionTag = tag
+            let tag: [u8; 16] = tag
                 .try_into()
                 .map_err(|t: Vec<u8>| anyhow::anyhow!("tag of {} bytes", t.len()))?;
-            Ok((r.get::<_, i64>(0) as u64, tag))
+            Ok((r.get::<_, i64>(0) as u64, VersionTag(tag)))
         })
         .collect()
 }
@@ -454,7 +461,7 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
     assert!(
         incarnations
             .iter()
-            .all(|i| i.len() == 16 && i[..] != NO_TAG)
+            .all(|i| i.len() == 16 && i[..] != NO_TAG.0)
     );
     incarnations.sort();
     incarnations.dedup();
@@ -483,7 +490,7 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
         let newest = *versions.keys().last().expect("a version row");
         assert_eq!(
             newest_tag[..],
-            versions[&newest][..],
+            versions[&newest].0[..],
             "{name}: the row's tag is its newest version's"
         );
 
@@ -491,7 +498,7 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
         let k = DbKey::new("t", name.as_str());
         let state = store.open(&k, false).await?.0;
         assert_eq!(
-            (state.version, &state.incarnation[..], state.tag),
+            (state.version.0, &state.incarnation.0[..], state.tag),
             (newest, &incarnation[..], versions[&newest])
         );
         assert_eq!(store.info(&k).await?.state, state);
@@ -500,7 +507,7 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
                 .begin_read(
                     &k,
                     BeginRead {
-                        seen_version: v,
+                        seen_version: Version(v),
                         ..at(0, ReadAt::Newest)
                     },
                 )
@@ -509,10 +516,10 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
             assert_eq!(view.seen_tag, Some(*tag), "{name}: seen v{v}");
             if v > 0 {
                 let read = store
-                    .read_pages(&k, v, &[1], at(0, ReadAt::Newest).pin)
+                    .read_pages(&k, Version(v), &[1], at(0, ReadAt::Newest).pin)
                     .await?;
                 assert_eq!(
-                    (read.state.version, read.state.incarnation, read.state.tag),
+                    (read.state.version.0, read.state.incarnation, read.state.tag),
                     (v, state.incarnation, *tag)
                 );
             }
@@ -521,7 +528,7 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
             .begin_read(
                 &k,
                 BeginRead {
-                    seen_version: newest + 1,
+                    seen_version: Version(newest + 1),
                     ..at(0, ReadAt::Newest)
                 },
             )
@@ -536,7 +543,7 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
         .begin_read(
             &DbKey::new("t", "gc.db"),
             BeginRead {
-                seen_version: 0,
+                seen_version: Version::ZERO,
                 ..at(0, ReadAt::Newest)
             },
         )
@@ -549,7 +556,7 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
     let state = store.open(&k, false).await?.0;
     let v = version_tags(&client, 3).await?;
     let pin = at(0, ReadAt::Newest).pin;
-    let read = store.read_pages(&k, 2, &[1, 2, 3], pin).await?;
+    let read = store.read_pages(&k, Version(2), &[1, 2, 3], pin).await?;
     assert_eq!(read.pages, [page(PS, 21), page(PS, 12), page(PS, 23)]);
     assert_eq!(
         store.begin_read(&k, at(1, ReadAt::Newest)).await?.changes,
@@ -560,12 +567,12 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
         .await?;
     assert_eq!((lease.epoch, lease.state), (2, state));
     let mut retry = conformance::commit(&lease, 0, PS, 2, &[(1, 11)]);
-    retry.commit_id[15] = 0xa1;
-    retry.commit_id[..15].fill(0);
+    retry.commit_id.0[15] = 0xa1;
+    retry.commit_id.0[..15].fill(0);
     let done = store.precheck(&k, retry.header()).await?.expect("applied");
     assert_eq!(
         (
-            done.version,
+            done.version.0,
             done.already_applied,
             done.incarnation,
             done.tag
@@ -576,15 +583,15 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
 
     let ours = Identity {
         incarnation: Some(state.incarnation),
-        version: Some((2, v[&2])),
+        version: Some((Version(2), v[&2])),
     };
     let others = [
         Identity {
-            incarnation: Some([9; 16]),
+            incarnation: Some(Incarnation([9; 16])),
             ..ours
         },
         Identity {
-            version: Some((2, v[&1])),
+            version: Some((Version(2), v[&1])),
             ..ours
         },
     ];
@@ -612,7 +619,7 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
     let applied = store.commit(&k, next).await?;
     let tag3 = applied.tag.expect("a new version has its tag");
     assert_eq!(
-        (applied.version, applied.incarnation),
+        (applied.version.0, applied.incarnation),
         (3, state.incarnation)
     );
     assert!(!tags.contains(&tag3) && tag3 != NO_TAG);
@@ -623,7 +630,7 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
     );
     let now = store.open(&k, false).await?.0;
     assert_eq!(
-        (now.version, now.incarnation, now.tag),
+        (now.version.0, now.incarnation, now.tag),
         (3, state.incarnation, tag3)
     );
 
@@ -631,6 +638,6 @@ async fn a_database_of_0002_gets_incarnations_and_tags() -> anyhow::Result<()> {
     drop(PostgresStore::connect(pg.url()).await?);
     let again = database_identities(&client).await?;
     assert_eq!(again[..2], dbs[..2]);
-    assert_eq!((&again[2].2, &again[2].3[..]), (&dbs[2].2, &tag3[..]));
+    assert_eq!((&again[2].2, &again[2].3[..]), (&dbs[2].2, &tag3.0[..]));
     Ok(())
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use pagewire_server_core::store::conformance::{commit, newest, page};
 use pagewire_server_core::store::{
-    BeginRead, Changes, CommitHeader, CommitOutcome, DbKey, Identity, PageStore, PinTtl, ReadAt,
-    StoreError,
+    BeginRead, Changes, CommitHeader, CommitId, CommitOutcome, DbKey, Identity, LeaseId, PageStore,
+    PinTtl, ReadAt, StoreError, Version,
 };
 use pagewire_store_postgres::PostgresStore;
 use pagewire_tests::postgres::TempPostgres;
@@ -49,7 +49,7 @@ async fn two_servers_share_one_database() -> anyhow::Result<()> {
         "{fenced:?}"
     );
     b.commit(&k, commit(&other, 1, 4096, 1, &[(1, 3)])).await?;
-    assert_eq!(again.info(&k).await?.state.version, 2);
+    assert_eq!(again.info(&k).await?.state.version, Version(2));
     Ok(())
 }
 
@@ -108,7 +108,9 @@ async fn growth_is_stored_as_a_range() -> anyhow::Result<()> {
             from: Some(4)
         })
     );
-    let read = store.read_pages(&k, 2, &[last, 3, 1 << 30], PIN).await?;
+    let read = store
+        .read_pages(&k, Version(2), &[last, 3, 1 << 30], PIN)
+        .await?;
     assert_eq!(read.pages, [page(4096, 9), page(4096, 3), page(4096, 0)]);
 
     let (client, connection) = tokio_postgres::connect(pg.url(), tokio_postgres::NoTls).await?;
@@ -194,7 +196,7 @@ async fn pins_stop_at_their_max_age() -> anyhow::Result<()> {
         max_age: ms(1500),
     };
     let at_1 = BeginRead {
-        at: ReadAt::Version(1),
+        at: ReadAt::Version(Version(1)),
         pin,
         ..newest(0)
     };
@@ -212,7 +214,7 @@ async fn pins_stop_at_their_max_age() -> anyhow::Result<()> {
     // Kept while read: every 200 ms a read (and a BeginRead) extends the pin.
     while started.elapsed() < ms(1100) {
         tokio::time::sleep(ms(200)).await;
-        store.read_pages(&k, 1, &[1], pin).await?;
+        store.read_pages(&k, Version(1), &[1], pin).await?;
         store.begin_read(&k, at_1).await?;
         assert_eq!(
             gc().await?.versions_collected,
@@ -224,11 +226,11 @@ async fn pins_stop_at_their_max_age() -> anyhow::Result<()> {
     // Past the age limit, however often it is read.
     while started.elapsed() < ms(1700) {
         tokio::time::sleep(ms(200)).await;
-        store.read_pages(&k, 1, &[1], pin).await?;
+        store.read_pages(&k, Version(1), &[1], pin).await?;
         store.begin_read(&k, at_1).await?;
     }
     assert_eq!(gc().await?.versions_collected, 1);
-    let gone = store.read_pages(&k, 1, &[1], pin).await;
+    let gone = store.read_pages(&k, Version(1), &[1], pin).await;
     assert!(matches!(gone, Err(StoreError::OutOfRange(_))), "{gone:?}");
     Ok(())
 }
@@ -264,8 +266,8 @@ async fn precheck_answers_like_commit() -> anyhow::Result<()> {
         matches!(
             stale,
             Err(StoreError::VersionConflict {
-                base: 0,
-                current: 1
+                base: Version(0),
+                current: Version(1)
             })
         ),
         "{stale:?}"
@@ -286,7 +288,7 @@ async fn precheck_answers_like_commit() -> anyhow::Result<()> {
     assert_eq!(
         retry,
         Some(CommitOutcome {
-            version: 1,
+            version: Version(1),
             already_applied: true,
             incarnation: state.incarnation,
             tag: Some(state.tag),
@@ -298,10 +300,10 @@ async fn precheck_answers_like_commit() -> anyhow::Result<()> {
 
 fn commit_header() -> CommitHeader {
     CommitHeader {
-        lease_id: [1; 16],
+        lease_id: LeaseId([1; 16]),
         epoch: 1,
-        base_version: 0,
-        commit_id: [2; 16],
+        base_version: Version(0),
+        commit_id: CommitId([2; 16]),
         identity: Identity::default(),
     }
 }

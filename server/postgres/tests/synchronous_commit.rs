@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use pagewire_server_core::store::conformance::commit;
-use pagewire_server_core::store::{DbKey, PageStore};
+use pagewire_server_core::store::{DbKey, PageStore, Version};
 use pagewire_store_postgres::PostgresStore;
 use pagewire_tests::postgres::TempPostgres;
 use tokio_postgres::{Client, NoTls};
@@ -137,7 +137,7 @@ async fn commits_run_with_synchronous_commit_at_least_on() -> anyhow::Result<()>
             .map(|r| r.get(0))
             .collect();
         assert_eq!(seen, [expected, expected], "{case}");
-        assert_eq!(store.info(&k).await?.state.version, 2, "{case}");
+        assert_eq!(store.info(&k).await?.state.version, Version(2), "{case}");
     }
     Ok(())
 }

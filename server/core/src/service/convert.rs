@@ -1,6 +1,5 @@
 //! Store types to protocol messages.
 
-use bytes::Bytes;
 use pagewire_proto::v1 as pb;
 
 use crate::store::{DbInfo, DbState, Lease};
@@ -8,11 +7,11 @@ use crate::store::{DbInfo, DbState, Lease};
 impl From<DbState> for pb::DbState {
     fn from(s: DbState) -> Self {
         pb::DbState {
-            version: s.version,
+            version: s.version.0,
             page_size: s.page_size,
             page_count: s.page_count,
-            incarnation: Bytes::copy_from_slice(&s.incarnation),
-            tag: Bytes::copy_from_slice(&s.tag),
+            incarnation: s.incarnation.to_wire(),
+            tag: s.tag.to_wire(),
         }
     }
 }
@@ -23,7 +22,7 @@ impl From<DbInfo> for pb::DatabaseInfo {
             name: i.name,
             state: Some(i.state.into()),
             stored_bytes: i.stored_bytes,
-            oldest_version: i.oldest_version,
+            oldest_version: i.oldest_version.0,
             created_unix_ms: i.created_unix_ms,
             updated_unix_ms: i.updated_unix_ms,
             lease_held: i.lease_held,
@@ -34,7 +33,7 @@ impl From<DbInfo> for pb::DatabaseInfo {
 impl From<Lease> for pb::LeaseResponse {
     fn from(l: Lease) -> Self {
         pb::LeaseResponse {
-            lease_id: Bytes::copy_from_slice(&l.lease_id),
+            lease_id: l.lease_id.to_wire(),
             epoch: l.epoch,
             ttl_ms: millis(l.ttl),
             state: Some(l.state.into()),

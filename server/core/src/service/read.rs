@@ -6,7 +6,7 @@ use pagewire_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Context;
-use crate::store::{BeginRead, Identity, ReadAt, WireChanges};
+use crate::store::{BeginRead, Identity, ReadAt, Version, WireChanges};
 use crate::validate;
 
 #[tracing::instrument(
@@ -27,11 +27,11 @@ pub async fn begin_read(
     let limit = cx.config.limits.max_change_list;
     let identity = Identity::from_wire(&asked.incarnation, asked.seen_version, &asked.seen_tag)?;
     let read = BeginRead {
-        cached_version: asked.cached_version,
+        cached_version: Version(asked.cached_version),
         at: validate::read_at(asked.at_version, asked.at_unix_ms)?,
         pin: cx.config.pin(),
         max_changes: limit,
-        seen_version: asked.seen_version,
+        seen_version: Version(asked.seen_version),
     };
     let ranges = asked.ranges;
     let view = cx.store.begin_read(&key, read).await?;
@@ -40,7 +40,7 @@ pub async fn begin_read(
     let newest = if read.at == ReadAt::Newest {
         view.state.version
     } else {
-        u64::MAX
+        Version(u64::MAX)
     };
     identity.check_version(&key.name, newest, view.seen_tag)?;
     let changes = WireChanges::new(view.changes.as_ref(), ranges, view.state.page_count, limit);
@@ -68,7 +68,7 @@ pub async fn read_pages(
     let identity = Identity::from_wire(&read.incarnation, read.version, &read.tag)?;
     let pages = cx
         .store
-        .read_pages(&key, read.version, &read.page_nos, cx.config.pin())
+        .read_pages(&key, Version(read.version), &read.page_nos, cx.config.pin())
         .await?;
     // The pages are sent only if they are the client's database's, at its version.
     identity.check_state(&key.name, &pages.state)?;

@@ -33,7 +33,11 @@ pub async fn watch(
     };
     crate::validate::db_name(&start.name)?;
     let key = DbKey::new(tenant.name, start.name);
-    let incarnation = crate::store::identity::id_from_wire("incarnation", &start.incarnation)?;
+    let incarnation = crate::store::identity::id_from_wire(
+        "incarnation",
+        &start.incarnation,
+        crate::store::Incarnation::from_wire,
+    )?;
     let (id, events) = cx
         .hub
         .watch(&*cx.store, &key, start.ranges, incarnation)

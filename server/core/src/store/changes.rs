@@ -4,6 +4,8 @@
 //! request makes the server build is bounded by the change-list limit
 //! (`--max-change-list`); past it the client drops its cache instead.
 
+use super::Version;
+
 /// Pages changed between two versions: the listed ones (ascending, unique) and, when the
 /// file grew, every page numbered `from` or higher.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,8 +116,8 @@ pub struct ChangeWalk {
 
 impl ChangeWalk {
     /// `None` when the span of versions alone is over the limit.
-    pub fn new(cached: u64, target: u64, limit: usize) -> Option<Self> {
-        let span = target.checked_sub(cached)?;
+    pub fn new(cached: Version, target: Version, limit: usize) -> Option<Self> {
+        let span = target.0.checked_sub(cached.0)?;
         (span <= limit as u64).then(|| Self {
             changes: Changes::default(),
             limit,
@@ -212,7 +214,7 @@ mod tests {
 
     #[test]
     fn walks_merge_ranges_and_stop_at_the_limit() {
-        let walk = ChangeWalk::new(1, 3, 4)
+        let walk = ChangeWalk::new(Version(1), Version(3), 4)
             .and_then(|w| w.step(&[5, 1], Some(7)))
             .and_then(|w| w.step(&[2, 9], None));
         assert_eq!(
@@ -222,9 +224,16 @@ mod tests {
                 from: Some(7)
             })
         );
-        assert!(ChangeWalk::new(1, 10, 4).is_none(), "span over the limit");
-        let over = ChangeWalk::new(1, 2, 2).and_then(|w| w.step(&[1, 2, 3], None));
+        assert!(
+            ChangeWalk::new(Version(1), Version(10), 4).is_none(),
+            "span over the limit"
+        );
+        let over =
+            ChangeWalk::new(Version(1), Version(2), 2).and_then(|w| w.step(&[1, 2, 3], None));
         assert!(over.is_none(), "list over the limit");
-        assert!(ChangeWalk::new(5, 4, 10).is_none(), "backwards");
+        assert!(
+            ChangeWalk::new(Version(5), Version(4), 10).is_none(),
+            "backwards"
+        );
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16, Lease,
-    PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult,
+    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
+    LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult, Version,
 };
 
 /// A fault to inject.
@@ -114,14 +114,14 @@ impl PageStore for FaultyStore {
     async fn renew_lease(
         &self,
         key: &DbKey,
-        lease_id: Id16,
+        lease_id: LeaseId,
         epoch: u64,
         ttl: Duration,
     ) -> StoreResult<Lease> {
         self.inner.renew_lease(key, lease_id, epoch, ttl).await
     }
 
-    async fn release_lease(&self, key: &DbKey, lease_id: Id16, epoch: u64) -> StoreResult<()> {
+    async fn release_lease(&self, key: &DbKey, lease_id: LeaseId, epoch: u64) -> StoreResult<()> {
         self.inner.release_lease(key, lease_id, epoch).await
     }
 
@@ -132,7 +132,7 @@ impl PageStore for FaultyStore {
     async fn read_pages(
         &self,
         key: &DbKey,
-        version: u64,
+        version: Version,
         page_nos: &[u32],
         pin: PinTtl,
     ) -> StoreResult<PageRead> {
@@ -159,7 +159,7 @@ impl PageStore for FaultyStore {
         if n % every.get() != 0 {
             return Ok(outcome);
         }
-        tracing::warn!(db = %key, version = outcome.version, "injected fault: commit applied, reply lost");
+        tracing::warn!(db = %key, version = %outcome.version, "injected fault: commit applied, reply lost");
         Err(StoreError::Unavailable("injected fault: reply lost".into()))
     }
 
@@ -205,7 +205,7 @@ mod tests {
             .acquire_lease(&key, "w", Duration::from_secs(10))
             .await?;
         let first = commit(&lease, 0, 4096, 1, &[(1, 1)]);
-        assert_eq!(store.commit(&key, first.clone()).await?.version, 1);
+        assert_eq!(store.commit(&key, first.clone()).await?.version, Version(1));
         // A retry answered from the commit-id log is not counted.
         assert!(store.commit(&key, first).await?.already_applied);
         let second = commit(&lease, 1, 4096, 1, &[(1, 2)]);
@@ -214,11 +214,15 @@ mod tests {
             matches!(&lost, Err(StoreError::Unavailable(m)) if m.contains("reply lost")),
             "{lost:?}"
         );
-        assert_eq!(store.info(&key).await?.state.version, 2, "applied anyway");
+        assert_eq!(
+            store.info(&key).await?.state.version,
+            Version(2),
+            "applied anyway"
+        );
         let retry = store.commit(&key, second).await?;
-        assert_eq!((retry.version, retry.already_applied), (2, true));
+        assert_eq!((retry.version, retry.already_applied), (Version(2), true));
         let third = commit(&lease, 2, 4096, 1, &[(1, 3)]);
-        assert_eq!(store.commit(&key, third).await?.version, 3);
+        assert_eq!(store.commit(&key, third).await?.version, Version(3));
         let fourth = commit(&lease, 3, 4096, 1, &[(1, 4)]);
         assert!(
             store.commit(&key, fourth).await.is_err(),
@@ -245,7 +249,7 @@ mod tests {
             matches!(err, Err(StoreError::VersionConflict { .. })),
             "{err:?}"
         );
-        assert_eq!(store.info(&key).await?.state.version, 0);
+        assert_eq!(store.info(&key).await?.state.version, Version(0));
         Ok(())
     }
 }

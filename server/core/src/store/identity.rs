@@ -3,7 +3,7 @@
 //! one deleted and created again, or restored to an earlier point. See "Identity" in
 //! `pagewire.proto`.
 
-use super::{DbState, Id16, Incarnation, StoreError, StoreResult, VersionTag};
+use super::{BadId, DbState, Incarnation, StoreError, StoreResult, Version, VersionTag};
 
 /// The incarnation and a version (with its tag) a client names. `None` fields (older
 /// clients, which send neither) are not checked.
@@ -12,16 +12,21 @@ pub struct Identity {
     pub incarnation: Option<Incarnation>,
     /// A version the client knows and its tag: its newest, its base, or the one it
     /// reads at.
-    pub version: Option<(u64, VersionTag)>,
+    pub version: Option<(Version, VersionTag)>,
 }
 
-/// A 16-byte id from a request: empty is "not given"; any other length is refused.
-pub fn id_from_wire(what: &str, bytes: &[u8]) -> StoreResult<Option<Id16>> {
+/// A 16-byte id from a request, read by `parse` (e.g. [`Incarnation::from_wire`]): empty
+/// is "not given"; any other length is refused.
+pub fn id_from_wire<T>(
+    what: &str,
+    bytes: &[u8],
+    parse: impl FnOnce(&[u8]) -> Result<T, BadId>,
+) -> StoreResult<Option<T>> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    let id: Id16 = bytes.try_into().map_err(|_| {
-        StoreError::InvalidArgument(format!("{what} must be 16 bytes, not {}", bytes.len()))
+    let id = parse(bytes).map_err(|e| {
+        StoreError::InvalidArgument(format!("{what} must be 16 bytes, not {}", e.len))
     })?;
     Ok(Some(id))
 }
@@ -29,11 +34,11 @@ pub fn id_from_wire(what: &str, bytes: &[u8]) -> StoreResult<Option<Id16>> {
 impl Identity {
     /// From a request's fields; a tag without a version number is version `version`'s.
     pub fn from_wire(incarnation: &[u8], version: u64, tag: &[u8]) -> StoreResult<Self> {
-        let incarnation = id_from_wire("incarnation", incarnation)?;
-        let tag = id_from_wire("tag", tag)?;
+        let incarnation = id_from_wire("incarnation", incarnation, Incarnation::from_wire)?;
+        let tag = id_from_wire("tag", tag, VersionTag::from_wire)?;
         Ok(Self {
             incarnation,
-            version: tag.map(|t| (version, t)),
+            version: tag.map(|t| (Version(version), t)),
         })
     }
 
@@ -54,7 +59,7 @@ impl Identity {
     pub fn check_version(
         &self,
         name: &str,
-        newest: u64,
+        newest: Version,
         have_tag: Option<VersionTag>,
     ) -> StoreResult<()> {
         let Some((version, tag)) = self.version else {
@@ -87,7 +92,7 @@ impl Identity {
             .version
             .filter(|(v, _)| *v == state.version)
             .map(|_| state.tag);
-        self.check_version(name, u64::MAX, have)
+        self.check_version(name, Version(u64::MAX), have)
     }
 }
 
@@ -101,11 +106,11 @@ mod tests {
 
     fn state(version: u64, incarnation: u8, tag: u8) -> DbState {
         DbState {
-            version,
+            version: Version(version),
             page_size: 4096,
             page_count: 1,
-            incarnation: [incarnation; 16],
-            tag: [tag; 16],
+            incarnation: Incarnation([incarnation; 16]),
+            tag: VersionTag([tag; 16]),
         }
     }
 
@@ -114,7 +119,10 @@ mod tests {
         let id = Identity::from_wire(&[], 7, &[]).expect("valid");
         assert_eq!(id, Identity::default());
         assert!(id.check_state("d", &state(3, 1, 1)).is_ok());
-        assert!(id.check_version("d", 0, Some([9; 16])).is_ok());
+        assert!(
+            id.check_version("d", Version(0), Some(VersionTag([9; 16])))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -143,17 +151,20 @@ mod tests {
     #[test]
     fn a_version_gone_back_or_retagged_is_replaced() {
         let id = Identity::from_wire(&[1; 16], 7, &[5; 16]).expect("valid");
-        assert!(id.check_version("d", 9, Some([5; 16])).is_ok());
         assert!(
-            id.check_version("d", 9, None).is_ok(),
+            id.check_version("d", Version(9), Some(VersionTag([5; 16])))
+                .is_ok()
+        );
+        assert!(
+            id.check_version("d", Version(9), None).is_ok(),
             "a record no longer kept is not checked"
         );
         assert!(matches!(
-            id.check_version("d", 6, None),
+            id.check_version("d", Version(6), None),
             Err(StoreError::Replaced(_))
         ));
         assert!(matches!(
-            id.check_version("d", 9, Some([6; 16])),
+            id.check_version("d", Version(9), Some(VersionTag([6; 16]))),
             Err(StoreError::Replaced(_))
         ));
         assert!(id.check_state("d", &state(7, 1, 5)).is_ok());

@@ -29,26 +29,26 @@ pub use faults::{Fault, FaultyStore};
 pub use identity::Identity;
 pub use memory::MemoryStore;
 
-/// A write lease or commit identifier: 16 random bytes.
-pub type Id16 = [u8; 16];
-
-/// Which database, among every one ever created under a name: 16 random bytes chosen at
-/// create, never reused (not after a delete, a restart of the memory store, or the
-/// restore of a durable store's backup).
-pub type Incarnation = Id16;
-
-/// Which version, among every one ever committed under a number: 16 random bytes chosen
-/// when the version is committed ([`NO_TAG`] for version 0, empty in every incarnation).
-/// A restored backup keeps the tags of the versions it holds; versions committed after
-/// the restore get new ones, so a client that saw the lost versions can tell.
-pub type VersionTag = Id16;
+/// The typed values of the protocol: a lease id and a commit id (and an incarnation and a
+/// version tag) are different types, so one cannot be passed where another goes; a
+/// [`Version`] is not an epoch (both were `u64`), and a [`PageNo`] (from
+/// [`crate::validate::page_no`]) is not a page count or size.
+///
+/// [`Incarnation`]: which database, among every one ever created under a name, chosen at
+/// create and never reused (not after a delete, a restart of the memory store, or the
+/// restore of a durable store's backup). [`VersionTag`]: which version, among every one
+/// ever committed under a number, chosen when the version is committed ([`NO_TAG`] for
+/// version 0, empty in every incarnation). A restored backup keeps the tags of the
+/// versions it holds; versions committed after the restore get new ones, so a client
+/// that saw the lost versions can tell.
+pub use pagewire_proto::ids::{BadId, CommitId, Incarnation, LeaseId, PageNo, Version, VersionTag};
 
 /// The tag of version 0.
-pub const NO_TAG: VersionTag = [0; 16];
+pub const NO_TAG: VersionTag = VersionTag::ZERO;
 
-/// A new random incarnation or version tag.
-pub fn random_id() -> Id16 {
-    rand::random()
+/// A new random id (a lease id, an incarnation, a version tag: whichever is wanted).
+pub fn random_id<T: From<[u8; 16]>>() -> T {
+    T::from(rand::random::<[u8; 16]>())
 }
 
 /// A database, scoped by its tenant: the same name in two tenants is two databases.
@@ -78,7 +78,7 @@ impl std::fmt::Display for DbKey {
 /// A database at one version. `page_size` is 0 while the database is empty (version 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DbState {
-    pub version: u64,
+    pub version: Version,
     pub page_size: u32,
     pub page_count: u32,
     /// The database's incarnation and this version's tag: with `version`, what names
@@ -90,7 +90,7 @@ pub struct DbState {
 impl DbState {
     /// The version and its geometry, without identity (for comparisons in tests).
     pub fn geometry(&self) -> (u64, u32, u32) {
-        (self.version, self.page_size, self.page_count)
+        (self.version.0, self.page_size, self.page_count)
     }
 }
 
@@ -103,7 +103,7 @@ pub struct DbInfo {
     /// Bytes of page data retained over all versions.
     pub stored_bytes: u64,
     /// Oldest version still readable.
-    pub oldest_version: u64,
+    pub oldest_version: Version,
     pub created_unix_ms: i64,
     /// Time of the newest commit (creation time while empty).
     pub updated_unix_ms: i64,
@@ -114,7 +114,7 @@ pub struct DbInfo {
 /// A granted (or renewed) write lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub lease_id: Id16,
+    pub lease_id: LeaseId,
     /// Grows with every new grant on the database, never reused; commits carry it.
     pub epoch: u64,
     pub ttl: Duration,
@@ -130,7 +130,7 @@ pub enum ReadAt {
     Newest,
     /// Exactly this version (at least 1). `OutOfRange` when it does not exist yet or is
     /// no longer retained.
-    Version(u64),
+    Version(Version),
     /// The newest version committed at or before this time (Unix ms). `OutOfRange` when
     /// that is before the first commit, or the version is no longer retained.
     UnixMs(i64),
@@ -151,7 +151,7 @@ pub struct PinTtl {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BeginRead {
     /// The version whose pages the client holds in cache (0: none).
-    pub cached_version: u64,
+    pub cached_version: Version,
     pub at: ReadAt,
     /// How long the returned version stays pinned (safe from GC).
     pub pin: PinTtl,
@@ -161,7 +161,7 @@ pub struct BeginRead {
     /// The newest version the client knows of: its tag is returned as
     /// [`ReadView::seen_tag`], so the service can tell whether the client's history is
     /// this database's (0: none).
-    pub seen_version: u64,
+    pub seen_version: Version,
 }
 
 /// The start of a read transaction.
@@ -183,10 +183,10 @@ pub struct ReadView {
 /// A commit's header, looked at before its pages arrive (see [`PageStore::precheck`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitHeader {
-    pub lease_id: Id16,
+    pub lease_id: LeaseId,
     pub epoch: u64,
-    pub base_version: u64,
-    pub commit_id: Id16,
+    pub base_version: Version,
+    pub commit_id: CommitId,
     /// What the client holds: its incarnation and `base_version`'s tag.
     pub identity: Identity,
 }
@@ -229,12 +229,12 @@ pub struct PageRead {
 /// One transaction, already checked by [`crate::validate::commit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {
-    pub lease_id: Id16,
+    pub lease_id: LeaseId,
     pub epoch: u64,
     /// The version this transaction was built on; must be the current version.
-    pub base_version: u64,
+    pub base_version: Version,
     /// Chosen by the client; a retry with the same id returns the first outcome.
-    pub commit_id: Id16,
+    pub commit_id: CommitId,
     /// The incarnation and `base_version`'s tag the client holds; checked first
     /// (`Replaced`), before the commit id.
     pub identity: Identity,
@@ -264,7 +264,7 @@ impl Commit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitOutcome {
     /// The version the commit created.
-    pub version: u64,
+    pub version: Version,
     /// The commit id had already been applied: this call was a retry and changed nothing.
     pub already_applied: bool,
     /// The database's incarnation, and the version's tag (`None` when a retry's version
@@ -296,7 +296,7 @@ pub enum StoreError {
     LeaseLost(String),
     /// The commit's base version is not the current version.
     #[error("base version {base} is not the current version {current}")]
-    VersionConflict { base: u64, current: u64 },
+    VersionConflict { base: Version, current: Version },
     /// A version that does not exist (yet, or any more).
     #[error("{0}")]
     OutOfRange(String),
@@ -374,14 +374,14 @@ pub trait PageStore: Send + Sync + 'static {
     async fn renew_lease(
         &self,
         key: &DbKey,
-        lease_id: Id16,
+        lease_id: LeaseId,
         epoch: u64,
         ttl: Duration,
     ) -> StoreResult<Lease>;
 
     /// Releases the lease if it is the current one; releasing a lease no longer held (or
     /// of a database that no longer exists) succeeds and changes nothing.
-    async fn release_lease(&self, key: &DbKey, lease_id: Id16, epoch: u64) -> StoreResult<()>;
+    async fn release_lease(&self, key: &DbKey, lease_id: LeaseId, epoch: u64) -> StoreResult<()>;
 
     /// Starts a read transaction at the newest version or an as-of one (see [`ReadAt`],
     /// [`ReadView`]) and pins that version (see [`PinTtl`]).
@@ -396,7 +396,7 @@ pub trait PageStore: Send + Sync + 'static {
     async fn read_pages(
         &self,
         key: &DbKey,
-        version: u64,
+        version: Version,
         page_nos: &[u32],
         pin: PinTtl,
     ) -> StoreResult<PageRead>;

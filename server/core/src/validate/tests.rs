@@ -12,10 +12,10 @@ fn msg<T: std::fmt::Debug>(r: Result<T>) -> String {
 
 fn commit_of(page_size: u32, page_count: u32, pages: Vec<(u32, Bytes)>) -> Commit {
     Commit {
-        lease_id: [1; 16],
+        lease_id: LeaseId([1; 16]),
         epoch: 1,
-        base_version: 0,
-        commit_id: [2; 16],
+        base_version: Version(0),
+        commit_id: CommitId([2; 16]),
         identity: Default::default(),
         page_size,
         page_count,
@@ -91,13 +91,13 @@ fn page_counts_and_numbers() {
 
 #[test]
 fn page_lengths() {
-    assert!(page_len(3, 4096, 4096).is_ok());
-    assert!(msg(page_len(3, 4095, 4096)).contains("page 3 is 4095 bytes"));
+    assert!(page_len(PageNo(3), 4096, 4096).is_ok());
+    assert!(msg(page_len(PageNo(3), 4095, 4096)).contains("page 3 is 4095 bytes"));
 }
 
 #[test]
 fn ids() {
-    assert_eq!(lease_id(&[7; 16]).ok(), Some([7; 16]));
+    assert_eq!(lease_id(&[7; 16]).ok(), Some(LeaseId([7; 16])));
     assert!(msg(lease_id(&[7; 15])).contains("lease_id must be 16 bytes, got 15"));
     assert!(msg(commit_id(&[])).contains("commit_id must be 16 bytes, got 0"));
     assert!(commit_id(&[0; 17]).is_err());
@@ -182,7 +182,7 @@ fn whole_commits() {
 #[test]
 fn page_size_change_rewrites_everything() {
     let base = DbState {
-        version: 4,
+        version: Version(4),
         page_size: 4096,
         page_count: 10,
         ..Default::default()
@@ -223,7 +223,7 @@ fn read_limits() {
 #[test]
 fn time_travel_fields() {
     assert_eq!(read_at(0, 0).ok(), Some(ReadAt::Newest));
-    assert_eq!(read_at(7, 0).ok(), Some(ReadAt::Version(7)));
+    assert_eq!(read_at(7, 0).ok(), Some(ReadAt::Version(Version(7))));
     assert_eq!(read_at(0, -5).ok(), Some(ReadAt::UnixMs(-5)));
     assert!(msg(read_at(7, 1_700_000_000_000)).contains("both set"));
 }

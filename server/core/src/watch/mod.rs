@@ -1,18 +1,16 @@
-//! Watch streams, read leases and commit invalidation rounds.
+//! Watch streams and read leases, and the watchers' side of a commit's invalidation round.
 //!
 //! A client that watches a database hears of every commit; one that also holds a read
 //! lease may serve the newest state it heard of with no round trip. That is safe
-//! because every commit runs a *round* here ([`Hub::commit`]):
-//!
-//! 1. under the database's round lock, every read lease holder is sent `Invalidate`;
-//! 2. the commit waits until every holder of an unexpired read lease acknowledged, or
-//!    its lease ran out. No lease is granted or extended to a watcher that owes an
-//!    acknowledgement, and one asked for during a round by a watcher that held none
-//!    when it began is granted at its end: so a commit waits at most one lease length,
-//!    whatever readers do (vanish, or renew and never acknowledge);
-//! 3. only then the store applies the commit (so neither BeginRead nor anyone else can
-//!    see the new version before), the new state is published to every watcher
-//!    (`RoundEnd`), and the writer gets its reply.
+//! because every commit runs a *round* (its rules and order are
+//! `service::commit::round`, `server/core/src/service/commit/round.rs`): every read
+//! lease holder is sent `Invalidate`, the commit waits for their acknowledgements (or
+//! their leases to run out), the store applies it, and the outcome is published to
+//! every watcher (`RoundEnd`). This module keeps the watchers and offers a round what
+//! it needs of them ([`Turn`]). The rules it keeps: no lease is granted or extended to
+//! a watcher that owes an acknowledgement, and one asked for during a round by a
+//! watcher that held none when it began is granted at its end, so a commit waits at
+//! most one lease length whatever readers do (vanish, or renew and never acknowledge).
 //!
 //! A watcher that joins during a round is told so and serves nothing until it ends. A
 //! watcher whose stream breaks stays as a *ghost* until its lease runs out: its client
@@ -23,7 +21,7 @@
 //! other's commits, so such deployments must run with `--read-lease-ttl 0`.
 
 mod metrics;
-mod round;
+mod turn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +35,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 pub use metrics::Metrics;
+pub use turn::{Publication, Started, Turn};
 
 use crate::store::{
     DbKey, DbState, Identity, Incarnation, PageStore, PinTtl, StoreError, StoreResult,
@@ -74,8 +73,8 @@ pub struct Hub {
 
 /// One database's watchers and round state.
 struct DbWatch {
-    /// Held for a whole round, so rounds of one database never overlap.
-    round_lock: tokio::sync::Mutex<()>,
+    /// Held for a whole round ([`Turn`]), so rounds of one database never overlap.
+    round_lock: Arc<tokio::sync::Mutex<()>>,
     state: Mutex<WatchState>,
     /// Woken on every acknowledgement.
     acked: Notify,
@@ -204,7 +203,7 @@ impl Hub {
         dbs.entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(DbWatch {
-                    round_lock: tokio::sync::Mutex::new(()),
+                    round_lock: Arc::default(),
                     state: Mutex::default(),
                     acked: Notify::new(),
                 })

@@ -6,7 +6,7 @@ use anyhow::ensure;
 use futures::future::join_all;
 
 use super::{Outcome, PS, TTL, commit, expect_err, key, page_is, writable};
-use crate::store::{PageStore, StoreError};
+use crate::store::{PageStore, StoreError, Version};
 
 /// Racers in each race.
 const RACERS: usize = 8;
@@ -30,8 +30,8 @@ pub async fn concurrent_commits_one_wins(store: &dyn PageStore) -> Outcome {
         matches!(
             r,
             Err(StoreError::VersionConflict {
-                base: 1,
-                current: 2
+                base: Version(1),
+                current: Version(2)
             })
         )
     });
@@ -41,7 +41,10 @@ pub async fn concurrent_commits_one_wins(store: &dyn PageStore) -> Outcome {
         page_is(store, &k, 2, 1, fill).await? && page_is(store, &k, 2, 2, fill).await?,
         "the winner's pages, all of them"
     );
-    ensure!(store.info(&k).await?.state.version == 2, "one new version");
+    ensure!(
+        store.info(&k).await?.state.version == Version(2),
+        "one new version"
+    );
     Ok(())
 }
 
@@ -78,7 +81,7 @@ pub async fn recreated_database_starts_empty(store: &dyn PageStore) -> Outcome {
     store.delete(&k).await?;
     let (state, created) = store.open(&k, true).await?;
     ensure!(
-        created && state.version == 0 && state.page_count == 0,
+        created && state.version == Version(0) && state.page_count == 0,
         "{state:?}"
     );
     let info = store.info(&k).await?;
@@ -92,7 +95,7 @@ pub async fn recreated_database_starts_empty(store: &dyn PageStore) -> Outcome {
         "the old incarnation's lease",
     )?;
     expect_err(
-        store.read_pages(&k, 1, &[1], super::PIN).await,
+        store.read_pages(&k, Version(1), &[1], super::PIN).await,
         |e| matches!(e, StoreError::OutOfRange(_)),
         "old versions are gone",
     )?;

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{Outcome, PS, TestTime, commit, expect_err, key, writable};
-use crate::store::{BeginRead, DbKey, Lease, PageStore, PinTtl, ReadAt, StoreError};
+use crate::store::{BeginRead, DbKey, Lease, PageStore, PinTtl, ReadAt, StoreError, Version};
 
 /// Time between commits, so commit times differ.
 const STEP: Duration = Duration::from_millis(10);
@@ -64,7 +64,10 @@ impl Model {
         let outcome = store
             .commit(k, commit(lease, base, PS, page_count, fills))
             .await?;
-        ensure!(outcome.version == base + 1, "commit on {base}: {outcome:?}");
+        ensure!(
+            outcome.version == Version(base + 1),
+            "commit on {base}: {outcome:?}"
+        );
         let mut image = self.image(base).to_vec();
         image.resize(page_count as usize, 0);
         for &(no, fill) in fills {
@@ -85,7 +88,7 @@ impl Model {
     ) -> anyhow::Result<bool> {
         let image = self.image(version);
         let nos: Vec<u32> = (1..=image.len() as u32).collect();
-        let read = store.read_pages(k, version, &nos, BRIEF).await?;
+        let read = store.read_pages(k, Version(version), &nos, BRIEF).await?;
         let same = read.pages.iter().zip(image).all(|(data, &fill)| {
             let body = if data.starts_with(b"SQLite format 3\0") {
                 data.get(100..).unwrap_or_default()
@@ -108,11 +111,11 @@ impl Model {
 
 fn at(at: ReadAt, cached_version: u64, pin: PinTtl) -> BeginRead {
     BeginRead {
-        cached_version,
+        cached_version: Version(cached_version),
         at,
         pin,
         max_changes: super::MAX_CHANGES,
-        seen_version: 0,
+        seen_version: Version::ZERO,
     }
 }
 
@@ -163,12 +166,12 @@ pub async fn as_of_version_reads_that_version(store: &dyn PageStore) -> anyhow::
     random_commits(store, &k, &lease, &mut rng, &mut model, 24).await?;
     for v in 1..=model.current() {
         let view = store
-            .begin_read(&k, at(ReadAt::Version(v), 0, LONG))
+            .begin_read(&k, at(ReadAt::Version(Version(v)), 0, LONG))
             .await?;
         let count = model.image(v).len() as u32;
         ensure!(
             (
-                view.state.version,
+                view.state.version.0,
                 view.state.page_size,
                 view.state.page_count
             ) == (v, PS, count)
@@ -185,7 +188,7 @@ pub async fn as_of_version_reads_that_version(store: &dyn PageStore) -> anyhow::
         let v = rng.random_range(2..=model.current());
         let cached = rng.random_range(1..v);
         let view = store
-            .begin_read(&k, at(ReadAt::Version(v), cached, LONG))
+            .begin_read(&k, at(ReadAt::Version(Version(v)), cached, LONG))
             .await?;
         let listed = super::listed(&view).unwrap_or_default();
         ensure!(
@@ -202,14 +205,14 @@ pub async fn as_of_version_reads_that_version(store: &dyn PageStore) -> anyhow::
             "seed {seed}: {cached} -> {v} misses {missing:?}"
         );
         let ahead = store
-            .begin_read(&k, at(ReadAt::Version(cached), v, LONG))
+            .begin_read(&k, at(ReadAt::Version(Version(cached)), v, LONG))
             .await?;
         ensure!(
             ahead.changes.is_none(),
             "seed {seed}: cache newer than the version read"
         );
     }
-    let future = ReadAt::Version(model.current() + 1);
+    let future = ReadAt::Version(Version(model.current() + 1));
     let e = expect_err(
         store.begin_read(&k, at(future, 0, LONG)).await,
         out_of_range,
@@ -224,7 +227,7 @@ pub async fn as_of_time_picks_the_version_then(store: &dyn PageStore) -> anyhow:
     let lease = writable(store, &k).await?;
     let empty = store.begin_read(&k, at(ReadAt::Newest, 0, LONG)).await?;
     ensure!(
-        empty.state.version == 0 && empty.committed_unix_ms == 0,
+        empty.state.version == Version(0) && empty.committed_unix_ms == 0,
         "{empty:?}"
     );
     expect_err(
@@ -262,7 +265,8 @@ pub async fn as_of_time_picks_the_version_then(store: &dyn PageStore) -> anyhow:
             want => {
                 let view = got?;
                 ensure!(
-                    view.state.version == want && view.committed_unix_ms == times[want as usize],
+                    view.state.version == Version(want)
+                        && view.committed_unix_ms == times[want as usize],
                     "as of {t}: want {want}, got {view:?} ({times:?})"
                 );
             }
@@ -286,7 +290,7 @@ pub async fn gc_keeps_newest_window_and_pins(store: &dyn PageStore, time: &TestT
     }
     let pin = time.unit();
     store
-        .begin_read(&k, at(ReadAt::Version(3), 0, super::pin(pin)))
+        .begin_read(&k, at(ReadAt::Version(Version(3)), 0, super::pin(pin)))
         .await?;
     let (now, t7) = (model.times[10], model.times[7]);
     let retention = Duration::from_millis(u64::try_from(now - t7)?);
@@ -302,19 +306,21 @@ pub async fn gc_keeps_newest_window_and_pins(store: &dyn PageStore, time: &TestT
             continue;
         }
         let e = expect_err(
-            store.read_pages(&k, v, &[1], LONG).await,
+            store.read_pages(&k, Version(v), &[1], LONG).await,
             out_of_range,
             &format!("read at collected version {v}"),
         )?;
         ensure!(e.to_string().contains("no longer retained"), "message: {e}");
         expect_err(
-            store.begin_read(&k, at(ReadAt::Version(v), 0, LONG)).await,
+            store
+                .begin_read(&k, at(ReadAt::Version(Version(v)), 0, LONG))
+                .await,
             out_of_range,
             &format!("begin read at collected version {v}"),
         )?;
     }
     ensure!(
-        store.info(&k).await?.oldest_version == 3,
+        store.info(&k).await?.oldest_version == Version(3),
         "oldest is the pinned one"
     );
     // Change lists from any cached version still at or above the oldest kept one.
@@ -349,7 +355,7 @@ async fn pins_expire_unless_read(
     let (now, pin) = (model.times[10], super::pin(time.unit()));
     let step = pin.ttl * 7 / 10;
     time.sleep(step).await;
-    store.read_pages(k, 3, &[1], pin).await?; // refreshes the pin
+    store.read_pages(k, Version(3), &[1], pin).await?; // refreshes the pin
     time.sleep(step).await; // past the first pin's end
     store.gc(now, retention).await?;
     ensure!(
@@ -359,13 +365,13 @@ async fn pins_expire_unless_read(
     time.sleep(pin.ttl).await;
     store.gc(now, retention).await?;
     expect_err(
-        store.read_pages(k, 3, &[1], pin).await,
+        store.read_pages(k, Version(3), &[1], pin).await,
         out_of_range,
         "version 3 after its pin expired",
     )?;
     let oldest = (1..=10).find(|&v| model.times[v as usize] >= model.times[7]);
     ensure!(
-        Some(store.info(k).await?.oldest_version) == oldest,
+        Some(store.info(k).await?.oldest_version.0) == oldest,
         "oldest moves up to the window"
     );
     Ok(())
@@ -380,7 +386,7 @@ pub async fn gc_keeps_what_a_reader_began(store: &dyn PageStore) -> anyhow::Resu
         .commit(store, &k, &lease, 2, &[(1, 1), (2, 1)])
         .await?;
     let view = store.begin_read(&k, at(ReadAt::Newest, 0, LONG)).await?;
-    ensure!(view.state.version == 1, "{view:?}");
+    ensure!(view.state.version == Version(1), "{view:?}");
     model
         .commit(store, &k, &lease, 2, &[(1, 2), (2, 2)])
         .await?;
@@ -392,7 +398,7 @@ pub async fn gc_keeps_what_a_reader_began(store: &dyn PageStore) -> anyhow::Resu
     );
     ensure!(model.reads_right(store, &k, 3).await?, "the newest");
     expect_err(
-        store.read_pages(&k, 2, &[1], LONG).await,
+        store.read_pages(&k, Version(2), &[1], LONG).await,
         out_of_range,
         "unpinned, outside the window",
     )?;
@@ -429,21 +435,24 @@ pub async fn gc_frees_space_and_keeps_newest_whole(store: &dyn PageStore) -> any
         "stored bytes {before} -> {} (want the newest image only)",
         info.stored_bytes
     );
-    ensure!(info.oldest_version == 12, "only the newest left: {info:?}");
+    ensure!(
+        info.oldest_version == Version(12),
+        "only the newest left: {info:?}"
+    );
     ensure!(
         model.reads_right(store, &k, 12).await?,
         "newest reads whole after GC"
     );
     for v in 1..12 {
         expect_err(
-            store.read_pages(&k, v, &[1], LONG).await,
+            store.read_pages(&k, Version(v), &[1], LONG).await,
             out_of_range,
             "collected",
         )?;
     }
     let retry = store.commit(&k, first).await?;
     ensure!(
-        retry.already_applied && retry.version == 1,
+        retry.already_applied && retry.version == Version(1),
         "commit ids survive GC: {retry:?}"
     );
     model
@@ -478,10 +487,10 @@ pub async fn gc_never_reads_wrong_data(store: &dyn PageStore) -> anyhow::Result<
     let (mut pinned, mut gone) = (Vec::new(), Vec::new());
     for round in 0..6u8 {
         random_commits(store, &k, &lease, &mut rng, &mut model, 3).await?;
-        let oldest = store.info(&k).await?.oldest_version.max(1);
+        let oldest = store.info(&k).await?.oldest_version.0.max(1);
         let pin = rng.random_range(oldest..=model.current());
         if store
-            .begin_read(&k, at(ReadAt::Version(pin), 0, LONG))
+            .begin_read(&k, at(ReadAt::Version(Version(pin)), 0, LONG))
             .await
             .is_ok()
         {

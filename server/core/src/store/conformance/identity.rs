@@ -5,7 +5,9 @@
 use anyhow::ensure;
 
 use super::{Outcome, PIN, PS, TTL, commit, expect_err, key, newest, writable};
-use crate::store::{BeginRead, Identity, NO_TAG, PageStore, StoreError, VersionTag};
+use crate::store::{
+    BeginRead, Identity, Incarnation, NO_TAG, PageStore, StoreError, Version, VersionTag,
+};
 
 fn replaced(e: &StoreError) -> bool {
     matches!(e, StoreError::Replaced(_))
@@ -16,7 +18,10 @@ fn replaced(e: &StoreError) -> bool {
 pub async fn every_create_is_a_new_incarnation(store: &dyn PageStore) -> Outcome {
     let k = key("incarnations", "a.db");
     let (first, created) = store.open(&k, true).await?;
-    ensure!(created && first.incarnation != NO_TAG, "{first:?}");
+    ensure!(
+        created && first.incarnation != Incarnation([0; 16]),
+        "{first:?}"
+    );
     ensure!(
         store.open(&k, false).await?.0.incarnation == first.incarnation,
         "open keeps it"
@@ -62,7 +67,7 @@ pub async fn every_version_has_its_tag(store: &dyn PageStore) -> Outcome {
     }
     let state = store.open(&k, false).await?.0;
     ensure!(
-        state.version == 3 && state.tag == tags[3],
+        state.version == Version(3) && state.tag == tags[3],
         "open: {state:?}"
     );
     let renewed = store
@@ -74,7 +79,7 @@ pub async fn every_version_has_its_tag(store: &dyn PageStore) -> Outcome {
             .begin_read(
                 &k,
                 BeginRead {
-                    seen_version: seen,
+                    seen_version: Version(seen),
                     ..newest(0)
                 },
             )
@@ -84,9 +89,12 @@ pub async fn every_version_has_its_tag(store: &dyn PageStore) -> Outcome {
             view.seen_tag == Some(tags[seen as usize]),
             "seen {seen}: {view:?}"
         );
-        let read = store.read_pages(&k, seen.max(1), &[1], PIN).await?;
+        let read = store
+            .read_pages(&k, Version(seen.max(1)), &[1], PIN)
+            .await?;
         ensure!(
-            read.state.version == seen.max(1) && read.state.tag == tags[seen.max(1) as usize],
+            read.state.version == Version(seen.max(1))
+                && read.state.tag == tags[seen.max(1) as usize],
             "read: {:?}",
             read.state
         );
@@ -99,7 +107,7 @@ pub async fn every_version_has_its_tag(store: &dyn PageStore) -> Outcome {
         .begin_read(
             &k,
             BeginRead {
-                seen_version: 9,
+                seen_version: Version(9),
                 ..newest(0)
             },
         )
@@ -124,17 +132,17 @@ pub async fn commits_for_another_database_are_refused(store: &dyn PageStore) -> 
     let tag1 = v1.tag.ok_or_else(|| anyhow::anyhow!("no tag"))?;
     let ours = |base: u64, tag| Identity {
         incarnation: Some(state.incarnation),
-        version: Some((base, tag)),
+        version: Some((Version(base), tag)),
     };
     let cases = [
         (
             "another incarnation",
             Identity {
-                incarnation: Some([7; 16]),
+                incarnation: Some(Incarnation([7; 16])),
                 version: None,
             },
         ),
-        ("another base tag", ours(1, [7; 16])),
+        ("another base tag", ours(1, VersionTag([7; 16]))),
     ];
     for (what, identity) in cases {
         let c = super::Commit {
@@ -149,7 +157,7 @@ pub async fn commits_for_another_database_are_refused(store: &dyn PageStore) -> 
         let e = expect_err(store.commit(&k, c).await, replaced, what)?;
         ensure!(e.to_string().contains("replaced"), "{what}: {e}");
         ensure!(
-            store.open(&k, false).await?.0.version == 1,
+            store.open(&k, false).await?.0.version == Version(1),
             "{what} changed the database"
         );
     }
@@ -159,14 +167,14 @@ pub async fn commits_for_another_database_are_refused(store: &dyn PageStore) -> 
     };
     let applied = store.commit(&k, good.clone()).await?;
     ensure!(
-        applied.version == 2
+        applied.version == Version(2)
             && !applied.already_applied
             && applied.incarnation == state.incarnation,
         "{applied:?}"
     );
     let retry = store.commit(&k, good).await?;
     ensure!(
-        retry.already_applied && retry.version == 2 && retry.tag == applied.tag,
+        retry.already_applied && retry.version == Version(2) && retry.tag == applied.tag,
         "retry: {retry:?}"
     );
     Ok(())

@@ -5,7 +5,7 @@ use anyhow::{Context as _, ensure};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Outcome, expect_err, key, page_one, writable};
-use crate::store::{Commit, DbKey, Identity, Lease, PageStore, StoreError};
+use crate::store::{Commit, DbKey, Identity, Lease, PageStore, StoreError, Version};
 
 /// The largest page size, so 256 MiB is 4096 pages.
 const BIG_PS: u32 = 65536;
@@ -27,8 +27,8 @@ fn big_commit(lease: &Lease, base: u64, salt: u8) -> Commit {
     Commit {
         lease_id: lease.lease_id,
         epoch: lease.epoch,
-        base_version: base,
-        commit_id: rand::random(),
+        base_version: Version(base),
+        commit_id: crate::store::random_id(),
         identity: Identity::default(),
         page_size: BIG_PS,
         page_count: BIG_PAGES,
@@ -45,7 +45,9 @@ async fn reads_back(
 ) -> anyhow::Result<()> {
     for chunk in commit.pages.chunks(READ_BATCH as usize) {
         let nos: Vec<u32> = chunk.iter().map(|(no, _)| *no).collect();
-        let read = store.read_pages(k, version, &nos, super::PIN).await?;
+        let read = store
+            .read_pages(k, Version(version), &nos, super::PIN)
+            .await?;
         ensure!(read.page_size == BIG_PS, "page size {}", read.page_size);
         for ((no, want), got) in chunk.iter().zip(&read.pages) {
             ensure!(got == want, "page {no} at version {version} differs");
@@ -62,7 +64,7 @@ pub async fn large_streaming_commit(store: &dyn PageStore) -> Outcome {
     let first = big_commit(&lease, 0, 0x5a);
     let outcome = store.commit(&k, first.clone()).await?;
     ensure!(
-        outcome.version == 1 && !outcome.already_applied,
+        outcome.version == Version(1) && !outcome.already_applied,
         "{outcome:?}"
     );
     let info = store.info(&k).await?;
@@ -76,7 +78,7 @@ pub async fn large_streaming_commit(store: &dyn PageStore) -> Outcome {
         .context("reading 256 MiB back")?;
     let retry = store.commit(&k, first).await?;
     ensure!(
-        retry.version == 1 && retry.already_applied,
+        retry.version == Version(1) && retry.already_applied,
         "retry: {retry:?}"
     );
     let stale = big_commit(&lease, 0, 0xa5);

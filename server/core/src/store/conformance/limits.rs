@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::ensure;
 
 use super::{Outcome, PS, TestTime, commit, expect_err, key, newest, page_is, writable};
-use crate::store::{BeginRead, Changes, PageStore, PinTtl, ReadAt, StoreError};
+use crate::store::{BeginRead, Changes, PageStore, PinTtl, ReadAt, StoreError, Version};
 use crate::validate::MAX_PAGE_COUNT;
 
 /// A commit claiming SQLite's largest page count costs no more than its two pages.
@@ -32,7 +32,7 @@ pub async fn huge_growth_is_a_range(store: &dyn PageStore) -> Outcome {
         &[(1, 2), (MAX_PAGE_COUNT, 2)],
     );
     ensure!(
-        store.commit(&k, far).await?.version == 2,
+        store.commit(&k, far).await?.version == Version(2),
         "two pages, four billion claimed"
     );
     let view = store.begin_read(&k, newest(1)).await?;
@@ -63,7 +63,7 @@ pub async fn huge_growth_is_a_range(store: &dyn PageStore) -> Outcome {
             .commit(&k, commit(&lease, 2, PS, 3, &[(1, 3)]))
             .await?
             .version
-            == 3,
+            == Version(3),
         "shrink"
     );
     Ok(())
@@ -121,7 +121,7 @@ pub async fn pins_stop_at_their_max_age(store: &dyn PageStore, time: &TestTime) 
         .begin_read(
             &k,
             BeginRead {
-                at: ReadAt::Version(1),
+                at: ReadAt::Version(Version(1)),
                 pin,
                 ..newest(0)
             },
@@ -135,7 +135,7 @@ pub async fn pins_stop_at_their_max_age(store: &dyn PageStore, time: &TestTime) 
     for i in 1..=8u32 {
         time.sleep(step).await;
         let alive = step * i < pin.max_age - step / 2;
-        let read = store.read_pages(&k, 1, &[1], pin).await;
+        let read = store.read_pages(&k, Version(1), &[1], pin).await;
         let now = i64::MAX;
         store.gc(now, Duration::ZERO).await?;
         if alive {
@@ -145,7 +145,7 @@ pub async fn pins_stop_at_their_max_age(store: &dyn PageStore, time: &TestTime) 
         }
     }
     expect_err(
-        store.read_pages(&k, 1, &[1], pin).await,
+        store.read_pages(&k, Version(1), &[1], pin).await,
         |e| matches!(e, StoreError::OutOfRange(_)),
         "past its max age",
     )?;

@@ -41,7 +41,7 @@ pub type Outcome = anyhow::Result<()>;
 
 use super::{
     BeginRead, Commit, DbKey, Identity, Lease, PageStore, PinTtl, ReadAt, ReadView, StoreError,
-    StoreResult,
+    StoreResult, Version,
 };
 
 const PS: u32 = 4096;
@@ -62,11 +62,11 @@ pub const fn pin(ttl: Duration) -> PinTtl {
 /// A BeginRead of the newest version with `cached_version`.
 pub fn newest(cached_version: u64) -> BeginRead {
     BeginRead {
-        cached_version,
+        cached_version: Version(cached_version),
         at: ReadAt::Newest,
         pin: PIN,
         max_changes: MAX_CHANGES,
-        seen_version: 0,
+        seen_version: Version::ZERO,
     }
 }
 
@@ -123,8 +123,8 @@ pub fn commit(
     Commit {
         lease_id: lease.lease_id,
         epoch: lease.epoch,
-        base_version: base,
-        commit_id: rand::random(),
+        base_version: Version(base),
+        commit_id: crate::store::random_id(),
         identity: Identity::default(),
         page_size,
         page_count,
@@ -149,7 +149,9 @@ async fn read1(
     version: u64,
     page_no: u32,
 ) -> anyhow::Result<Bytes> {
-    let read = store.read_pages(key, version, &[page_no], PIN).await?;
+    let read = store
+        .read_pages(key, Version(version), &[page_no], PIN)
+        .await?;
     read.pages
         .into_iter()
         .next()
@@ -192,13 +194,13 @@ pub async fn read_your_writes_at_versions(store: &dyn PageStore) -> anyhow::Resu
         .commit(&k, commit(&lease, 0, PS, 3, &[(1, 1), (2, 1), (3, 1)]))
         .await?;
     ensure!(
-        v1.version == 1 && !v1.already_applied,
+        v1.version == Version(1) && !v1.already_applied,
         "first commit: {v1:?}"
     );
     let v2 = store
         .commit(&k, commit(&lease, 1, PS, 3, &[(2, 2)]))
         .await?;
-    ensure!(v2.version == 2, "second commit: {v2:?}");
+    ensure!(v2.version == Version(2), "second commit: {v2:?}");
     ensure!(page_is(store, &k, 2, 2, 2).await?, "v2 sees its own write");
     ensure!(
         page_is(store, &k, 2, 3, 1).await?,
@@ -216,7 +218,7 @@ pub async fn unwritten_pages_are_zeros(store: &dyn PageStore) -> anyhow::Result<
     store
         .commit(&k, commit(&lease, 0, PS, 4, &[(3, 7)]))
         .await?;
-    let read = store.read_pages(&k, 1, &[4, 2, 3], PIN).await?;
+    let read = store.read_pages(&k, Version(1), &[4, 2, 3], PIN).await?;
     ensure!(read.page_size == PS && read.pages.len() == 3, "read shape");
     for (i, data) in read.pages.iter().enumerate() {
         let fill = if i == 2 { 7 } else { 0 };
@@ -267,7 +269,7 @@ pub async fn truncate_then_grow_reads_zeros(store: &dyn PageStore) -> anyhow::Re
         .await?;
     store.commit(&k, commit(&lease, 1, PS, 2, &[])).await?;
     expect_err(
-        store.read_pages(&k, 2, &[3], PIN).await,
+        store.read_pages(&k, Version(2), &[3], PIN).await,
         |e| matches!(e, StoreError::InvalidArgument(_)),
         "page past the truncated end",
     )?;
@@ -307,7 +309,7 @@ pub async fn failed_commits_change_nothing(store: &dyn PageStore) -> anyhow::Res
     let before = store.info(&k).await?;
     let lost = |e: &StoreError| matches!(e, StoreError::LeaseLost(_));
     let mut bad = commit(&lease, 1, PS, 2, &[(2, 9)]);
-    bad.lease_id = rand::random();
+    bad.lease_id = crate::store::random_id();
     expect_err(
         store.commit(&k, bad.clone()).await,
         lost,
@@ -324,8 +326,8 @@ pub async fn failed_commits_change_nothing(store: &dyn PageStore) -> anyhow::Res
     )?;
     ensure!(
         e == StoreError::VersionConflict {
-            base: 0,
-            current: 1
+            base: Version(0),
+            current: Version(1)
         },
         "conflict names the versions: {e:?}"
     );
@@ -342,7 +344,7 @@ pub async fn failed_commits_change_nothing(store: &dyn PageStore) -> anyhow::Res
     bad.lease_id = lease.lease_id;
     let ok = store.commit(&k, bad).await?;
     ensure!(
-        ok.version == 2 && !ok.already_applied,
+        ok.version == Version(2) && !ok.already_applied,
         "corrected commit applies: {ok:?}"
     );
     Ok(())
@@ -374,7 +376,7 @@ pub async fn epoch_fencing_after_expiry(store: &dyn PageStore, time: &TestTime) 
     store.release_lease(&k, a.lease_id, a.epoch).await?;
     let done = store.commit(&k, commit(&b, 1, PS, 1, &[(1, 3)])).await?;
     ensure!(
-        done.version == 2,
+        done.version == Version(2),
         "B commits after A's release attempt: {done:?}"
     );
     ensure!(page_is(store, &k, 2, 1, 3).await?, "B's data");
@@ -384,7 +386,7 @@ pub async fn epoch_fencing_after_expiry(store: &dyn PageStore, time: &TestTime) 
         "A with the right base",
     )?;
     ensure!(
-        store.info(&k).await?.state.version == 2,
+        store.info(&k).await?.state.version == Version(2),
         "A changed nothing"
     );
     Ok(())
@@ -407,11 +409,11 @@ pub async fn commit_id_retry_after_release(store: &dyn PageStore) -> anyhow::Res
         .await?;
     let late = store.commit(&k, c).await?;
     ensure!(
-        late.version == 1 && late.already_applied,
+        late.version == Version(1) && late.already_applied,
         "late retry: {late:?}"
     );
     ensure!(
-        store.info(&k).await?.state.version == 2,
+        store.info(&k).await?.state.version == Version(2),
         "retries applied nothing"
     );
     ensure!(page_is(store, &k, 2, 1, 2).await?, "newest data kept");
@@ -500,7 +502,10 @@ pub async fn tenant_isolation(store: &dyn PageStore) -> anyhow::Result<()> {
         "other tenant's name",
     )?;
     let lb = writable(store, &kb).await?; // its own lease: A's does not cover it
-    ensure!(store.info(&kb).await?.state.version == 0, "B starts empty");
+    ensure!(
+        store.info(&kb).await?.state.version == Version(0),
+        "B starts empty"
+    );
     store.commit(&kb, commit(&lb, 0, PS, 1, &[(1, 2)])).await?;
     ensure!(
         page_is(store, &ka, 1, 1, 1).await? && page_is(store, &kb, 1, 1, 2).await?,
@@ -524,7 +529,7 @@ pub async fn create_list_delete(store: &dyn PageStore) -> anyhow::Result<()> {
     let t = "admin-t";
     let info = store.create(&key(t, "b/two.db")).await?;
     ensure!(
-        info.name == "b/two.db" && info.state.version == 0 && !info.lease_held,
+        info.name == "b/two.db" && info.state.version == Version(0) && !info.lease_held,
         "{info:?}"
     );
     expect_err(
@@ -604,7 +609,7 @@ pub async fn page_size_change(store: &dyn PageStore) -> anyhow::Result<()> {
         .await?;
     let whole = commit(&lease, 1, 8192, 2, &[(1, 5), (2, 5)]);
     store.commit(&k, whole).await?;
-    let read = store.read_pages(&k, 2, &[2], PIN).await?;
+    let read = store.read_pages(&k, Version(2), &[2], PIN).await?;
     ensure!(
         read.page_size == 8192 && read.pages.iter().all(|p| p.len() == 8192),
         "new size"
@@ -627,28 +632,36 @@ pub async fn read_errors(store: &dyn PageStore) -> anyhow::Result<()> {
     let oor = |e: &StoreError| matches!(e, StoreError::OutOfRange(_));
     let inv = |e: &StoreError| matches!(e, StoreError::InvalidArgument(_));
     expect_err(
-        store.read_pages(&k, 2, &[1], PIN).await,
+        store.read_pages(&k, Version(2), &[1], PIN).await,
         oor,
         "future version",
     )?;
-    expect_err(store.read_pages(&k, 1, &[0], PIN).await, inv, "page 0")?;
     expect_err(
-        store.read_pages(&k, 1, &[1, 3], PIN).await,
+        store.read_pages(&k, Version(1), &[0], PIN).await,
+        inv,
+        "page 0",
+    )?;
+    expect_err(
+        store.read_pages(&k, Version(1), &[1, 3], PIN).await,
         inv,
         "page past the end",
     )?;
     expect_err(
-        store.read_pages(&k, 0, &[1], PIN).await,
+        store.read_pages(&k, Version(0), &[1], PIN).await,
         inv,
         "any page at version 0",
     )?;
     ensure!(
-        store.read_pages(&k, 0, &[], PIN).await?.pages.is_empty(),
+        store
+            .read_pages(&k, Version(0), &[], PIN)
+            .await?
+            .pages
+            .is_empty(),
         "empty read at version 0"
     );
     expect_err(
         store
-            .read_pages(&key("readerr", "nope"), 1, &[1], PIN)
+            .read_pages(&key("readerr", "nope"), Version(1), &[1], PIN)
             .await,
         StoreError::is_not_found,
         "missing db",

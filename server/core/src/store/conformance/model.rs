@@ -15,6 +15,7 @@ use super::{Outcome, PIN, key, page_one};
 use crate::store::clock::system_unix_ms;
 use crate::store::{
     BeginRead, Commit, DbInfo, DbKey, Identity, Lease, MemoryStore, PageStore, ReadAt, StoreResult,
+    Version,
 };
 
 /// Operations per run.
@@ -56,11 +57,11 @@ fn info_shape(info: StoreResult<DbInfo>) -> StoreResult<(u64, u32, u32, u64, u64
     info.map(|i| {
         let s = i.state;
         (
-            s.version,
+            s.version.0,
             s.page_size,
             s.page_count,
             i.stored_bytes,
-            i.oldest_version,
+            i.oldest_version.0,
             i.lease_held,
         )
     })
@@ -93,10 +94,10 @@ impl Run<'_> {
             }
         }
         Commit {
-            lease_id: [0; 16],
+            lease_id: crate::store::LeaseId([0; 16]),
             epoch: 0,
-            base_version: self.version,
-            commit_id: rand::random(),
+            base_version: Version(self.version),
+            commit_id: crate::store::random_id(),
             identity: Identity::default(),
             page_size,
             page_count,
@@ -116,10 +117,11 @@ impl Run<'_> {
                 (c, 0)
             }
             _ => {
-                c.base_version = self.rng.random_range(0..=self.version + 2);
-                if c.base_version == self.version {
-                    c.base_version += 1;
+                let mut base = self.rng.random_range(0..=self.version + 2);
+                if base == self.version {
+                    base += 1;
                 }
+                c.base_version = Version(base);
                 (c, 0)
             }
         }
@@ -188,7 +190,10 @@ impl Run<'_> {
         let nos: Vec<u32> = (0..count).map(|_| self.rng.random_range(0..=top)).collect();
         let mut results = Vec::new();
         for side in &self.sides {
-            let read = side.store.read_pages(&self.key, version, &nos, PIN).await;
+            let read = side
+                .store
+                .read_pages(&self.key, Version(version), &nos, PIN)
+                .await;
             results.push(read.map(|r| (r.state.geometry(), r.page_size, r.pages)));
         }
         ensure!(
@@ -204,15 +209,15 @@ impl Run<'_> {
     async fn step_begin_read(&mut self) -> Outcome {
         let at = match self.rng.random_range(0..3) {
             0 => ReadAt::Newest,
-            _ => ReadAt::Version(self.rng.random_range(1..=self.version + 1)),
+            _ => ReadAt::Version(Version(self.rng.random_range(1..=self.version + 1))),
         };
         let cached_version = self.rng.random_range(0..=self.version + 1);
         let read = BeginRead {
-            cached_version,
+            cached_version: Version(cached_version),
             at,
             pin: PIN,
             max_changes: 64,
-            seen_version: 0,
+            seen_version: Version::ZERO,
         };
         let mut results = Vec::new();
         for side in &self.sides {

@@ -25,7 +25,7 @@ pub use pins::Pins;
 use crate::store::clock::{check_after_first_commit, describe_unix_ms};
 use crate::store::{
     BeginRead, ChangeWalk, Changes, DbState, Incarnation, NO_TAG, ReadAt, ReadView, StoreError,
-    StoreResult, VersionTag,
+    StoreResult, Version, VersionTag,
 };
 
 /// What one version is and changed.
@@ -46,7 +46,7 @@ pub struct VersionMeta {
 /// A version GC keeps, with its page count (pages past it are unreadable there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeptVersion {
-    pub version: u64,
+    pub version: Version,
     pub page_count: u32,
 }
 
@@ -57,7 +57,7 @@ pub struct History {
     /// Metadata of versions `oldest..=current`, indexed by `version - oldest`; never
     /// empty, and the oldest entry is always readable.
     versions: Vec<VersionMeta>,
-    oldest: u64,
+    oldest: Version,
     /// When version 1 was committed (kept through GC, to tell "before the first commit"
     /// from "no longer retained").
     first_commit_unix_ms: Option<i64>,
@@ -79,7 +79,7 @@ impl History {
         Self {
             incarnation,
             versions: vec![empty],
-            oldest: 0,
+            oldest: Version::ZERO,
             first_commit_unix_ms: None,
             gc_retention: None,
         }
@@ -89,7 +89,7 @@ impl History {
     /// when `versions` is empty.
     pub fn restore(
         incarnation: Incarnation,
-        oldest: u64,
+        oldest: Version,
         versions: Vec<VersionMeta>,
         first_commit_unix_ms: Option<i64>,
         gc_retention: Option<Duration>,
@@ -113,13 +113,13 @@ impl History {
     }
 
     /// The oldest version with metadata (always readable).
-    pub fn oldest(&self) -> u64 {
+    pub fn oldest(&self) -> Version {
         self.oldest
     }
 
     /// The newest version.
-    pub fn current(&self) -> u64 {
-        self.oldest + self.versions.len() as u64 - 1
+    pub fn current(&self) -> Version {
+        Version(self.oldest.0 + self.versions.len() as u64 - 1)
     }
 
     /// Metadata of versions `oldest..=current`, in order.
@@ -138,8 +138,8 @@ impl History {
     }
 
     /// The metadata of `version` while it is kept.
-    pub fn meta(&self, version: u64) -> Option<&VersionMeta> {
-        let index = version.checked_sub(self.oldest)?;
+    pub fn meta(&self, version: Version) -> Option<&VersionMeta> {
+        let index = version.0.checked_sub(self.oldest.0)?;
         self.versions.get(usize::try_from(index).ok()?)
     }
 
@@ -160,7 +160,7 @@ impl History {
     }
 
     /// The tag of `version` while its record is kept (collected versions keep theirs).
-    pub fn tag_of(&self, version: u64) -> Option<VersionTag> {
+    pub fn tag_of(&self, version: Version) -> Option<VersionTag> {
         self.meta(version).map(|m| m.tag)
     }
 
@@ -170,19 +170,19 @@ impl History {
     }
 
     /// Records the next version; commit times never go backwards. Returns its number.
-    pub fn push(&mut self, mut meta: VersionMeta) -> u64 {
+    pub fn push(&mut self, mut meta: VersionMeta) -> Version {
         let previous = self.updated_unix_ms().unwrap_or(i64::MIN);
         meta.committed_unix_ms = meta.committed_unix_ms.max(previous);
         self.versions.push(meta);
         let version = self.current();
-        if version == 1 {
+        if version == Version(1) {
             self.first_commit_unix_ms = Some(self.updated_unix_ms().unwrap_or_default());
         }
         version
     }
 
     /// The state at a readable `version`, or `OutOfRange` saying why not.
-    pub fn readable(&self, version: u64) -> StoreResult<(DbState, &VersionMeta)> {
+    pub fn readable(&self, version: Version) -> StoreResult<(DbState, &VersionMeta)> {
         if version > self.current() {
             return Err(StoreError::OutOfRange(format!(
                 "version {version} does not exist yet (newest: {})",
@@ -216,7 +216,7 @@ impl History {
     }
 
     /// The version a read at `at` starts at (readable, or `OutOfRange`).
-    pub fn resolve(&self, at: ReadAt) -> StoreResult<u64> {
+    pub fn resolve(&self, at: ReadAt) -> StoreResult<Version> {
         let version = match at {
             ReadAt::Newest => self.current(),
             ReadAt::Version(v) => v,
@@ -234,7 +234,7 @@ impl History {
         Ok(ReadView {
             state,
             changes: self.changes(read.cached_version, version, read.max_changes),
-            committed_unix_ms: if version == 0 {
+            committed_unix_ms: if version == Version::ZERO {
                 0
             } else {
                 meta.committed_unix_ms
@@ -244,13 +244,13 @@ impl History {
     }
 
     /// The newest version committed at or before `unix_ms`.
-    fn version_at_time(&self, unix_ms: i64) -> StoreResult<u64> {
+    fn version_at_time(&self, unix_ms: i64) -> StoreResult<Version> {
         check_after_first_commit(self.first_commit_unix_ms, unix_ms)?;
         let after = self
             .versions
             .partition_point(|m| m.committed_unix_ms <= unix_ms);
         match after.checked_sub(1) {
-            Some(index) => Ok(self.oldest + index as u64),
+            Some(index) => Ok(Version(self.oldest.0 + index as u64)),
             None => Err(self.not_retained(&format!(
                 "the version committed at or before {}",
                 describe_unix_ms(unix_ms)
@@ -261,14 +261,14 @@ impl History {
     /// Pages written in `(cached, target]`, or `None` when the client must drop its
     /// cache (no cache, unknown or too old, newer than `target`, a page-size change in
     /// between, or more than `limit` versions or listed pages).
-    pub fn changes(&self, cached: u64, target: u64, limit: usize) -> Option<Changes> {
-        if cached == 0 {
+    pub fn changes(&self, cached: Version, target: Version, limit: usize) -> Option<Changes> {
+        if cached == Version::ZERO {
             return None;
         }
         let page_size = self.meta(cached)?.page_size;
         let mut walk = ChangeWalk::new(cached, target, limit)?;
-        for version in cached + 1..=target {
-            let meta = self.meta(version)?;
+        for version in cached.0 + 1..=target.0 {
+            let meta = self.meta(Version(version))?;
             if meta.page_size != page_size {
                 return None;
             }
@@ -283,12 +283,13 @@ impl History {
         &self,
         now_unix_ms: i64,
         retention: Duration,
-        pinned: impl Fn(u64) -> bool,
+        pinned: impl Fn(Version) -> bool,
     ) -> Vec<KeptVersion> {
         let window = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff_unix_ms = now_unix_ms.saturating_sub(window);
         let current = self.current();
-        (self.oldest..=current)
+        (self.oldest.0..=current.0)
+            .map(Version)
             .zip(&self.versions)
             .filter(|(v, m)| {
                 m.retained && (*v == current || m.committed_unix_ms >= cutoff_unix_ms || pinned(*v))
@@ -313,14 +314,14 @@ impl History {
         };
         let mut collected = 0;
         let mut next = kept.iter().peekable();
-        for (version, meta) in (self.oldest..).zip(self.versions.iter_mut()) {
+        for (version, meta) in (self.oldest.0..).map(Version).zip(self.versions.iter_mut()) {
             let is_kept = next.next_if(|k| k.version == version).is_some();
             if meta.retained && !is_kept {
                 meta.retained = false;
                 collected += 1;
             }
         }
-        let below = usize::try_from(first.version - self.oldest).unwrap_or(0);
+        let below = usize::try_from(first.version.0 - self.oldest.0).unwrap_or(0);
         self.versions
             .drain(..below.min(self.versions.len().saturating_sub(1)));
         self.oldest = first.version;
@@ -339,14 +340,14 @@ pub fn trim_writes<W>(
     page_no: u32,
     writes: &mut Vec<W>,
     kept: &[KeptVersion],
-    key: impl Fn(&W) -> (u64, bool),
+    key: impl Fn(&W) -> (Version, bool),
 ) -> Vec<W> {
     let old = std::mem::take(writes);
-    let nexts: Vec<u64> = old
+    let nexts: Vec<Version> = old
         .iter()
         .skip(1)
         .map(|w| key(w).0)
-        .chain([u64::MAX])
+        .chain([Version(u64::MAX)])
         .collect();
     let mut removed = Vec::new();
     for (write, next) in old.into_iter().zip(nexts) {
@@ -362,7 +363,7 @@ pub fn trim_writes<W>(
 
 /// Whether a kept version in `[from, until)` (where this write is the newest of its
 /// page) covers `page_no`.
-fn read_by_some(kept: &[KeptVersion], page_no: u32, from: u64, until: u64) -> bool {
+fn read_by_some(kept: &[KeptVersion], page_no: u32, from: Version, until: Version) -> bool {
     let start = kept.partition_point(|k| k.version < from);
     kept.get(start..)
         .unwrap_or_default()

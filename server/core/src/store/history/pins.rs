@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
-use crate::store::PinTtl;
+use crate::store::{PinTtl, Version};
 
 #[derive(Debug, Clone, Copy)]
 struct Pin {
@@ -20,13 +20,13 @@ struct Pin {
 /// collect early, and the reader then gets `OutOfRange`, never wrong data).
 #[derive(Debug, Default)]
 pub struct Pins {
-    expires: BTreeMap<u64, Pin>,
+    expires: BTreeMap<Version, Pin>,
 }
 
 impl Pins {
     /// Pins `version` for `ttl.ttl` from `now` (a later pin is never shortened; an
     /// existing pin keeps its age limit).
-    pub fn pin(&mut self, version: u64, ttl: PinTtl, now: Instant) {
+    pub fn pin(&mut self, version: Version, ttl: PinTtl, now: Instant) {
         let cap = now + ttl.max_age;
         let pin = self
             .expires
@@ -37,7 +37,7 @@ impl Pins {
 
     /// Extends the pin on `version` to `ttl.ttl` from `now` (within its age limit), if
     /// a reader pinned it.
-    pub fn refresh(&mut self, version: u64, ttl: PinTtl, now: Instant) {
+    pub fn refresh(&mut self, version: Version, ttl: PinTtl, now: Instant) {
         if let Some(pin) = self.expires.get_mut(&version) {
             pin.until = pin.until.max((now + ttl.ttl).min(pin.cap));
         }
@@ -49,7 +49,7 @@ impl Pins {
     }
 
     /// Whether `version` is pinned at `now`.
-    pub fn holds(&self, version: u64, now: Instant) -> bool {
+    pub fn holds(&self, version: Version, now: Instant) -> bool {
         self.expires
             .get(&version)
             .is_some_and(|pin| pin.until > now)
@@ -74,16 +74,16 @@ mod tests {
         let now = Instant::now();
         let s = Duration::from_secs;
         let mut pins = Pins::default();
-        pins.pin(3, ttl(5), now);
-        pins.pin(3, ttl(1), now); // never shortened
-        assert!(pins.holds(3, now + s(4)));
-        assert!(!pins.holds(4, now));
-        pins.refresh(4, ttl(5), now); // refresh never creates a pin
-        assert!(!pins.holds(4, now));
-        pins.refresh(3, ttl(5), now + s(1));
-        assert!(pins.holds(3, now + Duration::from_millis(5500)));
+        pins.pin(Version(3), ttl(5), now);
+        pins.pin(Version(3), ttl(1), now); // never shortened
+        assert!(pins.holds(Version(3), now + s(4)));
+        assert!(!pins.holds(Version(4), now));
+        pins.refresh(Version(4), ttl(5), now); // refresh never creates a pin
+        assert!(!pins.holds(Version(4), now));
+        pins.refresh(Version(3), ttl(5), now + s(1));
+        assert!(pins.holds(Version(3), now + Duration::from_millis(5500)));
         pins.expire(now + s(6));
-        assert!(!pins.holds(3, now));
+        assert!(!pins.holds(Version(3), now));
     }
 
     #[test]
@@ -95,12 +95,15 @@ mod tests {
             max_age: s(5),
         };
         let mut pins = Pins::default();
-        pins.pin(7, short, now);
+        pins.pin(Version(7), short, now);
         for t in 1..10 {
-            pins.refresh(7, short, now + s(t));
-            pins.pin(7, short, now + s(t));
+            pins.refresh(Version(7), short, now + s(t));
+            pins.pin(Version(7), short, now + s(t));
         }
-        assert!(pins.holds(7, now + Duration::from_millis(4900)));
-        assert!(!pins.holds(7, now + s(5)), "capped at made + max age");
+        assert!(pins.holds(Version(7), now + Duration::from_millis(4900)));
+        assert!(
+            !pins.holds(Version(7), now + s(5)),
+            "capped at made + max age"
+        );
     }
 }

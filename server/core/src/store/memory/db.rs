@@ -11,8 +11,8 @@ use super::lease::{LeaseRecord, LeaseSlot};
 use super::pages::Pages;
 use crate::store::history::{History, Pins, VersionMeta};
 use crate::store::{
-    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbState, GcStats, Id16, Lease,
-    PageRead, PinTtl, ReadView, StoreError, StoreResult, random_id,
+    BeginRead, Commit, CommitHeader, CommitId, CommitOutcome, DbInfo, DbState, GcStats, Lease,
+    LeaseId, PageRead, PinTtl, ReadView, StoreError, StoreResult, Version, random_id,
 };
 use crate::validate;
 
@@ -23,16 +23,16 @@ const COMMIT_IDS_KEPT: usize = 1024;
 /// history: GC never trims it.
 #[derive(Debug, Default)]
 struct CommitLog {
-    versions: HashMap<Id16, u64>,
-    order: VecDeque<Id16>,
+    versions: HashMap<CommitId, Version>,
+    order: VecDeque<CommitId>,
 }
 
 impl CommitLog {
-    fn get(&self, id: &Id16) -> Option<u64> {
+    fn get(&self, id: &CommitId) -> Option<Version> {
         self.versions.get(id).copied()
     }
 
-    fn remember(&mut self, id: Id16, version: u64) {
+    fn remember(&mut self, id: CommitId, version: Version) {
         self.versions.insert(id, version);
         self.order.push_back(id);
         while self.order.len() > COMMIT_IDS_KEPT {
@@ -108,7 +108,7 @@ impl MemDb {
 
     pub(super) fn renew(
         &mut self,
-        lease_id: Id16,
+        lease_id: LeaseId,
         epoch: u64,
         ttl: Duration,
         now: Instant,
@@ -117,7 +117,7 @@ impl MemDb {
         Ok(self.grant(&record))
     }
 
-    pub(super) fn release(&mut self, lease_id: Id16, epoch: u64) {
+    pub(super) fn release(&mut self, lease_id: LeaseId, epoch: u64) {
         self.lease.release(lease_id, epoch);
     }
 
@@ -129,7 +129,7 @@ impl MemDb {
 
     pub(super) fn read(
         &mut self,
-        version: u64,
+        version: Version,
         page_nos: &[u32],
         pin: PinTtl,
         now: Instant,
@@ -202,7 +202,7 @@ impl MemDb {
 
     /// Writes a checked commit as version `base.version + 1`; returns that state.
     fn apply(&mut self, commit: Commit, base: DbState, now_unix_ms: i64) -> DbState {
-        let version = base.version + 1;
+        let version = Version(base.version.0 + 1);
         let (commit_id, page_size, page_count) =
             (commit.commit_id, commit.page_size, commit.page_count);
         let changed = self.pages.write(commit, base.page_count, version);

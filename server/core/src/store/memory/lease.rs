@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::store::{Id16, StoreError, StoreResult};
+use crate::store::{LeaseId, StoreError, StoreResult, random_id};
 
 /// The holder of a write lease (kept after expiry until replaced, for error messages).
 #[derive(Debug, Clone)]
 pub(super) struct LeaseRecord {
-    pub lease_id: Id16,
+    pub lease_id: LeaseId,
     pub epoch: u64,
     pub client_id: String,
     pub ttl: Duration,
@@ -50,7 +50,7 @@ impl LeaseSlot {
         }
         self.max_epoch += 1;
         let record = LeaseRecord {
-            lease_id: rand::random(),
+            lease_id: random_id(),
             epoch: self.max_epoch,
             client_id: client_id.to_owned(),
             ttl,
@@ -63,7 +63,7 @@ impl LeaseSlot {
     /// The current lease if `lease_id`/`epoch` name it and it has not expired.
     pub(super) fn check(
         &mut self,
-        lease_id: Id16,
+        lease_id: LeaseId,
         epoch: u64,
         now: Instant,
     ) -> StoreResult<&mut LeaseRecord> {
@@ -90,7 +90,7 @@ impl LeaseSlot {
     /// Extends the current lease by `ttl` from now.
     pub(super) fn renew(
         &mut self,
-        lease_id: Id16,
+        lease_id: LeaseId,
         epoch: u64,
         ttl: Duration,
         now: Instant,
@@ -109,7 +109,7 @@ impl LeaseSlot {
     }
 
     /// Releases the lease if `lease_id`/`epoch` name the current one.
-    pub(super) fn release(&mut self, lease_id: Id16, epoch: u64) {
+    pub(super) fn release(&mut self, lease_id: LeaseId, epoch: u64) {
         let ours = self
             .lease
             .as_ref()

@@ -22,8 +22,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
 use super::{
-    BeginRead, Clock, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Id16,
-    Lease, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult,
+    BeginRead, Clock, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
+    LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult, Version,
 };
 use db::MemDb;
 
@@ -146,14 +146,14 @@ impl PageStore for MemoryStore {
     async fn renew_lease(
         &self,
         key: &DbKey,
-        lease_id: Id16,
+        lease_id: LeaseId,
         epoch: u64,
         ttl: Duration,
     ) -> StoreResult<Lease> {
         self.with_db(key, |db| db.renew(lease_id, epoch, ttl, Instant::now()))
     }
 
-    async fn release_lease(&self, key: &DbKey, lease_id: Id16, epoch: u64) -> StoreResult<()> {
+    async fn release_lease(&self, key: &DbKey, lease_id: LeaseId, epoch: u64) -> StoreResult<()> {
         let released = self.with_db(key, |db| {
             db.release(lease_id, epoch);
             Ok(())
@@ -171,7 +171,7 @@ impl PageStore for MemoryStore {
     async fn read_pages(
         &self,
         key: &DbKey,
-        version: u64,
+        version: Version,
         page_nos: &[u32],
         pin: PinTtl,
     ) -> StoreResult<PageRead> {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use bytes::Bytes;
 
 use crate::store::history::{KeptVersion, trim_writes};
-use crate::store::{Changes, Commit, StoreError, StoreResult};
+use crate::store::{Changes, Commit, StoreError, StoreResult, Version};
 use crate::validate;
 
 /// Zero bytes that zero-filled pages are sliced from (without copying).
@@ -19,7 +19,7 @@ fn zero_page(page_size: u32) -> Bytes {
 
 /// One write of a page: its version and data; `None` is a zero page (a hole left when
 /// the file grew over pages an older version had written).
-type Write = (u64, Option<Bytes>);
+type Write = (Version, Option<Bytes>);
 
 #[derive(Debug, Default)]
 pub(super) struct Pages {
@@ -34,7 +34,7 @@ impl Pages {
     }
 
     /// Page `page_no` as of `version`: the newest write at or before it, zeros if none.
-    pub(super) fn at(&self, page_no: u32, version: u64, page_size: u32) -> StoreResult<Bytes> {
+    pub(super) fn at(&self, page_no: u32, version: Version, page_size: u32) -> StoreResult<Bytes> {
         let Some(writes) = self.writes.get(&page_no) else {
             return Ok(zero_page(page_size));
         };
@@ -54,7 +54,7 @@ impl Pages {
     /// Stores a checked commit's pages as `version`; returns what it changed: its pages
     /// and, when the file grew, the range past the old end (whether or not a hole marker
     /// was needed: GC may have deleted the stale write a client still caches).
-    pub(super) fn write(&mut self, commit: Commit, base_count: u32, version: u64) -> Changes {
+    pub(super) fn write(&mut self, commit: Commit, base_count: u32, version: Version) -> Changes {
         self.mark_holes(&commit, base_count, version);
         let changes = Changes::of_commit(
             commit.pages.iter().map(|(no, _)| *no),
@@ -75,7 +75,7 @@ impl Pages {
     /// When the file grows, pages past the old end that an older version had written (before
     /// a truncate) and this commit does not carry must read as zeros: writes a zero marker
     /// for each. Never-written pages read as zeros already.
-    fn mark_holes(&mut self, commit: &Commit, base_count: u32, version: u64) {
+    fn mark_holes(&mut self, commit: &Commit, base_count: u32, version: Version) {
         if commit.page_count <= base_count {
             return;
         }
@@ -130,7 +130,7 @@ mod tests {
     fn kept(list: &[(u64, u32)]) -> Vec<KeptVersion> {
         list.iter()
             .map(|&(version, page_count)| KeptVersion {
-                version,
+                version: Version(version),
                 page_count,
             })
             .collect()
@@ -143,15 +143,24 @@ mod tests {
     #[test]
     fn trim_keeps_writes_visible_at_kept_versions() {
         // Page 2 written at 1, 3, 5, 8; kept versions 4 and 9.
-        let mut page = vec![(1, data(1)), (3, data(3)), (5, data(5)), (8, data(8))];
+        let mut page = vec![
+            (Version(1), data(1)),
+            (Version(3), data(3)),
+            (Version(5), data(5)),
+            (Version(8), data(8)),
+        ];
         let removed = trim_page(2, &mut page, &kept(&[(4, 2), (9, 2)]));
         assert_eq!(removed, (2, 1024));
-        assert_eq!(page.iter().map(|w| w.0).collect::<Vec<_>>(), [3, 8]);
+        assert_eq!(page.iter().map(|w| w.0.0).collect::<Vec<_>>(), [3, 8]);
     }
 
     #[test]
     fn trim_drops_pages_past_every_kept_end_and_leading_holes() {
-        let mut page = vec![(1, data(1)), (4, None), (6, data(6))];
+        let mut page = vec![
+            (Version(1), data(1)),
+            (Version(4), None),
+            (Version(6), data(6)),
+        ];
         // Kept: 5 (3 pages: page 3 readable, a hole) and 7 (2 pages: page 3 not readable).
         let removed = trim_page(3, &mut page, &kept(&[(5, 3), (7, 2)]));
         assert_eq!(removed, (3, 1024));
