@@ -34,7 +34,11 @@ fn symbols(lib: &Path, flag: &str) -> Vec<String> {
         .arg(lib)
         .output()
         .expect("run nm (binutils)");
-    assert!(out.status.success(), "nm {lib:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nm {lib:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| line.split_whitespace().last().map(str::to_owned))
