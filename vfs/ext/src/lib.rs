@@ -10,7 +10,7 @@
 //! stderr, filtered by `PAGEWIRE_LOG` (the extension is the program's only Rust, so it
 //! owns the log subscriber; a Rust program linking `pagewire-vfs` keeps its own).
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::c_int;
 
 use sqlite_plugin::vars;
 use sqlite_plugin::vfs::RegisterOpts;
@@ -61,8 +61,8 @@ pub extern "C" fn pagewire_vfs_register() -> c_int {
 #[cfg(feature = "dynamic")]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sqlite3_pagewirevfs_init(
-    _db: *mut c_void,
-    pz_err_msg: *mut *const c_char,
+    _db: *mut std::ffi::c_void,
+    pz_err_msg: *mut *const std::ffi::c_char,
     p_api: *mut sqlite_plugin::sqlite3_api_routines,
 ) -> c_int {
     let registered = std::panic::catch_unwind(|| {
