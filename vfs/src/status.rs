@@ -11,9 +11,13 @@
 //! a hyper, h2 or connect error, our own deadline) keeps that error as its
 //! [`std::error::Error::source`]. So `INTERNAL` with a source is transport trouble.
 //!
-//! The deadline the VFS sends as `grpc-timeout` is enforced by tonic's channel too;
-//! when it fires first, the status is `CANCELLED` with a [`tonic::TimeoutExpired`] in
-//! its source chain, which is how [`Class::TimedOut`] is told from a cancellation.
+//! The deadline the VFS sends as `grpc-timeout` is enforced on both sides. When
+//! tonic's channel fires first, the status is `CANCELLED` with a
+//! [`tonic::TimeoutExpired`] in its source chain; when the server's does, its answer is
+//! `CANCELLED` with no source (tonic's server enforcement, the only `CANCELLED` a
+//! pagewire server sends: a broken commit stream is `UNAVAILABLE`). Either is
+//! [`Class::TimedOut`]. A `CANCELLED` whose source is something else (hyper's
+//! "connection closed" on this side) is transport trouble.
 
 use std::error::Error;
 
@@ -26,7 +30,7 @@ pub enum Class {
     /// counted (a call ends at its second).
     TimedOut,
     /// Connection or transport trouble (`UNAVAILABLE`, `UNKNOWN`, `CANCELLED`,
-    /// `DEADLINE_EXCEEDED`, an `INTERNAL` of the transport): the server may never have
+    /// `DEADLINE_EXCEEDED`, a `CANCELLED` or an `INTERNAL` of the transport): the server may never have
     /// seen the call, or its answer was lost. The same call may be sent again (commits
     /// are idempotent by commit id).
     Transport,
@@ -60,7 +64,7 @@ impl Class {
     /// the transport made it; see the module comment).
     pub fn of(status: &Status) -> Class {
         match status.code() {
-            Code::Cancelled if timed_out(status) => Class::TimedOut,
+            Code::Cancelled if our_deadline_passed(status) => Class::TimedOut,
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
                 Class::Transport
             }
@@ -90,10 +94,14 @@ impl Class {
     }
 }
 
-/// tonic's own enforcement of the `grpc-timeout` we sent somewhere in the status's
-/// source chain (a server's `CANCELLED` has no source at all).
-fn timed_out(status: &Status) -> bool {
-    let mut source = status.source();
+/// The `grpc-timeout` we sent ran out: the server said so (a `CANCELLED` decoded from
+/// its answer has no source), or tonic's channel enforced it (a
+/// [`tonic::TimeoutExpired`] in the source chain).
+fn our_deadline_passed(status: &Status) -> bool {
+    let Some(first) = status.source() else {
+        return true;
+    };
+    let mut source = Some(first);
     while let Some(e) = source {
         if e.is::<tonic::TimeoutExpired>() {
             return true;
@@ -150,7 +158,8 @@ mod tests {
                 Status::deadline_exceeded("--stream-idle-timeout"),
                 Class::Transport,
             ),
-            (Status::cancelled("client went away"), Class::Transport),
+            // tonic's server enforcing the grpc-timeout we sent.
+            (Status::cancelled("Timeout expired"), Class::TimedOut),
         ];
         for (status, class) in cases {
             assert_eq!(Class::of(&status), class, "{status:?}");
@@ -187,11 +196,14 @@ mod tests {
         assert_eq!(Class::of(&expired), Class::TimedOut);
         let wrapped = from_transport(Wrapped(Box::new(tonic::TimeoutExpired(()))));
         assert_eq!(Class::of(&wrapped), Class::TimedOut);
-        // The same words from a server, or any other cancellation, are not our deadline.
-        assert_eq!(
-            Class::of(&Status::cancelled("Timeout expired")),
-            Class::Transport
-        );
+        // The server's enforcement of it: CANCELLED, decoded from the answer (no
+        // source), whatever the words.
+        assert_eq!(Class::of(&Status::cancelled("deadline")), Class::TimedOut);
+        // A cancellation made on this side for another reason is transport trouble.
+        let closed = from_transport(Wrapped(Box::new(io::Error::other("connection closed"))));
+        let mut cancelled = Status::cancelled("operation was canceled");
+        cancelled.set_source(Arc::new(closed));
+        assert_eq!(Class::of(&cancelled), Class::Transport);
         assert!(Class::TimedOut.is_retryable());
     }
 

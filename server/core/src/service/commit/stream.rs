@@ -48,7 +48,9 @@ fn broken_stream(status: Status) -> Status {
             "undecodable commit stream message: {}{nothing}",
             status.message()
         )),
-        _ => Status::cancelled(format!(
+        // UNAVAILABLE, not CANCELLED: a client reads a CANCELLED from the server as the
+        // grpc-timeout it sent having run out (tonic's enforcement).
+        _ => Status::unavailable(format!(
             "commit stream broke: {}{nothing}",
             status.message()
         )),
