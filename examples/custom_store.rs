@@ -251,16 +251,8 @@ impl Db {
     }
 
     fn info(&self, now: i64) -> DbInfo {
-        let (h, created) = (&self.history, self.created.unix_ms);
-        DbInfo {
-            name: self.created.name.clone(),
-            state: h.state(),
-            stored_bytes: self.pages.stored_bytes(),
-            oldest_version: h.oldest(),
-            created_unix_ms: created,
-            updated_unix_ms: h.updated_unix_ms().unwrap_or(created),
-            lease_held: self.lease.live(now).is_some(),
-        }
+        let (bytes, lease_held) = (self.pages.stored_bytes(), self.lease.live(now).is_some());
+        (self.history).info(&self.created.name, self.created.unix_ms, bytes, lease_held)
     }
 
     /// Runs `f` on a copy of the lease slot and logs the copy if `f` changed it.
@@ -274,17 +266,10 @@ impl Db {
     }
 
     fn read(&mut self, version: Version, nos: &[u32], pin: PinTtl) -> StoreResult<PageRead> {
-        let (state, _) = self.history.readable(version)?;
-        validate::page_nos_in_range(nos, state.page_count)?;
-        let page = |&no| self.pages.page(no, version, state.page_size);
-        let pages = nos.iter().map(page).collect::<StoreResult<_>>()?;
+        let read = self.pages.read(&self.history, version, nos)?;
         // A read extends a pin that a BeginRead put on this version, but makes none.
         self.pins.refresh(version, pin, Instant::now());
-        Ok(PageRead {
-            state,
-            page_size: state.page_size,
-            pages,
-        })
+        Ok(read)
     }
 
     /// The checks of a commit that need only its header, in the trait's order.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::store::history::{History, KeptVersion, trim_writes};
-use crate::store::{Changes, GcStats, StoreError, StoreResult, Version};
+use crate::store::{Changes, GcStats, PageRead, StoreError, StoreResult, Version};
 use crate::validate;
 
 /// What a store keeps of one page write: its bytes, or where they are.
@@ -178,6 +178,27 @@ impl PageWrites<Bytes> {
             )));
         }
         Ok(data.clone())
+    }
+
+    /// A read of `page_nos` at `version`: `OutOfRange` unless `history` has it readable
+    /// and the pages are within its page count.
+    pub fn read(
+        &self,
+        history: &History,
+        version: Version,
+        page_nos: &[u32],
+    ) -> StoreResult<PageRead> {
+        let (state, _) = history.readable(version)?;
+        validate::page_nos_in_range(page_nos, state.page_count)?;
+        let pages = page_nos
+            .iter()
+            .map(|&no| self.page(no, version, state.page_size))
+            .collect::<StoreResult<_>>()?;
+        Ok(PageRead {
+            state,
+            page_size: state.page_size,
+            pages,
+        })
     }
 }
 

@@ -47,18 +47,12 @@ impl MemDb {
     }
 
     pub(super) fn info(&self, name: &str, now_unix_ms: i64) -> DbInfo {
-        DbInfo {
-            name: name.to_owned(),
-            state: self.state(),
-            stored_bytes: self.pages.stored_bytes(),
-            oldest_version: self.history.oldest(),
-            created_unix_ms: self.created_unix_ms,
-            updated_unix_ms: self
-                .history
-                .updated_unix_ms()
-                .unwrap_or(self.created_unix_ms),
-            lease_held: self.lease.live(now_unix_ms).is_some(),
-        }
+        let (bytes, lease_held) = (
+            self.pages.stored_bytes(),
+            self.lease.live(now_unix_ms).is_some(),
+        );
+        self.history
+            .info(name, self.created_unix_ms, bytes, lease_held)
     }
 
     pub(super) fn acquire(
@@ -99,18 +93,9 @@ impl MemDb {
         pin: PinTtl,
         now: Instant,
     ) -> StoreResult<PageRead> {
-        let (state, _) = self.history.readable(version)?;
-        validate::page_nos_in_range(page_nos, state.page_count)?;
-        let pages = page_nos
-            .iter()
-            .map(|&no| self.pages.page(no, version, state.page_size))
-            .collect::<StoreResult<_>>()?;
+        let read = self.pages.read(&self.history, version, page_nos)?;
         self.pins.refresh(version, pin, now);
-        Ok(PageRead {
-            state,
-            page_size: state.page_size,
-            pages,
-        })
+        Ok(read)
     }
 
     /// The checks of [`MemDb::commit`] that need only the header (see
