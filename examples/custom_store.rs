@@ -17,22 +17,25 @@
 //! pins), and cuts off a record a crash tore. A create's commit point is the rename of its
 //! first record's file, a delete's the unlink of the log.
 //!
-//! **The rules a store keeps**, and where this one keeps them:
-//! - *History*: [`pagewire_server_core::store::history`], shared with the memory store. A
-//!   [`History`] answers as-of reads, change lists, which versions are readable and which GC
-//!   keeps; [`trim_writes`] picks the page writes GC drops; [`Pins`] are reader pins (only in
-//!   memory: a pin lost in a restart lets GC collect early, and the reader then gets
-//!   `OutOfRange`, never wrong data; so GC logs the pins it honoured). The store keeps the
-//!   pages: a read takes a page's newest write at or before the version, and a zero marker
-//!   hides what an older version wrote past a truncate when the file grows again.
-//! - *Leases and fencing*: every grant a new epoch, never reused; renew and commit need the
-//!   current, unexpired lease id and epoch; a commit renews the lease. Expiry is Unix ms from
-//!   the store's [`Clock`] (in tests, tokio's paused clock), logged: a restart neither frees a
-//!   held lease nor reuses an epoch.
-//! - *Commit-id retries*: the last [`COMMIT_IDS_KEPT`] commit ids, looked up before the lease,
-//!   so a retry after the lease lapsed still learns that its commit applied.
-//! - *Identity*: the incarnation (random at create) and version tags (random at commit) are in
-//!   the [`History`] and the log (never drawn again on replay); [`Db::check`] runs the checks.
+//! **The rules a store keeps** are written once, in modules of
+//! [`pagewire_server_core::store`] that the memory store uses too; this store keeps their
+//! state in each [`Db`] and logs what changes it:
+//! - [`history`]: a [`History`] answers as-of reads, change lists, which versions are
+//!   readable and which GC keeps. [`Pins`] are reader pins, only in memory: a pin lost in a
+//!   restart lets GC collect early, and the reader then gets `OutOfRange`, never wrong data
+//!   (so GC logs the pins it honoured);
+//! - [`page_writes`]: per page its writes; a read takes the newest at or before the version,
+//!   a zero marker hides what an older version wrote past a truncate, GC drops the writes no
+//!   kept version reads;
+//! - [`lease_slot`]: a new epoch per grant, never reused; fencing; a commit renews the
+//!   lease. Expiry is Unix ms from the store's [`Clock`], so a restart neither frees a held
+//!   lease nor reuses an epoch;
+//! - [`commit_check`]: the header checks in order (incarnation; commit id, among the last
+//!   [`COMMIT_IDS_KEPT`], before the lease so a retry after the lease lapsed still learns
+//!   its commit applied; lease; base version and tag).
+//!
+//! Ids drawn at random (incarnation, version tags, lease ids) are logged, never drawn again
+//! on replay.
 //!
 //! **Simplifications** (it is an example): all pages are in memory; logs only grow (a real
 //! store compacts them), every lease renewal adds a record and the start-up replays them all:
@@ -40,8 +43,14 @@
 //! async methods (a real store locks per database, uses `spawn_blocking`). One server per
 //! directory (a real store holds a lock file). A torn record is told by its length only (a
 //! real store checksums records).
+//!
+//! [`history`]: pagewire_server_core::store::history
+//! [`page_writes`]: pagewire_server_core::store::page_writes
+//! [`lease_slot`]: pagewire_server_core::store::lease_slot
+//! [`commit_check`]: pagewire_server_core::store::commit_check
+//! [`COMMIT_IDS_KEPT`]: pagewire_server_core::store::commit_check::COMMIT_IDS_KEPT
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
@@ -51,11 +60,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pagewire_server_core::store::history::{History, Pins, VersionMeta, trim_writes};
+use pagewire_server_core::store::commit_check::{self, CommitIds, outcome};
+use pagewire_server_core::store::history::{History, Pins, VersionMeta};
+use pagewire_server_core::store::lease_slot::LeaseSlot;
+use pagewire_server_core::store::page_writes::PageWrites;
 use pagewire_server_core::store::{
-    BeginRead, Changes, Clock, Commit, CommitHeader, CommitId, CommitOutcome, DbInfo, DbKey,
-    DbState, GcStats, Incarnation, Lease, LeaseId, PageRead, PageStore, PinTtl, ReadView,
-    StoreError, StoreResult, Version, VersionTag, random_id,
+    BeginRead, Clock, Commit, CommitHeader, CommitId, CommitOutcome, DbInfo, DbKey, DbState,
+    GcStats, Incarnation, Lease, LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError,
+    StoreResult, Version, VersionTag, random_id,
 };
 use pagewire_server_core::{ServerConfig, serve, validate};
 use parking_lot::Mutex;
@@ -74,16 +86,13 @@ async fn main() -> anyhow::Result<()> {
     serve(listener, store, ServerConfig::default(), stop).await
 }
 
-/// How many recent commit ids each database remembers for retries.
-const COMMIT_IDS_KEPT: usize = 1024;
-
 /// A change to a database: one log record. On disk, a little-endian u32 length, that many
 /// bytes of this in TOML, then a commit's pages. Ids are their 16 bytes (the id types have no serde).
 #[derive(Serialize, Deserialize)]
 enum Change {
     Created(Created),
-    /// A grant, a renewal, or a release (an expiry of 0).
-    Lease(LeaseRecord),
+    /// The lease slot after a grant, a renewal or a release.
+    Lease(LeaseSlot),
     Committed(CommitRecord),
     /// A GC pass at `unix_ms`, with the versions it found pinned.
     Collected {
@@ -99,15 +108,6 @@ struct Created {
     name: String,
     incarnation: [u8; 16],
     unix_ms: i64,
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-struct LeaseRecord {
-    id: [u8; 16],
-    epoch: u64,
-    client_id: String,
-    ttl_ms: i64,
-    expires_unix_ms: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -143,10 +143,6 @@ fn decode(log: &[u8]) -> Option<(Change, Vec<Bytes>, usize)> {
     Some((change, pages.map(Bytes::copy_from_slice).collect(), end))
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 fn not_found(key: &DbKey) -> StoreError {
     StoreError::NotFound(key.name.clone())
 }
@@ -169,12 +165,9 @@ struct Db {
     log_len: u64,
     created: Created,
     history: History,
-    /// Per page, its writes in ascending version order (`None`: a zero marker).
-    writes: BTreeMap<u32, Vec<(Version, Option<Bytes>)>>,
-    /// The last lease granted (its epoch is the highest ever granted).
-    lease: Option<LeaseRecord>,
-    /// Recently applied commits, newest first.
-    commit_ids: VecDeque<(CommitId, Version)>,
+    pages: PageWrites<Bytes>,
+    lease: LeaseSlot,
+    commit_ids: CommitIds,
     pins: Pins,
 }
 
@@ -187,14 +180,14 @@ impl Db {
         };
         let log = OpenOptions::new().write(true).open(&path)?;
         let history = History::new(created.unix_ms, Incarnation(created.incarnation));
-        let (writes, lease, commit_ids, pins) = Default::default();
+        let (pages, lease, commit_ids, pins) = Default::default();
         let mut db = Db {
             path,
             log,
             log_len: 0,
             created,
             history,
-            writes,
+            pages,
             lease,
             commit_ids,
             pins,
@@ -222,151 +215,67 @@ impl Db {
 
     /// Applies a change whose record is in the log: live, and when the start-up replays it.
     fn apply(&mut self, change: Change, data: Vec<Bytes>) -> GcStats {
-        let mut stats = GcStats::default();
         match change {
             Change::Created(_) => {}
-            Change::Lease(lease) => self.lease = Some(lease),
+            Change::Lease(slot) => self.lease = slot,
             Change::Committed(c) => {
                 let (base, version) = (self.history.state(), Version(self.history.current().0 + 1));
-                // Where the file grows over pages an older version wrote (before a truncate)
-                // that this commit does not carry: zero markers. Looked for among the written
-                // pages, never by walking the grown range, which may be billions of pages.
-                let carried: HashSet<u32> = c.pages.iter().copied().collect();
-                let grown = self.writes.range_mut(base.page_count + 1..);
-                for (no, writes) in grown.take_while(|(no, _)| **no <= c.page_count) {
-                    if writes.last().is_some_and(|w| w.1.is_some()) && !carried.contains(no) {
-                        writes.push((version, None));
-                    }
-                }
-                for (no, page) in c.pages.iter().zip(data) {
-                    let writes = self.writes.entry(*no).or_default();
-                    writes.push((version, Some(page)));
-                }
+                let pages = c.pages.iter().copied().zip(data);
+                let changed = self
+                    .pages
+                    .write(pages, base.page_count, c.page_count, version);
                 self.history.push(VersionMeta {
                     page_size: c.page_size,
                     page_count: c.page_count,
                     committed_unix_ms: c.unix_ms,
                     tag: VersionTag(c.tag),
-                    changed: Changes::of_commit(c.pages, base.page_count, c.page_count),
+                    changed,
                     retained: true,
                 });
-                self.commit_ids.push_front((CommitId(c.commit_id), version));
-                self.commit_ids.truncate(COMMIT_IDS_KEPT);
-                if let Some(l) = &mut self.lease {
-                    l.expires_unix_ms = c.unix_ms.saturating_add(l.ttl_ms);
-                }
+                self.commit_ids.remember(CommitId(c.commit_id), version);
+                self.lease.touch(c.unix_ms);
             }
             Change::Collected {
                 unix_ms,
                 retention_ms,
                 pinned,
             } => {
-                let (history, writes) = (&mut self.history, &mut self.writes);
                 let retention = Duration::from_millis(retention_ms);
-                let kept = history.kept(unix_ms, retention, |v| pinned.contains(&v.0));
-                for (&no, page) in writes.iter_mut() {
-                    for (_, data) in trim_writes(no, page, &kept, |w| (w.0, w.1.is_none())) {
-                        stats.writes_removed += 1;
-                        stats.bytes_freed += data.map_or(0, |d| d.len() as u64);
-                    }
-                }
-                writes.retain(|_, page| !page.is_empty());
-                stats.versions_collected = history.collect(&kept, retention);
+                let kept = self
+                    .history
+                    .kept(unix_ms, retention, |v| pinned.contains(&v.0));
+                return self.pages.gc(&mut self.history, &kept, retention);
             }
         }
-        stats
+        GcStats::default()
     }
 
     fn info(&self, now: i64) -> DbInfo {
-        let (h, created) = (&self.history, self.created.unix_ms);
-        let data = self.writes.values().flatten().filter_map(|w| w.1.as_ref());
-        DbInfo {
-            name: self.created.name.clone(),
-            state: h.state(),
-            stored_bytes: data.map(|d| d.len() as u64).sum(),
-            oldest_version: h.oldest(),
-            created_unix_ms: created,
-            updated_unix_ms: h.updated_unix_ms().unwrap_or(created),
-            lease_held: self.live_lease(now).is_some(),
+        let (bytes, lease_held) = (self.pages.stored_bytes(), self.lease.live(now).is_some());
+        (self.history).info(&self.created.name, self.created.unix_ms, bytes, lease_held)
+    }
+
+    /// Runs `f` on a copy of the lease slot and logs the copy if `f` changed it.
+    fn lease<T>(&mut self, f: impl FnOnce(&mut LeaseSlot) -> StoreResult<T>) -> StoreResult<T> {
+        let mut slot = self.lease.clone();
+        let done = f(&mut slot)?;
+        if slot != self.lease {
+            self.record(Change::Lease(slot), Vec::new())?;
         }
-    }
-
-    fn live_lease(&self, now: i64) -> Option<&LeaseRecord> {
-        self.lease.as_ref().filter(|l| now < l.expires_unix_ms)
-    }
-
-    /// Fencing: `id` and `epoch` must name the current, unexpired lease.
-    fn check_lease(&self, id: LeaseId, epoch: u64, now: i64) -> StoreResult<LeaseRecord> {
-        let why = match &self.lease {
-            Some(l) if (l.id, l.epoch) != (id.0, epoch) => {
-                format!("superseded by epoch {}", l.epoch)
-            }
-            Some(l) if now < l.expires_unix_ms => return Ok(l.clone()),
-            _ => "no longer held (released or expired)".into(),
-        };
-        let why = format!("the write lease (epoch {epoch}) is {why}; acquire a new one");
-        Err(StoreError::LeaseLost(why))
-    }
-
-    /// Logs `lease` as the current one and returns it.
-    fn grant(&mut self, lease: LeaseRecord) -> StoreResult<Lease> {
-        let (lease_id, epoch) = (LeaseId(lease.id), lease.epoch);
-        let ttl = Duration::from_millis(lease.ttl_ms as u64);
-        self.record(Change::Lease(lease), Vec::new())?;
-        let state = self.history.state();
-        Ok(Lease {
-            lease_id,
-            epoch,
-            ttl,
-            state,
-        })
+        Ok(done)
     }
 
     fn read(&mut self, version: Version, nos: &[u32], pin: PinTtl) -> StoreResult<PageRead> {
-        let (state, _) = self.history.readable(version)?;
-        validate::page_nos_in_range(nos, state.page_count)?;
-        let page = |no| {
-            let writes = self.writes.get(no).map_or(&[][..], Vec::as_slice);
-            let newest = writes[..writes.partition_point(|w| w.0 <= version)].last();
-            let data = newest.and_then(|w| w.1.clone());
-            data.unwrap_or_else(|| Bytes::from(vec![0; state.page_size as usize]))
-        };
-        let pages = nos.iter().map(page).collect();
+        let read = self.pages.read(&self.history, version, nos)?;
         // A read extends a pin that a BeginRead put on this version, but makes none.
         self.pins.refresh(version, pin, Instant::now());
-        Ok(PageRead {
-            state,
-            page_size: state.page_size,
-            pages,
-        })
+        Ok(read)
     }
 
-    /// The checks of a commit that need only its header, in the trait's order: incarnation;
-    /// commit id (`Some` outcome when it applied); lease; base version and its tag.
+    /// The checks of a commit that need only its header, in the trait's order.
     fn check(&self, h: &CommitHeader, now: i64) -> StoreResult<Option<CommitOutcome>> {
-        let name = &self.created.name;
-        h.identity
-            .check_incarnation(name, &self.history.incarnation())?;
-        if let Some(&(_, version)) = self.commit_ids.iter().find(|c| c.0 == h.commit_id) {
-            return Ok(Some(self.outcome(version, true)));
-        }
-        self.check_lease(h.lease_id, h.epoch, now)?;
-        let current = self.history.state();
-        if h.base_version != current.version {
-            let (base, current) = (h.base_version, current.version);
-            return Err(StoreError::VersionConflict { base, current });
-        }
-        h.identity.check_state(name, &current).map(|()| None)
-    }
-
-    fn outcome(&self, version: Version, already_applied: bool) -> CommitOutcome {
-        let (incarnation, tag) = (self.history.incarnation(), self.history.tag_of(version));
-        CommitOutcome {
-            version,
-            already_applied,
-            incarnation,
-            tag,
-        }
+        let (name, ids) = (&self.created.name, &self.commit_ids);
+        commit_check::check(h, name, &self.history, ids, &self.lease, now)
     }
 
     fn commit(&mut self, c: Commit, now: i64) -> StoreResult<CommitOutcome> {
@@ -386,7 +295,7 @@ impl Db {
             pages,
         };
         self.record(Change::Committed(record), data)?;
-        Ok(self.outcome(self.history.current(), false))
+        Ok(outcome(&self.history, self.history.current(), false))
     }
 
     /// One GC pass over this database (see [`PageStore::gc`]).
@@ -395,10 +304,11 @@ impl Db {
         self.pins.expire(now);
         let held = |v: &u64| self.pins.holds(Version(*v), now);
         let pinned: Vec<u64> = (h.oldest().0..=h.current().0).filter(held).collect();
-        if h.readable_count() == h.kept(unix_ms, retention, |v| pinned.contains(&v.0)).len() {
-            return Ok(GcStats::default()); // nothing to collect: no page write to drop either
+        let kept = h.kept(unix_ms, retention, |v| pinned.contains(&v.0));
+        if !self.pages.gc_due(h, &kept) {
+            return Ok(GcStats::default()); // nothing to log
         }
-        let retention_ms = ms(retention) as u64;
+        let retention_ms = retention.as_millis() as u64;
         self.record(
             Change::Collected {
                 unix_ms,
@@ -514,18 +424,8 @@ impl PageStore for FileStore {
 
     async fn acquire_lease(&self, key: &DbKey, client: &str, ttl: Duration) -> StoreResult<Lease> {
         self.with(key, |db, now| {
-            if let Some(held) = db.live_lease(now) {
-                let remaining = Duration::from_millis((held.expires_unix_ms - now) as u64);
-                let holder = held.client_id.clone();
-                return Err(StoreError::LeaseHeld { holder, remaining });
-            }
-            db.grant(LeaseRecord {
-                id: random_id::<LeaseId>().0,
-                epoch: db.lease.as_ref().map_or(0, |l| l.epoch) + 1,
-                client_id: client.to_owned(),
-                ttl_ms: ms(ttl),
-                expires_unix_ms: now.saturating_add(ms(ttl)),
-            })
+            let granted = db.lease(|slot| slot.acquire(client, ttl, now))?;
+            Ok(granted.lease(db.history.state()))
         })
     }
 
@@ -537,23 +437,16 @@ impl PageStore for FileStore {
         ttl: Duration,
     ) -> StoreResult<Lease> {
         self.with(key, |db, now| {
-            let mut lease = db.check_lease(id, epoch, now)?;
-            (lease.ttl_ms, lease.expires_unix_ms) = (ms(ttl), now.saturating_add(ms(ttl)));
-            db.grant(lease)
+            let renewed = db.lease(|slot| slot.renew(id, epoch, ttl, now))?;
+            Ok(renewed.lease(db.history.state()))
         })
     }
 
     async fn release_lease(&self, key: &DbKey, id: LeaseId, epoch: u64) -> StoreResult<()> {
-        let released = self.with(key, |db, now| match db.check_lease(id, epoch, now) {
-            Ok(mut lease) => {
-                lease.expires_unix_ms = 0;
-                db.grant(lease).map(drop)
-            }
-            Err(_) => Ok(()), // not held: nothing to release
-        });
+        let released = self.with(key, |db, _| db.lease(|slot| Ok(slot.release(id, epoch))));
         match released {
             Err(StoreError::NotFound(_)) => Ok(()),
-            other => other,
+            other => other.map(drop),
         }
     }
 

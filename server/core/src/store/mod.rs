@@ -11,12 +11,15 @@
 
 pub mod changes;
 pub mod clock;
+pub mod commit_check;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod faults;
 pub mod history;
 pub mod identity;
+pub mod lease_slot;
 pub mod memory;
+pub mod page_writes;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The history rules, once, for every store that keeps its version metadata in memory
 //! (the memory store; a file-backed store such as `examples/custom_store.rs`, which
-//! persists it and loads it back with [`History::restore`]): what changed between
+//! logs each commit and GC pass and rebuilds the history by replaying them): what changed between
 //! versions, which version a read asks for, which versions are readable, and what GC
 //! keeps and drops. Plain data and functions; a store keeps the pages and the locking.
 //! (PostgreSQL keeps the same rules in SQL.)
@@ -24,8 +24,8 @@ pub use pins::Pins;
 
 use crate::store::clock::{check_after_first_commit, describe_unix_ms};
 use crate::store::{
-    BeginRead, ChangeWalk, Changes, DbState, Incarnation, NO_TAG, ReadAt, ReadView, StoreError,
-    StoreResult, Version, VersionTag,
+    BeginRead, ChangeWalk, Changes, DbInfo, DbState, Incarnation, NO_TAG, ReadAt, ReadView,
+    StoreError, StoreResult, Version, VersionTag,
 };
 
 /// What one version is and changed.
@@ -85,27 +85,24 @@ impl History {
         }
     }
 
-    /// A history as a store persisted it (the parts the accessors return); `Internal`
-    /// when `versions` is empty.
-    pub fn restore(
-        incarnation: Incarnation,
-        oldest: Version,
-        versions: Vec<VersionMeta>,
-        first_commit_unix_ms: Option<i64>,
-        gc_retention: Option<Duration>,
-    ) -> StoreResult<Self> {
-        if versions.is_empty() {
-            return Err(StoreError::Internal(format!(
-                "no version metadata from version {oldest} on"
-            )));
+    /// The [`DbInfo`] of the database `name` with this history, given what the store
+    /// keeps apart from it.
+    pub fn info(
+        &self,
+        name: &str,
+        created_unix_ms: i64,
+        stored_bytes: u64,
+        lease_held: bool,
+    ) -> DbInfo {
+        DbInfo {
+            name: name.to_owned(),
+            state: self.state(),
+            stored_bytes,
+            oldest_version: self.oldest(),
+            created_unix_ms,
+            updated_unix_ms: self.updated_unix_ms().unwrap_or(created_unix_ms),
+            lease_held,
         }
-        Ok(Self {
-            incarnation,
-            versions,
-            oldest,
-            first_commit_unix_ms,
-            gc_retention,
-        })
     }
 
     pub fn incarnation(&self) -> Incarnation {

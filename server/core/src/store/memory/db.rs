@@ -2,57 +2,31 @@
 //! lease and commit-id log, and the store operations on them (each called under the
 //! database's lock, so each is atomic).
 
-use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::lease::{LeaseRecord, LeaseSlot};
-use super::pages::Pages;
+use crate::store::commit_check::{self, CommitIds};
 use crate::store::history::{History, Pins, VersionMeta};
+use crate::store::lease_slot::LeaseSlot;
+use crate::store::page_writes::PageWrites;
 use crate::store::{
-    BeginRead, Commit, CommitHeader, CommitId, CommitOutcome, DbInfo, DbState, GcStats, Lease,
-    LeaseId, PageRead, PinTtl, ReadView, StoreError, StoreResult, Version, random_id,
+    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbState, GcStats, Lease, LeaseId,
+    PageRead, PinTtl, ReadView, StoreResult, Version, random_id,
 };
 use crate::validate;
-
-/// How many recent commit ids each database remembers for retries.
-const COMMIT_IDS_KEPT: usize = 1024;
-
-/// Recently applied commit ids, so a retry learns its outcome. Separate from the page
-/// history: GC never trims it.
-#[derive(Debug, Default)]
-struct CommitLog {
-    versions: HashMap<CommitId, Version>,
-    order: VecDeque<CommitId>,
-}
-
-impl CommitLog {
-    fn get(&self, id: &CommitId) -> Option<Version> {
-        self.versions.get(id).copied()
-    }
-
-    fn remember(&mut self, id: CommitId, version: Version) {
-        self.versions.insert(id, version);
-        self.order.push_back(id);
-        while self.order.len() > COMMIT_IDS_KEPT {
-            if let Some(old) = self.order.pop_front() {
-                self.versions.remove(&old);
-            }
-        }
-    }
-}
 
 #[derive(Debug)]
 pub(super) struct MemDb {
     /// Set by delete, so a call that raced with it sees NotFound.
     pub deleted: bool,
     created_unix_ms: i64,
-    pages: Pages,
+    pages: PageWrites<Bytes>,
     history: History,
     pins: Pins,
     lease: LeaseSlot,
-    commit_ids: CommitLog,
+    commit_ids: CommitIds,
 }
 
 impl MemDb {
@@ -60,11 +34,11 @@ impl MemDb {
         Self {
             deleted: false,
             created_unix_ms: now_unix_ms,
-            pages: Pages::default(),
+            pages: PageWrites::default(),
             history: History::new(now_unix_ms, random_id()),
             pins: Pins::default(),
             lease: LeaseSlot::default(),
-            commit_ids: CommitLog::default(),
+            commit_ids: CommitIds::default(),
         }
     }
 
@@ -72,38 +46,23 @@ impl MemDb {
         self.history.state()
     }
 
-    pub(super) fn info(&self, name: &str, now: Instant) -> DbInfo {
-        DbInfo {
-            name: name.to_owned(),
-            state: self.state(),
-            stored_bytes: self.pages.stored_bytes(),
-            oldest_version: self.history.oldest(),
-            created_unix_ms: self.created_unix_ms,
-            updated_unix_ms: self
-                .history
-                .updated_unix_ms()
-                .unwrap_or(self.created_unix_ms),
-            lease_held: self.lease.live(now).is_some(),
-        }
-    }
-
-    fn grant(&self, record: &LeaseRecord) -> Lease {
-        Lease {
-            lease_id: record.lease_id,
-            epoch: record.epoch,
-            ttl: record.ttl,
-            state: self.state(),
-        }
+    pub(super) fn info(&self, name: &str, now_unix_ms: i64) -> DbInfo {
+        let (bytes, lease_held) = (
+            self.pages.stored_bytes(),
+            self.lease.live(now_unix_ms).is_some(),
+        );
+        self.history
+            .info(name, self.created_unix_ms, bytes, lease_held)
     }
 
     pub(super) fn acquire(
         &mut self,
         client_id: &str,
         ttl: Duration,
-        now: Instant,
+        now_unix_ms: i64,
     ) -> StoreResult<Lease> {
-        let record = self.lease.acquire(client_id, ttl, now)?;
-        Ok(self.grant(&record))
+        let record = self.lease.acquire(client_id, ttl, now_unix_ms)?;
+        Ok(record.lease(self.state()))
     }
 
     pub(super) fn renew(
@@ -111,10 +70,10 @@ impl MemDb {
         lease_id: LeaseId,
         epoch: u64,
         ttl: Duration,
-        now: Instant,
+        now_unix_ms: i64,
     ) -> StoreResult<Lease> {
-        let record = self.lease.renew(lease_id, epoch, ttl, now)?;
-        Ok(self.grant(&record))
+        let record = self.lease.renew(lease_id, epoch, ttl, now_unix_ms)?;
+        Ok(record.lease(self.state()))
     }
 
     pub(super) fn release(&mut self, lease_id: LeaseId, epoch: u64) {
@@ -134,70 +93,37 @@ impl MemDb {
         pin: PinTtl,
         now: Instant,
     ) -> StoreResult<PageRead> {
-        let (state, _) = self.history.readable(version)?;
-        validate::page_nos_in_range(page_nos, state.page_count)?;
-        let pages = page_nos
-            .iter()
-            .map(|&no| self.pages.at(no, version, state.page_size))
-            .collect::<StoreResult<_>>()?;
+        let read = self.pages.read(&self.history, version, page_nos)?;
         self.pins.refresh(version, pin, now);
-        Ok(PageRead {
-            state,
-            page_size: state.page_size,
-            pages,
-        })
+        Ok(read)
     }
 
-    /// The checks of [`MemDb::commit`] that need only the header: `Some` outcome when
-    /// the commit id is known, else the lease and base version.
+    /// The checks of [`MemDb::commit`] that need only the header (see
+    /// [`commit_check`]): `Some` outcome when the commit id is known.
     pub(super) fn precheck(
-        &mut self,
+        &self,
         h: &CommitHeader,
         name: &str,
-        now: Instant,
+        now_unix_ms: i64,
     ) -> StoreResult<Option<CommitOutcome>> {
-        h.identity
-            .check_incarnation(name, &self.history.incarnation())?;
-        if let Some(version) = self.commit_ids.get(&h.commit_id) {
-            return Ok(Some(CommitOutcome {
-                version,
-                already_applied: true,
-                incarnation: self.history.incarnation(),
-                tag: self.history.tag_of(version),
-            }));
-        }
-        self.lease.check(h.lease_id, h.epoch, now)?;
-        let current = self.state();
-        if h.base_version != current.version {
-            return Err(StoreError::VersionConflict {
-                base: h.base_version,
-                current: current.version,
-            });
-        }
-        h.identity.check_state(name, &current)?;
-        Ok(None)
+        let (history, ids, lease) = (&self.history, &self.commit_ids, &self.lease);
+        commit_check::check(h, name, history, ids, lease, now_unix_ms)
     }
 
     pub(super) fn commit(
         &mut self,
         commit: Commit,
         name: &str,
-        now: Instant,
         now_unix_ms: i64,
     ) -> StoreResult<CommitOutcome> {
-        if let Some(done) = self.precheck(&commit.header(), name, now)? {
+        if let Some(done) = self.precheck(&commit.header(), name, now_unix_ms)? {
             return Ok(done);
         }
         let base = self.state();
         validate::against_base(&commit, &base)?;
         let created = self.apply(commit, base, now_unix_ms);
-        self.lease.touch(now);
-        Ok(CommitOutcome {
-            version: created.version,
-            already_applied: false,
-            incarnation: created.incarnation,
-            tag: Some(created.tag),
-        })
+        self.lease.touch(now_unix_ms);
+        Ok(commit_check::outcome(&self.history, created.version, false))
     }
 
     /// Writes a checked commit as version `base.version + 1`; returns that state.
@@ -205,7 +131,10 @@ impl MemDb {
         let version = Version(base.version.0 + 1);
         let (commit_id, page_size, page_count) =
             (commit.commit_id, commit.page_size, commit.page_count);
-        let changed = self.pages.write(commit, base.page_count, version);
+        // Kept as they are: the service copied them out of the received message.
+        let changed = self
+            .pages
+            .write(commit.pages, base.page_count, page_count, version);
         self.history.push(VersionMeta {
             page_size,
             page_count,
@@ -224,18 +153,9 @@ impl MemDb {
         let kept = self
             .history
             .kept(now_unix_ms, retention, |v| self.pins.holds(v, now));
-        let collecting = self.history.readable_count() > kept.len();
-        let mut stats = GcStats {
+        GcStats {
             databases: 1,
-            ..GcStats::default()
-        };
-        if !collecting && !self.pages.has_pages_past(&kept) {
-            return stats;
+            ..self.pages.gc(&mut self.history, &kept, retention)
         }
-        (stats.writes_removed, stats.bytes_freed) = self.pages.trim(&kept);
-        if collecting {
-            stats.versions_collected = self.history.collect(&kept, retention);
-        }
-        stats
     }
 }

@@ -2,16 +2,15 @@
 //! carries), every database behind its own lock. The default store, and the reference
 //! model the durable stores are checked against.
 //!
-//! - `db`: one database and the store operations on it;
-//! - `pages`: its page writes (reads at a version, GC trimming);
-//! - `lease`: the write lease.
+//! - `db`: one database and the store operations on it, under the database's lock.
 //!
-//! Its version metadata and reader pins are [`crate::store::history`]'s (as-of
-//! resolution, change lists, what GC keeps and drops).
+//! Its rules are the shared store modules': version metadata and reader pins
+//! ([`crate::store::history`]: as-of resolution, change lists, what GC keeps and drops),
+//! page writes ([`crate::store::page_writes`]), the write lease
+//! ([`crate::store::lease_slot`]) and the commit checks and commit-id log
+//! ([`crate::store::commit_check`]).
 
 mod db;
-mod lease;
-mod pages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,7 +100,7 @@ impl PageStore for MemoryStore {
             return Err(StoreError::AlreadyExists(key.name.clone()));
         }
         let db = MemDb::new(self.clock.unix_ms());
-        let info = db.info(&key.name, Instant::now());
+        let info = db.info(&key.name, self.clock.unix_ms());
         dbs.insert(key.clone(), Arc::new(Mutex::new(db)));
         Ok(info)
     }
@@ -121,7 +120,7 @@ impl PageStore for MemoryStore {
                 .map(|(k, db)| (k.name.clone(), db.clone()))
                 .collect()
         };
-        let now = Instant::now();
+        let now = self.clock.unix_ms();
         let mut infos: Vec<_> = dbs
             .iter()
             .map(|(name, db)| db.lock().info(name, now))
@@ -131,7 +130,7 @@ impl PageStore for MemoryStore {
     }
 
     async fn info(&self, key: &DbKey) -> StoreResult<DbInfo> {
-        self.with_db(key, |db| Ok(db.info(&key.name, Instant::now())))
+        self.with_db(key, |db| Ok(db.info(&key.name, self.clock.unix_ms())))
     }
 
     async fn acquire_lease(
@@ -140,7 +139,7 @@ impl PageStore for MemoryStore {
         client_id: &str,
         ttl: Duration,
     ) -> StoreResult<Lease> {
-        self.with_db(key, |db| db.acquire(client_id, ttl, Instant::now()))
+        self.with_db(key, |db| db.acquire(client_id, ttl, self.clock.unix_ms()))
     }
 
     async fn renew_lease(
@@ -150,7 +149,9 @@ impl PageStore for MemoryStore {
         epoch: u64,
         ttl: Duration,
     ) -> StoreResult<Lease> {
-        self.with_db(key, |db| db.renew(lease_id, epoch, ttl, Instant::now()))
+        self.with_db(key, |db| {
+            db.renew(lease_id, epoch, ttl, self.clock.unix_ms())
+        })
     }
 
     async fn release_lease(&self, key: &DbKey, lease_id: LeaseId, epoch: u64) -> StoreResult<()> {
@@ -183,14 +184,14 @@ impl PageStore for MemoryStore {
         key: &DbKey,
         header: CommitHeader,
     ) -> StoreResult<Option<CommitOutcome>> {
-        self.with_db(key, |db| db.precheck(&header, &key.name, Instant::now()))
+        self.with_db(key, |db| {
+            db.precheck(&header, &key.name, self.clock.unix_ms())
+        })
     }
 
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {
         let now_unix_ms = self.clock.unix_ms();
-        self.with_db(key, |db| {
-            db.commit(commit, &key.name, Instant::now(), now_unix_ms)
-        })
+        self.with_db(key, |db| db.commit(commit, &key.name, now_unix_ms))
     }
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
