@@ -81,7 +81,11 @@ async fn main() -> anyhow::Result<()> {
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:7878".into());
     let store = std::sync::Arc::new(FileStore::open(dir, Clock::System)?);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("pagewire-server listening on http://{addr}");
+    // The bound address: with port 0 the system chose one.
+    println!(
+        "pagewire-server listening on http://{}",
+        listener.local_addr()?
+    );
     let stop = async { drop(tokio::signal::ctrl_c().await) };
     serve(listener, store, ServerConfig::default(), stop).await
 }
