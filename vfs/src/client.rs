@@ -741,7 +741,12 @@ mod tests {
             let url = garbage_server(reply);
             let (rt, c) = client(&url, Duration::from_secs(30), Duration::from_secs(5));
             let status = raw_begin_read(&rt, &c, Duration::from_secs(5));
-            assert_eq!(status.code(), Code::Internal, "{status:?}");
+            // Usually INTERNAL; when hyper sees the hang-up first, CANCELLED ("connection
+            // closed"). Made on this side either way: a source, transport trouble.
+            assert!(
+                matches!(status.code(), Code::Internal | Code::Cancelled),
+                "{status:?}"
+            );
             assert!(std::error::Error::source(&status).is_some(), "{status:?}");
             assert_eq!(Class::of(&status), Class::Transport, "{status:?}");
         }
