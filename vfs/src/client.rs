@@ -768,9 +768,10 @@ mod tests {
         assert_eq!(status.code(), Code::Cancelled, "{status:?}");
         assert_eq!(Class::of(&status), Class::TimedOut, "{status:?}");
         assert!(matches!(Failed::from(status), Failed::TimedOut(_)));
-        // The same code and words from a server are a cancellation, not our deadline.
+        // The server's enforcement of the same deadline (a CANCELLED decoded from its
+        // answer, whatever its words) is our deadline too.
         let said = Status::cancelled("Timeout expired");
-        assert!(matches!(Failed::from(said), Failed::Error(e) if e.is_retryable()));
+        assert!(matches!(Failed::from(said), Failed::TimedOut(_)));
     }
 
     fn client(url: &str, retry: Duration, call: Duration) -> (Arc<crate::runtime::Rt>, Client) {
