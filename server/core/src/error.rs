@@ -15,7 +15,7 @@ pub fn code(e: &StoreError) -> Code {
         StoreError::LeaseHeld { .. } => Code::Aborted,
         StoreError::LeaseLost(_) | StoreError::VersionConflict { .. } => Code::FailedPrecondition,
         StoreError::OutOfRange(_) => Code::OutOfRange,
-        StoreError::TooLarge(_) => Code::ResourceExhausted,
+        StoreError::TooLarge(_) | StoreError::Full(_) => Code::ResourceExhausted,
         StoreError::Internal(_) => Code::Internal,
         StoreError::Unavailable(_) => Code::Unavailable,
     }
@@ -75,6 +75,7 @@ mod tests {
             ),
             (StoreError::OutOfRange("x".into()), Code::OutOfRange),
             (StoreError::TooLarge("x".into()), Code::ResourceExhausted),
+            (StoreError::Full("x".into()), Code::ResourceExhausted),
             (StoreError::Internal("x".into()), Code::Internal),
             (StoreError::Unavailable("x".into()), Code::Unavailable),
         ];

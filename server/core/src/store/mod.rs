@@ -306,6 +306,11 @@ pub enum StoreError {
     /// A request over the server's limits.
     #[error("{0}")]
     TooLarge(String),
+    /// The store is out of space (a full disk): nothing was changed, and nothing
+    /// already committed is lost. `RESOURCE_EXHAUSTED`; a commit refused so is
+    /// `SQLITE_FULL` at the client.
+    #[error("the store is out of space: {0}")]
+    Full(String),
     /// The store failed; not the client's fault.
     #[error("internal store error: {0}")]
     Internal(String),
@@ -318,7 +323,10 @@ pub enum StoreError {
 impl StoreError {
     /// The caller got something wrong (as opposed to the server failing).
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, StoreError::Internal(_) | StoreError::Unavailable(_))
+        !matches!(
+            self,
+            StoreError::Internal(_) | StoreError::Unavailable(_) | StoreError::Full(_)
+        )
     }
 
     pub fn is_not_found(&self) -> bool {

@@ -106,6 +106,27 @@ impl<H: PageHandle> PageWrites<H> {
         }
     }
 
+    /// Adds a write read back from durable storage; writes of a page come in ascending
+    /// version order. (Holes are `None`.)
+    pub fn load(&mut self, page_no: u32, version: Version, data: Option<H>) {
+        self.bytes += data.as_ref().map_or(0, PageHandle::stored_len);
+        self.writes.entry(page_no).or_default().push((version, data));
+    }
+
+    /// The pages for which [`Self::write`] of `version` wrote a zero marker (read
+    /// right after it: the pages past `base_count` whose newest write is a marker at
+    /// `version`).
+    pub fn holes_written(&self, base_count: u32, page_count: u32, version: Version) -> Vec<u32> {
+        if page_count <= base_count {
+            return Vec::new();
+        }
+        self.writes
+            .range(base_count + 1..=page_count)
+            .filter(|(_, w)| w.last().is_some_and(|(v, d)| *v == version && d.is_none()))
+            .map(|(&no, _)| no)
+            .collect()
+    }
+
     /// Whether some write is surely unreadable at every kept version: a page past the
     /// largest kept page count. (GC also runs whenever a version is collected.)
     pub fn has_pages_past(&self, kept: &[KeptVersion]) -> bool {
@@ -130,12 +151,24 @@ impl<H: PageHandle> PageWrites<H> {
         kept: &[KeptVersion],
         retention: Duration,
     ) -> GcStats {
+        self.gc_with(history, kept, retention, |_, _| {})
+    }
+
+    /// [`Self::gc`], telling `removed` of each write it deletes (a durable store
+    /// deletes it there too).
+    pub fn gc_with(
+        &mut self,
+        history: &mut History,
+        kept: &[KeptVersion],
+        retention: Duration,
+        removed: impl FnMut(u32, &Write<H>),
+    ) -> GcStats {
         let mut stats = GcStats::default();
         let collecting = history.readable_count() > kept.len();
         if !collecting && !self.has_pages_past(kept) {
             return stats;
         }
-        (stats.writes_removed, stats.bytes_freed) = self.trim(kept);
+        (stats.writes_removed, stats.bytes_freed) = self.trim(kept, removed);
         if collecting {
             stats.versions_collected = history.collect(kept, retention);
         }
@@ -144,10 +177,14 @@ impl<H: PageHandle> PageWrites<H> {
 
     /// Deletes every write no kept version (ascending) reads; returns (writes, bytes)
     /// removed.
-    pub fn trim(&mut self, kept: &[KeptVersion]) -> (u64, u64) {
+    pub fn trim(
+        &mut self,
+        kept: &[KeptVersion],
+        mut removed: impl FnMut(u32, &Write<H>),
+    ) -> (u64, u64) {
         let (mut writes, mut bytes) = (0, 0);
         for (&no, page) in &mut self.writes {
-            let (w, b) = trim_page(no, page, kept);
+            let (w, b) = trim_page(no, page, kept, &mut removed);
             writes += w;
             bytes += b;
         }
@@ -160,7 +197,8 @@ impl<H: PageHandle> PageWrites<H> {
 /// Zero bytes that zero-filled pages are sliced from (without copying).
 static ZEROS: [u8; validate::MAX_PAGE_SIZE as usize] = [0; validate::MAX_PAGE_SIZE as usize];
 
-fn zero_page(page_size: u32) -> Bytes {
+/// A page of zeros (never-written pages read so).
+pub fn zero_page(page_size: u32) -> Bytes {
     Bytes::from_static(&ZEROS[..page_size as usize])
 }
 
@@ -207,8 +245,12 @@ fn trim_page<H: PageHandle>(
     page_no: u32,
     page: &mut Vec<Write<H>>,
     kept: &[KeptVersion],
+    mut on_removed: impl FnMut(u32, &Write<H>),
 ) -> (u64, u64) {
     let removed = trim_writes(page_no, page, kept, |(v, data)| (*v, data.is_none()));
+    for write in &removed {
+        on_removed(page_no, write);
+    }
     let bytes = removed
         .iter()
         .map(|(_, data)| data.as_ref().map_or(0, PageHandle::stored_len))
@@ -242,7 +284,7 @@ mod tests {
             (Version(5), data(5)),
             (Version(8), data(8)),
         ];
-        let removed = trim_page(2, &mut page, &kept(&[(4, 2), (9, 2)]));
+        let removed = trim_page(2, &mut page, &kept(&[(4, 2), (9, 2)]), |_, _| {});
         assert_eq!(removed, (2, 1024));
         assert_eq!(page.iter().map(|w| w.0.0).collect::<Vec<_>>(), [3, 8]);
     }
@@ -255,7 +297,7 @@ mod tests {
             (Version(6), data(6)),
         ];
         // Kept: 5 (3 pages: page 3 readable, a hole) and 7 (2 pages: page 3 not readable).
-        let removed = trim_page(3, &mut page, &kept(&[(5, 3), (7, 2)]));
+        let removed = trim_page(3, &mut page, &kept(&[(5, 3), (7, 2)]), |_, _| {});
         assert_eq!(removed, (3, 1024));
         assert!(page.is_empty());
     }

@@ -85,6 +85,28 @@ impl History {
         }
     }
 
+    /// A history as a durable store wrote it down: `versions` are the metadata of
+    /// `oldest..`, the oldest readable. `None` when that does not hold.
+    pub fn from_parts(
+        incarnation: Incarnation,
+        oldest: Version,
+        versions: Vec<VersionMeta>,
+        first_commit_unix_ms: Option<i64>,
+        gc_retention: Option<Duration>,
+    ) -> Option<Self> {
+        if !versions.first()?.retained {
+            return None;
+        }
+        oldest.0.checked_add(versions.len() as u64)?;
+        Some(Self {
+            incarnation,
+            versions,
+            oldest,
+            first_commit_unix_ms,
+            gc_retention,
+        })
+    }
+
     /// The [`DbInfo`] of the database `name` with this history, given what the store
     /// keeps apart from it.
     pub fn info(

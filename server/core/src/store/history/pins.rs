@@ -48,6 +48,11 @@ impl Pins {
         self.expires.retain(|_, pin| pin.until > now);
     }
 
+    /// Whether no pin is live at `now` (a store may then drop the database from memory).
+    pub fn none_live(&self, now: Instant) -> bool {
+        self.expires.values().all(|pin| pin.until <= now)
+    }
+
     /// Whether `version` is pinned at `now`.
     pub fn holds(&self, version: Version, now: Instant) -> bool {
         self.expires

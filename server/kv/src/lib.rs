@@ -1,0 +1,56 @@
+//! The key-value page store of pagewire: the [`PageStore`](pagewire_server_core::PageStore)
+//! written once over a small transactional ordered key-value [`Engine`], and the
+//! embedded engine under it by default ([`RedbEngine`]: a redb file in a data
+//! directory). The next engine (FoundationDB) goes under the same layer.
+//!
+//! - [`engine`]: the engine trait: snapshots, ordered scans, atomic durable batches
+//!   with expectations (a conflicting concurrent change fails the batch);
+//! - [`keys`]: the key layout and its format version; [`records`]: the values;
+//! - [`db`]: one database in memory while hot, and the store operations on it, each
+//!   giving the batch that makes it durable (the rules are the shared store modules',
+//!   as in the memory store);
+//! - [`store`]: [`KvStore`]: loading databases on first use, dropping cold ones, GC;
+//! - [`redb_engine`]: the embedded engine: one file, group commit, one sync per group,
+//!   a locked data directory.
+//!
+//! Reader pins are kept in memory, as in the memory store: a restart loses them, which
+//! lets GC collect a version a reader had begun (it then gets `OutOfRange`, never wrong
+//! data). A database with live pins is never dropped from memory.
+
+pub mod db;
+pub mod engine;
+pub mod keys;
+pub mod records;
+pub mod redb_engine;
+pub mod store;
+
+use pagewire_server_core::store::StoreError;
+
+pub use engine::{Batch, Engine, EngineError, EngineLimits, EngineResult, Op, Snapshot};
+pub use redb_engine::{OpenError, RedbEngine};
+pub use store::KvStore;
+
+/// The store error for an engine error: a conflict or an I/O failure may be retried
+/// (the outcome of a write may be unknown: the layer reloads what it cached); a full
+/// disk is `Full`; corrupt data is internal.
+pub fn store_error(e: EngineError) -> StoreError {
+    match e {
+        EngineError::Conflict => {
+            StoreError::Unavailable("a concurrent change to the database; try again".into())
+        }
+        EngineError::Full(m) => StoreError::Full(m),
+        EngineError::Corrupt(m) => StoreError::Internal(format!("stored data is corrupt: {m}")),
+        EngineError::Io(m) => StoreError::Unavailable(format!("the store failed: {m}")),
+    }
+}
+
+/// Opens the default durable store: the embedded engine in data directory `dir`.
+pub async fn open_data_dir(
+    dir: &std::path::Path,
+) -> anyhow::Result<(KvStore, std::sync::Arc<RedbEngine>)> {
+    let engine = std::sync::Arc::new(RedbEngine::open(dir)?);
+    let store = KvStore::open(engine.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", dir.display()))?;
+    Ok((store, engine))
+}

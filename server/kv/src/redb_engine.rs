@@ -1,0 +1,420 @@
+//! The embedded engine: [redb](https://docs.rs/redb), a copy-on-write B-tree in one
+//! file with checksummed commits, in a data directory this process locks.
+//!
+//! - **Durability**: every write transaction commits with `Durability::Immediate`: the
+//!   data and the new root are synced (`fdatasync`) before `write` returns. The file
+//!   backend is wrapped to count syncs ([`RedbEngine::syncs`]), so tests can assert them.
+//! - **Group commit**: one committer thread takes every batch waiting and applies them
+//!   in one write transaction with one sync; each batch still checks its own
+//!   expectations and applies whole or not at all.
+//! - **Space**: pages freed by GC and deletes go back to redb's allocator and are reused
+//!   by later commits; the file does not shrink on its own.
+//! - **One server per directory**: `LOCK` (holding the pid) is locked for the life of
+//!   the process; a second server on the directory refuses to start, naming the pid.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read as _, Seek as _, Write as _};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use async_trait::async_trait;
+use redb::backends::FileBackend;
+use redb::{
+    Database, Durability, ReadableDatabase as _, ReadableTable as _, StorageBackend,
+    TableDefinition,
+};
+use tokio::sync::oneshot;
+
+use crate::engine::{Batch, Engine, EngineError, EngineLimits, EngineResult, Op, Pair, Snapshot};
+
+/// The one table: every key of the layout (see [`crate::keys`]).
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pagewire");
+
+/// The data file in the data directory.
+pub const DATA_FILE: &str = "pagewire.redb";
+pub const LOCK_FILE: &str = "LOCK";
+
+/// At most this many batches, or about this many bytes, share one transaction.
+const GROUP_BATCHES: usize = 1024;
+const GROUP_BYTES: usize = 64 << 20;
+
+/// redb's page cache.
+const CACHE_BYTES: usize = 256 << 20;
+
+/// The file backend, counting syncs.
+#[derive(Debug)]
+struct CountingBackend {
+    inner: FileBackend,
+    syncs: Arc<AtomicU64>,
+}
+
+impl StorageBackend for CountingBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.inner.sync_data()?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
+
+struct Job {
+    batch: Batch,
+    reply: oneshot::Sender<EngineResult<()>>,
+}
+
+/// The redb engine over one data directory.
+pub struct RedbEngine {
+    db: Arc<Database>,
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    syncs: Arc<AtomicU64>,
+    /// Held (locked) for the life of the engine.
+    _lock: File,
+}
+
+/// An engine error from any redb error, by what it means: an I/O error by its kind.
+fn engine_error(context: &str, e: impl Into<redb::Error>) -> EngineError {
+    let e: redb::Error = e.into();
+    match &e {
+        redb::Error::Io(io) if is_full(io) => EngineError::Full(format!("{context}: {io}")),
+        redb::Error::Corrupted(_) => EngineError::Corrupt(format!("{context}: {e}")),
+        _ => EngineError::Io(format!("{context}: {e}")),
+    }
+}
+
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || e.raw_os_error() == Some(libc::ENOSPC)
+        || e.raw_os_error() == Some(libc::EDQUOT)
+}
+
+/// Why a data directory cannot be used, said plainly.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the data directory {0} is a file, not a directory")]
+    NotADirectory(PathBuf),
+    #[error("cannot use the data directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the data directory {path} is in use by another pagewire server ({holder}); \
+         one server per data directory"
+    )]
+    InUse { path: PathBuf, holder: String },
+    #[error("cannot open the data file {path}: {message}; the file was not changed")]
+    DataFile { path: PathBuf, message: String },
+}
+
+fn dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Directory {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Locks `dir/LOCK` for this process and writes its pid there.
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(dir_error(dir))?;
+    if let Err(e) = file.try_lock() {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let holder = match pid.trim() {
+            "" => format!("{e}"),
+            pid => format!("pid {pid}"),
+        };
+        return Err(OpenError::InUse {
+            path: dir.to_owned(),
+            holder,
+        });
+    }
+    file.set_len(0).map_err(dir_error(dir))?;
+    file.rewind().map_err(dir_error(dir))?;
+    write!(file, "{}", std::process::id()).map_err(dir_error(dir))?;
+    file.sync_all().map_err(dir_error(dir))?;
+    Ok(file)
+}
+
+impl RedbEngine {
+    /// Opens (creating when missing) the engine in data directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(OpenError::NotADirectory(dir.to_owned()));
+        }
+        std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
+        let lock = lock_dir(dir)?;
+        let path = dir.join(DATA_FILE);
+        let data_error = |message: String| OpenError::DataFile {
+            path: path.clone(),
+            message,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| data_error(e.to_string()))?;
+        let syncs = Arc::new(AtomicU64::new(0));
+        let backend = CountingBackend {
+            inner: FileBackend::new(file).map_err(|e| data_error(e.to_string()))?,
+            syncs: syncs.clone(),
+        };
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|e| data_error(e.to_string()))?;
+        let db = Arc::new(db);
+        ensure_table(&db).map_err(|e| data_error(e.to_string()))?;
+        let (jobs, queue) = mpsc::channel();
+        let committer = db.clone();
+        std::thread::Builder::new()
+            .name("pagewire-commit".into())
+            .spawn(move || commit_loop(&committer, &queue))
+            .map_err(dir_error(dir))?;
+        Ok(Self {
+            db,
+            path,
+            jobs,
+            syncs,
+            _lock: lock,
+        })
+    }
+
+    /// Syncs of the data file so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The data file's size on disk.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+}
+
+fn ensure_table(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(TABLE)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// The committer: each turn takes every batch waiting (up to a bound) and commits them
+/// in one transaction, one sync.
+fn commit_loop(db: &Database, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut bytes = first.batch.bytes();
+        let mut group = vec![first];
+        while group.len() < GROUP_BATCHES && bytes < GROUP_BYTES {
+            match queue.try_recv() {
+                Ok(job) => {
+                    bytes += job.batch.bytes();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let outcomes = commit_group(db, &group);
+        for (job, outcome) in group.into_iter().zip(outcomes) {
+            let _ = job.reply.send(outcome);
+        }
+    }
+}
+
+/// One transaction for `group`: per batch, its expectations checked and its ops applied
+/// (or a conflict, and nothing of it); then one durable commit. A failure of the
+/// transaction fails every batch in it.
+fn commit_group(db: &Database, group: &[Job]) -> Vec<EngineResult<()>> {
+    match try_commit_group(db, group) {
+        Ok(outcomes) => outcomes,
+        Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+fn try_commit_group(db: &Database, group: &[Job]) -> EngineResult<Vec<EngineResult<()>>> {
+    let mut txn = db.begin_write().map_err(|e| engine_error("begin", e))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| EngineError::Io(format!("durability: {e}")))?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    {
+        let mut table = txn
+            .open_table(TABLE)
+            .map_err(|e| engine_error("open table", e))?;
+        for job in group {
+            if !expectations_hold(&table, &job.batch)? {
+                outcomes.push(Err(EngineError::Conflict));
+                continue;
+            }
+            for op in &job.batch.ops {
+                apply(&mut table, op)?;
+            }
+            outcomes.push(Ok(()));
+        }
+    }
+    txn.commit().map_err(|e| engine_error("commit", e))?;
+    Ok(outcomes)
+}
+
+fn expectations_hold(table: &redb::Table<&[u8], &[u8]>, batch: &Batch) -> EngineResult<bool> {
+    for (key, want) in &batch.expect {
+        let have = table
+            .get(key.as_slice())
+            .map_err(|e| engine_error("read", e))?;
+        if have.as_ref().map(|g| g.value()) != want.as_deref() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn apply(table: &mut redb::Table<&[u8], &[u8]>, op: &Op) -> EngineResult<()> {
+    match op {
+        Op::Put(k, v) => {
+            table
+                .insert(k.as_slice(), v.as_ref())
+                .map_err(|e| engine_error("write", e))?;
+        }
+        Op::Delete(k) => {
+            table
+                .remove(k.as_slice())
+                .map_err(|e| engine_error("delete", e))?;
+        }
+        Op::DeleteRange(start, end) => {
+            table
+                .retain_in(start.as_slice()..end.as_slice(), |_, _| false)
+                .map_err(|e| engine_error("delete range", e))?;
+        }
+    }
+    Ok(())
+}
+
+struct RedbSnapshot {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl Snapshot for RedbSnapshot {
+    fn get(&self, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
+        let value = self.table.get(key).map_err(|e| engine_error("read", e))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> EngineResult<Vec<Pair>> {
+        let range = self
+            .table
+            .range(start..end)
+            .map_err(|e| engine_error("scan", e))?;
+        let pair = |item: Result<
+            (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>),
+            redb::StorageError,
+        >| {
+            item.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                .map_err(|e| engine_error("scan", e))
+        };
+        if reverse {
+            range.rev().take(limit).map(pair).collect()
+        } else {
+            range.take(limit).map(pair).collect()
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for RedbEngine {
+    fn describe(&self) -> String {
+        format!("redb {}", self.path.display())
+    }
+
+    fn limits(&self) -> EngineLimits {
+        EngineLimits::default()
+    }
+
+    fn exclusive(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&self) -> EngineResult<Box<dyn Snapshot + '_>> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| engine_error("begin read", e))?;
+        let table = txn
+            .open_table(TABLE)
+            .map_err(|e| engine_error("open table", e))?;
+        Ok(Box::new(RedbSnapshot { table }))
+    }
+
+    async fn write(&self, batch: Batch) -> EngineResult<()> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { batch, reply })
+            .map_err(|_| EngineError::Io("the committer thread stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| EngineError::Io("the committer thread stopped".into()))?
+    }
+}
