@@ -67,6 +67,30 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub addr: String,
+    /// The data directory of an embedded store the harness chose (removed on drop).
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+/// The store a test server gets when its flags name none: `PAGEWIRE_TEST_STORE`
+/// (`embedded`, the default and the server's: the durable store, in a new temporary
+/// data directory per server, so no two tests share one; or `memory`).
+pub fn test_store_flags() -> anyhow::Result<(Vec<String>, Option<tempfile::TempDir>)> {
+    match std::env::var("PAGEWIRE_TEST_STORE").as_deref() {
+        Ok("embedded") | Err(_) => {
+            let dir = tempfile::Builder::new()
+                .prefix("pagewire-test-data")
+                .tempdir()?;
+            let flags = vec![
+                "--store".to_owned(),
+                "embedded".to_owned(),
+                "--data-dir".to_owned(),
+                dir.path().display().to_string(),
+            ];
+            Ok((flags, Some(dir)))
+        }
+        Ok("memory") => Ok((vec!["--store".to_owned(), "memory".to_owned()], None)),
+        Ok(other) => bail!("PAGEWIRE_TEST_STORE={other:?}: memory or embedded"),
+    }
 }
 
 impl Server {
@@ -104,8 +128,15 @@ impl Server {
                 c
             }
         };
+        let names_store = args.iter().any(|a| *a == "--store" || *a == "--data-dir");
+        let (store_flags, data_dir) = if names_store {
+            (Vec::new(), None)
+        } else {
+            test_store_flags()?
+        };
         let mut child = command
             .args(["--listen", listen])
+            .args(&store_flags)
             .args(args)
             .env(
                 "RUST_LOG",
@@ -123,7 +154,12 @@ impl Server {
             }
         };
         let addr = url.trim_start_matches("http://").to_owned();
-        Ok(Self { url, addr, child })
+        Ok(Self {
+            url,
+            addr,
+            child,
+            _data_dir: data_dir,
+        })
     }
 
     pub fn pid(&self) -> i32 {

@@ -103,9 +103,11 @@ fn kill_client_at_random_points() {
                 BufReader::new(stdout)
                     .lines()
                     .map_while(Result::ok)
+                    // The first report shares its line with libtest's
+                    // "test crash_child ... ".
                     .filter_map(|l| {
-                        l.strip_prefix("committed ")
-                            .and_then(|v| v.parse::<i64>().ok())
+                        l.rsplit_once("committed ")
+                            .and_then(|(_, v)| v.parse::<i64>().ok())
                     })
                     .last()
             });

@@ -86,6 +86,11 @@ fn hostile_tenant_memory_store() {
 }
 
 #[test]
+fn hostile_tenant_embedded_store() {
+    run("embedded", "embedded");
+}
+
+#[test]
 fn hostile_tenant_postgres_store() {
     let Some(pg) = TempPostgres::start_or_skip("hostile_tenant_postgres_store") else {
         return;
@@ -229,7 +234,11 @@ fn run(store_label: &str, store: &str) {
     let scale = Scale::from_env();
     let dir = tempfile::tempdir().expect("temporary directory");
     let tokens = write_tokens(dir.path(), &[(A_TOKEN, "a"), (B_TOKEN, "b")]).expect("tokens file");
-    let flags = scale.server_flags(&tokens, store);
+    let mut flags = scale.server_flags(&tokens, store);
+    if store == "embedded" {
+        flags.push("--data-dir".into());
+        flags.push(dir.path().join("data").display().to_string());
+    }
     let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let cap = format!("--as={}", scale.address_space_cap());
     let mut server = Server::start_wrapped(&["prlimit", &cap], &flag_refs)

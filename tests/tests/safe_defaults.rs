@@ -37,6 +37,7 @@ use tonic::server::NamedService;
 /// is killed), `Err((exit code, stderr))` when it exited instead.
 fn try_start(args: &[&str]) -> Result<String, (Option<i32>, String)> {
     let mut child = Command::new(server_binary().expect("server binary"))
+        .args(["--store", "memory"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -59,6 +59,7 @@ impl VfsError {
                 (Op::Open, Class::Forbidden) => vars::SQLITE_PERM,
                 (Op::Open, _) => vars::SQLITE_CANTOPEN,
                 (_, Class::Busy) => vars::SQLITE_BUSY,
+                (Op::Sync | Op::Write, Class::Full) => vars::SQLITE_FULL,
                 _ => io_code(op),
             },
             _ => io_code(op),
@@ -105,6 +106,9 @@ mod tests {
         assert_eq!(down.sqlite_code(Op::Open), vars::SQLITE_CANTOPEN);
         assert_eq!(down.sqlite_code(Op::Sync), vars::SQLITE_IOERR_FSYNC);
         assert!(down.is_retryable());
+        let full = VfsError::Status(tonic::Status::resource_exhausted("out of space"));
+        assert_eq!(full.sqlite_code(Op::Sync), vars::SQLITE_FULL);
+        assert!(!full.is_retryable());
         let lost = VfsError::Status(tonic::Status::failed_precondition("lease lost"));
         assert_eq!(lost.sqlite_code(Op::Sync), vars::SQLITE_IOERR_FSYNC);
         assert!(!lost.is_retryable());

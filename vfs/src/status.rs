@@ -44,8 +44,12 @@ pub enum Class {
     Fenced,
     /// `PERMISSION_DENIED`: the token may not do this (`SQLITE_PERM` at Open).
     Forbidden,
+    /// `RESOURCE_EXHAUSTED`: over one of the server's limits, or the store is out of
+    /// space: definite, nothing changed (`SQLITE_FULL` at a commit, as SQLite answers
+    /// for a full disk or `max_page_count`).
+    Full,
     /// Any other answer (`INVALID_ARGUMENT`, `UNAUTHENTICATED`, `OUT_OF_RANGE`,
-    /// `RESOURCE_EXHAUSTED`, an `INTERNAL` the server sent, a reply this client could
+    /// an `INTERNAL` the server sent, a reply this client could
     /// not decode, ...): definite, nothing changed, asking again gets the same.
     Refused,
 }
@@ -73,6 +77,7 @@ impl Class {
             Code::NotFound => Class::NotFound,
             Code::FailedPrecondition => Class::Fenced,
             Code::PermissionDenied => Class::Forbidden,
+            Code::ResourceExhausted => Class::Full,
             _ => Class::Refused,
         }
     }
@@ -151,7 +156,7 @@ mod tests {
                 Status::out_of_range("version 3 was collected"),
                 Class::Refused,
             ),
-            (Status::resource_exhausted("--max-calls"), Class::Refused),
+            (Status::resource_exhausted("--max-calls"), Class::Full),
             (Status::unavailable("shutting down"), Class::Transport),
             (Status::unknown("missing grpc-status"), Class::Transport),
             (
@@ -164,7 +169,13 @@ mod tests {
         for (status, class) in cases {
             assert_eq!(Class::of(&status), class, "{status:?}");
         }
-        for busy_or_definite in [Class::Busy, Class::NotFound, Class::Fenced, Class::Refused] {
+        for busy_or_definite in [
+            Class::Busy,
+            Class::NotFound,
+            Class::Fenced,
+            Class::Refused,
+            Class::Full,
+        ] {
             assert!(!busy_or_definite.is_retryable());
         }
     }

@@ -2,7 +2,7 @@
 
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use clap::Parser;
 use pagewire_proto::redact;
 use pagewire_server_core::store::{Fault, FaultyStore};
 use pagewire_server_core::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
+use pagewire_store_kv::Engine as _;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -26,11 +27,16 @@ struct Flags {
     /// --insecure-no-auth.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// Where pages are kept: `memory` (lost when the server stops) or
-    /// `postgres://user[:password]@host[:port]/database` (durable; several servers may
-    /// share one database).
-    #[arg(long, default_value = "memory")]
+    /// Where pages are kept: `embedded` (the default: durable, in --data-dir, one
+    /// server per directory), `memory` (lost when the server stops: for tests and
+    /// throwaway use) or `postgres://user[:password]@host[:port]/database` (durable;
+    /// several servers may share one database).
+    #[arg(long, default_value = "embedded")]
     store: String,
+    /// The embedded store's data directory (created when missing; locked while this
+    /// server runs).
+    #[arg(long, default_value = "pagewire-data")]
+    data_dir: PathBuf,
     /// How long a silent writer keeps its write lease (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     lease_ttl: Duration,
@@ -75,15 +81,21 @@ struct Flags {
 
 /// The stores this build supports, for messages.
 const SUPPORTED: &str = if cfg!(feature = "postgres") {
-    "memory, postgres://user@host/database"
+    "embedded, memory, postgres://user@host/database"
 } else {
-    "memory (this build has no PostgreSQL store: build with the `postgres` feature)"
+    "embedded, memory (this build has no PostgreSQL store: build with the `postgres` feature)"
 };
 
-/// Opens the store `spec` names; a store that cannot be reached is an error.
-async fn open_store(spec: &str) -> anyhow::Result<Arc<dyn PageStore>> {
+/// Opens the store `spec` names (`data_dir` for the embedded one); a store that cannot
+/// be reached is an error.
+async fn open_store(spec: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn PageStore>> {
     if spec == "memory" {
         return Ok(Arc::new(MemoryStore::new()));
+    }
+    if spec == "embedded" {
+        let (store, engine) = pagewire_store_kv::open_data_dir(data_dir).await?;
+        tracing::info!(engine = %engine.describe(), "embedded store open");
+        return Ok(Arc::new(store));
     }
     #[cfg(feature = "postgres")]
     if pagewire_store_postgres::is_postgres_url(spec) {
@@ -172,7 +184,10 @@ async fn shutdown_signal() {
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let config = config(&flags)?;
-    let store = FaultyStore::wrap(open_store(&flags.store).await?, flags.inject_fault);
+    let store = FaultyStore::wrap(
+        open_store(&flags.store, &flags.data_dir).await?,
+        flags.inject_fault,
+    );
     let listener = TcpListener::bind(flags.listen)
         .await
         .with_context(|| format!("cannot listen on {}", flags.listen))?;
@@ -190,6 +205,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     tracing::info!(
         %addr,
         store = %redact(&flags.store),
+        data_dir = %flags.data_dir.display(),
         lease_ttl = ?config.lease_ttl,
         history_retention = ?config.history_retention,
         read_lease_ttl = ?config.read_lease_ttl,
@@ -271,7 +287,10 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_stores_list_the_supported_ones() {
-        let e = open_store("redis://x").await.err().map(|e| e.to_string());
+        let e = open_store("redis://x", Path::new("unused"))
+            .await
+            .err()
+            .map(|e| e.to_string());
         let e = e.unwrap_or_default();
         assert!(e.contains("unknown store") && e.contains("memory"), "{e}");
     }

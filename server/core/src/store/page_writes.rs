@@ -110,7 +110,10 @@ impl<H: PageHandle> PageWrites<H> {
     /// version order. (Holes are `None`.)
     pub fn load(&mut self, page_no: u32, version: Version, data: Option<H>) {
         self.bytes += data.as_ref().map_or(0, PageHandle::stored_len);
-        self.writes.entry(page_no).or_default().push((version, data));
+        self.writes
+            .entry(page_no)
+            .or_default()
+            .push((version, data));
     }
 
     /// The pages for which [`Self::write`] of `version` wrote a zero marker (read
