@@ -122,6 +122,10 @@ pub fn register_with(
     on_config: impl FnOnce(&Config),
     registrar: impl FnOnce(CString, PagewireVfs) -> Result<SqliteLogger, i32>,
 ) -> Result<(), String> {
+    // Held for the whole registration: a second caller (another thread) returns only
+    // once the VFS is registered, never while the first is still registering it.
+    static REGISTERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _registering = REGISTERING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if REGISTERED.swap(true, Ordering::SeqCst) {
         return Ok(());
     }

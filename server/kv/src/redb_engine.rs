@@ -421,6 +421,9 @@ fn apply(table: &mut redb::Table<&[u8], &[u8]>, op: &Op) -> EngineResult<()> {
     Ok(())
 }
 
+/// A key or value read from a table.
+type Guard<'a> = redb::AccessGuard<'a, &'static [u8]>;
+
 struct RedbSnapshot {
     table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
@@ -442,10 +445,7 @@ impl Snapshot for RedbSnapshot {
             .table
             .range(start..end)
             .map_err(|e| engine_error("scan", e))?;
-        let pair = |item: Result<
-            (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>),
-            redb::StorageError,
-        >| {
+        let pair = |item: Result<(Guard<'_>, Guard<'_>), redb::StorageError>| {
             item.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
                 .map_err(|e| engine_error("scan", e))
         };

@@ -115,17 +115,16 @@ impl KvStore {
             if !self.is_current(key, &slot) {
                 continue; // dropped while we waited: start over on the new slot
             }
-            let mut created = None;
+            let mut created = false;
             if guard.is_none() {
                 match self.load(key)? {
                     Some(db) => *guard = Some(db),
                     None if create => {
-                        let (db, batch) = KvDb::create(
-                            keys::catalog(&key.tenant, &key.name),
-                            self.clock.unix_ms(),
-                        );
-                        created = Some(batch);
+                        let catalog = keys::catalog(&key.tenant, &key.name);
+                        let (db, batch) = KvDb::create(catalog, self.clock.unix_ms());
                         *guard = Some(db);
+                        self.write_or_drop(key, &slot, &mut guard, batch).await?;
+                        created = true;
                     }
                     None => {
                         drop(guard);
@@ -137,28 +136,31 @@ impl KvStore {
             let Some(db) = guard.as_mut() else {
                 continue;
             };
-            let was_created = created.is_some();
-            if let Some(batch) = created.take() {
-                if let Err(e) = self.engine.write(batch).await {
-                    *guard = None;
-                    drop(guard);
-                    self.forget(key, &slot);
-                    return Err(store_error(e));
-                }
-            }
-            let (value, batch) = f(db, was_created)?;
+            let (value, batch) = f(db, created)?;
             if let Some(batch) = batch {
-                if let Err(e) = self.engine.write(batch).await {
-                    *guard = None;
-                    drop(guard);
-                    self.forget(key, &slot);
-                    return Err(store_error(e));
-                }
+                self.write_or_drop(key, &slot, &mut guard, batch).await?;
             }
             drop(guard);
             self.evict_cold();
             return Ok(value);
         }
+    }
+
+    /// Writes `batch`; when that fails, drops the database from memory (it may be
+    /// ahead of the engine now) so the next call loads what the engine holds.
+    async fn write_or_drop(
+        &self,
+        key: &DbKey,
+        slot: &Slot,
+        guard: &mut tokio::sync::MutexGuard<'_, Option<KvDb>>,
+        batch: Batch,
+    ) -> StoreResult<()> {
+        let Err(e) = self.engine.write(batch).await else {
+            return Ok(());
+        };
+        **guard = None;
+        self.forget(key, slot);
+        Err(store_error(e))
     }
 
     /// The database `key` as the engine holds it, `None` when it does not exist.
