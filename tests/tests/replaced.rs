@@ -153,7 +153,7 @@ fn idle(url: &str) {
 #[test]
 fn replaced_by_a_memory_server_restart() {
     let Some(python) = python() else { return };
-    let first = Server::start().expect("server");
+    let first = Server::start_with(&["--store", "memory"]).expect("server");
     let mut p = start(python, &first.url);
     p.connect(1, OLD);
     build_old(&mut p, 1..=7);
@@ -161,7 +161,8 @@ fn replaced_by_a_memory_server_restart() {
     idle(&first.url);
     let (url, addr) = (first.url.clone(), first.addr.clone());
     drop(first);
-    let _second = Server::start_at(&addr, &[]).expect("server again on the same port");
+    let _second =
+        Server::start_at(&addr, &["--store", "memory"]).expect("server again on the same port");
     build_new(python, &url, 1, 7);
     assert_pinned_reader_fails(&mut r);
     assert_replaced(&mut p, python, &url, 6);
@@ -223,8 +224,15 @@ fn replaced_by_a_postgres_restore() {
         .expect("pg_restore");
     assert!(restored.success(), "pg_restore");
     let _second = Server::start_at(&addr, &["--store", pg.url()]).expect("server again");
+    assert_restored_to_3(python, &url, &mut p, &mut r);
+}
+
+/// After a restore to version 3 of P's history: Q writes versions 4-7 of its own; P's
+/// connection and its pinned reader fail saying the database was replaced; a fresh
+/// open sees the restored rows and Q's.
+fn assert_restored_to_3(python: &str, url: &str, p: &mut Driver, r: &mut Driver) {
     // Back at version 3 (table p, two rows); Q writes versions 4-7 of its own.
-    let mut q = start(python, &url);
+    let mut q = start(python, url);
     q.connect(1, "file:inc.db");
     assert_eq!(
         q.ok(1, "pragma pagewire_version"),
@@ -237,14 +245,14 @@ fn replaced_by_a_postgres_restore() {
     }
     assert_eq!(q.ok(1, "pragma pagewire_version"), "[('7',)]");
     drop(q);
-    assert_pinned_reader_fails(&mut r);
-    assert_old_connection_fails(&mut p);
+    assert_pinned_reader_fails(r);
+    assert_old_connection_fails(p);
     assert!(
         p.stderr_text().contains("was replaced"),
         "{}",
         p.stderr_text()
     );
-    let mut fresh = start(python, &url);
+    let mut fresh = start(python, url);
     fresh.connect(1, "file:inc.db");
     assert_eq!(
         fresh.ok(1, "select count(*) from p"),
@@ -271,4 +279,48 @@ fn build_old_more(p: &mut Driver) {
         );
         assert_eq!(p.ok(1, "pragma pagewire_version"), format!("[('{v}',)]"));
     }
+}
+
+/// The embedded store's data directory copied with the server stopped (the documented
+/// backup) at version 3, and copied back after P went on to version 7: as with a
+/// PostgreSQL restore, the incarnation is the restored one and the version tags tell.
+#[test]
+fn replaced_by_an_embedded_store_backup_restore() {
+    let Some(python) = python() else { return };
+    let root = tempfile::tempdir().expect("temp dir");
+    let (data, backup) = (root.path().join("data"), root.path().join("backup"));
+    let data_flag = data.display().to_string();
+    let flags = ["--data-dir", data_flag.as_str()];
+    let first = Server::start_with(&flags).expect("server");
+    let (url, addr) = (first.url.clone(), first.addr.clone());
+    let mut p = start(python, &url);
+    p.connect(1, OLD);
+    build_old(&mut p, 1..=3);
+    idle(&url);
+    drop(first);
+    copy_dir(&data, &backup);
+    let again = Server::start_at(&addr, &flags).expect("server again");
+    build_old_more(&mut p);
+    let mut r = pinned_reader(python, &url);
+    idle(&url);
+    drop(again);
+    std::fs::remove_dir_all(&data).expect("remove the data directory");
+    copy_dir(&backup, &data);
+    let _restored = Server::start_at(&addr, &flags).expect("server on the restored copy");
+    assert_restored_to_3(python, &url, &mut p, &mut r);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(
+        copied.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
 }
