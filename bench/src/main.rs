@@ -1,9 +1,12 @@
 //! pagewire-bench: pagewire against local SQLite files, in one run, over loopback.
 //!
 //! Targets: a local file (WAL + synchronous=NORMAL; DELETE + synchronous=FULL),
-//! pagewire on the memory store, pagewire on PostgreSQL (a throwaway cluster, or
-//! `--postgres URL`). One table of numbers with ratios to the local file, then a
-//! server load test. Run: `scripts/bench.sh` (builds first), or
+//! pagewire on the memory store (`--store memory`), on the embedded store (the
+//! server's default, in a temporary data directory), on PostgreSQL (a throwaway
+//! cluster, or `DATABASE_URL`). One table of numbers with ratios to the local file,
+//! then issue 14's durable-store section (durable.rs: commit latency and writers
+//! against local files, many databases: start time and memory; `--only-durable` runs
+//! just that), then a server load test. Run: `scripts/bench.sh` (builds first), or
 //! `target/release/pagewire-bench [--quick]`.
 //!
 //! The read-lease rows (leases.rs) also run each pagewire store on a second server
@@ -13,6 +16,7 @@
 //! read-lease holders instead of the table.
 
 mod child;
+mod durable;
 mod leases;
 mod load;
 mod pgdirect;
@@ -53,7 +57,8 @@ struct Args {
     /// load test).
     #[arg(long)]
     only: Option<String>,
-    /// Seconds each timed-for-a-while workload runs (default 2, --quick 0.5).
+    /// Seconds each timed-for-a-while workload runs (default 2, --quick 0.5; each
+    /// timed run of the durable section: default 3, --quick 0.5).
     #[arg(long)]
     seconds: Option<f64>,
     /// Leave PostgreSQL out even where it is installed.
@@ -74,6 +79,20 @@ struct Args {
     /// read lease), to separate the cost of the events from waiting for acks.
     #[arg(long)]
     holders_snapshot: bool,
+    /// Run only issue 14's durable-store section (commit latency and writers on the
+    /// embedded store, PostgreSQL and local files; many databases).
+    #[arg(long)]
+    only_durable: bool,
+    /// Skip the durable-store section.
+    #[arg(long, conflicts_with = "only_durable")]
+    no_durable: bool,
+    /// Databases of the durable section's many-databases test (default 100000,
+    /// --quick 5000).
+    #[arg(long)]
+    databases: Option<usize>,
+    /// Concurrent writers of the durable section (each its own database).
+    #[arg(long, default_value_t = 64)]
+    writers: usize,
     /// Internal: run a read-lease holder child (target spec, database, token, strong|snapshot).
     #[arg(long, hide = true, num_args = 4)]
     child_holder: Option<Vec<String>>,
@@ -93,6 +112,22 @@ pub fn load_vfs() -> anyhow::Result<()> {
 
 /// Server flags that turn read leases off.
 const NO_LEASES: [&str; 2] = ["--read-lease-ttl", "0s"];
+
+/// A server on the memory store (named: the test harness's default is the embedded one).
+fn memory_server(extra: &[&str]) -> anyhow::Result<Server> {
+    Server::start_with(&[&["--store", "memory"][..], extra].concat())
+}
+
+/// A server on the embedded store in a new temporary data directory (removed after
+/// the server, which the tuple drops first).
+fn embedded_server(extra: &[&str]) -> anyhow::Result<(Server, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new()
+        .prefix("pagewire-bench-data")
+        .tempdir()?;
+    let path = dir.path().display().to_string();
+    let args = [&["--store", "embedded", "--data-dir", &path][..], extra].concat();
+    Ok((Server::start_with(&args)?, dir))
+}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -133,13 +168,46 @@ fn main() -> anyhow::Result<()> {
         seconds: args.seconds.unwrap_or(sizes.seconds),
         ..sizes
     };
+    let durable_opts = durable::Opts {
+        seconds: args.seconds.unwrap_or(if args.quick { 0.5 } else { 3.0 }),
+        writers: args.writers,
+        databases: args
+            .databases
+            .unwrap_or(if args.quick { 5_000 } else { 100_000 }),
+        touch: 1_000,
+    };
     let dir = tempfile::tempdir()?;
     let (wal, full) = (dir.path().join("wal"), dir.path().join("full"));
     std::fs::create_dir_all(&wal)?;
     std::fs::create_dir_all(&full)?;
-    let memory = Server::start()?;
+    if args.only_durable {
+        let (embedded, _embedded_dir) = embedded_server(&[])?;
+        let mut targets = vec![
+            Target::LocalWal(wal),
+            Target::LocalFull(full),
+            Target::Pagewire {
+                url: embedded.url.clone(),
+                label: "embedded".into(),
+                no_lease_url: None,
+            },
+        ];
+        let postgres = if args.no_postgres {
+            None
+        } else {
+            report::postgres_server()?
+        };
+        if let Some((_, server)) = &postgres {
+            targets.push(Target::Pagewire {
+                url: server.url.clone(),
+                label: "postgres".into(),
+                no_lease_url: None,
+            });
+        }
+        return durable::run(&targets, &durable_opts);
+    }
+    let memory = memory_server(&[])?;
     // The same store without read leases, for the rows that compare.
-    let memory_no_lease = Server::start_with(&NO_LEASES)?;
+    let memory_no_lease = memory_server(&NO_LEASES)?;
     target::register_server(&memory.url, memory.pid() as u32);
     target::register_server(&memory_no_lease.url, memory_no_lease.pid() as u32);
     let mut targets = vec![
@@ -151,6 +219,21 @@ fn main() -> anyhow::Result<()> {
             no_lease_url: Some(memory_no_lease.url.clone()),
         },
     ];
+    // The embedded store (the server's default), and again without read leases.
+    let embedded = if args.lease_scan.is_some() {
+        None
+    } else {
+        let (server, server_dir) = embedded_server(&[])?;
+        let (no_lease, no_lease_dir) = embedded_server(&NO_LEASES)?;
+        target::register_server(&server.url, server.pid() as u32);
+        target::register_server(&no_lease.url, no_lease.pid() as u32);
+        targets.push(Target::Pagewire {
+            url: server.url.clone(),
+            label: "embedded".into(),
+            no_lease_url: Some(no_lease.url.clone()),
+        });
+        Some((server, server_dir, no_lease, no_lease_dir))
+    };
     let scan_memory = args.lease_scan.is_some() && !args.scan_postgres;
     let postgres = if args.no_postgres || scan_memory {
         None
@@ -225,6 +308,14 @@ fn main() -> anyhow::Result<()> {
     if args.only.is_some() {
         return Ok(());
     }
+    if !args.no_durable {
+        let durable_targets: Vec<Target> = targets
+            .iter()
+            .filter(|t| t.label() != "pagewire memory")
+            .cloned()
+            .collect();
+        durable::run(&durable_targets, &durable_opts)?;
+    }
     if let (Some((pg, _)), Some(t)) = (
         &postgres,
         targets.iter().find(|t| t.label() == "pagewire postgres"),
@@ -243,7 +334,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             (args.load_databases, args.load_clients)
         };
-        let load_server = Server::start()?;
+        let load_server = memory_server(&[])?;
         // A fresh server holds its first commits for one read-lease TTL (1 s by
         // default); the load test measures the steady state after it.
         std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -256,6 +347,18 @@ fn main() -> anyhow::Result<()> {
             &load::run(&t, Some(load_server.pid() as u32), dbs, clients, 10)?,
             "memory",
         );
+        drop(load_server);
+        let (load_server, _load_dir) = embedded_server(&[])?;
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let t = Target::Pagewire {
+            url: load_server.url.clone(),
+            label: "embedded".into(),
+            no_lease_url: None,
+        };
+        report::print_load(
+            &load::run(&t, Some(load_server.pid() as u32), dbs, clients, 10)?,
+            "embedded",
+        );
         if let Some((_, server)) = &postgres {
             let t = Target::Pagewire {
                 url: server.url.clone(),
@@ -265,5 +368,6 @@ fn main() -> anyhow::Result<()> {
             report::print_load(&load::run(&t, None, dbs, clients, 10)?, "postgres");
         }
     }
+    drop(embedded);
     Ok(())
 }
