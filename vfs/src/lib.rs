@@ -125,7 +125,9 @@ pub fn register_with(
     // Held for the whole registration: a second caller (another thread) returns only
     // once the VFS is registered, never while the first is still registering it.
     static REGISTERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _registering = REGISTERING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _registering = REGISTERING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if REGISTERED.swap(true, Ordering::SeqCst) {
         return Ok(());
     }
