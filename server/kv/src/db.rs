@@ -92,10 +92,7 @@ impl KvDb {
             keys::meta(id, 0),
             records::encode(&MetaRecord::from(&db.history.versions()[0])),
         );
-        db.finish(&mut batch);
-        // A new database expects no head (its id is new).
-        batch.expect.retain(|(k, _)| *k != keys::head(id));
-        batch.expect(keys::head(id), None);
+        db.finish(&mut batch); // expects no head: its id is new
         (db, batch)
     }
 
@@ -199,10 +196,9 @@ impl KvDb {
             change: self.head.change.wrapping_add(1),
         };
         let bytes = records::encode(&head);
-        batch.expect(
-            keys::head(self.id),
-            Some(std::mem::take(&mut self.head_bytes)),
-        );
+        // No head written yet (a new database): none may exist.
+        let written = Some(std::mem::take(&mut self.head_bytes)).filter(|b| !b.is_empty());
+        batch.expect(keys::head(self.id), written);
         batch.put(keys::head(self.id), bytes.clone());
         self.head = head;
         self.head_bytes = bytes;
