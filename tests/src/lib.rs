@@ -71,15 +71,31 @@ pub struct Server {
     _data_dir: Option<tempfile::TempDir>,
 }
 
+/// A new, empty data directory for a test's embedded store, removed on drop:
+/// under `PAGEWIRE_TEST_DATA_ROOT` if set, else on `/dev/shm` where it exists, else
+/// in the temporary directory. The end-to-end tests check what the store does, not
+/// that the disk syncs: on tmpfs an fsync is free, which keeps the suite's time near
+/// the memory store's. The syncs themselves are asserted against a real disk by
+/// `server/kv/tests/engine.rs`.
+pub fn data_dir() -> anyhow::Result<tempfile::TempDir> {
+    let root = match std::env::var_os("PAGEWIRE_TEST_DATA_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None if std::path::Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    };
+    tempfile::Builder::new()
+        .prefix("pagewire-test-data")
+        .tempdir_in(&root)
+        .with_context(|| format!("a data directory in {}", root.display()))
+}
+
 /// The store a test server gets when its flags name none: `PAGEWIRE_TEST_STORE`
-/// (`embedded`, the default and the server's: the durable store, in a new temporary
-/// data directory per server, so no two tests share one; or `memory`).
+/// (`embedded`, the default and the server's: the durable store, in a new
+/// [`data_dir`] per server, so no two tests share one; or `memory`).
 pub fn test_store_flags() -> anyhow::Result<(Vec<String>, Option<tempfile::TempDir>)> {
     match std::env::var("PAGEWIRE_TEST_STORE").as_deref() {
         Ok("embedded") | Err(_) => {
-            let dir = tempfile::Builder::new()
-                .prefix("pagewire-test-data")
-                .tempdir()?;
+            let dir = data_dir()?;
             let flags = vec![
                 "--store".to_owned(),
                 "embedded".to_owned(),

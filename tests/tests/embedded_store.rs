@@ -221,7 +221,7 @@ impl Probe {
 
 #[test]
 fn crash_acknowledged_commits_and_epochs_survive_sigkill() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = pagewire_tests::data_dir().expect("data dir");
     let flags = [
         "--lease-ttl",
         "3s",
