@@ -105,6 +105,7 @@ fn print_commits(columns: &[Column], opts: &Opts) {
     let label = |l: &str| match l {
         "local WAL" => "local WAL + NORMAL".to_owned(),
         "local FULL" => "local DELETE + FULL".to_owned(),
+        "pagewire memory" => "pagewire memory (not durable)".to_owned(),
         other => other.to_owned(),
     };
     let mut head = "\n| commits (real SQLite; pagewire through the VFS) |".to_owned();

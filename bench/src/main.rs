@@ -203,6 +203,13 @@ fn main() -> anyhow::Result<()> {
                 no_lease_url: None,
             });
         }
+        // Not durable: the floor of the RPC path, to show what the stores add to it.
+        let memory = memory_server(&[])?;
+        targets.push(Target::Pagewire {
+            url: memory.url.clone(),
+            label: "memory".into(),
+            no_lease_url: None,
+        });
         return durable::run(&targets, &durable_opts);
     }
     let memory = memory_server(&[])?;
@@ -309,11 +316,12 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if !args.no_durable {
-        let durable_targets: Vec<Target> = targets
+        // The memory store last: not durable, the floor of the RPC path.
+        let (memory, durable): (Vec<Target>, Vec<Target>) = targets
             .iter()
-            .filter(|t| t.label() != "pagewire memory")
             .cloned()
-            .collect();
+            .partition(|t| t.label() == "pagewire memory");
+        let durable_targets: Vec<Target> = durable.into_iter().chain(memory).collect();
         durable::run(&durable_targets, &durable_opts)?;
     }
     if let (Some((pg, _)), Some(t)) = (
