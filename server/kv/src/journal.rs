@@ -396,26 +396,26 @@ mod tests {
 
     #[test]
     fn records_come_back_in_order_after_the_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, none) = open(dir.path(), FIRST).unwrap();
+        let dir = tempfile::tempdir().expect("journal test");
+        let (mut j, none) = open(dir.path(), FIRST).expect("journal test");
         assert!(none.is_empty());
         for n in 1..=3 {
             write(&mut j, n);
         }
         drop(j);
-        let (j, records) = open(dir.path(), FIRST).unwrap();
+        let (j, records) = open(dir.path(), FIRST).expect("journal test");
         assert_eq!(seqs(&records), [1, 2, 3]);
         assert_eq!(records[1].ops, ops(2));
         assert_eq!(j.last_seq(), 3);
         // Another salt: none of them.
-        let (_, records) = open(dir.path(), Checkpoint { seq: 0, salt: 8 }).unwrap();
+        let (_, records) = open(dir.path(), Checkpoint { seq: 0, salt: 8 }).expect("journal test");
         assert!(records.is_empty());
     }
 
     #[test]
     fn after_a_checkpoint_old_records_are_not_replayed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = open(dir.path(), FIRST).unwrap();
+        let dir = tempfile::tempdir().expect("journal test");
+        let (mut j, _) = open(dir.path(), FIRST).expect("journal test");
         for n in 1..=4 {
             write(&mut j, n);
         }
@@ -423,11 +423,11 @@ mod tests {
         assert_eq!(cp.seq, 4);
         j.checkpointed(cp);
         drop(j);
-        let (mut j, records) = open(dir.path(), cp).unwrap();
+        let (mut j, records) = open(dir.path(), cp).expect("journal test");
         assert!(records.is_empty(), "{:?}", seqs(&records));
         write(&mut j, 5); // overwrites record 1; 2..=4 stay in the file
         drop(j);
-        let (j, records) = open(dir.path(), cp).unwrap();
+        let (j, records) = open(dir.path(), cp).expect("journal test");
         assert_eq!(seqs(&records), [5]);
         assert_eq!(records[0].ops, ops(5));
         assert_eq!(j.last_seq(), 5);
@@ -435,33 +435,35 @@ mod tests {
 
     #[test]
     fn a_torn_tail_ends_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = open(dir.path(), FIRST).unwrap();
+        let dir = tempfile::tempdir().expect("journal test");
+        let (mut j, _) = open(dir.path(), FIRST).expect("journal test");
         for n in 1..=3 {
             write(&mut j, n);
         }
         // The last record half written: a byte of its payload never arrived.
         j.file
             .write_all_at(&[0xff], record_len() * 2 + 100)
-            .unwrap();
+            .expect("journal test");
         drop(j);
-        let (mut j, records) = open(dir.path(), FIRST).unwrap();
+        let (mut j, records) = open(dir.path(), FIRST).expect("journal test");
         assert_eq!(seqs(&records), [1, 2]);
         write(&mut j, 9); // replaces the torn one, as number 3
         drop(j);
-        let (_, records) = open(dir.path(), FIRST).unwrap();
+        let (_, records) = open(dir.path(), FIRST).expect("journal test");
         assert_eq!(seqs(&records), [1, 2, 3]);
         assert_eq!(records[2].ops, ops(9));
     }
 
     #[test]
     fn a_damaged_record_before_acknowledged_ones_is_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = open(dir.path(), FIRST).unwrap();
+        let dir = tempfile::tempdir().expect("journal test");
+        let (mut j, _) = open(dir.path(), FIRST).expect("journal test");
         for n in 1..=3 {
             write(&mut j, n);
         }
-        j.file.write_all_at(&[0xff], record_len() + 100).unwrap();
+        j.file
+            .write_all_at(&[0xff], record_len() + 100)
+            .expect("journal test");
         drop(j);
         match open(dir.path(), FIRST) {
             Err(JournalError::Corrupt(m)) => assert!(m.contains("record 3"), "{m}"),
@@ -477,8 +479,8 @@ mod tests {
         // A tenant's page holding what looks like a record (right magic, CRC and next
         // number; a guessed salt) where the next record would start, left there from
         // before a checkpoint, is never replayed.
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = open(dir.path(), FIRST).unwrap();
+        let dir = tempfile::tempdir().expect("journal test");
+        let (mut j, _) = open(dir.path(), FIRST).expect("journal test");
         let mut fake = encode([Op::Delete(b"someone else's key".to_vec())].iter());
         seal(&mut fake, 1234, 3);
         // header, tag, key length, key, value length: then the page's bytes
@@ -487,36 +489,36 @@ mod tests {
         let at = ALIGN as usize - page_starts;
         page[at..at + fake.len()].copy_from_slice(&fake);
         j.append(encode([Op::Put(b"p".to_vec(), Bytes::from(page))].iter()))
-            .unwrap();
+            .expect("journal test");
         let cp = j.next_checkpoint();
         j.checkpointed(cp);
         j.append(encode([Op::Delete(b"k".to_vec())].iter()))
-            .unwrap(); // record 2, in [0, 512)
+            .expect("journal test"); // record 2, in [0, 512)
         drop(j);
-        let (_, records) = open(dir.path(), cp).unwrap();
+        let (_, records) = open(dir.path(), cp).expect("journal test");
         assert_eq!(seqs(&records), [2]);
         assert_eq!(records[0].ops, [Op::Delete(b"k".to_vec())]);
     }
 
     #[test]
     fn a_retracted_record_is_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = open(dir.path(), FIRST).unwrap();
+        let dir = tempfile::tempdir().expect("journal test");
+        let (mut j, _) = open(dir.path(), FIRST).expect("journal test");
         write(&mut j, 1);
         let record = encode(ops(2).iter());
         let len = record.len();
-        j.append(record).unwrap();
-        j.retract(len).unwrap();
+        j.append(record).expect("journal test");
+        j.retract(len).expect("journal test");
         assert_eq!(j.last_seq(), 1);
         drop(j);
-        let (_, records) = open(dir.path(), FIRST).unwrap();
+        let (_, records) = open(dir.path(), FIRST).expect("journal test");
         assert_eq!(seqs(&records), [1]);
     }
 
     #[test]
     fn a_group_that_does_not_fit_is_a_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let (j, _) = open(dir.path(), FIRST).unwrap();
+        let dir = tempfile::tempdir().expect("journal test");
+        let (j, _) = open(dir.path(), FIRST).expect("journal test");
         assert!(!j.wants_checkpoint(4096));
         assert!(j.wants_checkpoint(CAPACITY as usize + 1));
     }

@@ -169,17 +169,26 @@ impl Handle {
 }
 
 /// Opens the data file and the journal in `dir`, replays the journal's records newer
-/// than the last checkpoint, and checkpoints.
-fn open_files(dir: &Path, syncs: &Arc<AtomicU64>) -> Result<(Database, Journal), String> {
-    let db = open_database(&dir.join(DATA_FILE), syncs)?;
-    let found = read_checkpoint(&db).map_err(|e| e.to_string())?;
+/// than the last checkpoint, and checkpoints (which creates the tables in a new file).
+/// Nothing is written to the data file before the journal has been read whole.
+fn open_files(dir: &Path, syncs: &Arc<AtomicU64>) -> Result<(Database, Journal), OpenError> {
+    let path = dir.join(DATA_FILE);
+    let data_file = |message: String| OpenError::DataFile {
+        path: path.clone(),
+        message,
+    };
+    let db = open_database(&path, syncs).map_err(data_file)?;
+    let found = read_checkpoint(&db).map_err(|e| data_file(e.to_string()))?;
     // A data file without one (new, or from before the journal): no record counts.
     let start = found.unwrap_or(Checkpoint {
         seq: 0,
         salt: rand::random(),
     });
     let (mut journal, records) =
-        Journal::open(dir, start, syncs.clone()).map_err(|e| e.to_string())?;
+        Journal::open(dir, start, syncs.clone()).map_err(|e| OpenError::Journal {
+            path: dir.join(journal::JOURNAL_FILE),
+            message: e.to_string(),
+        })?;
     if !records.is_empty() {
         tracing::info!(
             records = records.len(),
@@ -187,7 +196,7 @@ fn open_files(dir: &Path, syncs: &Arc<AtomicU64>) -> Result<(Database, Journal),
         );
     }
     let ops = records.iter().flat_map(|r| r.ops.iter());
-    checkpoint(&db, &mut journal, ops).map_err(|e| e.to_string())?;
+    checkpoint(&db, &mut journal, ops).map_err(|e| data_file(e.to_string()))?;
     Ok((db, journal))
 }
 
@@ -207,13 +216,18 @@ fn open_database(path: &Path, syncs: &Arc<AtomicU64>) -> Result<Database, String
         .set_cache_size(CACHE_BYTES)
         .create_with_backend(backend)
         .map_err(|e| e.to_string())?;
-    ensure_table(&db).map_err(|e| e.to_string())?;
     Ok(db)
 }
 
 fn read_checkpoint(db: &Database) -> Result<Option<Checkpoint>, redb::Error> {
     let txn = db.begin_read()?;
-    let table = txn.open_table(ENGINE_TABLE)?;
+    // Nothing written yet (the tables are made by the first checkpoint, below), or a
+    // file from before the journal.
+    let table = match txn.open_table(ENGINE_TABLE) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     let Some(value) = table.get(CHECKPOINT_KEY)? else {
         return Ok(None);
     };
@@ -306,6 +320,11 @@ pub enum OpenError {
     InUse { path: PathBuf, holder: String },
     #[error("cannot open the data file {path}: {message}; the file was not changed")]
     DataFile { path: PathBuf, message: String },
+    #[error(
+        "cannot open the commit journal {path}: {message}; it was left as it is and nothing \
+         was replayed (move it aside only to give up the commits it holds)"
+    )]
+    Journal { path: PathBuf, message: String },
 }
 
 fn dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -354,10 +373,7 @@ impl RedbEngine {
         let lock = lock_dir(dir)?;
         let path = dir.join(DATA_FILE);
         let syncs = Arc::new(AtomicU64::new(0));
-        let (db, journal) = open_files(dir, &syncs).map_err(|message| OpenError::DataFile {
-            path: path.clone(),
-            message,
-        })?;
+        let (db, journal) = open_files(dir, &syncs)?;
         let handle = Arc::new(Handle {
             db: parking_lot::RwLock::new(Some(Arc::new(db))),
             dir: dir.to_owned(),
@@ -398,14 +414,6 @@ impl Drop for RedbEngine {
             let _ = committer.join();
         }
     }
-}
-
-fn ensure_table(db: &Database) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    txn.open_table(TABLE)?;
-    txn.open_table(ENGINE_TABLE)?;
-    txn.commit()?;
-    Ok(())
 }
 
 /// The committer: each turn takes every batch waiting (up to a bound) and commits them

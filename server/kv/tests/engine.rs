@@ -337,3 +337,32 @@ async fn an_older_format_is_migrated_at_start() -> anyhow::Result<()> {
     assert_eq!(read_page(&store, &key, 3).await?, page(2));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_record_is_refused_and_left_alone() -> anyhow::Result<()> {
+    use pagewire_store_kv::{journal::JOURNAL_FILE, redb_engine::DATA_FILE};
+    let (dir, image) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (store, engine) = open_data_dir(dir.path()).await?;
+    write_commits(&store, &DbKey::new("t", "a.db"), 10, 2).await?;
+    crash_image(dir.path(), image.path())?;
+    drop((store, engine));
+    // One byte of an early record's page data flipped: later records are whole.
+    let journal = image.path().join(JOURNAL_FILE);
+    let mut bytes = std::fs::read(&journal)?;
+    let at = bytes
+        .windows(64)
+        .position(|w| w.iter().all(|&b| b == 2))
+        .expect("a page of the second commit");
+    bytes[at] ^= 0xff;
+    std::fs::write(&journal, &bytes)?;
+    let e = open_error(image.path());
+    assert!(
+        e.contains("cannot open the commit journal") && e.contains("damaged"),
+        "{e}"
+    );
+    // (redb may write its own file as it recovers its last checkpoint; the journal,
+    // which holds the commits since, is left for whoever decides.)
+    assert_eq!(std::fs::read(&journal)?, bytes, "the journal was changed");
+    assert!(image.path().join(DATA_FILE).exists());
+    Ok(())
+}
