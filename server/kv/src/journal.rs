@@ -184,8 +184,20 @@ impl Journal {
     pub fn append(&mut self, mut record: Vec<u8>) -> std::io::Result<()> {
         let seq = self.next_seq;
         seal(&mut record, self.salt, seq);
-        self.file.write_all_at(&record, self.offset)?;
-        self.file.sync_data()?;
+        let written = self
+            .file
+            .write_all_at(&record, self.offset)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // The record may be whole on disk all the same (a failed sync): erase it,
+            // as its batches are answered with this error.
+            return match self.erase(self.offset) {
+                Ok(()) => Err(e),
+                Err(r) => Err(std::io::Error::other(format!(
+                    "{e}; and the record could not be erased ({r}): the commit may appear after a restart"
+                ))),
+            };
+        }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.offset += aligned(record.len() as u64);
         self.next_seq += 1;
@@ -198,12 +210,18 @@ impl Journal {
     /// is zeroed and synced, which ends the journal there.
     pub fn retract(&mut self, record_bytes: usize) -> std::io::Result<()> {
         let at = self.offset - aligned(record_bytes as u64);
-        self.file.write_all_at(&[0; HEADER], at)?;
-        self.file.sync_data()?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.erase(at)?;
         self.offset = at;
         self.next_seq -= 1;
         self.groups -= 1;
+        Ok(())
+    }
+
+    /// Zeroes and syncs the header of the record at `at`, which ends the journal there.
+    fn erase(&self, at: u64) -> std::io::Result<()> {
+        self.file.write_all_at(&[0; HEADER], at)?;
+        self.file.sync_data()?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -252,14 +252,13 @@ fn checkpoint<'a>(
             apply(&mut table, op)?;
         }
     }
-    let cp = journal.next_checkpoint();
-    commit_checkpoint(txn, cp)?;
-    journal.checkpointed(cp);
-    Ok(())
+    commit_checkpoint(txn, journal)
 }
 
-/// Commits `txn` synced, stating checkpoint `cp`.
-fn commit_checkpoint(mut txn: redb::WriteTransaction, cp: Checkpoint) -> EngineResult<()> {
+/// Commits `txn` synced, as a checkpoint covering every journal record so far; the
+/// journal then starts over.
+fn commit_checkpoint(mut txn: redb::WriteTransaction, journal: &mut Journal) -> EngineResult<()> {
+    let cp = journal.next_checkpoint();
     txn.set_durability(Durability::Immediate)
         .map_err(|e| EngineError::Io(format!("durability: {e}")))?;
     // Saves the allocator state with the commit (one more sync), so opening after a
@@ -273,7 +272,9 @@ fn commit_checkpoint(mut txn: redb::WriteTransaction, cp: Checkpoint) -> EngineR
             .insert(CHECKPOINT_KEY, cp.encode().as_slice())
             .map_err(|e| engine_error("write", e))?;
     }
-    txn.commit().map_err(|e| engine_error("commit", e))
+    txn.commit().map_err(|e| engine_error("commit", e))?;
+    journal.checkpointed(cp);
+    Ok(())
 }
 
 /// The redb engine over one data directory.
@@ -498,9 +499,7 @@ fn try_commit_group(
     }
     let record_bytes = journal::encoded_len(applied());
     if journal.wants_checkpoint(record_bytes) {
-        let cp = journal.next_checkpoint();
-        commit_checkpoint(txn, cp)?;
-        journal.checkpointed(cp);
+        commit_checkpoint(txn, journal)?;
         return Ok(outcomes);
     }
     txn.set_durability(Durability::None)
