@@ -21,13 +21,7 @@
 //! [`COMMIT_IDS_KEPT`]: pagewire_server_core::store::commit_check::COMMIT_IDS_KEPT
 
 /// The format this build writes. Start-up refuses a newer one and migrates older ones.
-///
-/// - 1: the layout above.
-/// - 2: the same layout; the embedded engine's data directory may hold acknowledged
-///   commits in its journal only (`pagewire.journal`), which a format-1 server would
-///   not replay: so it must refuse the directory (it does: a newer format). Migrating
-///   1 to 2 changes nothing but this record.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 1;
 
 pub const FORMAT_KEY: &[u8] = b"Mformat";
 

@@ -19,7 +19,6 @@
 
 pub mod db;
 pub mod engine;
-pub mod journal;
 pub mod keys;
 pub mod records;
 pub mod redb_engine;

@@ -1,16 +1,10 @@
 //! The embedded engine: [redb](https://docs.rs/redb), a copy-on-write B-tree in one
 //! file with checksummed commits, in a data directory this process locks.
 //!
-//! - **Durability**: a group of batches is durable when its record in the commit
-//!   journal is synced ([`crate::journal`]: one short sequential write and one
-//!   `fdatasync`), before `write` returns; its redb transaction then commits without a
-//!   sync (`Durability::None`: visible, lost on a crash, replayed from the journal at
-//!   the next open). Checkpoints (every [`journal::CHECKPOINT_GROUPS`] groups, a group
-//!   too big for the journal, every open and a clean close) commit with
-//!   `Durability::Immediate` and quick repair (the allocator state saved: two syncs), so
-//!   a start after a crash takes milliseconds, not a walk of the whole file. Measured
-//!   (`scripts/bench.sh --only-durable`): a 10-page commit took about 3.0 ms synced
-//!   into redb, 1.8 ms through the journal.
+//! - **Durability**: every write transaction commits with `Durability::Immediate`: the
+//!   data and the new root are synced (`fdatasync`) before `write` returns; with quick
+//!   repair (the allocator state saved in each commit: one more sync), so a start after
+//!   a crash takes milliseconds, not a walk of the whole file.
 //! - **I/O errors**: redb refuses every write after one failed (a full disk) until the
 //!   file is opened again; the committer reopens it, which recovers the last commit,
 //!   and the batches of the failed transaction fail (`Full` for a full disk). The file
@@ -40,13 +34,9 @@ use redb::{
 use tokio::sync::oneshot;
 
 use crate::engine::{Batch, Engine, EngineError, EngineLimits, EngineResult, Op, Pair, Snapshot};
-use crate::journal::{self, Checkpoint, Journal};
 
 /// The one table: every key of the layout (see [`crate::keys`]).
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pagewire");
-/// The engine's own records: the last journal checkpoint.
-const ENGINE_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("engine");
-const CHECKPOINT_KEY: &str = "journal-checkpoint";
 
 /// The data file in the data directory.
 pub const DATA_FILE: &str = "pagewire.redb";
@@ -130,11 +120,10 @@ struct Job {
 
 /// The open data file, shared by the committer and snapshots. `None` while it is
 /// being reopened: redb refuses every write after one failed with an I/O error (a full
-/// disk) until the file is opened again, which also recovers its last checkpoint (the
-/// journal is replayed over it).
+/// disk) until the file is opened again, which also recovers its last commit.
 struct Handle {
     db: parking_lot::RwLock<Option<Arc<Database>>>,
-    dir: PathBuf,
+    path: PathBuf,
     syncs: Arc<AtomicU64>,
 }
 
@@ -145,59 +134,25 @@ impl Handle {
         })
     }
 
-    /// Closes and opens the data file and the journal again (after an I/O error);
-    /// retried for a while, as a snapshot may hold the old handle for a moment.
-    fn reopen(&self, journal: &mut Option<Journal>) {
+    /// Closes and opens the data file again (after an I/O error); retried for a while,
+    /// as a snapshot may hold the old handle for a moment.
+    fn reopen(&self) {
         let mut slot = self.db.write();
         slot.take();
-        journal.take();
         for attempt in 0..50 {
-            match open_files(&self.dir, &self.syncs) {
-                Ok((db, j)) => {
-                    tracing::warn!(dir = %self.dir.display(), "data file reopened after an I/O error");
+            match open_database(&self.path, &self.syncs) {
+                Ok(db) => {
+                    tracing::warn!(path = %self.path.display(), "data file reopened after an I/O error");
                     *slot = Some(Arc::new(db));
-                    *journal = Some(j);
                     return;
                 }
                 Err(e) if attempt == 49 => {
-                    tracing::error!(dir = %self.dir.display(), "cannot reopen the data file: {e}");
+                    tracing::error!(path = %self.path.display(), "cannot reopen the data file: {e}");
                 }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
             }
         }
     }
-}
-
-/// Opens the data file and the journal in `dir`, replays the journal's records newer
-/// than the last checkpoint, and checkpoints (which creates the tables in a new file).
-/// Nothing is written to the data file before the journal has been read whole.
-fn open_files(dir: &Path, syncs: &Arc<AtomicU64>) -> Result<(Database, Journal), OpenError> {
-    let path = dir.join(DATA_FILE);
-    let data_file = |message: String| OpenError::DataFile {
-        path: path.clone(),
-        message,
-    };
-    let db = open_database(&path, syncs).map_err(data_file)?;
-    let found = read_checkpoint(&db).map_err(|e| data_file(e.to_string()))?;
-    // A data file without one (new, or from before the journal): no record counts.
-    let start = found.unwrap_or(Checkpoint {
-        seq: 0,
-        salt: rand::random(),
-    });
-    let (mut journal, records) =
-        Journal::open(dir, start, syncs.clone()).map_err(|e| OpenError::Journal {
-            path: dir.join(journal::JOURNAL_FILE),
-            message: e.to_string(),
-        })?;
-    if !records.is_empty() {
-        tracing::info!(
-            records = records.len(),
-            "replaying the commit journal into the data file"
-        );
-    }
-    let ops = records.iter().flat_map(|r| r.ops.iter());
-    checkpoint(&db, &mut journal, ops).map_err(|e| data_file(e.to_string()))?;
-    Ok((db, journal))
 }
 
 fn open_database(path: &Path, syncs: &Arc<AtomicU64>) -> Result<Database, String> {
@@ -216,65 +171,8 @@ fn open_database(path: &Path, syncs: &Arc<AtomicU64>) -> Result<Database, String
         .set_cache_size(CACHE_BYTES)
         .create_with_backend(backend)
         .map_err(|e| e.to_string())?;
+    ensure_table(&db).map_err(|e| e.to_string())?;
     Ok(db)
-}
-
-fn read_checkpoint(db: &Database) -> Result<Option<Checkpoint>, redb::Error> {
-    let txn = db.begin_read()?;
-    // Nothing written yet (the tables are made by the first checkpoint, below), or a
-    // file from before the journal.
-    let table = match txn.open_table(ENGINE_TABLE) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let Some(value) = table.get(CHECKPOINT_KEY)? else {
-        return Ok(None);
-    };
-    Checkpoint::decode(value.value())
-        .map(Some)
-        .ok_or_else(|| redb::Error::Corrupted("the journal checkpoint record".into()))
-}
-
-/// A synced commit of `ops` (records replayed at open; none at a clean close) that
-/// covers every journal record so far; the journal then starts over.
-fn checkpoint<'a>(
-    db: &Database,
-    journal: &mut Journal,
-    ops: impl Iterator<Item = &'a Op>,
-) -> EngineResult<()> {
-    let txn = db.begin_write().map_err(|e| engine_error("begin", e))?;
-    {
-        let mut table = txn
-            .open_table(TABLE)
-            .map_err(|e| engine_error("open table", e))?;
-        for op in ops {
-            apply(&mut table, op)?;
-        }
-    }
-    commit_checkpoint(txn, journal)
-}
-
-/// Commits `txn` synced, as a checkpoint covering every journal record so far; the
-/// journal then starts over.
-fn commit_checkpoint(mut txn: redb::WriteTransaction, journal: &mut Journal) -> EngineResult<()> {
-    let cp = journal.next_checkpoint();
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| EngineError::Io(format!("durability: {e}")))?;
-    // Saves the allocator state with the commit (one more sync), so opening after a
-    // crash takes milliseconds instead of a walk of the whole file.
-    txn.set_quick_repair(true);
-    {
-        let mut table = txn
-            .open_table(ENGINE_TABLE)
-            .map_err(|e| engine_error("open table", e))?;
-        table
-            .insert(CHECKPOINT_KEY, cp.encode().as_slice())
-            .map_err(|e| engine_error("write", e))?;
-    }
-    txn.commit().map_err(|e| engine_error("commit", e))?;
-    journal.checkpointed(cp);
-    Ok(())
 }
 
 /// The redb engine over one data directory.
@@ -321,11 +219,6 @@ pub enum OpenError {
     InUse { path: PathBuf, holder: String },
     #[error("cannot open the data file {path}: {message}; the file was not changed")]
     DataFile { path: PathBuf, message: String },
-    #[error(
-        "cannot open the commit journal {path}: {message}; it was left as it is and nothing \
-         was replayed (move it aside only to give up the commits it holds)"
-    )]
-    Journal { path: PathBuf, message: String },
 }
 
 fn dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -374,17 +267,20 @@ impl RedbEngine {
         let lock = lock_dir(dir)?;
         let path = dir.join(DATA_FILE);
         let syncs = Arc::new(AtomicU64::new(0));
-        let (db, journal) = open_files(dir, &syncs)?;
+        let db = open_database(&path, &syncs).map_err(|message| OpenError::DataFile {
+            path: path.clone(),
+            message,
+        })?;
         let handle = Arc::new(Handle {
             db: parking_lot::RwLock::new(Some(Arc::new(db))),
-            dir: dir.to_owned(),
+            path: path.clone(),
             syncs: syncs.clone(),
         });
         let (jobs, queue) = mpsc::channel();
         let committer = handle.clone();
         let committer = std::thread::Builder::new()
             .name("pagewire-commit".into())
-            .spawn(move || commit_loop(&committer, Some(journal), &queue))
+            .spawn(move || commit_loop(&committer, &queue))
             .map_err(dir_error(dir))?;
         Ok(Self {
             handle,
@@ -395,7 +291,7 @@ impl RedbEngine {
         })
     }
 
-    /// Syncs of the data file and the journal so far.
+    /// Syncs of the data file so far.
     pub fn syncs(&self) -> u64 {
         self.handle.syncs.load(Ordering::Relaxed)
     }
@@ -417,10 +313,16 @@ impl Drop for RedbEngine {
     }
 }
 
+fn ensure_table(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(TABLE)?;
+    txn.commit()?;
+    Ok(())
+}
+
 /// The committer: each turn takes every batch waiting (up to a bound) and commits them
-/// in one transaction, made durable by one journal record (one sync). At the end (the
-/// engine dropped), a checkpoint, so the next open has nothing to replay.
-fn commit_loop(handle: &Handle, mut journal: Option<Journal>, queue: &mpsc::Receiver<Job>) {
+/// in one transaction, one sync.
+fn commit_loop(handle: &Handle, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut bytes = first.batch.bytes();
         let mut group = vec![first];
@@ -433,44 +335,39 @@ fn commit_loop(handle: &Handle, mut journal: Option<Journal>, queue: &mpsc::Rece
                 Err(_) => break,
             }
         }
-        let outcomes = match (handle.current(), journal.as_mut()) {
-            (Ok(db), Some(j)) => commit_group(&db, j, &group),
-            (Err(e), _) => group.iter().map(|_| Err(e.clone())).collect(),
-            (_, None) => group.iter().map(|_| Err(EngineError::Io("the data file could not be reopened after an I/O error; restart the server".into()))).collect(),
+        let outcomes = match handle.current() {
+            Ok(db) => commit_group(&db, &group),
+            Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
         };
         if outcomes
             .iter()
             .any(|o| matches!(o, Err(EngineError::Io(_) | EngineError::Full(_))))
         {
-            handle.reopen(&mut journal);
+            handle.reopen();
         }
         for (job, outcome) in group.into_iter().zip(outcomes) {
             let _ = job.reply.send(outcome);
         }
-    }
-    if let (Ok(db), Some(j)) = (handle.current(), journal.as_mut())
-        && let Err(e) = checkpoint(&db, j, std::iter::empty())
-    {
-        tracing::warn!("closing checkpoint failed (the next open replays the journal): {e}");
     }
 }
 
 /// One transaction for `group`: per batch, its expectations checked and its ops applied
 /// (or a conflict, and nothing of it); then one durable commit. A failure of the
 /// transaction fails every batch in it.
-fn commit_group(db: &Database, journal: &mut Journal, group: &[Job]) -> Vec<EngineResult<()>> {
-    match try_commit_group(db, journal, group) {
+fn commit_group(db: &Database, group: &[Job]) -> Vec<EngineResult<()>> {
+    match try_commit_group(db, group) {
         Ok(outcomes) => outcomes,
         Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 
-fn try_commit_group(
-    db: &Database,
-    journal: &mut Journal,
-    group: &[Job],
-) -> EngineResult<Vec<EngineResult<()>>> {
+fn try_commit_group(db: &Database, group: &[Job]) -> EngineResult<Vec<EngineResult<()>>> {
     let mut txn = db.begin_write().map_err(|e| engine_error("begin", e))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| EngineError::Io(format!("durability: {e}")))?;
+    // Saves the allocator state with each commit (one more sync, shared by the group),
+    // so opening after a crash takes milliseconds instead of a walk of the whole file.
+    txn.set_quick_repair(true);
     let mut outcomes = Vec::with_capacity(group.len());
     {
         let mut table = txn
@@ -487,48 +384,8 @@ fn try_commit_group(
             outcomes.push(Ok(()));
         }
     }
-    let applied = || {
-        group
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| o.is_ok())
-            .flat_map(|(job, _)| job.batch.ops.iter())
-    };
-    if applied().next().is_none() {
-        return Ok(outcomes); // every batch conflicted: nothing to commit
-    }
-    let record_bytes = journal::encoded_len(applied());
-    if journal.wants_checkpoint(record_bytes) {
-        commit_checkpoint(txn, journal)?;
-        return Ok(outcomes);
-    }
-    txn.set_durability(Durability::None)
-        .map_err(|e| EngineError::Io(format!("durability: {e}")))?;
-    let record = journal::encode(applied());
-    // Durable from here: a crash replays it. On error the transaction is dropped
-    // (aborted): nothing of the group is visible.
-    journal
-        .append(record)
-        .map_err(|e| io_error(&format!("journal {}", journal.path().display()), &e))?;
-    if let Err(e) = txn.commit() {
-        let e = engine_error("commit", e);
-        // Answered with an error, so it must not come back at the next open.
-        return Err(match journal.retract(record_bytes) {
-            Ok(()) => e,
-            Err(r) => EngineError::Io(format!(
-                "{e}; and the journal record could not be taken back ({r}): the commit may appear after a restart"
-            )),
-        });
-    }
+    txn.commit().map_err(|e| engine_error("commit", e))?;
     Ok(outcomes)
-}
-
-fn io_error(context: &str, e: &std::io::Error) -> EngineError {
-    if is_full(e) {
-        EngineError::Full(format!("{context}: {e}"))
-    } else {
-        EngineError::Io(format!("{context}: {e}"))
-    }
 }
 
 fn expectations_hold(table: &redb::Table<&[u8], &[u8]>, batch: &Batch) -> EngineResult<bool> {

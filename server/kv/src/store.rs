@@ -246,8 +246,8 @@ impl KvStore {
 }
 
 /// Writes the format version into an empty engine; refuses one written by a newer
-/// build; migrates an older one before the store serves (see [`keys::FORMAT`]: from 1
-/// to 2 only the record changes).
+/// build. (Format 1 is the first: there is nothing older to migrate yet. A migration
+/// goes here, run before the store serves.)
 async fn check_format(engine: &dyn Engine) -> StoreResult<()> {
     let found = engine
         .snapshot()
@@ -280,20 +280,6 @@ async fn check_format(engine: &dyn Engine) -> StoreResult<()> {
                     engine.describe(),
                     keys::FORMAT
                 )));
-            }
-            if format < keys::FORMAT {
-                let mut batch = Batch::default();
-                batch.expect(keys::FORMAT_KEY.to_vec(), Some(bytes));
-                batch.put(
-                    keys::FORMAT_KEY.to_vec(),
-                    keys::FORMAT.to_be_bytes().to_vec(),
-                );
-                engine.write(batch).await.map_err(store_error)?;
-                tracing::info!(
-                    "{}: data format {format} migrated to {}",
-                    engine.describe(),
-                    keys::FORMAT
-                );
             }
             Ok(())
         }

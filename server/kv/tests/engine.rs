@@ -1,7 +1,6 @@
 //! The embedded engine and the key-value store over it, in this process: commits are
 //! synced before they return and concurrent ones share syncs; data, leases and epochs
-//! survive a reopen, and a crash (commits held only by the journal are replayed); an
-//! older format is migrated; only hot databases stay in memory; a directory in use, a file
+//! survive a reopen; only hot databases stay in memory; a directory in use, a file
 //! where the directory should be, a corrupt data file and a newer format are refused
 //! with a clear error and left as they were.
 
@@ -277,92 +276,5 @@ async fn a_newer_format_is_refused() -> anyhow::Result<()> {
         e.contains("newer pagewire server") && e.contains("format 99"),
         "{e}"
     );
-    Ok(())
-}
-
-/// Copies the data file and the journal as they are now: what a crash at this moment
-/// (of the process, not of the machine) leaves.
-fn crash_image(from: &Path, to: &Path) -> anyhow::Result<()> {
-    use pagewire_store_kv::{journal::JOURNAL_FILE, redb_engine::DATA_FILE};
-    for file in [DATA_FILE, JOURNAL_FILE] {
-        std::fs::copy(from.join(file), to.join(file))?;
-    }
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commits_held_only_by_the_journal_are_replayed_at_open() -> anyhow::Result<()> {
-    let (dir, image) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let key = DbKey::new("t", "a.db");
-    let (store, engine) = open_data_dir(dir.path()).await?;
-    write_commits(&store, &key, 30, 5).await?;
-    // Still open: no closing checkpoint; 30 groups are far from a checkpoint.
-    crash_image(dir.path(), image.path())?;
-    drop((store, engine));
-    let (store, _engine) = open_data_dir(image.path()).await?;
-    let (state, _) = store.open(&key, false).await?;
-    assert_eq!((state.version, state.page_count), (Version(30), 5));
-    for no in 1..=5 {
-        assert_eq!(read_page(&store, &key, no).await?, page(30), "page {no}");
-    }
-    // Replayed and checkpointed: the image opens again the same.
-    drop(store);
-    drop(_engine);
-    let (store, _engine) = open_data_dir(image.path()).await?;
-    assert_eq!(store.open(&key, false).await?.0.version, Version(30));
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_older_format_is_migrated_at_start() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let key = DbKey::new("t", "a.db");
-    {
-        let (store, engine) = open_data_dir(dir.path()).await?;
-        write_commits(&store, &key, 2, 3).await?;
-        let mut batch = Batch::default();
-        batch.put(
-            pagewire_store_kv::keys::FORMAT_KEY.to_vec(),
-            1u32.to_be_bytes().to_vec(),
-        );
-        engine.write(batch).await?;
-    }
-    let (store, engine) = open_data_dir(dir.path()).await?;
-    let format = engine
-        .snapshot()?
-        .get(pagewire_store_kv::keys::FORMAT_KEY)?
-        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
-    assert_eq!(format, Some(pagewire_store_kv::keys::FORMAT));
-    assert_eq!(store.open(&key, false).await?.0.version, Version(2));
-    assert_eq!(read_page(&store, &key, 3).await?, page(2));
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_journal_record_is_refused_and_left_alone() -> anyhow::Result<()> {
-    use pagewire_store_kv::{journal::JOURNAL_FILE, redb_engine::DATA_FILE};
-    let (dir, image) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let (store, engine) = open_data_dir(dir.path()).await?;
-    write_commits(&store, &DbKey::new("t", "a.db"), 10, 2).await?;
-    crash_image(dir.path(), image.path())?;
-    drop((store, engine));
-    // One byte of an early record's page data flipped: later records are whole.
-    let journal = image.path().join(JOURNAL_FILE);
-    let mut bytes = std::fs::read(&journal)?;
-    let at = bytes
-        .windows(64)
-        .position(|w| w.iter().all(|&b| b == 2))
-        .expect("a page of the second commit");
-    bytes[at] ^= 0xff;
-    std::fs::write(&journal, &bytes)?;
-    let e = open_error(image.path());
-    assert!(
-        e.contains("cannot open the commit journal") && e.contains("damaged"),
-        "{e}"
-    );
-    // (redb may write its own file as it recovers its last checkpoint; the journal,
-    // which holds the commits since, is left for whoever decides.)
-    assert_eq!(std::fs::read(&journal)?, bytes, "the journal was changed");
-    assert!(image.path().join(DATA_FILE).exists());
     Ok(())
 }
