@@ -491,7 +491,7 @@ async fn fill(dir: &Path, n: usize, pages: (Bytes, Bytes)) -> anyhow::Result<u64
 
 /// Waits until no one holds the data directory's lock (the filling engine is gone).
 fn wait_unlocked(dir: &Path) -> anyhow::Result<()> {
-    let path = dir.join(pagewire_store_kv::redb_engine::LOCK_FILE);
+    let path = dir.join(pagewire_store_kv::data_dir::LOCK_FILE);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let file = std::fs::OpenOptions::new()

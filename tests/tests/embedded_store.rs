@@ -223,8 +223,10 @@ impl Probe {
 fn crash_acknowledged_commits_and_epochs_survive_sigkill() {
     let dir = pagewire_tests::data_dir().expect("data dir");
     let flags = [
+        // Long enough for the probe's lease to outlive a trial (two starts, each
+        // replaying up to ~80 MB of journal).
         "--lease-ttl",
-        "3s",
+        "10s",
         "--history-retention",
         "0s",
         "--gc-interval",

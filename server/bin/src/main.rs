@@ -74,8 +74,14 @@ struct Flags {
     inject_fault: Option<Fault>,
     #[command(flatten)]
     limits: limits::LimitFlags,
-    /// Log filter (tracing-subscriber EnvFilter syntax), to stderr.
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    /// Log filter (tracing-subscriber EnvFilter syntax), to stderr. The embedded
+    /// engine's own modules (fjall, lsm_tree) log only warnings by default: their info
+    /// lines are each flush and recovery step.
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        default_value = "info,fjall=warn,lsm_tree=warn"
+    )]
     log: String,
 }
 

@@ -112,7 +112,7 @@ pub struct EngineLimits {
 /// A transactional ordered key-value engine.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// What the engine is, for logs (e.g. `redb /var/lib/pagewire/pagewire.redb`).
+    /// What the engine is, for logs (e.g. `fjall /var/lib/pagewire/fjall`).
     fn describe(&self) -> String;
 
     fn limits(&self) -> EngineLimits;

@@ -1,5 +1,9 @@
-//! The embedded engine: [redb](https://docs.rs/redb), a copy-on-write B-tree in one
-//! file with checksummed commits, in a data directory this process locks.
+//! The first embedded engine: [redb](https://docs.rs/redb), a copy-on-write B-tree in
+//! one file with checksummed commits, in a data directory this process locks. The
+//! default is now [`crate::fjall_engine`] (a 10-page commit costs redb about 50 writes
+//! and 2 syncs against fjall's one journal append and one sync); a directory written by
+//! redb moves to fjall at start-up ([`crate::migrate`]). This engine stays to read such
+//! a directory and, in tests, to write one.
 //!
 //! - **Durability**: every write transaction commits with `Durability::Immediate`: the
 //!   data and the new root are synced (`fdatasync`) before `write` returns; with quick
@@ -18,7 +22,6 @@
 //!   the process; a second server on the directory refuses to start, naming the pid.
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read as _, Seek as _, Write as _};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,14 +36,14 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
+use crate::data_dir::{self, OpenError, dir_error, is_full};
 use crate::engine::{Batch, Engine, EngineError, EngineLimits, EngineResult, Op, Pair, Snapshot};
 
 /// The one table: every key of the layout (see [`crate::keys`]).
-const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pagewire");
+pub(crate) const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pagewire");
 
 /// The data file in the data directory.
 pub const DATA_FILE: &str = "pagewire.redb";
-pub const LOCK_FILE: &str = "LOCK";
 
 /// At most this many batches, or about this many bytes, share one transaction.
 const GROUP_BATCHES: usize = 1024;
@@ -196,75 +199,10 @@ fn engine_error(context: &str, e: impl Into<redb::Error>) -> EngineError {
     }
 }
 
-fn is_full(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
-        || e.raw_os_error() == Some(libc::ENOSPC)
-        || e.raw_os_error() == Some(libc::EDQUOT)
-}
-
-/// Why a data directory cannot be used, said plainly.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("the data directory {0} is a file, not a directory")]
-    NotADirectory(PathBuf),
-    #[error("cannot use the data directory {path}: {source}")]
-    Directory {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "the data directory {path} is in use by another pagewire server ({holder}); \
-         one server per data directory"
-    )]
-    InUse { path: PathBuf, holder: String },
-    #[error("cannot open the data file {path}: {message}; the file was not changed")]
-    DataFile { path: PathBuf, message: String },
-}
-
-fn dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
-    move |source| OpenError::Directory {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-/// Locks `dir/LOCK` for this process and writes its pid there.
-fn lock_dir(dir: &Path) -> Result<File, OpenError> {
-    let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(dir_error(dir))?;
-    if let Err(e) = file.try_lock() {
-        let mut pid = String::new();
-        let _ = file.read_to_string(&mut pid);
-        let holder = match pid.trim() {
-            "" => format!("{e}"),
-            pid => format!("pid {pid}"),
-        };
-        return Err(OpenError::InUse {
-            path: dir.to_owned(),
-            holder,
-        });
-    }
-    file.set_len(0).map_err(dir_error(dir))?;
-    file.rewind().map_err(dir_error(dir))?;
-    write!(file, "{}", std::process::id()).map_err(dir_error(dir))?;
-    file.sync_all().map_err(dir_error(dir))?;
-    Ok(file)
-}
-
 impl RedbEngine {
     /// Opens (creating when missing) the engine in data directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        if dir.exists() && !dir.is_dir() {
-            return Err(OpenError::NotADirectory(dir.to_owned()));
-        }
-        std::fs::create_dir_all(dir).map_err(dir_error(dir))?;
-        let lock = lock_dir(dir)?;
+        let lock = data_dir::lock(dir)?;
         let path = dir.join(DATA_FILE);
         let syncs = Arc::new(AtomicU64::new(0));
         let db = open_database(&path, &syncs).map_err(|message| OpenError::DataFile {

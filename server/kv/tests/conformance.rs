@@ -1,4 +1,4 @@
-//! The store conformance suite on the key-value store over the embedded engine (redb),
+//! The store conformance suite on the key-value store over the embedded engine (fjall),
 //! each test in its own data directory. The directories are on /dev/shm where there is
 //! one: the suite checks the store's rules, and its timed tests (leases of a second)
 //! must not depend on how long a disk takes to sync while other tests write hundreds

@@ -13,7 +13,9 @@ use pagewire_server_core::store::{
     BeginRead, Commit, DbKey, Identity, Lease, PageStore, PinTtl, ReadAt, StoreResult, Version,
     random_id,
 };
-use pagewire_store_kv::{Batch, Engine as _, KvStore, OpenError, RedbEngine, open_data_dir};
+use pagewire_store_kv::{
+    Batch, Engine as _, FjallEngine, KvStore, OpenError, RedbEngine, open_data_dir,
+};
 
 const PS: u32 = 4096;
 const TTL: Duration = Duration::from_secs(30);
@@ -183,7 +185,7 @@ async fn pages_leases_and_epochs_survive_a_reopen() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_hot_databases_stay_in_memory() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let engine = Arc::new(RedbEngine::open(dir.path())?);
+    let engine = Arc::new(FjallEngine::open(dir.path())?);
     let store = KvStore::open(engine).await?.with_hot_limit(8);
     for i in 0..40u8 {
         write_commits(&store, &DbKey::new("t", format!("{i}.db")), 1, 2).await?;
@@ -205,7 +207,7 @@ async fn only_hot_databases_stay_in_memory() -> anyhow::Result<()> {
 }
 
 fn open_error(dir: &Path) -> String {
-    match RedbEngine::open(dir) {
+    match FjallEngine::open(dir) {
         Ok(_) => panic!("{} opened", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -214,7 +216,7 @@ fn open_error(dir: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_in_use_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let _first = RedbEngine::open(dir.path())?;
+    let _first = FjallEngine::open(dir.path())?;
     let e = open_error(dir.path());
     assert!(
         e.contains("in use by another pagewire server")
@@ -229,7 +231,7 @@ async fn a_file_instead_of_a_directory_is_refused() -> anyhow::Result<()> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), b"keep me")?;
     assert!(matches!(
-        RedbEngine::open(file.path()),
+        FjallEngine::open(file.path()),
         Err(OpenError::NotADirectory(_))
     ));
     assert_eq!(std::fs::read(file.path())?, b"keep me");
@@ -253,11 +255,92 @@ async fn a_corrupt_data_file_is_refused_and_left_alone() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The journal files of the fjall engine in data directory `dir`.
+fn journals(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir.join(pagewire_store_kv::fjall_engine::ENGINE_DIR))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "jnl") {
+            found.push(path);
+        }
+    }
+    Ok(found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_is_refused_and_left_alone() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let (store, _engine) = open_data_dir(dir.path()).await?;
+        write_commits(&store, &DbKey::new("t", "a.db"), 4, 3).await?;
+    }
+    let journal = journals(dir.path())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no journal"))?;
+    let mut bytes = std::fs::read(&journal)?;
+    // A byte in the middle of what was written (the file is preallocated with zeros):
+    // inside a complete batch, several follow it.
+    let written = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .ok_or_else(|| anyhow::anyhow!("an empty journal"))?;
+    bytes[written / 2] ^= 0x5a;
+    std::fs::write(&journal, &bytes)?;
+    let e = open_error(dir.path());
+    assert!(
+        e.contains("cannot open the data file") && e.contains("was not changed"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&journal)?, bytes, "the journal was changed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_written_by_redb_moves_to_fjall() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = DbKey::new("t", "a.db");
+    let (lease, incarnation) = {
+        let engine = Arc::new(RedbEngine::open(dir.path())?);
+        let store = KvStore::open(engine).await?;
+        let lease = write_commits(&store, &key, 3, 4).await?;
+        (lease, store.open(&key, false).await?.0.incarnation)
+    };
+    let redb = dir.path().join(pagewire_store_kv::redb_engine::DATA_FILE);
+    assert!(redb.exists());
+    for _ in 0..2 {
+        // The second start finds the directory already moved.
+        let (store, _engine) = open_data_dir(dir.path()).await?;
+        let (state, _) = store.open(&key, false).await?;
+        assert_eq!(
+            (state.version, state.page_count, state.incarnation),
+            (Version(3), 4, incarnation)
+        );
+        assert_eq!(read_page(&store, &key, 4).await?, page(3));
+        assert!(
+            store.acquire_lease(&key, "other", TTL).await.is_err(),
+            "the lease moved too"
+        );
+        assert!(!redb.exists(), "pagewire.redb is renamed");
+        assert!(
+            dir.path()
+                .join(pagewire_store_kv::migrate::MIGRATED_FILE)
+                .exists()
+        );
+    }
+    let (store, _engine) = open_data_dir(dir.path()).await?;
+    let id = identity(&store, &key).await?;
+    store
+        .commit(&key, commit(&lease, 3, (id, 4), &[(1, 9)]))
+        .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_format_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     {
-        let engine = Arc::new(RedbEngine::open(dir.path())?);
+        let engine = Arc::new(FjallEngine::open(dir.path())?);
         KvStore::open(engine.clone()).await?;
         let mut batch = Batch::default();
         batch.put(
@@ -266,7 +349,7 @@ async fn a_newer_format_is_refused() -> anyhow::Result<()> {
         );
         engine.write(batch).await?;
     }
-    let engine = Arc::new(RedbEngine::open(dir.path())?);
+    let engine = Arc::new(FjallEngine::open(dir.path())?);
     let e = KvStore::open(engine)
         .await
         .err()
