@@ -11,6 +11,7 @@
 //! | `w` id page version | a page write's length (0: a zero marker), the index loaded with the database |
 //! | `d` id page version | the page's bytes |
 //! | `i` id version | the commit id that made that version (the last [`COMMIT_IDS_KEPT`] versions) |
+//! | `x` id | a deleted database whose records are still being removed (empty value) |
 //!
 //! A database's id is random, chosen at create and never reused, so a database created
 //! again under a deleted name shares no key with the old one. Version metadata doubles
@@ -31,6 +32,7 @@ const META: u8 = b'v';
 const WRITE: u8 = b'w';
 const DATA: u8 = b'd';
 const COMMIT_ID: u8 = b'i';
+const DELETED: u8 = b'x';
 
 /// The per-database kinds, for deleting a database whole.
 pub const PER_DATABASE: [u8; 5] = [HEAD, META, WRITE, DATA, COMMIT_ID];
@@ -112,6 +114,24 @@ pub fn write_page_version(key: &[u8]) -> Option<(u32, u64)> {
 
 pub fn commit_id(id: DbId, version: u64) -> Vec<u8> {
     key(COMMIT_ID, id, &[&version.to_be_bytes()])
+}
+
+/// The marker of a deleted database whose records are still being removed: written
+/// with the delete, removed after the last of them (see `KvStore::sweep`).
+pub fn deleted(id: DbId) -> Vec<u8> {
+    key(DELETED, id, &[])
+}
+
+pub fn all_deleted() -> (Vec<u8>, Vec<u8>) {
+    (vec![DELETED], vec![DELETED + 1])
+}
+
+/// The database id of an `x` key.
+pub fn deleted_id(key: &[u8]) -> Option<DbId> {
+    match key {
+        [DELETED, id @ ..] => Some(DbId::from_be_bytes(id.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// `[start, end)` of one kind of a database's records.

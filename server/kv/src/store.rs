@@ -27,6 +27,11 @@ pub const DEFAULT_HOT_DATABASES: usize = 4096;
 /// Databases a GC pass handles before yielding to other tasks.
 const GC_BATCH: usize = 64;
 
+/// Records of a deleted database removed per batch: a delete of any size is many
+/// bounded batches (memory, journal records; FoundationDB's transaction limit), not
+/// one.
+const SWEEP_KEYS: usize = 1024;
+
 /// A database's place in memory: `None` until loaded, and after it is dropped (a
 /// caller that finds its slot no longer in the map starts over).
 type Slot = Arc<tokio::sync::Mutex<Option<KvDb>>>;
@@ -56,6 +61,46 @@ impl KvStore {
             hot_limit: DEFAULT_HOT_DATABASES,
             clock: Clock::default(),
         })
+    }
+
+    /// Removes the records of deleted database `id`, [`SWEEP_KEYS`] per batch, then
+    /// its marker. Nothing else writes them: the id is unreachable and never reused.
+    async fn sweep(&self, id: DbId) -> StoreResult<()> {
+        for tag in keys::PER_DATABASE {
+            let (start, end) = keys::range(tag, id);
+            loop {
+                let doomed = self
+                    .engine
+                    .snapshot()
+                    .and_then(|snap| snap.scan(&start, &end, false, SWEEP_KEYS))
+                    .map_err(store_error)?;
+                if doomed.is_empty() {
+                    break;
+                }
+                let mut batch = Batch::default();
+                for (key, _) in doomed {
+                    batch.delete(key);
+                }
+                self.engine.write(batch).await.map_err(store_error)?;
+            }
+        }
+        let mut batch = Batch::default();
+        batch.delete(keys::deleted(id));
+        self.engine.write(batch).await.map_err(store_error)
+    }
+
+    /// Finishes every delete a crash or an error cut short.
+    async fn sweep_deleted(&self) -> StoreResult<()> {
+        let (start, end) = keys::all_deleted();
+        let markers = self
+            .engine
+            .snapshot()
+            .and_then(|snap| snap.scan(&start, &end, false, usize::MAX))
+            .map_err(store_error)?;
+        for id in markers.iter().filter_map(|(k, _)| keys::deleted_id(k)) {
+            self.sweep(id).await?;
+        }
+        Ok(())
     }
 
     /// Keeps at most about `limit` databases in memory (at least 1).
@@ -323,15 +368,22 @@ impl PageStore for KvStore {
             let mut batch = Batch::default();
             batch.expect(catalog.clone(), Some(db.id.to_be_bytes().to_vec()));
             batch.expect(keys::head(db.id), Some(db.head_bytes().to_vec()));
+            // Gone at once (no catalog entry, no head); its other records are swept
+            // after, in bounded batches, and again by GC if this one is cut short.
             batch.delete(catalog);
-            for tag in keys::PER_DATABASE {
-                let (start, end) = keys::range(tag, db.id);
-                batch.delete_range(start, end);
-            }
+            batch.delete(keys::head(db.id));
+            batch.put(keys::deleted(db.id), Vec::new());
             let written = self.engine.write(batch).await;
             drop(guard);
             self.forget(key, &slot);
-            return written.map_err(store_error);
+            written.map_err(store_error)?;
+            if let Err(e) = self.sweep(db.id).await {
+                tracing::warn!(
+                    db = db.id,
+                    "removing a deleted database's records: {e} (GC retries)"
+                );
+            }
+            return Ok(());
         }
     }
 
@@ -446,6 +498,7 @@ impl PageStore for KvStore {
     }
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
+        self.sweep_deleted().await?;
         let mut stats = GcStats::default();
         let catalog = self.catalog()?;
         for (i, (key, _, head)) in catalog.into_iter().enumerate() {

@@ -361,3 +361,51 @@ async fn a_newer_format_is_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Every key in the engine.
+fn all_keys(engine: &FjallEngine) -> anyhow::Result<Vec<Vec<u8>>> {
+    let snap = engine.snapshot()?;
+    Ok(snap
+        .scan(&[], &[u8::MAX; 16], false, usize::MAX)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_removes_every_record_in_bounded_batches() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, engine) = open_data_dir(dir.path()).await?;
+    let format = vec![pagewire_store_kv::keys::FORMAT_KEY.to_vec()];
+    // 3 commits of 700 pages: 4,200+ records, several sweep batches.
+    let key = DbKey::new("t", "big.db");
+    write_commits(&store, &key, 3, 700).await?;
+    let syncs = engine.syncs();
+    store.delete(&key).await?;
+    assert!(engine.syncs() - syncs > 4, "one batch for the whole delete");
+    assert_eq!(all_keys(&engine)?, format, "records left after the delete");
+    assert!(store.info(&key).await.is_err());
+
+    // A delete cut short (a crash after its first batch): GC finishes it.
+    let key = DbKey::new("t", "cut.db");
+    write_commits(&store, &key, 2, 50).await?;
+    let catalog = pagewire_store_kv::keys::catalog("t", "cut.db");
+    let id = engine
+        .snapshot()?
+        .get(&catalog)?
+        .ok_or_else(|| anyhow::anyhow!("no catalog entry"))?;
+    let id = u64::from_be_bytes(id.as_slice().try_into()?);
+    let mut cut = Batch::default();
+    cut.delete(catalog);
+    cut.delete(pagewire_store_kv::keys::head(id));
+    cut.put(pagewire_store_kv::keys::deleted(id), Vec::new());
+    engine.write(cut).await?;
+    assert!(all_keys(&engine)?.len() > 100);
+    store.gc(i64::MAX / 2, Duration::from_secs(3600)).await?;
+    assert_eq!(
+        all_keys(&engine)?,
+        format,
+        "GC left records of the cut delete"
+    );
+    Ok(())
+}
