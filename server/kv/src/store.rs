@@ -235,23 +235,22 @@ impl KvStore {
     /// with live reader pins.
     fn evict_cold(&self) {
         let mut hot = self.hot.lock();
-        let excess = hot.slots.len().saturating_sub(self.hot_limit);
-        if excess == 0 {
+        if hot.slots.len() <= self.hot_limit {
             return;
         }
-        let mut by_age: Vec<(u64, DbKey)> = hot
-            .slots
-            .iter()
-            .map(|(k, (_, t))| (*t, k.clone()))
-            .collect();
+        // Down to 7/8 of the bound: the sort below then runs once per hot_limit/8
+        // new databases, not at every call (measured: at the bound, a sort of 4,096
+        // keys per operation made filling 100,000 databases 20 times slower).
+        let excess = hot.slots.len() - (self.hot_limit - self.hot_limit / 8);
+        let mut by_age: Vec<(u64, &DbKey)> = hot.slots.iter().map(|(k, (_, t))| (*t, k)).collect();
         by_age.sort_unstable_by_key(|(t, _)| *t);
         let now = Instant::now();
-        let mut dropped = 0;
+        let mut doomed = Vec::with_capacity(excess);
         for (_, key) in by_age {
-            if dropped == excess {
+            if doomed.len() == excess {
                 break;
             }
-            let Some((slot, _)) = hot.slots.get(&key) else {
+            let Some((slot, _)) = hot.slots.get(key) else {
                 continue;
             };
             let Ok(mut guard) = slot.try_lock() else {
@@ -261,9 +260,10 @@ impl KvStore {
                 continue;
             }
             *guard = None;
-            drop(guard);
+            doomed.push(key.clone());
+        }
+        for key in doomed {
             hot.slots.remove(&key);
-            dropped += 1;
         }
     }
 
