@@ -7,6 +7,10 @@
 //! delete it once the server runs well). A start that finds `pagewire.redb` and no
 //! format key in fjall copies again from the start (the copy overwrites itself); one
 //! that finds the format key only renames. Nothing writes to fjall before this is done.
+//!
+//! Then `pagewire.redb` is written again as a [`placeholder`]: not a redb file, so an
+//! older server (redb) started on the directory refuses it ("cannot open the data
+//! file") instead of creating an empty store beside the data.
 
 use std::path::Path;
 
@@ -23,20 +27,49 @@ pub const MIGRATED_FILE: &str = "pagewire.redb.migrated";
 /// Bytes of keys and values per durable chunk of the copy.
 const CHUNK_BYTES: usize = 16 << 20;
 
-/// Moves `dir/pagewire.redb` (if there is one) into `keyspace`; see the module docs.
+/// What `pagewire.redb` holds in a directory kept by fjall: text (padded past redb's
+/// header) that redb refuses as a data file.
+pub fn placeholder() -> Vec<u8> {
+    let mut text = PLACEHOLDER_TEXT.to_vec();
+    text.resize(PLACEHOLDER_BYTES, b'\n');
+    text
+}
+
+const PLACEHOLDER_TEXT: &[u8] =
+    b"pagewire: this data directory is kept by the fjall engine (fjall/). \
+This file is not a redb data file: it keeps older pagewire servers from starting here. \
+Upgrade pagewire-server.\n";
+const PLACEHOLDER_BYTES: usize = 8192;
+
+fn is_placeholder(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.starts_with(PLACEHOLDER_TEXT))
+}
+
+/// Writes the placeholder where `pagewire.redb` is missing.
+fn write_placeholder(path: &Path) -> std::io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut file = std::fs::File::create_new(path)?;
+    std::io::Write::write_all(&mut file, &placeholder())?;
+    file.sync_all()
+}
+
+/// Moves `dir/pagewire.redb` (if it is a redb file) into `keyspace`, then leaves the
+/// placeholder there; see the module docs.
 pub(crate) fn from_redb(
     dir: &Path,
     db: &fjall::Database,
     keyspace: &fjall::Keyspace,
 ) -> Result<(), OpenError> {
     let source = dir.join(DATA_FILE);
-    if !source.exists() {
-        return Ok(());
-    }
     let fail = |message: String| OpenError::Migration {
         path: source.clone(),
         message,
     };
+    if !source.exists() || is_placeholder(&source) {
+        return write_placeholder(&source).map_err(|e| fail(e.to_string()));
+    }
     let done = keyspace
         .get(FORMAT_KEY)
         .map_err(|e| fail(format!("{e:?}")))?
@@ -46,7 +79,7 @@ pub(crate) fn from_redb(
         tracing::warn!(from = %source.display(), pairs, "moved the redb data file to fjall");
     }
     std::fs::rename(&source, dir.join(MIGRATED_FILE)).map_err(|e| fail(e.to_string()))?;
-    Ok(())
+    write_placeholder(&source).map_err(|e| fail(e.to_string()))
 }
 
 /// Copies every pair of the redb file, the format key last; returns how many.

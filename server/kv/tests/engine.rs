@@ -321,7 +321,11 @@ async fn a_directory_written_by_redb_moves_to_fjall() -> anyhow::Result<()> {
             store.acquire_lease(&key, "other", TTL).await.is_err(),
             "the lease moved too"
         );
-        assert!(!redb.exists(), "pagewire.redb is renamed");
+        assert_eq!(
+            std::fs::read(&redb)?,
+            pagewire_store_kv::migrate::placeholder(),
+            "pagewire.redb is renamed, a placeholder in its place"
+        );
         assert!(
             dir.path()
                 .join(pagewire_store_kv::migrate::MIGRATED_FILE)
@@ -333,6 +337,29 @@ async fn a_directory_written_by_redb_moves_to_fjall() -> anyhow::Result<()> {
     store
         .commit(&key, commit(&lease, 3, (id, 4), &[(1, 9)]))
         .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_server_refuses_a_directory_kept_by_fjall() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let (store, _engine) = open_data_dir(dir.path()).await?;
+        write_commits(&store, &DbKey::new("t", "a.db"), 1, 2).await?;
+    }
+    let redb = dir.path().join(pagewire_store_kv::redb_engine::DATA_FILE);
+    let placeholder = std::fs::read(&redb)?;
+    assert_eq!(placeholder, pagewire_store_kv::migrate::placeholder());
+    // The redb engine is the older servers' code, unchanged but for the lock.
+    match RedbEngine::open(dir.path()) {
+        Ok(_) => panic!("the redb engine opened a fjall directory"),
+        Err(e) => assert!(e.to_string().contains("cannot open the data file"), "{e}"),
+    }
+    assert_eq!(
+        std::fs::read(&redb)?,
+        placeholder,
+        "the placeholder was changed"
+    );
     Ok(())
 }
 
