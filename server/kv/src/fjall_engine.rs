@@ -24,13 +24,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use fjall::{KeyspaceCreateOptions, PersistMode, Readable as _};
-use tokio::sync::oneshot;
 
+use crate::committer::{Committer, Job};
 use crate::data_dir::{self, OpenError, dir_error, is_full};
 use crate::engine::{Batch, Engine, EngineError, EngineLimits, EngineResult, Op, Pair, Snapshot};
 
@@ -38,10 +37,6 @@ use crate::engine::{Batch, Engine, EngineError, EngineLimits, EngineResult, Op, 
 pub const ENGINE_DIR: &str = "fjall";
 /// The one keyspace: every key of the layout (see [`crate::keys`]).
 const KEYSPACE: &str = "pagewire";
-
-/// At most this many batches, or about this many bytes, share one write batch.
-const GROUP_BATCHES: usize = 1024;
-const GROUP_BYTES: usize = 64 << 20;
 
 /// fjall's block cache.
 const CACHE_BYTES: u64 = 256 << 20;
@@ -67,11 +62,6 @@ fn open_fjall(path: &Path) -> Result<Open, fjall::Error> {
         KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
     })?;
     Ok(Open { db, keyspace })
-}
-
-struct Job {
-    batch: Batch,
-    reply: oneshot::Sender<EngineResult<()>>,
 }
 
 /// The open engine, shared by the committer and snapshots. `None` while it is being
@@ -114,9 +104,8 @@ impl Handle {
 pub struct FjallEngine {
     handle: Arc<Handle>,
     dir: PathBuf,
-    /// `None` once dropping: the committer then finishes and lets go of fjall.
-    jobs: Option<mpsc::Sender<Job>>,
-    committer: Option<std::thread::JoinHandle<()>>,
+    /// Dropped before the lock: waits for the last group, lets go of fjall.
+    committer: Committer,
     /// Held (locked) for the life of the engine.
     _lock: File,
 }
@@ -149,11 +138,6 @@ impl FjallEngine {
     /// Opens (creating when missing) the engine in data directory `dir`, which it locks.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
         let lock = data_dir::lock(dir)?;
-        Self::open_locked(dir, lock)
-    }
-
-    /// Opens the engine in `dir`, already locked by `lock`.
-    pub(crate) fn open_locked(dir: &Path, lock: File) -> Result<Self, OpenError> {
         let path = dir.join(ENGINE_DIR);
         let open = open_fjall(&path).map_err(|e| OpenError::DataFile {
             path: path.clone(),
@@ -165,17 +149,19 @@ impl FjallEngine {
             path,
             syncs: AtomicU64::new(0),
         });
-        let (jobs, queue) = mpsc::channel();
-        let committer = handle.clone();
-        let committer = std::thread::Builder::new()
-            .name("pagewire-commit".into())
-            .spawn(move || commit_loop(&committer, &queue))
-            .map_err(dir_error(dir))?;
+        let (commits, reopens) = (handle.clone(), handle.clone());
+        let committer = Committer::spawn(
+            move |group| match commits.current() {
+                Ok(open) => commit_group(&commits, &open, group),
+                Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
+            },
+            move || reopens.reopen(),
+        )
+        .map_err(dir_error(dir))?;
         Ok(Self {
             handle,
             dir: dir.to_owned(),
-            jobs: Some(jobs),
-            committer: Some(committer),
+            committer,
             _lock: lock,
         })
     }
@@ -193,48 +179,6 @@ impl FjallEngine {
             .ok()
             .and_then(|open| open.db.disk_space().ok())
             .unwrap_or(0)
-    }
-}
-
-impl Drop for FjallEngine {
-    /// Waits for the committer to finish what it was given, so fjall is closed (and
-    /// the directory's lock released) once the last snapshot is dropped too.
-    fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(committer) = self.committer.take() {
-            let _ = committer.join();
-        }
-    }
-}
-
-/// The committer: each turn takes every batch waiting (up to a bound) and commits them
-/// as one write batch, one sync.
-fn commit_loop(handle: &Handle, queue: &mpsc::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut bytes = first.batch.bytes();
-        let mut group = vec![first];
-        while group.len() < GROUP_BATCHES && bytes < GROUP_BYTES {
-            match queue.try_recv() {
-                Ok(job) => {
-                    bytes += job.batch.bytes();
-                    group.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let outcomes = match handle.current() {
-            Ok(open) => commit_group(handle, &open, &group),
-            Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
-        };
-        if outcomes
-            .iter()
-            .any(|o| matches!(o, Err(EngineError::Io(_) | EngineError::Full(_))))
-        {
-            handle.reopen();
-        }
-        for (job, outcome) in group.into_iter().zip(outcomes) {
-            let _ = job.reply.send(outcome);
-        }
     }
 }
 
@@ -397,14 +341,6 @@ impl Engine for FjallEngine {
     }
 
     async fn write(&self, batch: Batch) -> EngineResult<()> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .as_ref()
-            .ok_or_else(|| EngineError::Io("the engine is closing".into()))?
-            .send(Job { batch, reply })
-            .map_err(|_| EngineError::Io("the committer thread stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| EngineError::Io("the committer thread stopped".into()))?
+        self.committer.write(batch).await
     }
 }

@@ -19,6 +19,7 @@
 //! lets GC collect a version a reader had begun (it then gets `OutOfRange`, never wrong
 //! data). A database with live pins is never dropped from memory.
 
+mod committer;
 pub mod data_dir;
 pub mod db;
 pub mod engine;

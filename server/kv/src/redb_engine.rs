@@ -26,7 +26,6 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 
 use async_trait::async_trait;
 use redb::backends::FileBackend;
@@ -34,8 +33,8 @@ use redb::{
     Database, Durability, ReadableDatabase as _, ReadableTable as _, StorageBackend,
     TableDefinition,
 };
-use tokio::sync::oneshot;
 
+use crate::committer::{Committer, Job};
 use crate::data_dir::{self, OpenError, dir_error, is_full};
 use crate::engine::{Batch, Engine, EngineError, EngineLimits, EngineResult, Op, Pair, Snapshot};
 
@@ -44,10 +43,6 @@ pub(crate) const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pa
 
 /// The data file in the data directory.
 pub const DATA_FILE: &str = "pagewire.redb";
-
-/// At most this many batches, or about this many bytes, share one transaction.
-const GROUP_BATCHES: usize = 1024;
-const GROUP_BYTES: usize = 64 << 20;
 
 /// redb's page cache.
 const CACHE_BYTES: usize = 256 << 20;
@@ -116,11 +111,6 @@ impl StorageBackend for CountingBackend {
     }
 }
 
-struct Job {
-    batch: Batch,
-    reply: oneshot::Sender<EngineResult<()>>,
-}
-
 /// The open data file, shared by the committer and snapshots. `None` while it is
 /// being reopened: redb refuses every write after one failed with an I/O error (a full
 /// disk) until the file is opened again, which also recovers its last commit.
@@ -182,9 +172,8 @@ fn open_database(path: &Path, syncs: &Arc<AtomicU64>) -> Result<Database, String
 pub struct RedbEngine {
     handle: Arc<Handle>,
     path: PathBuf,
-    /// `None` once dropping: the committer then finishes and lets go of the file.
-    jobs: Option<mpsc::Sender<Job>>,
-    committer: Option<std::thread::JoinHandle<()>>,
+    /// Dropped before the lock: waits for the last group, lets go of the file.
+    committer: Committer,
     /// Held (locked) for the life of the engine.
     _lock: File,
 }
@@ -214,17 +203,19 @@ impl RedbEngine {
             path: path.clone(),
             syncs: syncs.clone(),
         });
-        let (jobs, queue) = mpsc::channel();
-        let committer = handle.clone();
-        let committer = std::thread::Builder::new()
-            .name("pagewire-commit".into())
-            .spawn(move || commit_loop(&committer, &queue))
-            .map_err(dir_error(dir))?;
+        let (commits, reopens) = (handle.clone(), handle.clone());
+        let committer = Committer::spawn(
+            move |group| match commits.current() {
+                Ok(db) => commit_group(&db, group),
+                Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
+            },
+            move || reopens.reopen(),
+        )
+        .map_err(dir_error(dir))?;
         Ok(Self {
             handle,
             path,
-            jobs: Some(jobs),
-            committer: Some(committer),
+            committer,
             _lock: lock,
         })
     }
@@ -240,53 +231,11 @@ impl RedbEngine {
     }
 }
 
-impl Drop for RedbEngine {
-    /// Waits for the committer to finish what it was given, so the file is closed (and
-    /// its lock released) once the last snapshot is dropped too.
-    fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(committer) = self.committer.take() {
-            let _ = committer.join();
-        }
-    }
-}
-
 fn ensure_table(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     txn.open_table(TABLE)?;
     txn.commit()?;
     Ok(())
-}
-
-/// The committer: each turn takes every batch waiting (up to a bound) and commits them
-/// in one transaction, one sync.
-fn commit_loop(handle: &Handle, queue: &mpsc::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut bytes = first.batch.bytes();
-        let mut group = vec![first];
-        while group.len() < GROUP_BATCHES && bytes < GROUP_BYTES {
-            match queue.try_recv() {
-                Ok(job) => {
-                    bytes += job.batch.bytes();
-                    group.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let outcomes = match handle.current() {
-            Ok(db) => commit_group(&db, &group),
-            Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
-        };
-        if outcomes
-            .iter()
-            .any(|o| matches!(o, Err(EngineError::Io(_) | EngineError::Full(_))))
-        {
-            handle.reopen();
-        }
-        for (job, outcome) in group.into_iter().zip(outcomes) {
-            let _ = job.reply.send(outcome);
-        }
-    }
 }
 
 /// One transaction for `group`: per batch, its expectations checked and its ops applied
@@ -419,14 +368,6 @@ impl Engine for RedbEngine {
     }
 
     async fn write(&self, batch: Batch) -> EngineResult<()> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .as_ref()
-            .ok_or_else(|| EngineError::Io("the engine is closing".into()))?
-            .send(Job { batch, reply })
-            .map_err(|_| EngineError::Io("the committer thread stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| EngineError::Io("the committer thread stopped".into()))?
+        self.committer.write(batch).await
     }
 }
