@@ -8,6 +8,7 @@
 //! the write fails, it drops this state (memory may be ahead of the engine) and the next
 //! call loads it again.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,16 +16,17 @@ use pagewire_server_core::store::commit_check::{self, COMMIT_IDS_KEPT, CommitIds
 use pagewire_server_core::store::history::{History, Pins, VersionMeta};
 use pagewire_server_core::store::page_writes::{PageHandle, PageWrites, zero_page};
 use pagewire_server_core::store::{
-    BeginRead, Commit, CommitHeader, CommitId, CommitOutcome, DbInfo, DbState, GcStats,
+    BeginRead, Changes, Commit, CommitHeader, CommitId, CommitOutcome, DbInfo, DbState, GcStats,
     Incarnation, Lease, LeaseId, PageRead, PinTtl, ReadView, StoreError, StoreResult, Version,
     random_id,
 };
 use pagewire_server_core::validate;
 use tokio::time::Instant;
 
-use crate::engine::{Batch, EngineError, Snapshot};
-use crate::keys::{self, DbId};
-use crate::records::{self, Head, MetaRecord};
+use crate::engine::{Batch, EngineError, Op, Snapshot};
+use crate::keys::{self, DbId, StageId};
+use crate::plan::{Budget, Writes};
+use crate::records::{self, Head, MetaRecord, StageRecord};
 
 /// Where a page write's bytes are: the `d` key of its page and version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,15 +51,105 @@ pub struct KvDb {
     pages: PageWrites<PageRef>,
     pins: Pins,
     commit_ids: CommitIds,
+    /// The staged versions and their stages (see [`crate::keys`]), while any of their
+    /// page writes is kept.
+    staged: BTreeMap<u64, StageId>,
+    budget: Budget,
 }
 
 fn corrupt(what: String) -> EngineError {
     EngineError::Corrupt(what)
 }
 
+/// A database's page index: its `w` entries and its staged versions' `T` entries.
+fn load_pages(
+    snap: &dyn Snapshot,
+    id: DbId,
+) -> Result<(PageWrites<PageRef>, BTreeMap<u64, StageId>), EngineError> {
+    let mut entries = Vec::new();
+    let (start, end) = keys::writes(id);
+    for (key, value) in snap.scan(&start, &end, false, usize::MAX)? {
+        let (page, version) = keys::write_page_version(&key)
+            .ok_or_else(|| corrupt(format!("a page index key of {} bytes", key.len())))?;
+        entries.push((page, version, records::read_write_len(&value)?));
+    }
+    let mut staged = BTreeMap::new();
+    let (start, end) = keys::staged_versions(id);
+    for (key, value) in snap.scan(&start, &end, false, usize::MAX)? {
+        let version = keys::meta_version(&key).ok_or_else(|| corrupt("a stage key".into()))?;
+        let stage = StageId::try_from(value.as_slice())
+            .map_err(|_| corrupt(format!("a stage id of {} bytes", value.len())))?;
+        let [_, (start, end)] = keys::stage_records(id, &stage);
+        for (key, value) in snap.scan(&start, &end, false, usize::MAX)? {
+            let page = keys::stage_write_page(&key)
+                .ok_or_else(|| corrupt(format!("a staged index key of {} bytes", key.len())))?;
+            entries.push((page, version, records::read_write_len(&value)?));
+        }
+        staged.insert(version, stage);
+    }
+    if !staged.is_empty() {
+        // Staged entries came after the `w` ones: writes load in (page, version) order.
+        entries.sort_unstable_by_key(|&(page, version, _)| (page, version));
+    }
+    let mut pages = PageWrites::default();
+    for (page, version, len) in entries {
+        let version = Version(version);
+        pages.load(page, version, len.map(|len| PageRef { version, len }));
+    }
+    Ok((pages, staged))
+}
+
+/// Puts page bytes under `key`, in pieces when they are over the value budget.
+fn put_page(ops: &mut Vec<Op>, key: Vec<u8>, data: Bytes, budget: &Budget) {
+    match budget.value {
+        Some(piece) if data.len() > piece => {
+            for (n, start) in (0..data.len()).step_by(piece).enumerate() {
+                let end = (start + piece).min(data.len());
+                ops.push(Op::Put(keys::piece(&key, n as u8), data.slice(start..end)));
+            }
+        }
+        _ => ops.push(Op::Put(key, data)),
+    }
+}
+
+/// Deletes page bytes of `len` written by [`put_page`] under `key`.
+fn delete_page(ops: &mut Vec<Op>, key: Vec<u8>, len: u32, budget: &Budget) {
+    match budget.value {
+        Some(piece) if len as usize > piece => {
+            let end = keys::prefix_end(&key);
+            ops.push(Op::DeleteRange(key, end));
+        }
+        _ => ops.push(Op::Delete(key)),
+    }
+}
+
+/// Page bytes under `key`: whole, or in pieces (whatever limit wrote them).
+fn get_page(snap: &dyn Snapshot, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+    if let Some(whole) = snap.get(key)? {
+        return Ok(Some(whole));
+    }
+    let pieces = snap.scan(key, &keys::prefix_end(key), false, 256)?;
+    Ok((!pieces.is_empty()).then(|| pieces.into_iter().flat_map(|(_, v)| v).collect()))
+}
+
+/// `changed` within the listed-pages budget: past it, every page from the lowest
+/// changed on (a superset, see [`Budget::listed`]).
+fn within_listed(changed: Changes, budget: &Budget) -> Changes {
+    match budget.listed {
+        Some(max) if changed.pages.len() > max => {
+            let lowest = changed.pages.first().copied();
+            Changes {
+                pages: Vec::new(),
+                from: lowest.into_iter().chain(changed.from).min(),
+            }
+        }
+        _ => changed,
+    }
+}
+
 impl KvDb {
     /// A new, empty database and the batch that creates it (catalog entry included).
-    pub fn create(catalog_key: Vec<u8>, now_unix_ms: i64) -> (Self, Batch) {
+    pub fn create(catalog_key: Vec<u8>, now_unix_ms: i64, budget: Budget) -> (Self, Batch) {
         let id: DbId = rand::random();
         let history = History::new(now_unix_ms, random_id());
         let mut db = Self {
@@ -84,6 +176,8 @@ impl KvDb {
             pages: PageWrites::default(),
             pins: Pins::default(),
             commit_ids: CommitIds::default(),
+            staged: BTreeMap::new(),
+            budget,
         };
         let mut batch = Batch::default();
         batch.expect(catalog_key.clone(), None);
@@ -97,7 +191,12 @@ impl KvDb {
     }
 
     /// Loads database `id` (whose head record is `head_bytes`) from `snap`.
-    pub fn load(snap: &dyn Snapshot, id: DbId, head_bytes: Vec<u8>) -> Result<Self, EngineError> {
+    pub fn load(
+        snap: &dyn Snapshot,
+        id: DbId,
+        head_bytes: Vec<u8>,
+        budget: Budget,
+    ) -> Result<Self, EngineError> {
         let head: Head = records::decode("database head", &head_bytes)?;
         let (start, end) = keys::metas(id);
         let mut versions = Vec::new();
@@ -135,15 +234,7 @@ impl KvDb {
                 history.state()
             )));
         }
-        let mut pages = PageWrites::default();
-        let (start, end) = keys::writes(id);
-        for (key, value) in snap.scan(&start, &end, false, usize::MAX)? {
-            let (page, version) = keys::write_page_version(&key)
-                .ok_or_else(|| corrupt(format!("a page index key of {} bytes", key.len())))?;
-            let version = Version(version);
-            let len = records::read_write_len(&value)?;
-            pages.load(page, version, len.map(|len| PageRef { version, len }));
-        }
+        let (pages, staged) = load_pages(snap, id)?;
         let mut commit_ids = CommitIds::default();
         let (start, end) = keys::commit_ids(id);
         let mut recent = snap.scan(&start, &end, true, COMMIT_IDS_KEPT)?;
@@ -163,6 +254,8 @@ impl KvDb {
             pages,
             pins: Pins::default(),
             commit_ids,
+            staged,
+            budget,
         })
     }
 
@@ -233,7 +326,7 @@ impl KvDb {
         client_id: &str,
         ttl: Duration,
         now_unix_ms: i64,
-    ) -> StoreResult<(Lease, Batch)> {
+    ) -> StoreResult<(Lease, Writes)> {
         let record = self.head.lease.acquire(client_id, ttl, now_unix_ms)?;
         Ok((record.lease(self.state()), self.head_only()))
     }
@@ -244,23 +337,23 @@ impl KvDb {
         epoch: u64,
         ttl: Duration,
         now_unix_ms: i64,
-    ) -> StoreResult<(Lease, Batch)> {
+    ) -> StoreResult<(Lease, Writes)> {
         let record = self.head.lease.renew(lease_id, epoch, ttl, now_unix_ms)?;
         Ok((record.lease(self.state()), self.head_only()))
     }
 
     /// The batch of a release, `None` when the lease was not the current one.
-    pub fn release(&mut self, lease_id: LeaseId, epoch: u64) -> Option<Batch> {
+    pub fn release(&mut self, lease_id: LeaseId, epoch: u64) -> Option<Writes> {
         self.head
             .lease
             .release(lease_id, epoch)
             .then(|| self.head_only())
     }
 
-    fn head_only(&mut self) -> Batch {
+    fn head_only(&mut self) -> Writes {
         let mut batch = Batch::default();
         self.finish(&mut batch);
-        batch
+        Writes::one(batch)
     }
 
     pub fn begin_read(&mut self, read: BeginRead, now: Instant) -> StoreResult<ReadView> {
@@ -302,13 +395,15 @@ impl KvDb {
         let Some(at) = self.pages.at(no, version) else {
             return Ok(zero_page(page_size));
         };
-        let key = keys::data(self.id, no, at.version.0);
-        let data = snap.get(&key).map_err(crate::store_error)?.ok_or_else(|| {
-            StoreError::Internal(format!(
-                "page {no} written at version {} is missing",
-                at.version
-            ))
-        })?;
+        let key = self.data_key(no, at.version);
+        let data = get_page(snap, &key)
+            .map_err(crate::store_error)?
+            .ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "page {no} written at version {} is missing",
+                    at.version
+                ))
+            })?;
         if data.len() != page_size as usize || at.len != page_size {
             return Err(StoreError::Internal(format!(
                 "page {no} at version {version} is {} bytes, expected {page_size}",
@@ -316,6 +411,21 @@ impl KvDb {
             )));
         }
         Ok(Bytes::from(data))
+    }
+
+    /// Where the bytes of page `no` written by `version` are.
+    fn data_key(&self, no: u32, version: Version) -> Vec<u8> {
+        match self.staged.get(&version.0) {
+            Some(stage) => keys::stage_data(self.id, stage, no),
+            None => keys::data(self.id, no, version.0),
+        }
+    }
+
+    fn index_key(&self, no: u32, version: Version) -> Vec<u8> {
+        match self.staged.get(&version.0) {
+            Some(stage) => keys::stage_write(self.id, stage, no),
+            None => keys::write(self.id, no, version.0),
+        }
     }
 
     pub fn precheck(
@@ -328,13 +438,13 @@ impl KvDb {
         commit_check::check(h, name, history, ids, lease, now_unix_ms)
     }
 
-    /// A commit: its outcome, and the batch to write unless it was a retry.
+    /// A commit: its outcome, and the writes to make unless it was a retry.
     pub fn commit(
         &mut self,
         commit: Commit,
         name: &str,
         now_unix_ms: i64,
-    ) -> StoreResult<(CommitOutcome, Option<Batch>)> {
+    ) -> StoreResult<(CommitOutcome, Option<Writes>)> {
         if let Some(done) = self.precheck(&commit.header(), name, now_unix_ms)? {
             return Ok((done, None));
         }
@@ -342,38 +452,37 @@ impl KvDb {
         validate::against_base(&commit, &base)?;
         // Renewed before the head is written, so a restart keeps the renewal.
         self.head.lease.touch(now_unix_ms);
-        let batch = self.apply(commit, base, now_unix_ms);
+        let writes = self.apply(commit, base, now_unix_ms);
         let version = self.state().version;
         Ok((
             commit_check::outcome(&self.history, version, false),
-            Some(batch),
+            Some(writes),
         ))
     }
 
-    /// Writes a checked commit as version `base.version + 1`, in memory and in a batch.
-    fn apply(&mut self, commit: Commit, base: DbState, now_unix_ms: i64) -> Batch {
+    /// Writes a checked commit as version `base.version + 1`, in memory and as writes:
+    /// one batch, or (over the batch budget) staged batches and a publishing one.
+    fn apply(&mut self, commit: Commit, base: DbState, now_unix_ms: i64) -> Writes {
         let version = Version(base.version.0 + 1);
         let (id, v) = (self.id, version.0);
-        let mut batch = Batch::default();
+        let bytes: usize = commit.pages.iter().map(|(_, d)| d.len() + 64).sum();
+        let stage = self.budget.exceeded_by(bytes).then(rand::random::<StageId>);
+        if let Some(stage) = stage {
+            self.staged.insert(v, stage);
+        }
         let refs: Vec<(u32, PageRef)> = commit
             .pages
             .iter()
             .map(|(no, data)| {
-                (
-                    *no,
-                    PageRef {
-                        version,
-                        len: data.len() as u32,
-                    },
-                )
+                let len = data.len() as u32;
+                (*no, PageRef { version, len })
             })
             .collect();
+        let mut pages = Vec::with_capacity(commit.pages.len() * 2);
         for (no, data) in commit.pages {
-            batch.put(
-                keys::write(id, no, v),
-                records::write_len(Some(data.len() as u32)),
-            );
-            batch.put(keys::data(id, no, v), data);
+            let len = records::write_len(Some(data.len() as u32));
+            pages.push(Op::Put(self.index_key(no, version), len.into()));
+            put_page(&mut pages, self.data_key(no, version), data, &self.budget);
         }
         let changed = self
             .pages
@@ -382,35 +491,68 @@ impl KvDb {
             .pages
             .holes_written(base.page_count, commit.page_count, version)
         {
-            batch.put(keys::write(id, no, v), records::write_len(None));
+            let marker = records::write_len(None);
+            pages.push(Op::Put(self.index_key(no, version), marker.into()));
         }
         self.history.push(VersionMeta {
             page_size: commit.page_size,
             page_count: commit.page_count,
             committed_unix_ms: now_unix_ms,
             tag: random_id(),
-            changed,
+            changed: within_listed(changed, &self.budget),
             retained: true,
         });
+        let mut publish = Batch::default();
         if let Some(meta) = self.history.meta(version) {
-            batch.put(keys::meta(id, v), records::encode(&MetaRecord::from(meta)));
+            publish.put(keys::meta(id, v), records::encode(&MetaRecord::from(meta)));
         }
         self.commit_ids.remember(commit.commit_id, version);
-        batch.put(keys::commit_id(id, v), commit.commit_id.0.to_vec());
+        publish.put(keys::commit_id(id, v), commit.commit_id.0.to_vec());
         if let Some(old) = v.checked_sub(COMMIT_IDS_KEPT as u64) {
-            batch.delete(keys::commit_id(id, old));
+            publish.delete(keys::commit_id(id, old));
         }
-        self.finish(&mut batch);
-        batch
+        let Some(stage) = stage else {
+            publish.ops.extend(pages);
+            self.finish(&mut publish);
+            return Writes::one(publish);
+        };
+        let record = records::encode(&StageRecord {
+            base: base.version.0,
+            epoch: commit.epoch,
+            created_unix_ms: now_unix_ms,
+        });
+        let marker = keys::stage(id, &stage);
+        let mut batches = self.budget.split(pages);
+        for (i, batch) in batches.iter_mut().enumerate() {
+            // Every piece checks the marker: once GC removes it, a writer still
+            // staging fails instead of leaving records nothing would collect.
+            if i == 0 {
+                batch.expect(marker.clone(), None);
+                batch.put(marker.clone(), record.clone());
+            } else {
+                batch.expect(marker.clone(), Some(record.clone()));
+            }
+        }
+        publish.expect(marker.clone(), Some(record));
+        publish.delete(marker);
+        publish.put(keys::staged_version(id, v), stage.to_vec());
+        self.finish(&mut publish);
+        batches.push(publish);
+        Writes {
+            batches,
+            stage: Some((id, stage)),
+            gone: false,
+        }
     }
 
-    /// One GC pass over this database, and its batch when it changed anything.
+    /// One GC pass over this database, and its writes when it changed anything: the
+    /// versions it makes unreadable, then the head, then the records nothing reads.
     pub fn gc(
         &mut self,
         now_unix_ms: i64,
         retention: Duration,
         now: Instant,
-    ) -> (GcStats, Option<Batch>) {
+    ) -> (GcStats, Option<Writes>) {
         self.pins.expire(now);
         let kept = self
             .history
@@ -424,19 +566,21 @@ impl KvDb {
         }
         let (id, old_oldest) = (self.id, self.history.oldest().0);
         let was_retained: Vec<bool> = self.history.versions().iter().map(|m| m.retained).collect();
-        let mut batch = Batch::default();
+        let mut removed = Vec::new();
         let pass = self
             .pages
             .gc_with(&mut self.history, &kept, retention, |no, (v, data)| {
-                batch.delete(keys::write(id, no, v.0));
-                if data.is_some() {
-                    batch.delete(keys::data(id, no, v.0));
-                }
+                removed.push((no, *v, data.map(|d| d.len)));
             });
-        let new_oldest = self.history.oldest().0;
-        if new_oldest > old_oldest {
-            batch.delete_range(keys::meta(id, old_oldest), keys::meta(id, new_oldest));
+        let mut doomed = Vec::with_capacity(removed.len() * 2);
+        for (no, v, len) in removed {
+            doomed.push(Op::Delete(self.index_key(no, v)));
+            if let Some(len) = len {
+                delete_page(&mut doomed, self.data_key(no, v), len, &self.budget);
+            }
         }
+        let new_oldest = self.history.oldest().0;
+        let mut flips = Vec::new();
         for (i, meta) in self.history.versions().iter().enumerate() {
             let v = new_oldest + i as u64;
             let before = was_retained
@@ -444,16 +588,35 @@ impl KvDb {
                 .copied()
                 .unwrap_or(true);
             if before && !meta.retained {
-                batch.put(keys::meta(id, v), records::encode(&MetaRecord::from(meta)));
+                let record = records::encode(&MetaRecord::from(meta));
+                flips.push(Op::Put(keys::meta(id, v), record.into()));
             }
         }
-        self.finish(&mut batch);
+        let mut head = Batch::default();
+        if new_oldest > old_oldest {
+            head.delete_range(keys::meta(id, old_oldest), keys::meta(id, new_oldest));
+        }
+        // A staged version's stage id goes once none of its writes is kept.
+        let unused: Vec<u64> = self
+            .staged
+            .keys()
+            .copied()
+            .filter(|&v| !self.pages.any_written_by(Version(v)))
+            .collect();
+        for v in unused {
+            self.staged.remove(&v);
+            head.delete(keys::staged_version(id, v));
+        }
+        self.finish(&mut head);
+        let mut steps = self.budget.split(flips);
+        steps.push(head);
+        steps.extend(self.budget.split(doomed));
         (
             GcStats {
                 databases: 1,
                 ..pass
             },
-            Some(batch),
+            Some(Writes::steps(steps, &self.budget)),
         )
     }
 }

@@ -24,6 +24,14 @@ pub enum EngineError {
     /// not decode): nothing was written.
     #[error("{0}")]
     Corrupt(String),
+    /// The snapshot is older than the engine keeps one readable (FoundationDB: 5 s,
+    /// `transaction_too_old`): nothing was read; take a new snapshot.
+    #[error("the snapshot is too old to read from")]
+    TooOld,
+    /// A key, value or batch over the engine's [`EngineLimits`]: a bug of the layer
+    /// above, which keeps within them. Nothing was written.
+    #[error("over the engine's limits: {0}")]
+    TooLarge(String),
     /// Any other failure of the engine or its storage: the write's outcome may be
     /// unknown (the layer above reloads what it caches).
     #[error("{0}")]

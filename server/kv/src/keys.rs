@@ -12,6 +12,19 @@
 //! | `d` id page version | the page's bytes |
 //! | `i` id version | the commit id that made that version (the last [`COMMIT_IDS_KEPT`] versions) |
 //! | `x` id | a deleted database whose records are still being removed (empty value) |
+//! | `s` id stage | a commit being staged (its [`StageRecord`](crate::records::StageRecord)); removed when it is published |
+//! | `S` id stage page | a staged commit's page bytes |
+//! | `T` id stage page | a staged commit's page index entry (as `w`) |
+//! | `g` id version | the stage id whose `S`/`T` records hold that version's pages |
+//!
+//! A page over the engine's value limit is stored in pieces: its `d` (or `S`) key
+//! followed by the piece's number (one byte), in order.
+//!
+//! A commit too big for one engine transaction (FoundationDB's 10 MB) is *staged*: its
+//! pages go under a random stage id in as many transactions as it needs, then one small
+//! transaction checks the head (lease, epoch, base version) and the stage marker,
+//! writes the version and the `g` key, and removes the marker. Until then nothing reads
+//! the stage; a stage whose marker outlives its chance to publish is collected by GC.
 //!
 //! A database's id is random, chosen at create and never reused, so a database created
 //! again under a deleted name shares no key with the old one. Version metadata doubles
@@ -33,9 +46,26 @@ const WRITE: u8 = b'w';
 const DATA: u8 = b'd';
 const COMMIT_ID: u8 = b'i';
 const DELETED: u8 = b'x';
+const STAGE: u8 = b's';
+const STAGE_DATA: u8 = b'S';
+const STAGE_WRITE: u8 = b'T';
+const STAGED_VERSION: u8 = b'g';
 
 /// The per-database kinds, for deleting a database whole.
-pub const PER_DATABASE: [u8; 5] = [HEAD, META, WRITE, DATA, COMMIT_ID];
+pub const PER_DATABASE: [u8; 9] = [
+    HEAD,
+    META,
+    WRITE,
+    DATA,
+    COMMIT_ID,
+    STAGE,
+    STAGE_DATA,
+    STAGE_WRITE,
+    STAGED_VERSION,
+];
+
+/// A staged commit's id (random).
+pub type StageId = [u8; 16];
 
 /// A database's id (random, see the module docs).
 pub type DbId = u64;
@@ -134,6 +164,63 @@ pub fn deleted_id(key: &[u8]) -> Option<DbId> {
     }
 }
 
+pub fn stage(id: DbId, stage: &StageId) -> Vec<u8> {
+    key(STAGE, id, &[stage])
+}
+
+pub fn all_stages() -> (Vec<u8>, Vec<u8>) {
+    (vec![STAGE], vec![STAGE + 1])
+}
+
+/// The database and stage of an `s` key.
+pub fn stage_of(key: &[u8]) -> Option<(DbId, StageId)> {
+    match key {
+        [STAGE, rest @ ..] if rest.len() == 24 => Some((
+            DbId::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+            rest.get(8..)?.try_into().ok()?,
+        )),
+        _ => None,
+    }
+}
+
+pub fn stage_data(id: DbId, stage: &StageId, page: u32) -> Vec<u8> {
+    key(STAGE_DATA, id, &[stage, &page.to_be_bytes()])
+}
+
+pub fn stage_write(id: DbId, stage: &StageId, page: u32) -> Vec<u8> {
+    key(STAGE_WRITE, id, &[stage, &page.to_be_bytes()])
+}
+
+/// The page of a `T` key.
+pub fn stage_write_page(key: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(key.get(25..29)?.try_into().ok()?))
+}
+
+/// `[start, end)` of a stage's `S` and of its `T` records.
+pub fn stage_records(id: DbId, stage: &StageId) -> [(Vec<u8>, Vec<u8>); 2] {
+    [STAGE_DATA, STAGE_WRITE].map(|tag| {
+        let start = key(tag, id, &[stage]);
+        let end = prefix_end(&start);
+        (start, end)
+    })
+}
+
+pub fn staged_version(id: DbId, version: u64) -> Vec<u8> {
+    key(STAGED_VERSION, id, &[&version.to_be_bytes()])
+}
+
+pub fn staged_versions(id: DbId) -> (Vec<u8>, Vec<u8>) {
+    range(STAGED_VERSION, id)
+}
+
+/// Piece `n` of a value stored in pieces under `key`.
+pub fn piece(key: &[u8], n: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.extend_from_slice(key);
+    k.push(n);
+    k
+}
+
 /// `[start, end)` of one kind of a database's records.
 pub fn range(tag: u8, id: DbId) -> (Vec<u8>, Vec<u8>) {
     let start = key(tag, id, &[]);
@@ -185,5 +272,21 @@ mod tests {
         assert_eq!(write_page_version(&write(7, 3, 9)), Some((3, 9)));
         assert_eq!(prefix_end(&[1, 0xFF]), vec![2]);
         assert!(writes(u64::MAX).1 > write(u64::MAX, u32::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn stage_keys_round_trip_and_stay_in_their_database() {
+        let sid = [7u8; 16];
+        assert_eq!(stage_of(&stage(9, &sid)), Some((9, sid)));
+        assert_eq!(stage_write_page(&stage_write(9, &sid, 42)), Some(42));
+        let [(s0, s1), (t0, t1)] = stage_records(9, &sid);
+        let staged = stage_data(9, &sid, u32::MAX);
+        assert!(s0 <= staged && piece(&staged, 255) < s1);
+        assert!(t0 <= stage_write(9, &sid, 0) && stage_write(9, &sid, u32::MAX) < t1);
+        let (g0, g1) = range(b'g', 9);
+        assert!(g0 < staged_version(9, 0) && staged_version(9, u64::MAX) < g1);
+        // A piece sorts after its whole key and before the next page's.
+        let whole = data(1, 2, 3);
+        assert!(whole < piece(&whole, 0) && piece(&whole, 255) < data(1, 2, 4));
     }
 }

@@ -23,9 +23,13 @@ mod committer;
 pub mod data_dir;
 pub mod db;
 pub mod engine;
+#[cfg(feature = "foundationdb")]
+pub mod fdb_engine;
 pub mod fjall_engine;
 pub mod keys;
+pub mod limited_engine;
 pub mod migrate;
+pub mod plan;
 pub mod records;
 pub mod redb_engine;
 pub mod store;
@@ -35,6 +39,7 @@ use pagewire_server_core::store::StoreError;
 pub use data_dir::OpenError;
 pub use engine::{Batch, Engine, EngineError, EngineLimits, EngineResult, Op, Snapshot};
 pub use fjall_engine::FjallEngine;
+pub use limited_engine::LimitedEngine;
 pub use redb_engine::RedbEngine;
 pub use store::KvStore;
 
@@ -49,6 +54,10 @@ pub fn store_error(e: EngineError) -> StoreError {
         EngineError::Full(m) => StoreError::Full(m),
         EngineError::Corrupt(m) => StoreError::Internal(format!("stored data is corrupt: {m}")),
         EngineError::Io(m) => StoreError::Unavailable(format!("the store failed: {m}")),
+        EngineError::TooOld => {
+            StoreError::Unavailable("the store's snapshot expired; try again".into())
+        }
+        EngineError::TooLarge(m) => StoreError::Internal(m),
     }
 }
 

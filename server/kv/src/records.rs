@@ -122,6 +122,16 @@ impl From<MetaRecord> for VersionMeta {
     }
 }
 
+/// A commit being staged (the `s` record): what decides whether it can still publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The version it commits on: once the database is past it, it never publishes.
+    pub base: u64,
+    /// Its lease's epoch: once a newer lease is granted, it never publishes.
+    pub epoch: u64,
+    pub created_unix_ms: i64,
+}
+
 /// A page write's index entry: its length, 0 for a zero marker.
 pub fn write_len(len: Option<u32>) -> Vec<u8> {
     len.unwrap_or(0).to_be_bytes().to_vec()

@@ -16,9 +16,10 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::db::KvDb;
-use crate::engine::{Batch, Engine, EngineError};
-use crate::keys::{self, DbId};
-use crate::records::{self, Head};
+use crate::engine::{Batch, Engine, EngineError, Snapshot};
+use crate::keys::{self, DbId, StageId};
+use crate::plan::{Budget, Writes};
+use crate::records::{self, Head, StageRecord};
 use crate::store_error;
 
 /// Databases kept in memory by default.
@@ -31,6 +32,45 @@ const GC_BATCH: usize = 64;
 /// bounded batches (memory, journal records; FoundationDB's transaction limit), not
 /// one.
 const SWEEP_KEYS: usize = 1024;
+
+/// Catalog entries read per snapshot while listing (FoundationDB ends a transaction
+/// after 5 s; a head read costs a round trip there).
+const CATALOG_PAGE: usize = 1024;
+
+/// Times an operation runs again after a conflict (another writer changed the
+/// database first: it reloads and decides again) or an expired snapshot.
+const RETRIES: usize = 16;
+
+/// How long a stage may wait to publish before GC takes it for abandoned, even when
+/// nothing else says so (its base still current, its lease still the newest).
+const STAGE_MAX_AGE_MS: i64 = 3_600_000;
+
+/// What an operation on a database sees besides the database.
+pub struct Ctx<'a> {
+    /// Whether this call created the database.
+    pub created: bool,
+    /// A snapshot taken after the database was found current: what it reads pages from.
+    pub snap: &'a dyn Snapshot,
+}
+
+/// Why one attempt of an operation failed: an engine error (maybe retried) or the
+/// operation's own answer.
+enum Failed {
+    Engine(EngineError),
+    Store(StoreError),
+}
+
+impl From<EngineError> for Failed {
+    fn from(e: EngineError) -> Self {
+        Self::Engine(e)
+    }
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
 
 /// A database's place in memory: `None` until loaded, and after it is dropped (a
 /// caller that finds its slot no longer in the map starts over).
@@ -46,6 +86,7 @@ struct Hot {
 /// The key-value page store.
 pub struct KvStore {
     engine: Arc<dyn Engine>,
+    budget: Budget,
     hot: Mutex<Hot>,
     hot_limit: usize,
     clock: Clock,
@@ -56,6 +97,7 @@ impl KvStore {
     pub async fn open(engine: Arc<dyn Engine>) -> StoreResult<Self> {
         check_format(engine.as_ref()).await?;
         Ok(Self {
+            budget: Budget::of(engine.limits()),
             engine,
             hot: Mutex::default(),
             hot_limit: DEFAULT_HOT_DATABASES,
@@ -63,30 +105,103 @@ impl KvStore {
         })
     }
 
-    /// Removes the records of deleted database `id`, [`SWEEP_KEYS`] per batch, then
-    /// its marker. Nothing else writes them: the id is unreachable and never reused.
+    /// Removes every key in `[start, end)`, [`SWEEP_KEYS`] per batch.
+    async fn clear(&self, start: &[u8], end: &[u8]) -> Result<(), EngineError> {
+        loop {
+            let doomed = self
+                .engine
+                .snapshot()
+                .and_then(|snap| snap.scan(start, end, false, SWEEP_KEYS))?;
+            if doomed.is_empty() {
+                return Ok(());
+            }
+            let mut batch = Batch::default();
+            for (key, _) in doomed {
+                batch.delete(key);
+            }
+            self.engine.write(batch).await?;
+        }
+    }
+
+    /// Removes the records of deleted database `id` in bounded batches, then its
+    /// marker. Nothing else writes them: the id is unreachable and never reused.
     async fn sweep(&self, id: DbId) -> StoreResult<()> {
         for tag in keys::PER_DATABASE {
             let (start, end) = keys::range(tag, id);
-            loop {
-                let doomed = self
-                    .engine
-                    .snapshot()
-                    .and_then(|snap| snap.scan(&start, &end, false, SWEEP_KEYS))
-                    .map_err(store_error)?;
-                if doomed.is_empty() {
-                    break;
-                }
-                let mut batch = Batch::default();
-                for (key, _) in doomed {
-                    batch.delete(key);
-                }
-                self.engine.write(batch).await.map_err(store_error)?;
-            }
+            self.clear(&start, &end).await.map_err(store_error)?;
         }
         let mut batch = Batch::default();
         batch.delete(keys::deleted(id));
         self.engine.write(batch).await.map_err(store_error)
+    }
+
+    /// Removes stage `stage` of database `id` if it is unpublished: its marker becomes
+    /// [`doomed`] first (so a writer still staging into it, or its publish, fails),
+    /// then its records go, then the marker. A published stage has no marker and is
+    /// left alone; a crash midway leaves a doomed marker, which GC finishes.
+    async fn drop_stage(&self, id: DbId, stage: &StageId) -> Result<(), EngineError> {
+        let marker = keys::stage(id, stage);
+        let Some(record) = self.engine.snapshot()?.get(&marker)? else {
+            return Ok(());
+        };
+        let doomed = doomed();
+        if record != doomed {
+            let mut batch = Batch::default();
+            batch.expect(marker.clone(), Some(record));
+            batch.put(marker.clone(), doomed.clone());
+            self.engine.write(batch).await?;
+        }
+        for (start, end) in keys::stage_records(id, stage) {
+            self.clear(&start, &end).await?;
+        }
+        let mut batch = Batch::default();
+        batch.expect(marker.clone(), Some(doomed));
+        batch.delete(marker);
+        self.engine.write(batch).await
+    }
+
+    /// Collects the stages of commits that can never publish: their database is gone
+    /// or past their base version, a newer lease was granted, or they are older than
+    /// [`STAGE_MAX_AGE_MS`]. Returns how many it collected.
+    async fn collect_stages(&self, now_unix_ms: i64) -> StoreResult<usize> {
+        let (start, end) = keys::all_stages();
+        let mut doomed = Vec::new();
+        {
+            let snap = self.engine.snapshot().map_err(store_error)?;
+            for (key, value) in snap
+                .scan(&start, &end, false, usize::MAX)
+                .map_err(store_error)?
+            {
+                let Some((id, stage)) = keys::stage_of(&key) else {
+                    continue;
+                };
+                let record: StageRecord = records::decode("stage", &value).map_err(store_error)?;
+                let head = match snap.get(&keys::head(id)).map_err(store_error)? {
+                    Some(bytes) => Some(
+                        records::decode::<Head>("database head", &bytes).map_err(store_error)?,
+                    ),
+                    None => None,
+                };
+                let dead = head.is_none_or(|h| {
+                    h.version != record.base
+                        || h.lease.max_epoch() > record.epoch
+                        || now_unix_ms.saturating_sub(record.created_unix_ms) > STAGE_MAX_AGE_MS
+                });
+                if dead {
+                    doomed.push((id, stage));
+                }
+            }
+        }
+        let mut collected = 0;
+        for (id, stage) in &doomed {
+            match self.drop_stage(*id, stage).await {
+                Ok(()) => collected += 1,
+                // It published (or another server collects it) meanwhile.
+                Err(EngineError::Conflict) => {}
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Ok(collected)
     }
 
     /// Finishes every delete a crash or an error cut short.
@@ -146,89 +261,163 @@ impl KvStore {
     }
 
     /// Runs `f` on the database `key` (loaded when cold; `create` makes a missing one),
-    /// then writes the batch `f` returns. A failed write drops the database from
-    /// memory: the next call loads what the engine holds.
+    /// then writes what `f` returns. A failed write drops the database from memory:
+    /// the next call loads what the engine holds. When another writer got there first
+    /// (a conflict) or a snapshot expired, `f` runs again on what the engine holds now.
     async fn with_db<T>(
         &self,
         key: &DbKey,
         create: bool,
-        f: impl FnOnce(&mut KvDb, bool) -> StoreResult<(T, Option<Batch>)>,
+        mut f: impl FnMut(&mut KvDb, &Ctx<'_>) -> StoreResult<(T, Option<Writes>)>,
     ) -> StoreResult<T> {
+        let mut retries = 0;
         loop {
             let slot = self.slot(key);
             let mut guard = slot.lock().await;
             if !self.is_current(key, &slot) {
                 continue; // dropped while we waited: start over on the new slot
             }
-            let mut created = false;
-            if guard.is_none() {
-                match self.load(key)? {
-                    Some(db) => *guard = Some(db),
-                    None if create => {
-                        let catalog = keys::catalog(&key.tenant, &key.name);
-                        let (db, batch) = KvDb::create(catalog, self.clock.unix_ms());
-                        *guard = Some(db);
-                        self.write_or_drop(key, &slot, &mut guard, batch).await?;
-                        created = true;
-                    }
-                    None => {
-                        drop(guard);
-                        self.forget(key, &slot);
-                        return Err(StoreError::NotFound(key.name.clone()));
-                    }
-                }
-            }
-            let Some(db) = guard.as_mut() else {
-                continue;
-            };
-            let (value, batch) = f(db, created)?;
-            if let Some(batch) = batch {
-                self.write_or_drop(key, &slot, &mut guard, batch).await?;
-            }
+            let attempt = self.attempt(key, create, &slot, &mut guard, &mut f).await;
             drop(guard);
-            self.evict_cold();
-            return Ok(value);
+            match attempt {
+                Ok(value) => {
+                    self.evict_cold();
+                    return Ok(value);
+                }
+                Err(Failed::Engine(EngineError::Conflict | EngineError::TooOld))
+                    if retries < RETRIES =>
+                {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(
+                        0..=retries as u64,
+                    )))
+                    .await;
+                }
+                Err(Failed::Engine(e)) => return Err(store_error(e)),
+                Err(Failed::Store(e)) => return Err(e),
+            }
         }
     }
 
-    /// Writes `batch`; when that fails, drops the database from memory (it may be
-    /// ahead of the engine now) so the next call loads what the engine holds.
+    /// One try of [`Self::with_db`], under the database's lock.
+    async fn attempt<T>(
+        &self,
+        key: &DbKey,
+        create: bool,
+        slot: &Slot,
+        guard: &mut tokio::sync::MutexGuard<'_, Option<KvDb>>,
+        f: &mut impl FnMut(&mut KvDb, &Ctx<'_>) -> StoreResult<(T, Option<Writes>)>,
+    ) -> Result<T, Failed> {
+        let mut created = false;
+        let mut snap = self.engine.snapshot()?;
+        if !self.engine.exclusive()
+            && guard.is_some()
+            && !self.still_current(key, guard, snap.as_ref())?
+        {
+            **guard = None; // another server changed it: load it again
+        }
+        if guard.is_none() {
+            match self.load(key, snap.as_ref())? {
+                Some(db) => **guard = Some(db),
+                None if create => {
+                    let catalog = keys::catalog(&key.tenant, &key.name);
+                    let (db, batch) = KvDb::create(catalog, self.clock.unix_ms(), self.budget);
+                    **guard = Some(db);
+                    drop(snap);
+                    self.write_or_drop(key, slot, guard, Writes::one(batch))
+                        .await?;
+                    snap = self.engine.snapshot()?;
+                    created = true;
+                }
+                None => {
+                    self.forget(key, slot);
+                    return Err(StoreError::NotFound(key.name.clone()).into());
+                }
+            }
+        }
+        let Some(db) = guard.as_mut() else {
+            return Err(EngineError::Conflict.into());
+        };
+        let (value, writes) = f(
+            db,
+            &Ctx {
+                created,
+                snap: snap.as_ref(),
+            },
+        )?;
+        drop(snap);
+        if let Some(writes) = writes {
+            self.write_or_drop(key, slot, guard, writes).await?;
+        }
+        Ok(value)
+    }
+
+    /// Whether the database in memory is still the one the engine holds at `snap`
+    /// (same id, same head): what another server may have changed.
+    fn still_current(
+        &self,
+        key: &DbKey,
+        guard: &tokio::sync::MutexGuard<'_, Option<KvDb>>,
+        snap: &dyn Snapshot,
+    ) -> Result<bool, EngineError> {
+        let Some(db) = guard.as_ref() else {
+            return Ok(false);
+        };
+        let id = snap.get(&keys::catalog(&key.tenant, &key.name))?;
+        if id.as_deref() != Some(&db.id.to_be_bytes()[..]) {
+            return Ok(false);
+        }
+        Ok(snap.get(&keys::head(db.id))?.as_deref() == Some(db.head_bytes()))
+    }
+
+    /// Writes `writes` in order; when that fails, drops the database from memory (it
+    /// may be ahead of the engine now) so the next call loads what the engine holds,
+    /// and removes what a failed staged commit staged.
     async fn write_or_drop(
         &self,
         key: &DbKey,
         slot: &Slot,
         guard: &mut tokio::sync::MutexGuard<'_, Option<KvDb>>,
-        batch: Batch,
-    ) -> StoreResult<()> {
-        let Err(e) = self.engine.write(batch).await else {
+        writes: Writes,
+    ) -> Result<(), EngineError> {
+        let mut failed = None;
+        for batch in writes.batches {
+            if let Err(e) = self.engine.write(batch).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let Some(e) = failed else {
+            if writes.gone {
+                **guard = None;
+                self.forget(key, slot);
+            }
             return Ok(());
         };
         **guard = None;
         self.forget(key, slot);
-        Err(store_error(e))
+        if let Some((id, stage)) = writes.stage
+            && let Err(cleanup) = self.drop_stage(id, &stage).await
+        {
+            tracing::warn!(
+                db = id,
+                "removing a failed commit's staged pages: {cleanup} (GC retries)"
+            );
+        }
+        Err(e)
     }
 
-    /// The database `key` as the engine holds it, `None` when it does not exist.
-    fn load(&self, key: &DbKey) -> StoreResult<Option<KvDb>> {
-        let snap = self.engine.snapshot().map_err(store_error)?;
-        let Some(id) = snap
-            .get(&keys::catalog(&key.tenant, &key.name))
-            .map_err(store_error)?
-        else {
+    /// The database `key` as the engine holds it at `snap`, `None` when it does not
+    /// exist.
+    fn load(&self, key: &DbKey, snap: &dyn Snapshot) -> Result<Option<KvDb>, Failed> {
+        let Some(id) = snap.get(&keys::catalog(&key.tenant, &key.name))? else {
             return Ok(None);
         };
-        let id = records::u64_value("database id", &id).map_err(store_error)?;
-        let head = snap
-            .get(&keys::head(id))
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                store_error(EngineError::Corrupt(format!(
-                    "database {key}: its head record is missing"
-                )))
-            })?;
-        KvDb::load(snap.as_ref(), id, head)
-            .map(Some)
-            .map_err(store_error)
+        let id = records::u64_value("database id", &id)?;
+        let head = snap.get(&keys::head(id))?.ok_or_else(|| {
+            EngineError::Corrupt(format!("database {key}: its head record is missing"))
+        })?;
+        Ok(Some(KvDb::load(snap, id, head, self.budget)?))
     }
 
     /// Drops least recently used databases past the bound, skipping busy ones and ones
@@ -267,27 +456,65 @@ impl KvStore {
         }
     }
 
-    /// Every database: (key, id, head) from one snapshot.
-    fn catalog(&self) -> StoreResult<Vec<(DbKey, DbId, Head)>> {
-        let snap = self.engine.snapshot().map_err(store_error)?;
-        let (start, end) = keys::all_catalog();
+    /// The catalog entries under `prefix` with their heads, [`CATALOG_PAGE`] per
+    /// snapshot (so no snapshot outlives FoundationDB's 5 s; a database created or
+    /// deleted meanwhile may or may not be listed, as with any listing).
+    fn catalog_under(&self, prefix: &[u8]) -> StoreResult<Vec<(Vec<u8>, DbId, Head)>> {
+        let end = keys::prefix_end(prefix);
+        let mut from = prefix.to_vec();
         let mut all = Vec::new();
-        for (key, id) in snap
-            .scan(&start, &end, false, usize::MAX)
-            .map_err(store_error)?
-        {
-            let Some((tenant, name)) = keys::catalog_entry(&key) else {
-                continue;
+        loop {
+            let snap = self.engine.snapshot().map_err(store_error)?;
+            let page = snap
+                .scan(&from, &end, false, CATALOG_PAGE)
+                .map_err(store_error)?;
+            let next = match page.last() {
+                Some((last, _)) if page.len() == CATALOG_PAGE => Some(piece_after(last)),
+                _ => None,
             };
-            let id = records::u64_value("database id", &id).map_err(store_error)?;
-            let Some(head) = snap.get(&keys::head(id)).map_err(store_error)? else {
-                continue;
-            };
-            let head: Head = records::decode("database head", &head).map_err(store_error)?;
-            all.push((DbKey::new(tenant, name), id, head));
+            for (key, id) in page {
+                let id = records::u64_value("database id", &id).map_err(store_error)?;
+                if let Some(head) = snap.get(&keys::head(id)).map_err(store_error)? {
+                    let head: Head =
+                        records::decode("database head", &head).map_err(store_error)?;
+                    all.push((key, id, head));
+                }
+            }
+            match next {
+                Some(next) => from = next,
+                None => return Ok(all),
+            }
         }
-        Ok(all)
     }
+
+    /// Every database: (key, id, head).
+    fn catalog(&self) -> StoreResult<Vec<(DbKey, DbId, Head)>> {
+        let (start, _) = keys::all_catalog();
+        Ok(self
+            .catalog_under(&start)?
+            .into_iter()
+            .filter_map(|(key, id, head)| {
+                let (tenant, name) = keys::catalog_entry(&key)?;
+                Some((DbKey::new(tenant, name), id, head))
+            })
+            .collect())
+    }
+}
+
+/// The first key after `key`.
+fn piece_after(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+/// The marker of a stage being removed: no stage publishes from it.
+fn doomed() -> Vec<u8> {
+    records::encode(&StageRecord {
+        base: u64::MAX,
+        epoch: u64::MAX,
+        created_unix_ms: 0,
+    })
 }
 
 /// Writes the format version into an empty engine; refuses one written by a newer
@@ -334,14 +561,14 @@ async fn check_format(engine: &dyn Engine) -> StoreResult<()> {
 #[async_trait]
 impl PageStore for KvStore {
     async fn open(&self, key: &DbKey, create: bool) -> StoreResult<(DbState, bool)> {
-        self.with_db(key, create, |db, created| Ok(((db.state(), created), None)))
+        self.with_db(key, create, |db, ctx| Ok(((db.state(), ctx.created), None)))
             .await
     }
 
     async fn create(&self, key: &DbKey) -> StoreResult<DbInfo> {
         let now = self.clock.unix_ms();
-        self.with_db(key, true, |db, created| {
-            if !created {
+        self.with_db(key, true, |db, ctx| {
+            if !ctx.created {
                 return Err(StoreError::AlreadyExists(key.name.clone()));
             }
             Ok((db.info(&key.name, now), None))
@@ -350,63 +577,40 @@ impl PageStore for KvStore {
     }
 
     async fn delete(&self, key: &DbKey) -> StoreResult<()> {
-        loop {
-            let slot = self.slot(key);
-            let mut guard = slot.lock().await;
-            if !self.is_current(key, &slot) {
-                continue;
-            }
-            if guard.is_none() {
-                *guard = self.load(key)?;
-            }
-            let Some(db) = guard.take() else {
-                drop(guard);
-                self.forget(key, &slot);
-                return Err(StoreError::NotFound(key.name.clone()));
-            };
-            let catalog = keys::catalog(&key.tenant, &key.name);
-            let mut batch = Batch::default();
-            batch.expect(catalog.clone(), Some(db.id.to_be_bytes().to_vec()));
-            batch.expect(keys::head(db.id), Some(db.head_bytes().to_vec()));
-            // Gone at once (no catalog entry, no head); its other records are swept
-            // after, in bounded batches, and again by GC if this one is cut short.
-            batch.delete(catalog);
-            batch.delete(keys::head(db.id));
-            batch.put(keys::deleted(db.id), Vec::new());
-            let written = self.engine.write(batch).await;
-            drop(guard);
-            self.forget(key, &slot);
-            written.map_err(store_error)?;
-            if let Err(e) = self.sweep(db.id).await {
-                tracing::warn!(
-                    db = db.id,
-                    "removing a deleted database's records: {e} (GC retries)"
-                );
-            }
-            return Ok(());
+        let catalog = keys::catalog(&key.tenant, &key.name);
+        let id = self
+            .with_db(key, false, |db, _| {
+                let mut batch = Batch::default();
+                batch.expect(catalog.clone(), Some(db.id.to_be_bytes().to_vec()));
+                batch.expect(keys::head(db.id), Some(db.head_bytes().to_vec()));
+                // Gone at once (no catalog entry, no head); its other records are
+                // swept after, in bounded batches, and again by GC if this one is cut
+                // short.
+                batch.delete(catalog.clone());
+                batch.delete(keys::head(db.id));
+                batch.put(keys::deleted(db.id), Vec::new());
+                let mut writes = Writes::one(batch);
+                writes.gone = true;
+                Ok((db.id, Some(writes)))
+            })
+            .await?;
+        if let Err(e) = self.sweep(id).await {
+            tracing::warn!(
+                db = id,
+                "removing a deleted database's records: {e} (GC retries)"
+            );
         }
+        Ok(())
     }
 
     async fn list(&self, tenant: &str) -> StoreResult<Vec<DbInfo>> {
-        let snap = self.engine.snapshot().map_err(store_error)?;
         let prefix = keys::catalog_prefix(tenant);
         let now = self.clock.unix_ms();
-        let mut infos = Vec::new();
-        let entries = snap
-            .scan(&prefix, &keys::prefix_end(&prefix), false, usize::MAX)
-            .map_err(store_error)?;
-        for (key, id) in entries {
-            let Some(name) = keys::catalog_name(&prefix, &key) else {
-                continue;
-            };
-            let id = records::u64_value("database id", &id).map_err(store_error)?;
-            let Some(head) = snap.get(&keys::head(id)).map_err(store_error)? else {
-                continue;
-            };
-            let head: Head = records::decode("database head", &head).map_err(store_error)?;
-            infos.push(head.info(&name, now));
-        }
-        Ok(infos)
+        Ok(self
+            .catalog_under(&prefix)?
+            .into_iter()
+            .filter_map(|(key, _, head)| Some(head.info(&keys::catalog_name(&prefix, &key)?, now)))
+            .collect())
     }
 
     async fn info(&self, key: &DbKey) -> StoreResult<DbInfo> {
@@ -468,11 +672,9 @@ impl PageStore for KvStore {
         page_nos: &[u32],
         pin: PinTtl,
     ) -> StoreResult<PageRead> {
-        let engine = self.engine.clone();
-        self.with_db(key, false, |db, _| {
-            let snap = engine.snapshot().map_err(store_error)?;
+        self.with_db(key, false, |db, ctx| {
             Ok((
-                db.read(snap.as_ref(), version, page_nos, pin, Instant::now())?,
+                db.read(ctx.snap, version, page_nos, pin, Instant::now())?,
                 None,
             ))
         })
@@ -493,12 +695,22 @@ impl PageStore for KvStore {
 
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {
         let now = self.clock.unix_ms();
-        self.with_db(key, false, |db, _| db.commit(commit, &key.name, now))
-            .await
+        // Cloned per attempt (the pages are shared, not copied): a conflict decides again.
+        self.with_db(key, false, |db, _| {
+            db.commit(commit.clone(), &key.name, now)
+        })
+        .await
     }
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
         self.sweep_deleted().await?;
+        let stages = self.collect_stages(now_unix_ms).await?;
+        if stages > 0 {
+            tracing::info!(
+                stages,
+                "collected the staged pages of commits that never published"
+            );
+        }
         let mut stats = GcStats::default();
         let catalog = self.catalog()?;
         for (i, (key, _, head)) in catalog.into_iter().enumerate() {

@@ -51,6 +51,13 @@ impl<H: PageHandle> PageWrites<H> {
         self.bytes
     }
 
+    /// Whether any write (page or zero marker) made by `version` is kept.
+    pub fn any_written_by(&self, version: Version) -> bool {
+        self.writes
+            .values()
+            .any(|writes| writes.iter().any(|(v, _)| *v == version))
+    }
+
     /// Page `page_no` as of `version`: the newest write at or before it; `None` when that
     /// is a zero marker or there is none (the page reads as zeros).
     pub fn at(&self, page_no: u32, version: Version) -> Option<&H> {
