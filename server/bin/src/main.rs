@@ -29,8 +29,11 @@ struct Flags {
     listen: SocketAddr,
     /// Where pages are kept: `embedded` (the default: durable, in --data-dir, one
     /// server per directory), `memory` (lost when the server stops: for tests and
-    /// throwaway use) or `postgres://user[:password]@host[:port]/database` (durable;
-    /// several servers may share one database).
+    /// throwaway use), `postgres://user[:password]@host[:port]/database` (durable;
+    /// several servers may share one database), `fdb:` or `fdb:/path/to/fdb.cluster`
+    /// (FoundationDB, the default or the given cluster file; builds with the
+    /// `foundationdb` feature only), or `embedded-fdb-limits` (the embedded store held
+    /// to FoundationDB's limits and trusting no cache, as on FoundationDB: for tests).
     #[arg(long, default_value = "embedded")]
     store: String,
     /// The embedded store's data directory (created when missing; locked while this
@@ -65,9 +68,11 @@ struct Flags {
     /// acknowledged commit; each commit waits until they acknowledged it (a vanished
     /// reader stalls commits at most this long), and a freshly started server waits this
     /// long before its first commit (at most 60s). 0s grants none: required when several servers
-    /// share one store, as they do not tell each other of commits.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    read_lease_ttl: Duration,
+    /// share one store, as they do not tell each other of commits. Default 1s; on
+    /// FoundationDB (`fdb:`, `embedded-fdb-limits`) none are granted and a non-zero
+    /// value is refused: several servers share that store by design.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    read_lease_ttl: Option<Duration>,
     /// Testing only: inject a fault, e.g. `commit-reply-lost=N` (every Nth commit is
     /// applied but answered UNAVAILABLE, as if the reply were lost).
     #[arg(long, hide = true)]
@@ -86,11 +91,44 @@ struct Flags {
 }
 
 /// The stores this build supports, for messages.
-const SUPPORTED: &str = if cfg!(feature = "postgres") {
-    "embedded, memory, postgres://user@host/database"
-} else {
-    "embedded, memory (this build has no PostgreSQL store: build with the `postgres` feature)"
-};
+fn supported() -> String {
+    let postgres = if cfg!(feature = "postgres") {
+        ", postgres://user@host/database"
+    } else {
+        " (no PostgreSQL store in this build: build with the `postgres` feature)"
+    };
+    let fdb = if cfg!(feature = "foundationdb") {
+        ", fdb:[cluster file]"
+    } else {
+        " (no FoundationDB store in this build: build with the `foundationdb` feature)"
+    };
+    format!("embedded, memory, embedded-fdb-limits{postgres}{fdb}")
+}
+
+/// The read-lease TTL when none is given.
+const DEFAULT_READ_LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// Whether the store `spec` names is FoundationDB (or the mode that stands in for
+/// it): several servers share it, and a server grants no read leases there, as it
+/// would not hear of commits made through the others.
+fn is_fdb(spec: &str) -> bool {
+    spec == "fdb" || spec.starts_with("fdb:") || spec == "embedded-fdb-limits"
+}
+
+/// The read-lease TTL for `spec`: none on FoundationDB (refusing a non-zero one).
+fn read_lease_ttl(spec: &str, given: Option<Duration>) -> anyhow::Result<Duration> {
+    match given {
+        Some(ttl) if is_fdb(spec) && !ttl.is_zero() => bail!(
+            "--read-lease-ttl {} with a FoundationDB store: several servers share it and \
+             do not yet tell each other of commits, so no read leases are granted there \
+             (readers ask the server at every transaction); leave the flag out or give 0s",
+            humantime::format_duration(ttl)
+        ),
+        _ if is_fdb(spec) => Ok(Duration::ZERO),
+        Some(ttl) => Ok(ttl),
+        None => Ok(DEFAULT_READ_LEASE_TTL),
+    }
+}
 
 /// Opens the store `spec` names (`data_dir` for the embedded one); a store that cannot
 /// be reached is an error.
@@ -103,6 +141,18 @@ async fn open_store(spec: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn PageS
         tracing::info!(engine = %engine.describe(), "embedded store open");
         return Ok(Arc::new(store));
     }
+    if spec == "embedded-fdb-limits" {
+        let fjall = Arc::new(pagewire_store_kv::FjallEngine::open(data_dir)?);
+        let engine = Arc::new(pagewire_store_kv::LimitedEngine::fdb(fjall));
+        tracing::info!(engine = %engine.describe(), "embedded store open in FDB-limits mode");
+        let store = pagewire_store_kv::KvStore::open(engine)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", data_dir.display()))?;
+        return Ok(Arc::new(store));
+    }
+    if spec == "fdb" || spec.starts_with("fdb:") {
+        return open_fdb(spec.strip_prefix("fdb:").unwrap_or_default()).await;
+    }
     #[cfg(feature = "postgres")]
     if pagewire_store_postgres::is_postgres_url(spec) {
         let store = pagewire_store_postgres::PostgresStore::connect(spec)
@@ -110,7 +160,35 @@ async fn open_store(spec: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn PageS
             .with_context(|| format!("cannot use the PostgreSQL store {}", redact(spec)))?;
         return Ok(Arc::new(store));
     }
-    bail!("unknown store {:?} (supported: {SUPPORTED})", redact(spec))
+    bail!(
+        "unknown store {:?} (supported: {})",
+        redact(spec),
+        supported()
+    )
+}
+
+/// FoundationDB with the cluster file `cluster` (empty: the default one).
+#[cfg(feature = "foundationdb")]
+async fn open_fdb(cluster: &str) -> anyhow::Result<Arc<dyn PageStore>> {
+    let path = (!cluster.is_empty()).then(|| Path::new(cluster));
+    let engine = Arc::new(pagewire_store_kv::fdb_engine::FdbEngine::open(
+        path,
+        b"pagewire/".to_vec(),
+    )?);
+    tracing::info!(engine = %engine.describe(), "FoundationDB store open");
+    let store = pagewire_store_kv::KvStore::open(engine)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the FoundationDB store: {e}"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "foundationdb"))]
+async fn open_fdb(_cluster: &str) -> anyhow::Result<Arc<dyn PageStore>> {
+    bail!(
+        "this pagewire-server was built without FoundationDB: build it with \
+         `cargo build --release -p pagewire-server --features foundationdb` on a machine \
+         with the FoundationDB client library (libfdb_c 7.3)"
+    )
 }
 
 /// Loopback only: 127.0.0.0/8, ::1 (and ::ffff:127.x.y.z, the same over IPv6).
@@ -157,7 +235,7 @@ fn config(flags: &Flags) -> anyhow::Result<ServerConfig> {
         history_retention: flags.history_retention,
         gc_interval: flags.gc_interval,
         pin_ttl: flags.pin_ttl,
-        read_lease_ttl: flags.read_lease_ttl,
+        read_lease_ttl: read_lease_ttl(&flags.store, flags.read_lease_ttl)?,
         limits: flags.limits.limits()?,
     };
     config.check().context("bad settings")?;
@@ -299,5 +377,35 @@ mod tests {
             .map(|e| e.to_string());
         let e = e.unwrap_or_default();
         assert!(e.contains("unknown store") && e.contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn foundationdb_grants_no_read_leases() {
+        let ttl = |spec: &str, given: Option<Duration>| read_lease_ttl(spec, given).ok();
+        assert_eq!(ttl("embedded", None), Some(DEFAULT_READ_LEASE_TTL));
+        assert_eq!(ttl("memory", Some(Duration::ZERO)), Some(Duration::ZERO));
+        for fdb in [
+            "fdb",
+            "fdb:/etc/foundationdb/fdb.cluster",
+            "embedded-fdb-limits",
+        ] {
+            assert_eq!(ttl(fdb, None), Some(Duration::ZERO), "{fdb}");
+            assert_eq!(
+                ttl(fdb, Some(Duration::ZERO)),
+                Some(Duration::ZERO),
+                "{fdb}"
+            );
+            let e = read_lease_ttl(fdb, Some(Duration::from_secs(1))).err();
+            let e = e.map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("no read leases"), "{fdb}: {e}");
+        }
+    }
+
+    #[cfg(not(feature = "foundationdb"))]
+    #[tokio::test]
+    async fn fdb_without_the_feature_says_how_to_build_it() {
+        let e = open_store("fdb:", Path::new("unused")).await.err();
+        let e = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("--features foundationdb"), "{e}");
     }
 }
