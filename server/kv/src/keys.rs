@@ -34,8 +34,17 @@
 //!
 //! [`COMMIT_IDS_KEPT`]: pagewire_server_core::store::commit_check::COMMIT_IDS_KEPT
 
-/// The format this build writes. Start-up refuses a newer one and migrates older ones.
-pub const FORMAT: u32 = 1;
+/// The newest format this build reads. Start-up refuses a newer one.
+pub const FORMAT: u32 = 2;
+
+/// The format of a store whose engine takes every commit in one batch: no staged
+/// commits, no pieces (what servers before staging read).
+pub const FORMAT_WHOLE: u32 = 1;
+
+/// The format of a store under engine limits: it may hold staged commits (`s`, `S`,
+/// `T`, `g` keys) and pages in pieces, which a server of format 1 would not see
+/// (it would read such pages as zeros), so it refuses the store instead.
+pub const FORMAT_STAGED: u32 = 2;
 
 pub const FORMAT_KEY: &[u8] = b"Mformat";
 

@@ -95,9 +95,10 @@ pub struct KvStore {
 impl KvStore {
     /// The store over `engine`: checks (and on an empty engine, writes) the format.
     pub async fn open(engine: Arc<dyn Engine>) -> StoreResult<Self> {
-        check_format(engine.as_ref()).await?;
+        let budget = Budget::of(engine.limits());
+        check_format(engine.as_ref(), &budget).await?;
         Ok(Self {
-            budget: Budget::of(engine.limits()),
+            budget,
             engine,
             hot: Mutex::default(),
             hot_limit: DEFAULT_HOT_DATABASES,
@@ -517,27 +518,24 @@ fn doomed() -> Vec<u8> {
     })
 }
 
-/// Writes the format version into an empty engine; refuses one written by a newer
-/// build. (Format 1 is the first: there is nothing older to migrate yet. A migration
-/// goes here, run before the store serves.)
-async fn check_format(engine: &dyn Engine) -> StoreResult<()> {
+/// Writes the format into an empty engine, and raises format 1 to 2 when this store
+/// may stage commits (an engine with limits: see [`keys::FORMAT_STAGED`]); refuses one
+/// written by a newer build.
+async fn check_format(engine: &dyn Engine, budget: &Budget) -> StoreResult<()> {
+    let want = if budget.batch.is_some() || budget.value.is_some() {
+        keys::FORMAT_STAGED
+    } else {
+        keys::FORMAT_WHOLE
+    };
     let found = engine
         .snapshot()
         .map_err(store_error)?
         .get(keys::FORMAT_KEY)
         .map_err(store_error)?;
-    match found {
-        None => {
-            let mut batch = Batch::default();
-            batch.expect(keys::FORMAT_KEY.to_vec(), None);
-            batch.put(
-                keys::FORMAT_KEY.to_vec(),
-                keys::FORMAT.to_be_bytes().to_vec(),
-            );
-            engine.write(batch).await.map_err(store_error)
-        }
-        Some(bytes) => {
-            let format = <[u8; 4]>::try_from(bytes.as_slice())
+    let format = match &found {
+        None => None,
+        Some(bytes) => Some(
+            <[u8; 4]>::try_from(bytes.as_slice())
                 .map(u32::from_be_bytes)
                 .map_err(|_| {
                     StoreError::Internal(format!(
@@ -545,17 +543,25 @@ async fn check_format(engine: &dyn Engine) -> StoreResult<()> {
                         engine.describe(),
                         bytes.len()
                     ))
-                })?;
-            if format > keys::FORMAT {
-                return Err(StoreError::Internal(format!(
-                    "{} was written by a newer pagewire server (data format {format}; this one reads up to {}): upgrade this server",
-                    engine.describe(),
-                    keys::FORMAT
-                )));
-            }
-            Ok(())
-        }
+                })?,
+        ),
+    };
+    if let Some(format) = format
+        && format > keys::FORMAT
+    {
+        return Err(StoreError::Internal(format!(
+            "{} was written by a newer pagewire server (data format {format}; this one reads up to {}): upgrade this server",
+            engine.describe(),
+            keys::FORMAT
+        )));
     }
+    if format.is_some_and(|f| f >= want) {
+        return Ok(());
+    }
+    let mut batch = Batch::default();
+    batch.expect(keys::FORMAT_KEY.to_vec(), found);
+    batch.put(keys::FORMAT_KEY.to_vec(), want.to_be_bytes().to_vec());
+    engine.write(batch).await.map_err(store_error)
 }
 
 #[async_trait]

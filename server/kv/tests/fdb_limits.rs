@@ -392,3 +392,42 @@ async fn stages_that_can_never_publish_are_collected() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The stored format of the engine.
+fn format(engine: &dyn Engine) -> anyhow::Result<u32> {
+    let found = engine
+        .snapshot()?
+        .get(keys::FORMAT_KEY)?
+        .unwrap_or_default();
+    Ok(u32::from_be_bytes(found.as_slice().try_into()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_may_stage_is_format_2_so_older_servers_refuse_it() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let key = DbKey::new("t", "f.db");
+    let c = {
+        let fjall = Arc::new(FjallEngine::open(dir.path())?);
+        let store = KvStore::open(fjall.clone()).await?;
+        assert_eq!(
+            format(fjall.as_ref())?,
+            keys::FORMAT_WHOLE,
+            "the plain store"
+        );
+        store.open(&key, true).await?;
+        let limited = Arc::new(LimitedEngine::fdb(fjall.clone()));
+        let store = store_over(&limited).await?;
+        // Servers of format 1 refuse "a newer format" (`a_newer_format_is_refused`).
+        assert_eq!(format(fjall.as_ref())?, keys::FORMAT_STAGED);
+        let lease = store.acquire_lease(&key, "w", TTL).await?;
+        let c = big(&lease, 0, 4096, 4096, 5); // 16 MiB: staged
+        store.commit(&key, c.clone()).await?;
+        c
+    };
+    // The plain store reads a staged version, and keeps the format.
+    let fjall = Arc::new(FjallEngine::open(dir.path())?);
+    let store = KvStore::open(fjall.clone()).await?;
+    reads_back(&store, &key, 1, &c).await?;
+    assert_eq!(format(fjall.as_ref())?, keys::FORMAT_STAGED);
+    Ok(())
+}
