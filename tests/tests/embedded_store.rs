@@ -97,20 +97,36 @@ fn shell_data_survives_a_server_restart() {
 // ---------------------------------------------------------------------------------------
 // Crash safety
 
-fn trials() -> usize {
-    std::env::var("PAGEWIRE_CRASH_TRIALS")
+/// Trials from `var`, else `default`.
+fn trials(var: &str, default: usize) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(12)
+        .unwrap_or(default)
+}
+
+/// The store the crash trials run on, and every how many transactions one also writes
+/// a 6 MiB blob (in FDB-limits mode such a commit is staged: killed mid-stage, it
+/// must leave nothing visible and publish nothing half).
+#[derive(Clone, Copy)]
+struct CrashStore {
+    store: &'static str,
+    big_every: Option<i64>,
 }
 
 const WRITERS: usize = 3;
 
-fn transaction(conn: &Connection, i: i64) -> rusqlite::Result<()> {
+fn transaction(conn: &Connection, i: i64, big: bool) -> rusqlite::Result<()> {
     let n = 1 + (i * 37) % 60;
+    let blob = if big {
+        format!("insert into t(v, pad) values ({i}, randomblob(6291456));")
+    } else {
+        String::new()
+    };
     conn.execute_batch(&format!(
         "begin;
          insert into log values ({i});
+         {blob}
          with recursive s(k) as (select 1 union all select k + 1 from s where k < {n})
            insert into t(v, pad) select {i}, randomblob(300) from s;
          update t set v = v + 1 where id % 7 = {i} % 7;
@@ -129,7 +145,11 @@ fn ledger(conn: &Connection) -> Vec<i64> {
 }
 
 /// Commits `transaction`s to `name` until one fails; returns those acknowledged.
-fn writer(url: String, name: String) -> (thread::JoinHandle<()>, Arc<Mutex<Vec<i64>>>) {
+fn writer(
+    url: String,
+    name: String,
+    big_every: Option<i64>,
+) -> (thread::JoinHandle<()>, Arc<Mutex<Vec<i64>>>) {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let record = acked.clone();
     let handle = thread::spawn(move || {
@@ -141,7 +161,8 @@ fn writer(url: String, name: String) -> (thread::JoinHandle<()>, Arc<Mutex<Vec<i
         .ok();
         let deadline = Instant::now() + Duration::from_secs(30);
         for i in 1.. {
-            if Instant::now() > deadline || transaction(&conn, i).is_err() {
+            let big = big_every.is_some_and(|every| i % every == 0);
+            if Instant::now() > deadline || transaction(&conn, i, big).is_err() {
                 break;
             }
             record.lock().expect("ledger").push(i);
@@ -221,8 +242,29 @@ impl Probe {
 
 #[test]
 fn crash_acknowledged_commits_and_epochs_survive_sigkill() {
+    let store = CrashStore {
+        store: "embedded",
+        big_every: None,
+    };
+    crash_trials(store, trials("PAGEWIRE_CRASH_TRIALS", 12));
+}
+
+/// The same in FDB-limits mode, where every sixth transaction is staged. The full run:
+/// `PAGEWIRE_CRASH_TRIALS_FDB=100 scripts/test.sh --test embedded_store crash`.
+#[test]
+fn crash_in_fdb_limits_mode_staged_commits_survive_sigkill() {
+    let store = CrashStore {
+        store: "embedded-fdb-limits",
+        big_every: Some(6),
+    };
+    crash_trials(store, trials("PAGEWIRE_CRASH_TRIALS_FDB", 4));
+}
+
+fn crash_trials(crash: CrashStore, trials: usize) {
     let dir = pagewire_tests::data_dir().expect("data dir");
     let flags = [
+        "--store",
+        crash.store,
         // Long enough for the probe's lease to outlive a trial (two starts, each
         // replaying up to ~80 MB of journal).
         "--lease-ttl",
@@ -238,9 +280,9 @@ fn crash_acknowledged_commits_and_epochs_survive_sigkill() {
     let probe = Probe::new();
     let mut held: Option<(Vec<u8>, u64)> = None;
     let mut found_before: Vec<(String, Vec<i64>)> = Vec::new();
-    let trials = trials();
     let started = Instant::now();
     let mut total_acked = 0;
+    let mut longest = 0;
     for trial in 0..trials {
         let server = start_on(dir.path(), &flags);
         // The lease the probe held when the last server died: still held (its TTL
@@ -271,7 +313,7 @@ fn crash_acknowledged_commits_and_epochs_survive_sigkill() {
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let name = format!("crash/{trial}-{w}.db");
-                let (h, acked) = writer(server.url.clone(), name.clone());
+                let (h, acked) = writer(server.url.clone(), name.clone(), crash.big_every);
                 (name, h, acked)
             })
             .collect();
@@ -294,6 +336,7 @@ fn crash_acknowledged_commits_and_epochs_survive_sigkill() {
         let counts: Vec<usize> = acknowledged.iter().map(|(_, a)| a.len()).collect();
         eprintln!("trial {trial}: acknowledged {counts:?}");
         total_acked += counts.iter().sum::<usize>();
+        longest = longest.max(counts.iter().copied().max().unwrap_or(0));
         for (name, acked) in acknowledged {
             let conn = open_url(&server.url, &name);
             let found = if acked.is_empty() && try_ledger(&conn).is_none() {
@@ -327,8 +370,15 @@ fn crash_acknowledged_commits_and_epochs_survive_sigkill() {
         total_acked > trials * WRITERS,
         "too few commits to mean anything: {total_acked}"
     );
+    if let Some(every) = crash.big_every {
+        assert!(
+            longest as i64 >= every,
+            "no big transaction was acknowledged (at most {longest} per writer)"
+        );
+    }
     eprintln!(
-        "{trials} SIGKILL trials, {total_acked} acknowledged commits, in {:?}",
+        "{trials} SIGKILL trials on {}, {total_acked} acknowledged commits, in {:?}",
+        crash.store,
         started.elapsed()
     );
 }

@@ -45,6 +45,10 @@ const RETRIES: usize = 16;
 /// nothing else says so (its base still current, its lease still the newest).
 const STAGE_MAX_AGE_MS: i64 = 3_600_000;
 
+/// How long a stage whose lease is no longer live may wait (its writer died, or is
+/// still staging while its renewals wait behind the commit: so not at once).
+const STAGE_IDLE_MS: i64 = 300_000;
+
 /// What an operation on a database sees besides the database.
 pub struct Ctx<'a> {
     /// Whether this call created the database.
@@ -183,10 +187,16 @@ impl KvStore {
                     ),
                     None => None,
                 };
+                let age = now_unix_ms.saturating_sub(record.created_unix_ms);
                 let dead = head.is_none_or(|h| {
+                    let lease_live = h
+                        .lease
+                        .live(now_unix_ms)
+                        .is_some_and(|l| l.epoch == record.epoch);
                     h.version != record.base
                         || h.lease.max_epoch() > record.epoch
-                        || now_unix_ms.saturating_sub(record.created_unix_ms) > STAGE_MAX_AGE_MS
+                        || (!lease_live && age > STAGE_IDLE_MS)
+                        || age > STAGE_MAX_AGE_MS
                 });
                 if dead {
                     doomed.push((id, stage));

@@ -377,6 +377,12 @@ async fn stages_that_can_never_publish_are_collected() -> anyhow::Result<()> {
     engine.write(stage_as([1; 16], 1, now)).await?; // could still publish
     engine.write(stage_as([2; 16], 1, now - 7_200_000)).await?; // two hours old
     engine.write(stage_as([3; 16], 0, now)).await?; // its base is gone
+    // Its lease has gone and it is ten minutes old: its writer died.
+    let mut expired = stage_as([4; 16], 1, now - 600_000);
+    expired.ops.truncate(1);
+    engine.write(expired).await?;
+    let released = store.release_lease(&key, lease.lease_id, lease.epoch).await;
+    released?;
     store.gc(now, Duration::from_secs(3600)).await?;
     assert_eq!(
         count(engine.as_ref(), b's')?,
@@ -384,12 +390,26 @@ async fn stages_that_can_never_publish_are_collected() -> anyhow::Result<()> {
         "only the live stage is kept"
     );
     assert_eq!(count(engine.as_ref(), b'S')?, 3);
-    // Once the database moves past its base, it goes too.
-    store.commit(&key, commit(&lease, 1, 4096, 1, &[])).await?;
+    // Once a newer lease is granted, the old writer can never publish it.
+    let newer = store.acquire_lease(&key, "w2", TTL).await?;
     store.gc(now, Duration::from_secs(3600)).await?;
-    for tag in [b's', b'S', b'T'] {
-        assert_eq!(count(engine.as_ref(), tag)?, 0, "{} left", tag as char);
-    }
+    assert_eq!(
+        count(engine.as_ref(), b's')?,
+        0,
+        "the old epoch's stage went"
+    );
+    // And a commit of the new lease stages and publishes as ever.
+    let c = big(&newer, 1, 4096, 2048, 8);
+    store.commit(&key, c.clone()).await?;
+    reads_back(&store, &key, 2, &c).await?;
+    store.gc(now, Duration::from_secs(3600)).await?;
+    assert_eq!(
+        count(engine.as_ref(), b'S')?,
+        2048,
+        "the published stage is kept"
+    );
+    assert_eq!(count(engine.as_ref(), b's')?, 0);
+    assert_eq!(count(engine.as_ref(), b'T')?, 2048);
     Ok(())
 }
 
