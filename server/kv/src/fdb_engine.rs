@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use foundationdb::options::{StreamingMode, TransactionOption};
-use foundationdb::{Database, FdbError, KeySelector, RangeOption, Transaction};
+use foundationdb::{
+    Database, FdbError, KeySelector, RangeOption, Transaction, TransactionCommitError,
+};
 
 use crate::engine::{Batch, Engine, EngineError, EngineLimits, EngineResult, Op, Pair, Snapshot};
 use crate::limited_engine::FDB_LIMITS;
@@ -46,12 +48,21 @@ mod code {
 /// backs off between them).
 const WRITE_RETRIES: usize = 5;
 
-/// No transaction of this engine waits longer than FoundationDB lets one live.
+/// No write (retries included: the timeout persists across `on_error` from API 610
+/// on) and no start-up check waits longer than FoundationDB lets a transaction live.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A snapshot's reads are bounded too, but later than the 5 s after which the cluster
+/// answers `transaction_too_old`: that answer is [`EngineError::TooOld`], which the
+/// layer above reruns on, where a timeout (1031) would be a plain I/O error.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The network thread, started once per process and never stopped: FoundationDB's
-/// network cannot be started again in a process once stopped, and the process's exit
-/// ends the thread. (The guard lives in a static, which is never dropped.)
+/// network cannot be started again in a process once stopped. The guard lives in a
+/// static, which Rust never drops, so at exit `fdb_stop_network` is not called: the
+/// exit ends the thread, abandoning only what is still in flight (a write not yet
+/// acknowledged, whose outcome the caller never learnt). The API version (7.3, the
+/// headers' `FDB_API_VERSION`) can be selected once per process, hence here too.
 static NETWORK: OnceLock<Result<foundationdb::api::NetworkAutoStop, String>> = OnceLock::new();
 
 fn network() -> EngineResult<()> {
@@ -94,16 +105,18 @@ impl FdbEngine {
             prefix,
         };
         // A read at a fresh read version: an unreachable cluster fails it by the
-        // timeout instead of hanging the start.
-        engine
-            .snapshot()
-            .and_then(|snap| snap.get(b"Mformat").map(drop))
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "the FoundationDB cluster of {} does not answer: {e}",
-                    show(cluster_file)
-                )
-            })?;
+        // timeout (5 s, error 1031) instead of hanging the start.
+        let check = engine.transaction(TRANSACTION_TIMEOUT).and_then(|tr| {
+            block_on(tr.get(&engine.prefix, true))
+                .map(drop)
+                .map_err(fdb_error)
+        });
+        check.map_err(|e| {
+            anyhow::anyhow!(
+                "the FoundationDB cluster of {} does not answer: {e}",
+                show(cluster_file)
+            )
+        })?;
         Ok(engine)
     }
 
@@ -111,45 +124,108 @@ impl FdbEngine {
         prefixed(&self.prefix, key)
     }
 
-    fn transaction(&self) -> EngineResult<Transaction> {
+    fn transaction(&self, timeout: Duration) -> EngineResult<Transaction> {
         let tr = self.db.create_trx().map_err(fdb_error)?;
-        let ms = i32::try_from(TRANSACTION_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         tr.set_option(TransactionOption::Timeout(ms))
             .map_err(fdb_error)?;
         Ok(tr)
     }
 
     /// One attempt at `batch` in `tr`: expectations read, changes made, committed.
-    async fn attempt(&self, tr: Transaction, batch: &Batch) -> Result<(), (Transaction, Attempt)> {
+    async fn attempt(&self, tr: Transaction, batch: &Batch) -> Result<Attempt, Failed> {
         for (key, want) in &batch.expect {
+            // Not a snapshot read: the key joins the read conflict ranges, so a change
+            // committed after this read version fails the commit with 1020.
             match tr.get(&self.key(key), false).await {
                 Ok(found) if found.as_deref() == want.as_deref() => {}
-                Ok(_) => return Err((tr, Attempt::Mismatch)),
-                Err(e) => return Err((tr, Attempt::Failed(e))),
+                Ok(_) => return Ok(Attempt::Mismatch),
+                Err(e) => return Err(Failed::Read(tr, e)),
             }
         }
         for op in &batch.ops {
             match op {
                 Op::Put(k, v) => tr.set(&self.key(k), v),
                 Op::Delete(k) => tr.clear(&self.key(k)),
+                // An empty or inverted range deletes nothing; FoundationDB would
+                // refuse an inverted one (inverted_range) instead.
+                Op::DeleteRange(a, b) if a >= b => {}
                 Op::DeleteRange(a, b) => tr.clear_range(&self.key(a), &self.key(b)),
             }
         }
         match tr.commit().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = *e;
-                Err((e.reset(), Attempt::Failed(err)))
-            }
+            Ok(_) => Ok(Attempt::Committed),
+            Err(e) => Err(Failed::Commit(e)),
+        }
+    }
+
+    /// `batch` within [`Engine::limits`], checked here so that an oversized batch is a
+    /// clear error before anything is sent. Counted as FoundationDB counts a
+    /// transaction: every key with the prefix, the keys read for expectations (read
+    /// conflict ranges) too.
+    fn check(&self, batch: &Batch) -> EngineResult<()> {
+        check_batch(self.limits(), self.prefix.len(), batch)
+    }
+}
+
+/// How one write attempt ended, short of an error.
+enum Attempt {
+    Committed,
+    /// An expected key holds something else: the batch conflicts (nothing committed).
+    Mismatch,
+}
+
+/// A write attempt that FoundationDB failed.
+enum Failed {
+    /// An expectation's read failed (nothing was committed).
+    Read(Transaction, FdbError),
+    Commit(TransactionCommitError),
+}
+
+impl Failed {
+    fn error(&self) -> FdbError {
+        match self {
+            Failed::Read(_, e) => *e,
+            Failed::Commit(e) => **e,
+        }
+    }
+
+    /// The transaction again after `on_error`'s backoff. Through the commit error,
+    /// not a reset transaction: `on_error` keeps the options (the timeout) and grows
+    /// the backoff; a reset would drop both.
+    async fn retry(self) -> Result<Transaction, FdbError> {
+        match self {
+            Failed::Read(tr, e) => tr.on_error(e).await,
+            Failed::Commit(e) => e.on_error().await,
         }
     }
 }
 
-/// Why one write attempt did not commit.
-enum Attempt {
-    /// An expected key holds something else: the batch conflicts.
-    Mismatch,
-    Failed(FdbError),
+fn check_batch(limits: EngineLimits, prefix: usize, batch: &Batch) -> EngineResult<()> {
+    let over = |what: &str, len: usize, max: Option<usize>| match max {
+        Some(max) if len > max => Err(EngineError::TooLarge(format!(
+            "a {what} of {len} bytes for FoundationDB, whose limit is {max}: \
+             the layer above should have kept within it (a bug)"
+        ))),
+        _ => Ok(()),
+    };
+    let read = batch.expect.iter().map(|(k, _)| k.as_slice());
+    let written = batch.ops.iter().flat_map(|op| match op {
+        Op::Put(k, _) | Op::Delete(k) => [Some(k.as_slice()), None],
+        Op::DeleteRange(a, b) => [Some(a.as_slice()), Some(b.as_slice())],
+    });
+    let mut keys = 0;
+    for key in read.clone().chain(written.flatten()) {
+        over("key", key.len(), limits.max_key_bytes)?;
+        keys += 1;
+    }
+    for op in &batch.ops {
+        if let Op::Put(_, v) = op {
+            over("value", v.len(), limits.max_value_bytes)?;
+        }
+    }
+    let bytes = batch.bytes() + read.map(<[u8]>::len).sum::<usize>() + keys * prefix;
+    over("transaction", bytes, limits.max_batch_bytes)
 }
 
 fn show(cluster_file: Option<&Path>) -> String {
@@ -177,9 +253,9 @@ fn from_code(code: i32, message: &str) -> EngineError {
         code::TRANSACTION_TOO_LARGE | code::KEY_TOO_LARGE | code::VALUE_TOO_LARGE => {
             EngineError::TooLarge(format!("FoundationDB refused a transaction: {message}"))
         }
-        code::TRANSACTION_TIMED_OUT => EngineError::Io(format!(
-            "FoundationDB did not answer within 5 s ({message})"
-        )),
+        code::TRANSACTION_TIMED_OUT => {
+            EngineError::Io(format!("FoundationDB did not answer in time ({message})"))
+        }
         _ => EngineError::Io(format!("FoundationDB error {code}: {message}")),
     }
 }
@@ -188,7 +264,37 @@ fn fdb_error(e: FdbError) -> EngineError {
     from_code(e.code(), &e.to_string())
 }
 
-/// Runs FoundationDB future `f` to completion from synchronous code.
+/// What a failed write attempt ends in, or `None` to retry it. A conflict is the
+/// layer's to decide on (it reloads and decides again); an outcome that may have
+/// committed is never retried blindly (the layer's expectations and commit ids make
+/// its own retry safe); only an error that certainly committed nothing is retried.
+fn retry_or_fail(e: FdbError) -> Option<EngineError> {
+    retry_decision(
+        e.code(),
+        e.is_retryable_not_committed(),
+        e.is_maybe_committed(),
+        &e.to_string(),
+    )
+}
+
+fn retry_decision(
+    code: i32,
+    retryable_not_committed: bool,
+    maybe_committed: bool,
+    message: &str,
+) -> Option<EngineError> {
+    match code {
+        code::NOT_COMMITTED => Some(EngineError::Conflict),
+        _ if retryable_not_committed => None,
+        _ if maybe_committed => Some(from_code(code::COMMIT_UNKNOWN_RESULT, message)),
+        _ => Some(from_code(code, message)),
+    }
+}
+
+/// Runs FoundationDB future `f` to completion from synchronous code. FoundationDB's
+/// network thread completes it, never a tokio worker, so blocking cannot deadlock
+/// even on a current-thread runtime (where `block_in_place` would panic); on a
+/// multi-thread one `block_in_place` lets the worker's other tasks move elsewhere.
 fn block_on<F: Future>(f: F) -> F::Output {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
@@ -217,6 +323,9 @@ impl Snapshot for FdbSnapshot<'_> {
         reverse: bool,
         limit: usize,
     ) -> EngineResult<Vec<Pair>> {
+        if limit == 0 || start >= end {
+            return Ok(Vec::new());
+        }
         let prefix = &self.engine.prefix;
         let mut opt = Some(RangeOption {
             begin: KeySelector::first_greater_or_equal(prefixed(prefix, start)),
@@ -270,31 +379,28 @@ impl Engine for FdbEngine {
     }
 
     fn snapshot(&self) -> EngineResult<Box<dyn Snapshot + '_>> {
-        let tr = self.transaction()?;
+        let tr = self.transaction(SNAPSHOT_TIMEOUT)?;
         // Fixes the read version now: every read of the snapshot is at it.
         block_on(tr.get_read_version()).map_err(fdb_error)?;
         Ok(Box::new(FdbSnapshot { engine: self, tr }))
     }
 
     async fn write(&self, batch: Batch) -> EngineResult<()> {
-        let mut tr = self.transaction()?;
+        self.check(&batch)?;
+        if batch.is_empty() && batch.expect.is_empty() {
+            return Ok(());
+        }
+        let mut tr = self.transaction(TRANSACTION_TIMEOUT)?;
         for _ in 0..=WRITE_RETRIES {
-            let (failed, why) = match self.attempt(tr, &batch).await {
-                Ok(()) => return Ok(()),
-                Err((_, Attempt::Mismatch)) => return Err(EngineError::Conflict),
-                Err((failed, Attempt::Failed(e))) => (failed, e),
+            let failed = match self.attempt(tr, &batch).await {
+                Ok(Attempt::Committed) => return Ok(()),
+                Ok(Attempt::Mismatch) => return Err(EngineError::Conflict),
+                Err(failed) => failed,
             };
-            // A conflict is the layer's to decide on (it reloads and decides again);
-            // an unknown outcome is not retried blindly (the layer's expectations and
-            // commit ids make its own retry safe).
-            let code = why.code();
-            if code == code::NOT_COMMITTED
-                || code == code::COMMIT_UNKNOWN_RESULT
-                || !why.is_retryable()
-            {
-                return Err(fdb_error(why));
+            if let Some(error) = retry_or_fail(failed.error()) {
+                return Err(error);
             }
-            tr = failed.on_error(why).await.map_err(fdb_error)?;
+            tr = failed.retry().await.map_err(fdb_error)?;
         }
         Err(EngineError::Io(format!(
             "FoundationDB: the write failed {WRITE_RETRIES} times with transient errors"
@@ -312,12 +418,77 @@ mod tests {
         assert_eq!(from_code(1020, "conflict"), EngineError::Conflict);
         assert!(matches!(from_code(1021, "unknown"), EngineError::Io(m) if m.contains("unknown")));
         assert!(matches!(from_code(2101, "big"), EngineError::TooLarge(_)));
-        assert!(matches!(from_code(1031, "slow"), EngineError::Io(m) if m.contains("5 s")));
+        assert!(matches!(from_code(1031, "slow"), EngineError::Io(m) if m.contains("in time")));
     }
 
     #[test]
     fn keys_go_under_the_prefix() {
         assert_eq!(prefixed(b"pagewire/", b"h1"), b"pagewire/h1".to_vec());
         assert_eq!(prefixed(b"", b"x"), b"x".to_vec());
+    }
+
+    #[test]
+    fn only_what_certainly_did_not_commit_is_retried() {
+        // 1020 is retryable-not-committed for FoundationDB, a conflict for the layer.
+        assert_eq!(
+            retry_decision(1020, true, false, "not committed"),
+            Some(EngineError::Conflict)
+        );
+        assert_eq!(retry_decision(1007, true, false, "too old"), None);
+        assert!(matches!(
+            retry_decision(1021, false, true, "unknown"),
+            Some(EngineError::Io(m)) if m.contains("unknown")
+        ));
+        // Another maybe-committed error (e.g. 1039 cluster_version_changed) too.
+        assert!(matches!(
+            retry_decision(1039, false, true, "changed"),
+            Some(EngineError::Io(m)) if m.contains("unknown")
+        ));
+        assert!(matches!(
+            retry_decision(2103, false, false, "big"),
+            Some(EngineError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn batches_are_checked_as_foundationdb_counts_them() {
+        let prefix = b"pagewire/".len();
+        let limits = EngineLimits {
+            max_key_bytes: Some(10_000 - prefix),
+            ..FDB_LIMITS
+        };
+        let mut ok = Batch::default();
+        ok.expect(vec![b'k'; 10_000 - prefix], None);
+        ok.put(vec![b'k'; 10_000 - prefix], vec![0; 100_000]);
+        ok.delete_range(b"a".to_vec(), b"b".to_vec());
+        assert_eq!(check_batch(limits, prefix, &ok), Ok(()));
+
+        let mut key = Batch::default();
+        key.delete(vec![b'k'; 10_001 - prefix]);
+        assert!(
+            matches!(check_batch(limits, prefix, &key), Err(EngineError::TooLarge(m)) if m.contains("key"))
+        );
+
+        let mut value = Batch::default();
+        value.put(b"k".to_vec(), vec![0; 100_001]);
+        assert!(
+            matches!(check_batch(limits, prefix, &value), Err(EngineError::TooLarge(m)) if m.contains("value"))
+        );
+
+        // 100 one-byte keys with values of 99,995 bytes: 9,999,600 bytes, within
+        // the limit, but with the prefixes (9 bytes each) over it; and over it without
+        // prefixes once the expected keys read are counted.
+        let mut big = Batch::default();
+        for i in 0..100u8 {
+            big.put(vec![i], vec![0; 99_995]);
+        }
+        let bytes = big.bytes();
+        assert_eq!(bytes, 9_999_600);
+        assert_eq!(check_batch(limits, 0, &big), Ok(()));
+        assert!(check_batch(limits, prefix, &big).is_err());
+        big.expect(vec![b'e'; 10_000_000 - bytes + 1], None);
+        assert!(
+            matches!(check_batch(limits, 0, &big), Err(EngineError::TooLarge(m)) if m.contains("transaction"))
+        );
     }
 }
