@@ -178,6 +178,11 @@ enum Failed {
 
 impl From<Status> for Failed {
     fn from(s: Status) -> Self {
+        // A TLS failure (a certificate not trusted, refused, ...) is definite: asking
+        // again gets the same.
+        if let Some(cause) = pagewire_tls::tls_cause(&s) {
+            return Failed::Error(VfsError::Tls(crate::error::explain_tls(cause)));
+        }
         // tonic's own enforcement of the grpc-timeout we send (it fires with ours).
         match Class::of(&s) {
             Class::TimedOut => Failed::TimedOut(String::new()),
@@ -776,7 +781,9 @@ mod tests {
 
     fn client(url: &str, retry: Duration, call: Duration) -> (Arc<crate::runtime::Rt>, Client) {
         let rt = crate::runtime::get().expect("runtime");
-        let conn = rt.channel(url, Duration::from_secs(1)).expect("channel");
+        let conn = rt
+            .channel(url, Duration::from_secs(1), &Default::default())
+            .expect("channel");
         let client = Client::new(conn, None, retry, call, 256 << 20).expect("client");
         (rt, client)
     }

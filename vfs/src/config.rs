@@ -8,6 +8,7 @@
 //! `Debug` shows `***`, and [`redact`] scrubs `token=` values and URL passwords from any
 //! text the VFS logs.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::VfsError;
@@ -21,8 +22,13 @@ enum Source {
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Server address, `http://host:port`.
+    /// Server address, `http://host:port` or `https://host:port`.
     pub url: String,
+    /// TLS: a CA certificate file (PEM) trusted besides the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Mutual TLS: this client's certificate and key files (PEM).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// Bearer token sent with every call (selects the tenant).
     pub token: Option<String>,
     /// How long to wait for a TCP connection to the server.
@@ -76,9 +82,12 @@ pub enum AsOf {
 }
 
 /// Settings read from `PAGEWIRE_<KEY>` environment variables.
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 14] = [
     "consistency",
     "url",
+    "ca",
+    "client_cert",
+    "client_key",
     "token",
     "connect_timeout",
     "retry_timeout",
@@ -90,11 +99,14 @@ const ENV_KEYS: [&str; 11] = [
     "log",
 ];
 /// Settings a URI parameter may set for one database.
-const URI_KEYS: [&str; 13] = [
+const URI_KEYS: [&str; 16] = [
     "consistency",
     "cache_size",
     "preload",
     "url",
+    "ca",
+    "client_cert",
+    "client_key",
     "token",
     "connect_timeout",
     "retry_timeout",
@@ -111,6 +123,9 @@ impl std::fmt::Debug for Config {
         // Every field named (no `..`), so a new one cannot be forgotten here.
         let Config {
             url,
+            ca,
+            client_cert,
+            client_key,
             token,
             connect_timeout,
             retry_timeout,
@@ -126,6 +141,9 @@ impl std::fmt::Debug for Config {
         } = self;
         f.debug_struct("Config")
             .field("url", url)
+            .field("ca", ca)
+            .field("client_cert", client_cert)
+            .field("client_key", client_key)
             .field("token", &token.as_ref().map(|_| "***"))
             .field("connect_timeout", connect_timeout)
             .field("retry_timeout", retry_timeout)
@@ -146,6 +164,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:7878".into(),
+            ca: None,
+            client_cert: None,
+            client_key: None,
             token: None,
             connect_timeout: Duration::from_secs(3),
             retry_timeout: Duration::from_secs(30),
@@ -176,6 +197,7 @@ impl Config {
                 c.set(key, &v, Source::Env)?;
             }
         }
+        c.check_tls()?;
         Ok(c)
     }
 
@@ -192,14 +214,16 @@ impl Config {
         params: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, VfsError> {
         let mut c = self.clone();
-        let mut own_token = false;
+        let (mut own_token, mut own_cert) = (false, false);
         for (k, v) in params {
             if URI_KEYS.contains(&k) {
                 c.set(k, v, Source::Uri)?;
                 own_token |= k == "token";
+                own_cert |= k == "client_cert" || k == "client_key";
             }
         }
-        if !own_token && c.token.is_some() && !same_server(&c.url, &self.url) {
+        let elsewhere = !same_server(&c.url, &self.url);
+        if !own_token && c.token.is_some() && elsewhere {
             tracing::debug!(
                 url = %c.url,
                 "not sending PAGEWIRE_TOKEN: it is for {}; give this server's own token= in the URI",
@@ -207,12 +231,53 @@ impl Config {
             );
             c.token = None;
         }
+        // The same for the environment's client certificate: it identifies this
+        // process to the environment's server only.
+        if !own_cert && c.client_cert.is_some() && elsewhere {
+            c.client_cert = None;
+            c.client_key = None;
+        }
+        c.check_tls()?;
         if c.as_of.is_some() && c.min_version > 0 {
             return Err(VfsError::Config(
                 "as_of_* and min_version= cannot be combined".into(),
             ));
         }
         Ok(c)
+    }
+
+    /// TLS settings only with an `https://` URL (never a silent plaintext connection
+    /// for someone who asked for a CA or a client certificate), and a client
+    /// certificate only with its key.
+    fn check_tls(&self) -> Result<(), VfsError> {
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(VfsError::Config(
+                "a client certificate needs its key: give both PAGEWIRE_CLIENT_CERT and \
+                 PAGEWIRE_CLIENT_KEY (or client_cert= and client_key=)"
+                    .into(),
+            ));
+        }
+        let tls_given = self.ca.is_some() || self.client_cert.is_some();
+        if tls_given && !self.is_tls() {
+            return Err(VfsError::Config(format!(
+                "a CA or client certificate is given but the server URL {} is not https://",
+                self.url
+            )));
+        }
+        Ok(())
+    }
+
+    /// The TLS files of this configuration.
+    pub fn tls_files(&self) -> crate::runtime::TlsFiles {
+        crate::runtime::TlsFiles {
+            ca: self.ca.clone(),
+            client: self.client_cert.clone().zip(self.client_key.clone()),
+        }
+    }
+
+    /// Whether the server is reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("https://")
     }
 
     fn set(&mut self, key: &str, value: &str, src: Source) -> Result<(), VfsError> {
@@ -229,6 +294,9 @@ impl Config {
         let bad = |why: String| VfsError::Config(format!("{name}: {why}{shown}"));
         match key {
             "url" => self.url = parse_url(value).map_err(bad)?,
+            "ca" => self.ca = Some(parse_path(value).map_err(bad)?),
+            "client_cert" => self.client_cert = Some(parse_path(value).map_err(bad)?),
+            "client_key" => self.client_key = Some(parse_path(value).map_err(bad)?),
             "token" if value.is_empty() => return Err(bad("must not be empty".into())),
             "token" if !value.bytes().all(|b| b.is_ascii_graphic()) => {
                 return Err(bad("must be printable ASCII without spaces".into()));
@@ -257,12 +325,19 @@ impl Config {
     }
 }
 
+/// A file's path (a CA or a client certificate or key).
+fn parse_path(v: &str) -> Result<PathBuf, String> {
+    if v.trim().is_empty() {
+        return Err("must name a file".into());
+    }
+    Ok(PathBuf::from(v))
+}
+
 fn parse_url(v: &str) -> Result<String, String> {
     let uri: tonic::transport::Uri = v.parse().map_err(|e| format!("not a URL: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err("https is not supported yet; use http://".into()),
-        _ => return Err("expected http://host:port".into()),
+        Some("http" | "https") => {}
+        _ => return Err("expected http://host:port or https://host:port".into()),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err("missing host".into());
@@ -410,8 +485,8 @@ mod tests {
         for (var, val) in [
             ("PAGEWIRE_URL", "ftp://x"),
             ("PAGEWIRE_URL", "not a url"),
-            ("PAGEWIRE_URL", "https://x:1"),
             ("PAGEWIRE_TOKEN", ""),
+            ("PAGEWIRE_CA", ""),
             ("PAGEWIRE_CONNECT_TIMEOUT", "soon"),
             ("PAGEWIRE_RETRY_TIMEOUT", "0s"),
             ("PAGEWIRE_CALL_TIMEOUT", "0s"),
@@ -482,6 +557,37 @@ mod tests {
             .expect_err("space")
             .to_string();
         assert!(err.contains("token="), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_need_https_and_stay_with_the_env_server() {
+        let c = env(&[
+            ("PAGEWIRE_URL", "https://db1:7878"),
+            ("PAGEWIRE_CA", "/etc/ca.pem"),
+            ("PAGEWIRE_CLIENT_CERT", "/etc/c.pem"),
+            ("PAGEWIRE_CLIENT_KEY", "/etc/k.pem"),
+        ])
+        .expect("valid");
+        assert!(c.is_tls() && c.ca.is_some() && c.client_cert.is_some());
+        let elsewhere = c
+            .with_uri_params([("url", "https://other:7878")])
+            .expect("valid");
+        assert!(elsewhere.client_cert.is_none() && elsewhere.client_key.is_none());
+        assert!(elsewhere.ca.is_some(), "a CA is no secret");
+        let plain = env(&[("PAGEWIRE_URL", "http://db1:7878"), ("PAGEWIRE_CA", "/ca")]);
+        let err = plain.expect_err("ca over http").to_string();
+        assert!(err.contains("not https://"), "{err}");
+        let half = env(&[
+            ("PAGEWIRE_URL", "https://db1:7878"),
+            ("PAGEWIRE_CLIENT_CERT", "/c"),
+        ]);
+        let err = half.expect_err("cert without key").to_string();
+        assert!(err.contains("needs its key"), "{err}");
+        let err = c
+            .with_uri_params([("url", "http://db1:7878")])
+            .expect_err("downgrade with a CA")
+            .to_string();
+        assert!(err.contains("not https://"), "{err}");
     }
 
     #[test]

@@ -12,13 +12,14 @@
 use std::{
     collections::HashMap,
     future::Future,
+    path::PathBuf,
     sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use parking_lot::Mutex;
 use tokio::runtime::{Handle, Runtime};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::VfsError;
 
@@ -26,8 +27,9 @@ use crate::error::VfsError;
 pub struct Rt {
     pid: u32,
     runtime: Runtime,
-    /// One multiplexed HTTP/2 connection per server URL, shared by all databases.
-    channels: Mutex<HashMap<String, Arc<Conn>>>,
+    /// One multiplexed HTTP/2 connection per server URL (and TLS files), shared by
+    /// all databases.
+    channels: Mutex<HashMap<(String, TlsFiles), Arc<Conn>>>,
 }
 
 /// The connection to one server, shared by every database on it: a channel and its
@@ -61,6 +63,31 @@ impl Conn {
             generation = seen + 1,
             "new connection to the server after a call timed out"
         );
+    }
+}
+
+/// What a TLS connection trusts and presents (see `Config`): the system's roots plus
+/// `ca`, and the client certificate for mutual TLS.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    /// tonic's TLS settings from these files, read now (an unusable file is a
+    /// configuration error naming it).
+    fn client_config(&self, handshake_timeout: Duration) -> Result<ClientTlsConfig, VfsError> {
+        let bad = |e: pagewire_tls::TlsError| VfsError::Config(format!("TLS: {e}"));
+        let roots = pagewire_tls::client::roots(self.ca.as_deref()).map_err(bad)?;
+        let mut config = ClientTlsConfig::new()
+            .trust_anchors(roots.roots)
+            .timeout(handshake_timeout);
+        if let Some((cert, key)) = &self.client {
+            let id = pagewire_tls::pem::identity(cert, key).map_err(bad)?;
+            config = config.identity(Identity::from_pem(id.cert_pem, id.key_pem));
+        }
+        Ok(config)
     }
 }
 
@@ -139,15 +166,28 @@ impl Rt {
         self.runtime.spawn(fut);
     }
 
-    /// The shared connection to `url` (connected lazily, on first call). The first
-    /// database opened on a server sets its connect timeout.
-    pub fn channel(&self, url: &str, connect_timeout: Duration) -> Result<Arc<Conn>, VfsError> {
+    /// The shared connection to `url` (connected lazily, on first call), over TLS for
+    /// an `https://` URL. The first database opened on a server sets its connect
+    /// timeout.
+    pub fn channel(
+        &self,
+        url: &str,
+        connect_timeout: Duration,
+        tls: &TlsFiles,
+    ) -> Result<Arc<Conn>, VfsError> {
         let mut channels = self.channels.lock();
-        if let Some(conn) = channels.get(url) {
+        let key = (url.to_owned(), tls.clone());
+        if let Some(conn) = channels.get(&key) {
             return Ok(conn.clone());
         }
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| VfsError::Config(format!("bad server URL {url:?}: {e}")))?
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| VfsError::Config(format!("bad server URL {url:?}: {e}")))?;
+        if url.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(tls.client_config(connect_timeout)?)
+                .map_err(|e| VfsError::Config(format!("TLS for {url}: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -161,7 +201,7 @@ impl Rt {
             handle: self.runtime.handle().clone(),
             current: Mutex::new((0, channel)),
         });
-        channels.insert(url.to_owned(), conn.clone());
+        channels.insert(key, conn.clone());
         Ok(conn)
     }
 }

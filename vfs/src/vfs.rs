@@ -129,7 +129,7 @@ impl PagewireVfs {
         let client = match self.live_database(&key) {
             Some(db) => db.client.clone(),
             None => Client::new(
-                rt.channel(&config.url, config.connect_timeout)?,
+                rt.channel(&config.url, config.connect_timeout, &config.tls_files())?,
                 config.token.as_deref(),
                 config.retry_timeout,
                 config.call_timeout,

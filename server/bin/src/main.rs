@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use pagewire_proto::redact;
 use pagewire_server_core::store::{Fault, FaultyStore};
-use pagewire_server_core::{MemoryStore, PageStore, ServerConfig, TokenMap, serve};
+use pagewire_server_core::{Credentials, MemoryStore, PageStore, ServerConfig, serve};
 use pagewire_store_kv::Engine as _;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -47,6 +47,23 @@ struct Flags {
     /// `default` with admin rights (development mode).
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// File holding the operator's token (one line: the token or `sha256:<hex>` of it),
+    /// for what spans tenants: the Operator service (reload, server-wide metrics). No
+    /// tenant token can stand in for it. Read again on SIGHUP.
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
+    /// TLS: the server's certificate chain (PEM, leaf first). With --tls-key, the
+    /// server speaks only TLS. Read again on SIGHUP (and Operator.Reload): new
+    /// connections get the new certificate, open ones keep theirs.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients presenting a certificate this CA (PEM) signed;
+    /// others fail at the handshake.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Serve a non-loopback --listen address without --tokens: anyone who can reach
     /// the port is an admin of every database. For a trusted network only.
     #[arg(long, conflicts_with = "tokens")]
@@ -227,11 +244,15 @@ fn check_exposure(flags: &Flags) -> anyhow::Result<()> {
 
 fn config(flags: &Flags) -> anyhow::Result<ServerConfig> {
     check_exposure(flags)?;
-    let tokens = flags.tokens.as_deref().map(TokenMap::load).transpose()?;
+    let credentials = Credentials::from_files(
+        flags.tokens.as_deref(),
+        flags.operator_token_file.as_deref(),
+    )?;
     let config = ServerConfig {
         lease_ttl: flags.lease_ttl,
         heartbeat: flags.lease_ttl / 3,
-        tokens,
+        credentials,
+        tls: tls(flags)?,
         history_retention: flags.history_retention,
         gc_interval: flags.gc_interval,
         pin_ttl: flags.pin_ttl,
@@ -240,6 +261,44 @@ fn config(flags: &Flags) -> anyhow::Result<ServerConfig> {
     };
     config.check().context("bad settings")?;
     Ok(config)
+}
+
+/// The TLS configuration the flags give, loaded (a file that cannot be used stops the
+/// server from starting).
+fn tls(flags: &Flags) -> anyhow::Result<Option<Arc<pagewire_tls::server::Reloadable>>> {
+    let (Some(cert), Some(key)) = (&flags.tls_cert, &flags.tls_key) else {
+        return Ok(None);
+    };
+    let files = pagewire_tls::server::ServerFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: flags.tls_client_ca.clone(),
+    };
+    let tls = pagewire_tls::server::Reloadable::load(files).context("TLS")?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Reloads the credentials and TLS files at every SIGHUP, for as long as the server
+/// runs. A reload that fails is logged and changes nothing; SIGHUP never stops the
+/// server.
+fn reload_on_sighup(config: &ServerConfig) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+        let config = config.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match config.reload() {
+                    Ok(summary) => tracing::info!("SIGHUP: reloaded; {summary}"),
+                    Err(problem) => tracing::error!("SIGHUP: {problem}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = config;
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -268,6 +327,8 @@ async fn shutdown_signal() {
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let config = config(&flags)?;
+    // Before anything slow: a SIGHUP from here on reloads instead of killing.
+    reload_on_sighup(&config)?;
     let store = FaultyStore::wrap(
         open_store(&flags.store, &flags.data_dir).await?,
         flags.inject_fault,
@@ -277,15 +338,21 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", flags.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "pagewire-server listening on http://{addr}").context("writing to stdout")?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    writeln!(stdout, "pagewire-server listening on {scheme}://{addr}")
+        .context("writing to stdout")?;
     stdout.flush().context("writing to stdout")?;
     drop(stdout);
-    let tenants = config
-        .tokens
-        .as_ref()
-        .map_or("development mode (no tokens)".to_owned(), |t| {
-            format!("{} tokens", t.len())
-        });
+    let tenants = config.credentials.describe();
+    let tls = match &config.tls {
+        None => "plaintext (no TLS)",
+        Some(tls) if tls.mutual() => "TLS, client certificates required",
+        Some(_) => "TLS",
+    };
     tracing::info!(
         %addr,
         store = %redact(&flags.store),
@@ -293,7 +360,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         lease_ttl = ?config.lease_ttl,
         history_retention = ?config.history_retention,
         read_lease_ttl = ?config.read_lease_ttl,
-        "serving; {tenants}"
+        "serving; {tenants}; {tls}"
     );
     serve(listener, store, config, shutdown_signal()).await
 }

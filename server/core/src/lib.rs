@@ -12,7 +12,8 @@
 //! - [`service`]: the gRPC handlers, one file per RPC family (open, lease, read, commit,
 //!   admin); they validate input and call the store.
 //! - [`validate`]: every check on client input, so every store gets the same checks.
-//! - [`auth`]: bearer tokens to tenants (tokens file), the authenticating interceptor.
+//! - [`auth`]: bearer tokens to tenants and roles (tokens file, reloadable), the operator
+//!   credential, the authenticating interceptors.
 //! - [`store`]: the [`PageStore`] trait with its types and [`StoreError`], its conformance
 //!   suite ([`store::conformance`]), the memory store ([`MemoryStore`]; commit times from a
 //!   [`store::Clock`]) and the fault-injecting wrapper ([`store::FaultyStore`], the
@@ -40,7 +41,7 @@ pub mod store;
 pub mod validate;
 pub mod watch;
 
-pub use auth::{Tenant, TokenMap};
+pub use auth::{Credentials, Role, Tenant, TokenMap};
 pub use limits::Limits;
 pub use server::{ServerConfig, serve};
 pub use store::{MemoryStore, PageStore, StoreError};

@@ -9,17 +9,18 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use pagewire_proto::v1 as pb;
 use pb::admin_server::AdminServer;
+use pb::operator_server::OperatorServer;
 use pb::pages_server::PagesServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::admission::{Admission, AdmissionLayer, connections};
-use crate::auth::{Authenticator, TokenMap};
+use crate::admission::{Admission, AdmissionLayer, connections, tls_accept};
+use crate::auth::{Authenticator, Credentials, OperatorAuthenticator};
 use crate::gc::GcTask;
 use crate::limits::Limits;
-use crate::service::{AdminService, Context, PagesService};
+use crate::service::{AdminService, Context, OperatorService, PagesService};
 use crate::store::{PageStore, PinTtl};
 use crate::validate;
 
@@ -34,9 +35,11 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Every bound on what clients can make the server do.
     pub limits: Limits,
-    /// Bearer tokens and their tenants; `None` is development mode (every call is tenant
-    /// `default`, with admin rights).
-    pub tokens: Option<TokenMap>,
+    /// Bearer tokens, their tenants and roles, and the operator credential; without a
+    /// tokens file, development mode (every call is tenant `default`, admin).
+    pub credentials: Credentials,
+    /// TLS (`None`: plaintext HTTP/2), reloadable.
+    pub tls: Option<Arc<pagewire_tls::server::Reloadable>>,
     /// Every version committed within this window stays readable (time travel, replicas
     /// that fall behind); older ones are collected unless a reader pins them. Zero keeps
     /// only the newest version and pinned ones.
@@ -59,7 +62,8 @@ impl Default for ServerConfig {
             lease_ttl,
             heartbeat: lease_ttl / 3,
             limits: Limits::default(),
-            tokens: None,
+            credentials: Credentials::default(),
+            tls: None,
             history_retention: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(30),
             pin_ttl: Duration::from_secs(300),
@@ -94,6 +98,29 @@ impl ServerConfig {
             self.limits.max_message_bytes,
             validate::MAX_PAGE_SIZE,
         )
+    }
+
+    /// Reads the credentials and the TLS files again (SIGHUP, `Operator.Reload`). A
+    /// file that cannot be used leaves what it configures as it was; the error says
+    /// what is wrong. `Ok`: what is in use now.
+    pub fn reload(&self) -> Result<String, String> {
+        let mut problems = Vec::new();
+        let mut summary = Vec::new();
+        match self.credentials.reload() {
+            Ok(now) => summary.push(now),
+            Err(e) => problems.push(format!("{e} (credentials unchanged)")),
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => summary.push("TLS certificate reloaded".to_owned()),
+                Err(e) => problems.push(format!("TLS: {e} (certificate unchanged)")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(summary.join("; "))
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// Refuses settings the server cannot work with.
@@ -145,7 +172,8 @@ async fn serve_grpc(
 ) -> anyhow::Result<()> {
     let limits = config.limits.clone();
     let limit = limits.max_message_bytes;
-    let tokens = config.tokens.clone().map(Arc::new);
+    let credentials = config.credentials.clone();
+    let tls = config.tls.clone();
     let admission = Admission::new(&limits);
     let context = Arc::new(Context::new(store, config));
     let hub = context.hub.clone();
@@ -157,12 +185,18 @@ async fn serve_grpc(
     let pages = PagesServer::new(PagesService::new(context.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let admin = AdminServer::new(AdminService::new(context))
+    let admin = AdminServer::new(AdminService::new(context.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let operator = OperatorServer::new(OperatorService::new(context))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PagesServer<PagesService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
+    health
+        .set_serving::<OperatorServer<OperatorService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -174,6 +208,7 @@ async fn serve_grpc(
         .with_keepalive(keepalive)
         .with_keepalive_interval(keepalive);
     let incoming = connections::limit(incoming, limits.max_connections);
+    let incoming = tls_accept::accept(incoming, tls);
     Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(keepalive)
@@ -181,11 +216,15 @@ async fn serve_grpc(
         .layer(AdmissionLayer::new(admission))
         .add_service(InterceptedService::new(
             pages,
-            Authenticator::new(tokens.clone(), false),
+            Authenticator::new(credentials.clone()),
         ))
         .add_service(InterceptedService::new(
             admin,
-            Authenticator::new(tokens, true),
+            Authenticator::new(credentials.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            operator,
+            OperatorAuthenticator::new(credentials),
         ))
         .add_service(health_service)
         .add_service(reflection)

@@ -12,18 +12,18 @@ use common::*;
 use pagewire_proto::v1 as pb;
 use pagewire_server_core::store::conformance::{page, page_one};
 use pagewire_server_core::store::{Fault, FaultyStore};
-use pagewire_server_core::{Limits, MemoryStore, ServerConfig, TokenMap};
+use pagewire_server_core::{Credentials, Limits, MemoryStore, Role, ServerConfig, TokenMap};
 use tonic::{Code, Status};
 
 const DB: &str = "acme/orders.db";
 
 fn tokens() -> anyhow::Result<TokenMap> {
     let mut map = TokenMap::default();
-    map.insert("writer", "acme", false)
+    map.insert("writer", "acme", Role::Write)
         .map_err(anyhow::Error::msg)?;
-    map.insert("root", "acme", true)
+    map.insert("root", "acme", Role::Admin)
         .map_err(anyhow::Error::msg)?;
-    map.insert("beta", "beta", false)
+    map.insert("beta", "beta", Role::Write)
         .map_err(anyhow::Error::msg)?;
     Ok(map)
 }
@@ -34,7 +34,7 @@ fn config() -> anyhow::Result<ServerConfig> {
             max_commit_bytes: 16 * u64::from(PS),
             ..Limits::default()
         },
-        tokens: Some(tokens()?),
+        credentials: Credentials::fixed(Some(tokens()?)),
         ..ServerConfig::default()
     })
 }
@@ -626,6 +626,7 @@ async fn reflection_lists_the_services() -> anyhow::Result<()> {
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "pagewire.v1.Admin",
+            "pagewire.v1.Operator",
             "pagewire.v1.Pages"
         ]
     );

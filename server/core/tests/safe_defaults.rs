@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use pagewire_proto::v1 as pb;
 use pagewire_server_core::store::DbKey;
-use pagewire_server_core::{MemoryStore, PageStore, ServerConfig, TokenMap};
+use pagewire_server_core::{Credentials, MemoryStore, PageStore, Role, ServerConfig, TokenMap};
 use pb::watch_event::Event;
 use pb::watch_request::Part;
 use tokio::sync::mpsc;
@@ -234,11 +234,11 @@ async fn get_metrics_shows_a_tenant_only_its_own_numbers() -> anyhow::Result<()>
         ("tok-idle", "idle"),
     ] {
         tokens
-            .insert(token, tenant, true)
+            .insert(token, tenant, Role::Admin)
             .map_err(anyhow::Error::msg)?;
     }
     let config = ServerConfig {
-        tokens: Some(tokens),
+        credentials: Credentials::fixed(Some(tokens)),
         read_lease_ttl: Duration::from_millis(300),
         ..ServerConfig::default()
     };

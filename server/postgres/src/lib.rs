@@ -20,6 +20,7 @@ mod lease;
 mod read;
 mod schema;
 mod sql;
+mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -30,7 +31,6 @@ use pagewire_server_core::store::{
     BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
     LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult, Version,
 };
-use tokio_postgres::NoTls;
 
 use crate::error::{Pg as _, from_pool};
 use crate::sql::Client;
@@ -56,15 +56,17 @@ impl PostgresStore {
     /// libpq-style parameters allowed), checks that it answers, and applies the schema's
     /// migrations. `InvalidArgument` for a bad URL, `Unavailable` when it cannot connect.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let (url, ssl) = tls::split(url)?;
+        let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
             StoreError::InvalidArgument(format!("bad PostgreSQL URL: {}", error::describe(&e)))
         })?;
+        config.ssl_mode(ssl.tokio_mode());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            ssl.connector()?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -77,14 +79,50 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Internal(format!("building the connection pool: {e}")))?;
         let store = Self { pool };
-        let applied = schema::migrate(&mut store.client().await?).await?;
+        let mut client = store.client().await?;
+        say_tls(&client, ssl.mode).await?;
+        let applied = schema::migrate(&mut client).await?;
         tracing::info!(applied, "PostgreSQL store ready");
         Ok(store)
+    }
+
+    /// Whether connections are encrypted, from PostgreSQL itself.
+    pub async fn tls_in_use(&self) -> StoreResult<bool> {
+        tls_in_use(&self.client().await?).await
     }
 
     async fn client(&self) -> StoreResult<Client> {
         self.pool.get().await.map_err(from_pool)
     }
+}
+
+/// Whether `client`'s connection is encrypted (`pg_stat_ssl`).
+async fn tls_in_use(client: &Client) -> StoreResult<bool> {
+    let row = sql::query_one(
+        client,
+        "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+        &[],
+    )
+    .await?;
+    Ok(row.get(0))
+}
+
+/// Logs whether the store's connections are encrypted; `sslmode=prefer` falling back to
+/// plaintext is a warning, never silent.
+async fn say_tls(client: &Client, mode: tls::Mode) -> StoreResult<()> {
+    let encrypted = tls_in_use(client).await?;
+    match (encrypted, mode) {
+        (true, _) => tracing::info!(sslmode = ?mode, "PostgreSQL connections use TLS"),
+        (false, tls::Mode::Disable) => {
+            tracing::info!("PostgreSQL connections are plaintext (sslmode=disable)")
+        }
+        (false, _) => tracing::warn!(
+            "PostgreSQL connections are plaintext: the server does not offer TLS and \
+             sslmode=prefer (the default) falls back to plaintext; give sslmode=require \
+             (or verify-full) to refuse that, sslmode=disable to silence this"
+        ),
+    }
+    Ok(())
 }
 
 #[async_trait]

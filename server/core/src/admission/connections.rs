@@ -18,6 +18,13 @@ pub struct Counted {
     open: Arc<AtomicUsize>,
 }
 
+impl Counted {
+    /// The client's address, for logs.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.peer_addr().ok()
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::AcqRel);

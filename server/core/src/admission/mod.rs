@@ -15,6 +15,7 @@
 mod body;
 mod budget;
 pub mod connections;
+pub mod tls_accept;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -10,7 +10,7 @@ use pagewire_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Context;
-use crate::auth;
+use crate::auth::{self, Role};
 use crate::store::{DbKey, DbState, StoreError, StoreResult};
 use crate::validate;
 
@@ -19,7 +19,7 @@ pub async fn list(
     cx: &Context,
     request: Request<pb::ListDatabasesRequest>,
 ) -> Result<Response<pb::ListDatabasesResponse>, Status> {
-    let tenant = auth::tenant_of(&request)?;
+    let tenant = auth::tenant_of(&request, Role::Admin, "ListDatabases")?;
     let infos = cx.store.list(&tenant.name).await?;
     let databases = infos.into_iter().map(Into::into).collect();
     Ok(Response::new(pb::ListDatabasesResponse { databases }))
@@ -30,7 +30,12 @@ pub async fn create(
     cx: &Context,
     request: Request<pb::CreateDatabaseRequest>,
 ) -> Result<Response<pb::DatabaseInfo>, Status> {
-    let key = cx.key(&request, &request.get_ref().name)?;
+    let key = cx.key(
+        &request,
+        &request.get_ref().name,
+        Role::Admin,
+        "CreateDatabase",
+    )?;
     validate::new_db_name(&key.name)?;
     let info = cx.store.create(&key).await?;
     tracing::info!(tenant = %key.tenant, "created database");
@@ -42,7 +47,12 @@ pub async fn delete(
     cx: &Context,
     request: Request<pb::DeleteDatabaseRequest>,
 ) -> Result<Response<pb::DeleteDatabaseResponse>, Status> {
-    let key = cx.key(&request, &request.get_ref().name)?;
+    let key = cx.key(
+        &request,
+        &request.get_ref().name,
+        Role::Admin,
+        "DeleteDatabase",
+    )?;
     let writer = cx.store.info(&key).await?.lease_held;
     cx.store.delete(&key).await?;
     let readers = cx.hub.deleted(&key);
@@ -62,7 +72,12 @@ pub async fn info(
     cx: &Context,
     request: Request<pb::GetDatabaseInfoRequest>,
 ) -> Result<Response<pb::DatabaseInfo>, Status> {
-    let key = cx.key(&request, &request.get_ref().name)?;
+    let key = cx.key(
+        &request,
+        &request.get_ref().name,
+        Role::Admin,
+        "GetDatabaseInfo",
+    )?;
     Ok(Response::new(cx.store.info(&key).await?.into()))
 }
 
@@ -92,6 +107,6 @@ pub async fn metrics(
     cx: &Context,
     request: Request<pb::GetMetricsRequest>,
 ) -> Result<Response<pb::Metrics>, Status> {
-    let tenant = auth::tenant_of(&request)?;
+    let tenant = auth::tenant_of(&request, Role::Admin, "GetMetrics")?;
     Ok(Response::new(cx.hub.metrics_proto(&tenant.name)))
 }

@@ -36,7 +36,7 @@ pub async fn commit(
     cx: &Context,
     request: Request<Streaming<pb::CommitRequest>>,
 ) -> Result<Response<pb::CommitResponse>, Status> {
-    let tenant = auth::tenant_of(&request)?;
+    let tenant = auth::tenant_of(&request, auth::Role::Write, "Commit")?;
     let charge = charge_to(&request, &tenant.name)?;
     let limits = &cx.config.limits;
     let mut messages = Messages::new(request.into_inner(), limits.stream_idle_timeout);

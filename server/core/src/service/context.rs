@@ -5,7 +5,7 @@ use std::sync::Arc;
 use pagewire_proto::v1 as pb;
 use tonic::{Request, Status};
 
-use crate::auth;
+use crate::auth::{self, Role};
 use crate::server::ServerConfig;
 use crate::store::{DbKey, PageStore};
 use crate::validate;
@@ -33,9 +33,16 @@ impl Context {
         Self { store, config, hub }
     }
 
-    /// The caller's database `name` (checked), in the caller's tenant.
-    pub fn key<T>(&self, request: &Request<T>, name: &str) -> Result<DbKey, Status> {
-        let tenant = auth::tenant_of(request)?;
+    /// The caller's database `name` (checked), in the caller's tenant, for the call
+    /// `what`, which needs the role `need`.
+    pub fn key<T>(
+        &self,
+        request: &Request<T>,
+        name: &str,
+        need: Role,
+        what: &str,
+    ) -> Result<DbKey, Status> {
+        let tenant = auth::tenant_of(request, need, what)?;
         validate::db_name(name)?;
         Ok(DbKey::new(tenant.name, name))
     }

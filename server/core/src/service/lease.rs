@@ -4,6 +4,7 @@ use pagewire_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::auth::Role;
 use crate::store::{DbKey, Identity, Lease};
 use crate::validate;
 
@@ -30,7 +31,12 @@ pub async fn acquire(
     cx: &Context,
     request: Request<pb::AcquireLeaseRequest>,
 ) -> Result<Response<pb::LeaseResponse>, Status> {
-    let key = cx.key(&request, &request.get_ref().name)?;
+    let key = cx.key(
+        &request,
+        &request.get_ref().name,
+        Role::Write,
+        "AcquireLease",
+    )?;
     let client_id = &request.get_ref().client_id;
     validate::client_id(client_id)?;
     let lease = cx
@@ -47,7 +53,7 @@ pub async fn renew(
     cx: &Context,
     request: Request<pb::RenewLeaseRequest>,
 ) -> Result<Response<pb::LeaseResponse>, Status> {
-    let key = cx.key(&request, &request.get_ref().name)?;
+    let key = cx.key(&request, &request.get_ref().name, Role::Write, "RenewLease")?;
     let renew = request.get_ref();
     let lease_id = validate::lease_id(&renew.lease_id)?;
     let lease = cx
@@ -63,7 +69,12 @@ pub async fn release(
     cx: &Context,
     request: Request<pb::ReleaseLeaseRequest>,
 ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
-    let key = cx.key(&request, &request.get_ref().name)?;
+    let key = cx.key(
+        &request,
+        &request.get_ref().name,
+        Role::Write,
+        "ReleaseLease",
+    )?;
     let release = request.get_ref();
     let lease_id = validate::lease_id(&release.lease_id)?;
     cx.store

@@ -7,6 +7,7 @@ mod context;
 mod convert;
 mod lease;
 mod open;
+mod operator;
 mod read;
 mod watch;
 
@@ -38,6 +39,32 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(context: Arc<Context>) -> Self {
         Self { context }
+    }
+}
+
+/// What spans tenants (`pagewire.v1.Operator`).
+#[derive(Clone)]
+pub struct OperatorService {
+    context: Arc<Context>,
+}
+
+impl OperatorService {
+    pub fn new(context: Arc<Context>) -> Self {
+        Self { context }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::operator_server::Operator for OperatorService {
+    async fn reload(&self, request: Request<pb::ReloadRequest>) -> Reply<pb::ReloadResponse> {
+        operator::reload(&self.context, request).await
+    }
+
+    async fn get_server_metrics(
+        &self,
+        request: Request<pb::GetServerMetricsRequest>,
+    ) -> Reply<pb::ServerMetrics> {
+        operator::server_metrics(&self.context, request).await
     }
 }
 

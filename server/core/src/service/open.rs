@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::Context;
 use super::convert::millis;
+use crate::auth::Role;
 use pagewire_proto::capability;
 
 #[tracing::instrument(skip_all, fields(db = %request.get_ref().name, create = request.get_ref().create))]
@@ -12,7 +13,19 @@ pub async fn open(
     cx: &Context,
     request: Request<pb::OpenRequest>,
 ) -> Result<Response<pb::OpenResponse>, Status> {
-    let key = cx.key(&request, &request.get_ref().name)?;
+    // Read-only opens need the read role; opening to write, or creating by opening (as
+    // SQLite's open does), the write role.
+    let need = if request.get_ref().read_only && !request.get_ref().create {
+        Role::Read
+    } else {
+        Role::Write
+    };
+    let key = cx.key(
+        &request,
+        &request.get_ref().name,
+        need,
+        "Open to write or create",
+    )?;
     let open = request.into_inner();
     // MIN_CLIENT_PROTOCOL is 0 today (every client is served); the check is for later.
     #[allow(clippy::absurd_extreme_comparisons)]

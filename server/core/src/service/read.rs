@@ -6,6 +6,7 @@ use pagewire_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::auth::Role;
 use crate::store::{BeginRead, Identity, ReadAt, Version, WireChanges};
 use crate::validate;
 
@@ -22,7 +23,7 @@ pub async fn begin_read(
     cx: &Context,
     request: Request<pb::BeginReadRequest>,
 ) -> Result<Response<pb::BeginReadResponse>, Status> {
-    let key = cx.key(&request, &request.get_ref().name)?;
+    let key = cx.key(&request, &request.get_ref().name, Role::Read, "BeginRead")?;
     let asked = request.get_ref();
     let limit = cx.config.limits.max_change_list;
     let identity = Identity::from_wire(&asked.incarnation, asked.seen_version, &asked.seen_tag)?;
@@ -61,7 +62,7 @@ pub async fn read_pages(
     cx: &Context,
     request: Request<pb::ReadPagesRequest>,
 ) -> Result<Response<pb::ReadPagesResponse>, Status> {
-    let key = cx.key(&request, &request.get_ref().name)?;
+    let key = cx.key(&request, &request.get_ref().name, Role::Read, "ReadPages")?;
     let read = request.get_ref();
     let limits = &cx.config.limits;
     validate::read_count(read.page_nos.len(), limits.max_pages_per_read)?;

@@ -18,7 +18,7 @@ pub async fn watch(
     cx: &Context,
     request: Request<Streaming<pb::WatchRequest>>,
 ) -> Result<Response<WatchStream>, Status> {
-    let tenant = crate::auth::tenant_of(&request)?;
+    let tenant = crate::auth::tenant_of(&request, crate::auth::Role::Read, "Watch")?;
     let mut requests = request.into_inner();
     // The admission layer cuts a stream whose WatchStart does not come in time.
     let start = match requests.message().await? {
@@ -32,7 +32,7 @@ pub async fn watch(
         }
     };
     crate::validate::db_name(&start.name)?;
-    let key = DbKey::new(tenant.name, start.name);
+    let key = DbKey::new(tenant.name.clone(), start.name);
     let incarnation = crate::store::identity::id_from_wire(
         "incarnation",
         &start.incarnation,
@@ -45,10 +45,20 @@ pub async fn watch(
     tracing::debug!(db = %key, watcher = id, "watch started");
     let hub = cx.hub.clone();
     let closing = hub.closing();
+    let credentials = cx.config.credentials.clone();
     tokio::spawn(async move {
         // Only a ReadLeaseRelease gives the lease back: after a stream ends or breaks
-        // the client may still serve reads until its lease runs out.
-        if let Err(status) = follow(&hub, &key, id, requests, closing).await {
+        // the client may still serve reads until its lease runs out. A stream whose
+        // token is revoked ends (its lease is no longer renewed).
+        let followed = tokio::select! {
+            followed = follow(&hub, &key, id, requests, closing) => followed,
+            () = credentials.revoked(&tenant) => {
+                let status = Status::unauthenticated("the token of this Watch stream was revoked");
+                hub.end_stream(&key, id, status.clone());
+                Err(status)
+            }
+        };
+        if let Err(status) = followed {
             tracing::debug!(db = %key, watcher = id, "watch stream broke: {}", status.message());
         }
         hub.disconnect(&key, id);

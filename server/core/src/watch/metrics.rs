@@ -75,6 +75,11 @@ impl Metrics {
         tenants.entry(tenant.to_owned()).or_default().clone()
     }
 
+    /// Every tenant that ever watched or committed.
+    pub fn tenant_names(&self) -> Vec<String> {
+        self.tenants.lock().keys().cloned().collect()
+    }
+
     /// `tenant`'s counters, if it ever watched or committed.
     pub fn get(&self, tenant: &str) -> Option<Arc<TenantMetrics>> {
         self.tenants.lock().get(tenant).cloned()

@@ -382,6 +382,23 @@ impl Hub {
 
     /// Watcher `id`'s stream ended. Its lease, if any, is still honoured until it runs
     /// out: the client may not know yet.
+    /// Ends watcher `id`'s stream with `status` (its lease stays until it runs out or
+    /// [`Hub::disconnect`] forgets it).
+    pub fn end_stream(&self, key: &DbKey, id: u64, status: Status) {
+        let Some(db) = self.dbs.lock().get(key).cloned() else {
+            return;
+        };
+        let tx = db
+            .state
+            .lock()
+            .watchers
+            .get_mut(&id)
+            .and_then(|w| w.tx.take());
+        if let Some(tx) = tx {
+            let _ = tx.try_send(Err(status));
+        }
+    }
+
     pub fn disconnect(self: &Arc<Self>, key: &DbKey, id: u64) {
         let Some(db) = self.dbs.lock().get(key).cloned() else {
             return;
@@ -506,6 +523,20 @@ impl Hub {
     }
 
     /// `tenant`'s metrics, for `Admin.GetMetrics`: only its own databases' activity.
+    /// Every tenant's counters (for the operator only).
+    pub fn server_metrics_proto(&self) -> pb::ServerMetrics {
+        let tenants = self.metrics.tenant_names();
+        pb::ServerMetrics {
+            tenants: tenants
+                .into_iter()
+                .map(|t| {
+                    let m = self.metrics_proto(&t);
+                    (t, m)
+                })
+                .collect(),
+        }
+    }
+
     pub fn metrics_proto(&self, tenant: &str) -> pb::Metrics {
         let m = self.metrics.get(tenant).unwrap_or_default();
         pb::Metrics {
