@@ -20,6 +20,7 @@ use std::{
 use anyhow::{Context, bail};
 
 pub mod admin;
+pub mod certs;
 pub mod fake_server;
 pub mod hostile;
 pub mod postgres;
@@ -169,7 +170,10 @@ impl Server {
                 bail!("server did not start: {line:?}");
             }
         };
-        let addr = url.trim_start_matches("http://").to_owned();
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned();
         Ok(Self {
             url,
             addr,

@@ -30,6 +30,7 @@ use crate::{
     main_file::MainFile,
     pragma, runtime,
     state::{DbKey, DbState, ServerSettings},
+    status::Class,
 };
 
 mod compat {
@@ -142,8 +143,21 @@ impl PagewireVfs {
             read_only,
             protocol: pagewire_proto::PROTOCOL_REVISION,
         };
-        let cannot_open =
-            |e: VfsError| VfsError::Open(format!("{:?} at {}: {e}", key.name, config.url));
+        let cannot_open = |e: VfsError| {
+            // Under TLS 1.3 a server refusing the client's certificate (or its absence)
+            // does so after the client's side of the handshake, so the client sees only
+            // a broken connection: say what may be missing.
+            let hint = if config.is_tls()
+                && config.client_cert.is_none()
+                && e.class().is_some_and(Class::is_retryable)
+            {
+                " (the connection broke after the TLS handshake: if the server requires \
+                 client certificates, give PAGEWIRE_CLIENT_CERT and PAGEWIRE_CLIENT_KEY)"
+            } else {
+                ""
+            };
+            VfsError::Open(format!("{:?} at {}: {e}{hint}", key.name, config.url))
+        };
         let resp = rt
             .block_on(client.clone().open(req))?
             .map_err(cannot_open)?;
