@@ -153,11 +153,17 @@ pub struct LocalCluster {
     /// Run the binaries as the `postgres` user (we are root).
     as_postgres: bool,
     port: u16,
+    /// More server options (TLS).
+    options: String,
 }
 
 impl LocalCluster {
     /// initdb, start on a free 127.0.0.1 port, wait until it accepts connections.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_inner(None)
+    }
+
+    fn start_inner(tls: Option<(&Path, &Path)>) -> anyhow::Result<Self> {
         let bin = find_bin_dir()?;
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -169,6 +175,7 @@ impl LocalCluster {
             bin,
             as_postgres,
             port: 0,
+            options: String::new(),
         };
         if as_postgres {
             let owner = Command::new("chown")
@@ -182,8 +189,44 @@ impl LocalCluster {
             )?;
         }
         cluster.initdb()?;
+        if let Some((cert, key)) = tls {
+            cluster.use_tls(cert, key)?;
+        }
         cluster.start_server()?;
         Ok(cluster)
+    }
+
+    /// [`LocalCluster::start`] with `ssl = on`, serving the certificate `cert` with its
+    /// key `key` (PEM files, copied into the cluster's directory).
+    pub fn start_with_tls(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        Self::start_inner(Some((cert, key)))
+    }
+
+    fn use_tls(&mut self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        let (to_cert, to_key) = (
+            self.dir.path().join("server.crt"),
+            self.dir.path().join("server.key"),
+        );
+        std::fs::copy(cert, &to_cert).context("copying the certificate")?;
+        std::fs::copy(key, &to_key).context("copying the key")?;
+        // PostgreSQL refuses a key others can read, or one it does not own.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&to_key, std::fs::Permissions::from_mode(0o600))?;
+        if self.as_postgres {
+            let owner = Command::new("chown")
+                .arg("postgres:")
+                .arg(&to_cert)
+                .arg(&to_key)
+                .output()
+                .context("running chown")?;
+            check(&owner, "chown postgres: of the TLS files")?;
+        }
+        self.options = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            to_cert.display(),
+            to_key.display()
+        );
+        Ok(())
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -245,8 +288,8 @@ impl LocalCluster {
         let dir = self.dir.path().display();
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={dir} \
-             -c max_connections=300 -c fsync=on",
-            self.port
+             -c max_connections=300 -c fsync=on{}",
+            self.port, self.options
         );
         let out = self
             .command("pg_ctl")
