@@ -98,6 +98,37 @@ fn io_code(op: Op) -> i32 {
     }
 }
 
+/// A rustls failure, said so a user knows what to change.
+pub fn explain_tls(e: &pagewire_tls::rustls::Error) -> String {
+    use pagewire_tls::rustls::{AlertDescription as Alert, CertificateError as Cert, Error};
+    let hint = match e {
+        Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+            "the server's certificate is not signed by a CA this client trusts: give that CA's \
+             certificate with PAGEWIRE_CA or ca="
+        }
+        Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            "the server's certificate is not for the host name in the URL"
+        }
+        Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+            "the server's certificate has expired"
+        }
+        Error::AlertReceived(
+            Alert::CertificateRequired | Alert::HandshakeFailure | Alert::BadCertificate,
+        )
+        | Error::AlertReceived(Alert::UnknownCA | Alert::CertificateUnknown) => {
+            "the server wants a client certificate it trusts: give PAGEWIRE_CLIENT_CERT and \
+             PAGEWIRE_CLIENT_KEY (or client_cert= and client_key=)"
+        }
+        Error::InvalidMessage(_) => "the server does not seem to speak TLS: try http://",
+        _ => "",
+    };
+    if hint.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e} ({hint})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,36 +162,5 @@ mod tests {
             vars::SQLITE_BUSY
         );
         assert!(!VfsError::Internal("x".into()).is_retryable());
-    }
-}
-
-/// A rustls failure, said so a user knows what to change.
-pub fn explain_tls(e: &pagewire_tls::rustls::Error) -> String {
-    use pagewire_tls::rustls::{AlertDescription as Alert, CertificateError as Cert, Error};
-    let hint = match e {
-        Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
-            "the server's certificate is not signed by a CA this client trusts: give that CA's \
-             certificate with PAGEWIRE_CA or ca="
-        }
-        Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
-            "the server's certificate is not for the host name in the URL"
-        }
-        Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
-            "the server's certificate has expired"
-        }
-        Error::AlertReceived(
-            Alert::CertificateRequired | Alert::HandshakeFailure | Alert::BadCertificate,
-        )
-        | Error::AlertReceived(Alert::UnknownCA | Alert::CertificateUnknown) => {
-            "the server wants a client certificate it trusts: give PAGEWIRE_CLIENT_CERT and \
-             PAGEWIRE_CLIENT_KEY (or client_cert= and client_key=)"
-        }
-        Error::InvalidMessage(_) => "the server does not seem to speak TLS: try http://",
-        _ => "",
-    };
-    if hint.is_empty() {
-        e.to_string()
-    } else {
-        format!("{e} ({hint})")
     }
 }

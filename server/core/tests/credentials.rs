@@ -165,7 +165,6 @@ async fn every_rpc(
         name: name.into(),
         lease_id: foreign_lease.lease_id.clone(),
         epoch: foreign_lease.epoch,
-        ..Default::default()
     };
     let mut parts = Parts::new(name, foreign_lease, 1, 2, 9);
     parts.header.name = name.into();
@@ -298,7 +297,6 @@ async fn roles_gate_every_call() -> anyhow::Result<()> {
             name: "r.db".into(),
             lease_id: l.lease_id.clone(),
             epoch: l.epoch,
-            ..Default::default()
         })
         .await?;
 

@@ -72,15 +72,15 @@ impl Sources {
     fn read(&self) -> Result<Set, TokensError> {
         let tokens = self.tokens.as_deref().map(TokenMap::load).transpose()?;
         let operator = self.operator.as_deref().map(operator_digest).transpose()?;
-        if let (Some(map), Some(op), Some(path)) = (&tokens, &operator, &self.operator) {
-            if map.contains(op) {
-                return Err(TokensError {
-                    path: path.clone(),
-                    problem: "the operator token is also a tenant's token in the tokens \
-                              file: the operator credential must be separate"
-                        .into(),
-                });
-            }
+        if let (Some(map), Some(op), Some(path)) = (&tokens, &operator, &self.operator)
+            && map.contains(op)
+        {
+            return Err(TokensError {
+                path: path.clone(),
+                problem: "the operator token is also a tenant's token in the tokens \
+                          file: the operator credential must be separate"
+                    .into(),
+            });
         }
         Ok(Set { tokens, operator })
     }
@@ -227,10 +227,8 @@ mod tests {
 
     fn request(header: Option<&str>) -> Request<()> {
         let mut request = Request::new(());
-        if let Some(h) = header {
-            if let Ok(value) = h.parse() {
-                request.metadata_mut().insert("authorization", value);
-            }
+        if let Some(value) = header.and_then(|h| h.parse().ok()) {
+            request.metadata_mut().insert("authorization", value);
         }
         request
     }

@@ -82,7 +82,7 @@ impl TokenEntry {
                 "role = \"{}\" and admin = true disagree; keep only role",
                 role.as_str()
             )),
-            (Some(role), Some(false)) if role == Role::Admin => {
+            (Some(Role::Admin), Some(false)) => {
                 Err("role = \"admin\" and admin = false disagree; keep only role".into())
             }
             (Some(role), Some(false)) => Ok(role),
