@@ -23,6 +23,7 @@ mod pgdirect;
 mod report;
 mod rtt;
 mod target;
+mod tls;
 mod workloads;
 
 use clap::Parser;
@@ -45,6 +46,10 @@ struct Args {
     load_databases: usize,
     #[arg(long, default_value_t = 64)]
     load_clients: usize,
+    /// Instead of the table: what TLS costs a new process (connect + first query,
+    /// plaintext against TLS).
+    #[arg(long)]
+    tls_handshake: bool,
     /// Run only the server load test (against `--load-url` if given, else a fresh server).
     #[arg(long)]
     load_only: bool,
@@ -136,6 +141,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(child) = &args.child_holder {
         return leases::holder(&child[0], &child[1], &child[2], &child[3]);
+    }
+    if args.tls_handshake {
+        return tls::run(if args.quick { 5 } else { 21 });
     }
     load_vfs()?;
     if args.load_only {

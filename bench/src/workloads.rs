@@ -138,7 +138,12 @@ pub const WORKLOADS: &[Workload] = &[
 
 /// The shared read-mostly table: `rows` rows of 100 bytes.
 pub fn prepare_data(t: &Target, sizes: &Sizes) -> anyhow::Result<()> {
-    let db = t.open("data.db")?;
+    prepare_data_with(t, sizes, "")
+}
+
+/// [`prepare_data`], the database opened with the URI parameters `params` (`&k=v...`).
+pub fn prepare_data_with(t: &Target, sizes: &Sizes, params: &str) -> anyhow::Result<()> {
+    let db = t.open_with("data.db", false, params)?;
     db.execute_batch("drop table if exists kv; create table kv(id integer primary key, v blob)")?;
     db.execute(
         "with recursive s(i) as (select 1 union all select i + 1 from s where i < ?1) \

@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 use pagewire_tests::{
-    Server, in_ci,
+    Server,
     python::python,
     shell::{load_vfs, sqlite3},
     text, vfs_library,
@@ -25,24 +25,9 @@ fn quick_start_in_the_stock_shell() {
 /// VFS with nothing to load.
 #[test]
 fn quick_start_in_the_static_shell() {
-    let path = match std::env::var_os("PAGEWIRE_STATIC_SHELL") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => pagewire_tests::target_dir()
-            .expect("target")
-            .join("../static/sqlite3-pagewire"),
-    };
-    if !path.exists() {
-        assert!(
-            !in_ci(),
-            "{} is missing: scripts/test.sh builds it with scripts/build-static-sqlite.sh",
-            path.display()
-        );
-        eprintln!(
-            "SKIPPED: no static shell at {} (scripts/build-static-sqlite.sh builds it)",
-            path.display()
-        );
+    let Some(path) = pagewire_tests::shell::static_shell() else {
         return;
-    }
+    };
     let shell = path.display().to_string();
     quick_start(&shell, "");
     // It starts, and reports the error, when the server is down.

@@ -5,7 +5,7 @@
 //! why; a certificate reloaded on SIGHUP is served to the next connection by the same
 //! process.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pagewire_tests::certs::TestCerts;
@@ -22,19 +22,6 @@ fn tls_server(certs: &TestCerts, mutual: bool) -> Server {
 
 fn s(p: &Path) -> String {
     TestCerts::s(p)
-}
-
-/// The static shell, when built (scripts/test.sh builds it; CI always has it).
-fn static_shell() -> Option<PathBuf> {
-    let path = pagewire_tests::target_dir()
-        .ok()?
-        .join("static/sqlite3-pagewire");
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(!pagewire_tests::in_ci(), "{} is missing", path.display());
-    eprintln!("SKIPPED (static shell part): {} is missing", path.display());
-    None
 }
 
 #[test]
@@ -71,7 +58,7 @@ fn the_shells_and_python_work_over_https() {
     assert_eq!(python.ok(1, "select x from t"), "[('over tls',)]");
     python.ok(1, "insert into t values ('from python')");
 
-    if let Some(static_shell) = static_shell() {
+    if let Some(static_shell) = shell::static_shell() {
         let out = shell::run(
             &static_shell.display().to_string(),
             &env,
