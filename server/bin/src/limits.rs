@@ -59,10 +59,23 @@ pub struct LimitFlags {
     /// than --history-retention plus this is collected.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     max_pin_age: Duration,
+    /// Every tenant's quota of databases, where its [[tenant]] section sets none.
+    #[arg(long, help_heading = "Tenant quotas")]
+    tenant_max_databases: Option<u64>,
+    /// Every tenant's quota of stored page bytes (history included), e.g. 10GiB.
+    #[arg(long, value_parser = bytes, help_heading = "Tenant quotas")]
+    tenant_max_stored_bytes: Option<u64>,
+    /// Every tenant's quota on one database's logical size (page size x page count).
+    #[arg(long, value_parser = bytes, help_heading = "Tenant quotas")]
+    tenant_max_database_bytes: Option<u64>,
+    /// Every tenant's commits per second (per server), where its section sets none.
+    #[arg(long, help_heading = "Tenant quotas")]
+    tenant_max_commits_per_second: Option<u32>,
 }
 
 /// A byte size such as `4096`, `256MiB` or `2GiB`.
-fn bytes(s: &str) -> Result<u64, String> {
+/// A byte size flag: `1048576`, `256MiB`.
+pub fn bytes(s: &str) -> Result<u64, String> {
     s.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("{s:?} is not a byte size like 256MiB: {e}"))
@@ -87,6 +100,13 @@ impl LimitFlags {
             max_watchers_per_db: self.max_watchers_per_db,
             max_watchers_per_tenant: self.max_watchers_per_tenant,
             max_pin_age: self.max_pin_age,
+            tenant_quotas: pagewire_server_core::quota::Quotas {
+                max_databases: self.tenant_max_databases,
+                max_stored_bytes: self.tenant_max_stored_bytes,
+                max_database_bytes: self.tenant_max_database_bytes,
+                max_commits_per_second: self.tenant_max_commits_per_second,
+                ..Default::default()
+            },
         })
     }
 }

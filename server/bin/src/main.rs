@@ -36,6 +36,11 @@ struct Flags {
     /// to FoundationDB's limits and trusting no cache, as on FoundationDB: for tests).
     #[arg(long, default_value = "embedded")]
     store: String,
+    /// The memory store only: page bytes it may hold (history included); a commit that
+    /// would go past it is refused (clients get SQLITE_FULL) before the process could be
+    /// killed for its memory (e.g. 4GiB). Default: no bound.
+    #[arg(long, value_parser = limits::bytes)]
+    max_memory: Option<u64>,
     /// The embedded store's data directory (created when missing; locked while this
     /// server runs).
     #[arg(long, default_value = "pagewire-data")]
@@ -149,9 +154,19 @@ fn read_lease_ttl(spec: &str, given: Option<Duration>) -> anyhow::Result<Duratio
 
 /// Opens the store `spec` names (`data_dir` for the embedded one); a store that cannot
 /// be reached is an error.
-async fn open_store(spec: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn PageStore>> {
+async fn open_store(
+    spec: &str,
+    data_dir: &Path,
+    max_memory: Option<u64>,
+) -> anyhow::Result<Arc<dyn PageStore>> {
     if spec == "memory" {
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok(Arc::new(match max_memory {
+            Some(max) => MemoryStore::with_max_memory(max),
+            None => MemoryStore::new(),
+        }));
+    }
+    if max_memory.is_some() {
+        bail!("--max-memory bounds the memory store only (--store memory)");
     }
     if spec == "embedded" {
         let (store, engine) = pagewire_store_kv::open_data_dir(data_dir).await?;
@@ -330,7 +345,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     // Before anything slow: a SIGHUP from here on reloads instead of killing.
     reload_on_sighup(&config)?;
     let store = FaultyStore::wrap(
-        open_store(&flags.store, &flags.data_dir).await?,
+        open_store(&flags.store, &flags.data_dir, flags.max_memory).await?,
         flags.inject_fault,
     );
     let listener = TcpListener::bind(flags.listen)
@@ -438,7 +453,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_stores_list_the_supported_ones() {
-        let e = open_store("redis://x", Path::new("unused"))
+        let e = open_store("redis://x", Path::new("unused"), None)
             .await
             .err()
             .map(|e| e.to_string());
@@ -471,7 +486,7 @@ mod tests {
     #[cfg(not(feature = "foundationdb"))]
     #[tokio::test]
     async fn fdb_without_the_feature_says_how_to_build_it() {
-        let e = open_store("fdb:", Path::new("unused")).await.err();
+        let e = open_store("fdb:", Path::new("unused"), None).await.err();
         let e = e.map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("--features foundationdb"), "{e}");
     }

@@ -58,6 +58,9 @@ pub struct Limits {
     /// `--max-pin-age`: the longest a reader's pin keeps a version, however often it
     /// reads: a version older than retention + this is collected.
     pub max_pin_age: Duration,
+    /// Every tenant's quotas where its `[[tenant]]` section sets none
+    /// (`--tenant-max-*`; none by default).
+    pub tenant_quotas: crate::quota::Quotas,
 }
 
 const GIB: u64 = 1 << 30;
@@ -81,6 +84,7 @@ impl Default for Limits {
             max_watchers_per_db: 1024,
             max_watchers_per_tenant: 4096,
             max_pin_age: Duration::from_secs(3600),
+            tenant_quotas: crate::quota::Quotas::default(),
         }
     }
 }

@@ -258,11 +258,15 @@ pub fn read_count(asked: usize, limit: u32) -> Result<()> {
     Ok(())
 }
 
-/// A commit's page bytes so far stay within the limit.
-pub fn commit_bytes(total: u64, limit: u64) -> Result<()> {
+/// Where a commit's byte limit comes from, for the refusal.
+pub const SERVER_COMMIT_LIMIT: &str = "server limit --max-commit-bytes";
+
+/// A commit's page bytes so far stay within the limit (`named`: the server's flag, or
+/// the tenant's quota).
+pub fn commit_bytes(total: u64, limit: u64, named: &str) -> Result<()> {
     if total > limit {
         return Err(StoreError::TooLarge(format!(
-            "the commit carries more than {limit} bytes of pages (server limit --max-commit-bytes, told to clients as Limits.max_commit_bytes)"
+            "the commit carries more than {limit} bytes of pages ({named}, told to clients as Limits.max_commit_bytes); nothing was changed"
         )));
     }
     Ok(())

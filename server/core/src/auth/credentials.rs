@@ -193,6 +193,15 @@ impl Credentials {
         }
     }
 
+    /// `tenant`'s quotas from the tokens file (none in development mode).
+    pub fn quotas(&self, tenant: &str) -> crate::quota::Quotas {
+        let set = self.current();
+        set.tokens
+            .as_ref()
+            .map(|t| t.quotas(tenant))
+            .unwrap_or_default()
+    }
+
     /// Whether `tenant`'s credential still grants what it did when it authenticated.
     pub fn still_grants(&self, tenant: &Tenant) -> bool {
         let set = self.current();

@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::{Digest, Role, Tenant};
+use crate::quota::{Quotas, TenantSection};
 
 /// Longest tenant name in bytes.
 pub const MAX_TENANT_BYTES: usize = 64;
@@ -43,10 +44,12 @@ struct Entry {
     role: Role,
 }
 
-/// Bearer tokens (by digest) and the tenants and roles they stand for.
+/// Bearer tokens (by digest) and the tenants and roles they stand for, and the
+/// tenants' quotas (`[[tenant]]` sections).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct TokenMap {
     tokens: HashMap<Digest, Entry>,
+    quotas: HashMap<String, Quotas>,
 }
 
 impl std::fmt::Debug for TokenMap {
@@ -60,6 +63,8 @@ impl std::fmt::Debug for TokenMap {
 struct TokensFile {
     #[serde(default)]
     token: Vec<TokenEntry>,
+    #[serde(default)]
+    tenant: Vec<TenantSection>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +167,20 @@ impl TokenMap {
             map.insert(&entry.token, &entry.tenant, role)
                 .map_err(|p| format!("[[token]] #{n}: {p}"))?;
         }
+        for (i, section) in file.tenant.iter().enumerate() {
+            let n = i + 1;
+            check_tenant_name(&section.name).map_err(|p| format!("[[tenant]] #{n}: {p}"))?;
+            if map
+                .quotas
+                .insert(section.name.clone(), section.quotas())
+                .is_some()
+            {
+                return Err(format!(
+                    "[[tenant]] #{n}: tenant {:?} has a section already",
+                    section.name
+                ));
+            }
+        }
         Ok(map)
     }
 
@@ -204,6 +223,16 @@ impl TokenMap {
         self.tokens
             .get(credential)
             .is_some_and(|e| e.tenant == tenant.name && e.role == tenant.role)
+    }
+
+    /// `tenant`'s quotas from its `[[tenant]]` section (none set: all `None`).
+    pub fn quotas(&self, tenant: &str) -> Quotas {
+        self.quotas.get(tenant).copied().unwrap_or_default()
+    }
+
+    /// Sets `tenant`'s quotas (as a `[[tenant]]` section does).
+    pub fn set_quotas(&mut self, tenant: &str, quotas: Quotas) {
+        self.quotas.insert(tenant.to_owned(), quotas);
     }
 
     /// Whether `digest` is one of these tokens.
@@ -289,6 +318,39 @@ mod tests {
         assert_eq!(who(&m, &real), None);
         assert_eq!(who(&m, "w"), Some(("beta".into(), Role::Write)));
         assert!(Role::Read < Role::Write && Role::Write < Role::Admin);
+    }
+
+    #[test]
+    fn tenant_sections_set_quotas() {
+        let text = "[[token]]\ntoken = \"a\"\ntenant = \"acme\"\n\
+                    [[tenant]]\nname = \"acme\"\nmax_databases = 3\nmax_stored_bytes = \"1GiB\"\n\
+                    max_database_bytes = 65536\nmax_commits_per_second = 7\n";
+        let m = TokenMap::parse(text).unwrap_or_default();
+        let q = m.quotas("acme");
+        assert_eq!(q.max_databases, Some(3));
+        assert_eq!(q.max_stored_bytes, Some(1 << 30));
+        assert_eq!(q.max_database_bytes, Some(65536));
+        assert_eq!(q.max_commits_per_second, Some(7));
+        assert_eq!(q.max_watchers, None);
+        assert_eq!(m.quotas("other"), Quotas::default());
+        for (bad, want) in [
+            (
+                "[[tenant]]\nname = \"a\"\nmax_databses = 1\n",
+                "unknown field",
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\nmax_stored_bytes = \"lots\"\n",
+                "bad TOML",
+            ),
+            ("[[tenant]]\nname = \"a b\"\n", "bad tenant name"),
+            (
+                "[[tenant]]\nname = \"a\"\n[[tenant]]\nname = \"a\"\n",
+                "has a section already",
+            ),
+        ] {
+            let err = TokenMap::parse(bad).err().unwrap_or_default();
+            assert!(err.contains(want), "{bad:?}: {err}");
+        }
     }
 
     fn hex(d: &Digest) -> String {

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::Context;
 use crate::auth::{self, Role};
+use crate::quota;
 use crate::store::{DbKey, DbState, StoreError, StoreResult};
 use crate::validate;
 
@@ -37,6 +38,11 @@ pub async fn create(
         "CreateDatabase",
     )?;
     validate::new_db_name(&key.name)?;
+    let quotas = cx.quotas(&key.tenant);
+    let _creating = cx.usage.creating().await;
+    cx.usage
+        .check_new_database(&*cx.store, &key.tenant, &quotas)
+        .await?;
     let info = cx.store.create(&key).await?;
     tracing::info!(tenant = %key.tenant, "created database");
     Ok(Response::new(info.into()))
@@ -90,14 +96,24 @@ pub async fn open_or_create(
     key: &DbKey,
     create: bool,
 ) -> StoreResult<(DbState, bool)> {
-    if create {
-        match cx.store.open(key, false).await {
-            Err(StoreError::NotFound(_)) => validate::new_db_name(&key.name)?,
-            found => return found,
-        }
+    if !create {
+        return cx.store.open(key, false).await;
+    }
+    match cx.store.open(key, false).await {
+        Err(StoreError::NotFound(_)) => validate::new_db_name(&key.name)?,
+        found => return found,
+    }
+    let quotas = cx.quotas(&key.tenant);
+    let _creating = cx.usage.creating().await;
+    if let Err(status) = cx
+        .usage
+        .check_new_database(&*cx.store, &key.tenant, &quotas)
+        .await
+    {
+        return Err(StoreError::TooLarge(status.message().to_owned()));
     }
     // Created meanwhile by someone else: then this opens it (`created` is false).
-    cx.store.open(key, create).await
+    cx.store.open(key, true).await
 }
 
 /// The caller's tenant's counters (read leases held, watchers, commits, invalidation
@@ -109,4 +125,23 @@ pub async fn metrics(
 ) -> Result<Response<pb::Metrics>, Status> {
     let tenant = auth::tenant_of(&request, Role::Admin, "GetMetrics")?;
     Ok(Response::new(cx.hub.metrics_proto(&tenant.name)))
+}
+
+/// The caller's tenant's usage and quotas.
+pub async fn usage(
+    cx: &Context,
+    request: Request<pb::GetUsageRequest>,
+) -> Result<Response<pb::Usage>, Status> {
+    let tenant = auth::tenant_of(&request, Role::Admin, "GetUsage")?;
+    let infos = cx.store.list(&tenant.name).await?;
+    let logical = quota::total(&infos, |d| {
+        u64::from(d.state.page_size) * u64::from(d.state.page_count)
+    });
+    Ok(Response::new(pb::Usage {
+        databases: infos.len() as u64,
+        stored_bytes: quota::total(&infos, |d| d.stored_bytes),
+        logical_bytes: logical,
+        watchers: cx.hub.metrics_proto(&tenant.name).watchers,
+        quotas: Some(cx.quotas(&tenant.name).to_proto()),
+    }))
 }

@@ -22,6 +22,7 @@ use tracing::field::Empty;
 use super::Context;
 use crate::admission::CommitCharge;
 use crate::auth;
+use crate::quota::{self, Quotas};
 use crate::store::{
     Commit, CommitHeader, CommitOutcome, DbKey, PageStore, StoreResult, VersionTag,
 };
@@ -39,8 +40,15 @@ pub async fn commit(
     let tenant = auth::tenant_of(&request, auth::Role::Write, "Commit")?;
     let charge = charge_to(&request, &tenant.name)?;
     let limits = &cx.config.limits;
+    let quotas = cx.quotas(&tenant.name);
     let mut messages = Messages::new(request.into_inner(), limits.stream_idle_timeout);
-    let mut assembly = Assembly::new(limits.max_commit_bytes, charge.clone());
+    let max_commit_bytes = quotas.max_commit_bytes.unwrap_or(limits.max_commit_bytes);
+    let limit_name = if max_commit_bytes < limits.max_commit_bytes {
+        format!("tenant {}'s quota max_commit_bytes", tenant.name)
+    } else {
+        validate::SERVER_COMMIT_LIMIT.to_owned()
+    };
+    let mut assembly = Assembly::new(max_commit_bytes, limit_name, charge.clone());
 
     let (name, header) = receive_header(&mut messages, &mut assembly).await?;
     let key = DbKey::new(tenant.name, name);
@@ -52,9 +60,57 @@ pub async fn commit(
     let commit = receive_pages(&mut messages, assembly).await?;
     // The rules on the whole commit that need no stored state (page 1, duplicates).
     validate::commit(&commit)?;
+    let bytes = commit_bytes(&commit);
+    check_quotas(cx, &key, &quotas, &commit, bytes).await?;
+    let tenant = key.tenant.clone();
     let outcome = apply_to_the_end(cx, key, commit, charge).await?;
     tracing::debug!(already_applied = outcome.already_applied, "committed");
+    if !outcome.already_applied {
+        // Over the commit rate, the reply (not the commit) waits.
+        let wait = cx.usage.committed(&tenant, &quotas, bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
     Ok(reply(outcome))
+}
+
+/// The page bytes a commit carries.
+fn commit_bytes(commit: &Commit) -> u64 {
+    commit
+        .pages
+        .iter()
+        .map(|(_, data)| data.len() as u64)
+        .fold(0, u64::saturating_add)
+}
+
+/// The tenant's size quotas on a received commit (nothing is applied yet): the
+/// database's logical size (a commit that does not grow the file always passes, so a
+/// tenant over a lowered quota can still delete and shrink) and the stored bytes.
+async fn check_quotas(
+    cx: &Context,
+    key: &DbKey,
+    quotas: &Quotas,
+    commit: &Commit,
+    bytes: u64,
+) -> Result<(), Status> {
+    if let Some(max) = quotas.max_database_bytes {
+        let size = u64::from(commit.page_size) * u64::from(commit.page_count);
+        if size > max {
+            let before = cx.store.info(key).await?.state.page_count;
+            if commit.page_count > before {
+                return Err(quota::exceeded(
+                    &key.tenant,
+                    "max_database_bytes",
+                    format!("this commit makes {} {}", key.name, quota::show_bytes(size)),
+                    quota::show_bytes(max),
+                ));
+            }
+        }
+    }
+    cx.usage
+        .check_stored(&*cx.store, &key.tenant, quotas, bytes)
+        .await
 }
 
 /// The first message, which must be the header (checked on its own, before any page):

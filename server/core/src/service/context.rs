@@ -6,6 +6,7 @@ use pagewire_proto::v1 as pb;
 use tonic::{Request, Status};
 
 use crate::auth::{self, Role};
+use crate::quota::{Quotas, Usage};
 use crate::server::ServerConfig;
 use crate::store::{DbKey, PageStore};
 use crate::validate;
@@ -17,6 +18,8 @@ pub struct Context {
     pub config: ServerConfig,
     /// Watchers, read leases and commit rounds.
     pub hub: Arc<Hub>,
+    /// Each tenant's usage, for its quotas.
+    pub usage: Usage,
 }
 
 impl Context {
@@ -30,7 +33,12 @@ impl Context {
             max_watchers_per_tenant: limits.max_watchers_per_tenant,
             max_change_list: limits.max_change_list,
         });
-        Self { store, config, hub }
+        Self {
+            store,
+            config,
+            hub,
+            usage: Usage::default(),
+        }
     }
 
     /// The caller's database `name` (checked), in the caller's tenant, for the call
@@ -47,12 +55,34 @@ impl Context {
         Ok(DbKey::new(tenant.name, name))
     }
 
-    /// The limits told to clients on Open.
-    pub fn limits(&self) -> pb::Limits {
+    /// `tenant`'s quotas: its `[[tenant]]` section, the `--tenant-max-*` defaults, and
+    /// the server's per-tenant limits (a quota never raises one).
+    pub fn quotas(&self, tenant: &str) -> Quotas {
+        let limits = &self.config.limits;
+        let mut q = self
+            .config
+            .credentials
+            .quotas(tenant)
+            .or(limits.tenant_quotas);
+        q.max_commit_bytes = Some(
+            q.max_commit_bytes
+                .map_or(limits.max_commit_bytes, |m| m.min(limits.max_commit_bytes)),
+        );
+        let watchers = limits.max_watchers_per_tenant as u64;
+        q.max_watchers = Some(q.max_watchers.map_or(watchers, |m| m.min(watchers)));
+        q
+    }
+
+    /// The limits told to `tenant`'s clients on Open (its commit-bytes quota included).
+    pub fn limits(&self, tenant: &str) -> pb::Limits {
+        let max_commit_bytes = self
+            .quotas(tenant)
+            .max_commit_bytes
+            .unwrap_or(self.config.limits.max_commit_bytes);
         pb::Limits {
             max_pages_per_read: self.config.advertised_pages_per_read(),
             max_message_bytes: self.config.limits.max_message_bytes as u64,
-            max_commit_bytes: self.config.limits.max_commit_bytes,
+            max_commit_bytes,
         }
     }
 }

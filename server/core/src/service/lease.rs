@@ -39,6 +39,8 @@ pub async fn acquire(
     )?;
     let client_id = &request.get_ref().client_id;
     validate::client_id(client_id)?;
+    // The commit rate is held to when the lease is taken, never at commit time.
+    cx.usage.check_rate(&key.tenant, &cx.quotas(&key.tenant))?;
     let lease = cx
         .store
         .acquire_lease(&key, client_id, cx.config.lease_ttl)

@@ -161,4 +161,8 @@ impl pb::admin_server::Admin for AdminService {
     async fn get_metrics(&self, request: Request<pb::GetMetricsRequest>) -> Reply<pb::Metrics> {
         admin::metrics(&self.context, request).await
     }
+
+    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Reply<pb::Usage> {
+        admin::usage(&self.context, request).await
+    }
 }

@@ -45,7 +45,7 @@ pub async fn open(
     Ok(Response::new(pb::OpenResponse {
         state: Some(state.into()),
         created,
-        limits: Some(cx.limits()),
+        limits: Some(cx.limits(&key.tenant)),
         lease_ttl_ms: millis(cx.config.lease_ttl),
         heartbeat_ms: millis(cx.config.effective_heartbeat()),
         capabilities: [capability::INCARNATIONS, capability::RANGES]

@@ -40,7 +40,13 @@ pub async fn watch(
     )?;
     let (id, events) = cx
         .hub
-        .watch(&*cx.store, &key, start.ranges, incarnation)
+        .watch(
+            &*cx.store,
+            &key,
+            start.ranges,
+            incarnation,
+            cx.quotas(&key.tenant).max_watchers,
+        )
         .await?;
     tracing::debug!(db = %key, watcher = id, "watch started");
     let hub = cx.hub.clone();

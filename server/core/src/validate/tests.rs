@@ -216,8 +216,11 @@ fn read_limits() {
         read_count(1025, 1024),
         Err(StoreError::TooLarge(_))
     ));
-    assert!(commit_bytes(10, 10).is_ok());
-    assert!(matches!(commit_bytes(11, 10), Err(StoreError::TooLarge(_))));
+    assert!(commit_bytes(10, 10, SERVER_COMMIT_LIMIT).is_ok());
+    assert!(matches!(
+        commit_bytes(11, 10, SERVER_COMMIT_LIMIT),
+        Err(StoreError::TooLarge(_))
+    ));
 }
 
 #[test]

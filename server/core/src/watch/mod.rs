@@ -224,16 +224,20 @@ impl Hub {
     /// event (`WatchStarted`) is already queued. `ranges`: its client takes
     /// `RoundEnd.changed_from`. Over a watcher cap: `TooLarge` naming it.
     /// `incarnation`: the client's (`Replaced` when the database has another).
+    /// `tenant_cap`: the tenant's watcher quota, when lower than
+    /// `--max-watchers-per-tenant`.
     pub async fn watch(
         &self,
         store: &dyn PageStore,
         key: &DbKey,
         ranges: bool,
         incarnation: Option<Incarnation>,
+        tenant_cap: Option<u64>,
     ) -> StoreResult<(u64, EventRx)> {
         let w = self.entry(key);
         let started = self.learn_published(store, key, &w).await;
-        let result = started.and_then(|()| self.add_watcher(key, &w, ranges, incarnation));
+        let result =
+            started.and_then(|()| self.add_watcher(key, &w, ranges, incarnation, tenant_cap));
         self.release(key, w);
         result
     }
@@ -263,6 +267,7 @@ impl Hub {
         w: &DbWatch,
         ranges: bool,
         incarnation: Option<Incarnation>,
+        tenant_cap: Option<u64>,
     ) -> StoreResult<(u64, EventRx)> {
         let mut s = w.state.lock();
         if let Some(published) = &s.published {
@@ -281,6 +286,18 @@ impl Hub {
         {
             let mut tenants = self.tenant_watchers.lock();
             let count = tenants.entry(key.tenant.clone()).or_default();
+            let quota = tenant_cap
+                .and_then(|q| usize::try_from(q).ok())
+                .filter(|&q| q < self.max_watchers_per_tenant);
+            if let Some(quota) = quota
+                && *count >= quota
+            {
+                return Err(StoreError::TooLarge(format!(
+                    "over tenant {}'s quota max_watchers: {count} watchers, quota {quota}; \
+                     watch refused",
+                    key.tenant
+                )));
+            }
             if *count >= self.max_watchers_per_tenant {
                 return Err(over_cap(
                     format!("this tenant has {count} watchers"),

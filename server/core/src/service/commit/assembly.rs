@@ -26,6 +26,7 @@ pub struct Assembly {
     seen: HashSet<u32>,
     bytes: u64,
     max_bytes: u64,
+    limit_name: String,
     trailer_seen: bool,
     /// Charged for what each page costs beyond its bytes (the wire bytes are charged
     /// as they arrive).
@@ -38,12 +39,14 @@ pub struct Assembly {
 const PAGE_OVERHEAD: u64 = 64;
 
 impl Assembly {
-    pub fn new(max_bytes: u64, charge: Option<Arc<CommitCharge>>) -> Self {
+    /// `max_bytes` is `limit_name` (the server's flag or the tenant's quota).
+    pub fn new(max_bytes: u64, limit_name: String, charge: Option<Arc<CommitCharge>>) -> Self {
         Self {
             started: None,
             seen: HashSet::new(),
             bytes: 0,
             max_bytes,
+            limit_name,
             trailer_seen: false,
             charge,
         }
@@ -106,7 +109,7 @@ impl Assembly {
                 )));
             }
             self.bytes += page.data.len() as u64;
-            validate::commit_bytes(self.bytes, self.max_bytes)?;
+            validate::commit_bytes(self.bytes, self.max_bytes, &self.limit_name)?;
             // A copy: the decoded bytes are a slice of the whole received message
             // (padding included), which they would otherwise keep alive.
             commit
@@ -188,7 +191,7 @@ mod tests {
         messages: Vec<pb::CommitRequest>,
         max_bytes: u64,
     ) -> Result<(String, Commit), StoreError> {
-        let mut a = Assembly::new(max_bytes, None);
+        let mut a = Assembly::new(max_bytes, validate::SERVER_COMMIT_LIMIT.into(), None);
         for m in messages {
             if let Err(status) = a.take(m) {
                 return Err(StoreError::InvalidArgument(status.message().to_owned()));

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
@@ -34,6 +36,11 @@ const GC_BATCH: usize = 256;
 pub struct MemoryStore {
     dbs: RwLock<HashMap<DbKey, Arc<Mutex<MemDb>>>>,
     clock: Clock,
+    /// `--max-memory`: page bytes held (history included) past which commits are
+    /// refused, before the process could be killed for its memory.
+    max_bytes: Option<u64>,
+    /// Page bytes held now (commits add, GC and deletes take away).
+    held: AtomicU64,
 }
 
 impl MemoryStore {
@@ -44,9 +51,26 @@ impl MemoryStore {
     /// A store taking commit times from `clock` (tests use [`Clock::tokio`]).
     pub fn with_clock(clock: Clock) -> Self {
         Self {
-            dbs: RwLock::default(),
             clock,
+            ..Self::default()
         }
+    }
+
+    /// A store that refuses commits (`Full`, which clients see as `SQLITE_FULL`) that
+    /// would take the page bytes it holds past `max_bytes`.
+    pub fn with_max_memory(max_bytes: u64) -> Self {
+        Self {
+            max_bytes: Some(max_bytes),
+            ..Self::default()
+        }
+    }
+
+    fn release_bytes(&self, bytes: u64) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                Some(h.saturating_sub(bytes))
+            });
     }
 
     /// Every database, for a pass over all of them.
@@ -108,7 +132,10 @@ impl PageStore for MemoryStore {
     async fn delete(&self, key: &DbKey) -> StoreResult<()> {
         let db = self.dbs.write().remove(key);
         let db = db.ok_or_else(|| StoreError::NotFound(key.name.clone()))?;
-        db.lock().deleted = true;
+        let mut db = db.lock();
+        db.deleted = true;
+        let freed = db.info(&key.name, self.clock.unix_ms()).stored_bytes;
+        self.release_bytes(freed);
         Ok(())
     }
 
@@ -191,7 +218,28 @@ impl PageStore for MemoryStore {
 
     async fn commit(&self, key: &DbKey, commit: Commit) -> StoreResult<CommitOutcome> {
         let now_unix_ms = self.clock.unix_ms();
-        self.with_db(key, |db| db.commit(commit, &key.name, now_unix_ms))
+        let bytes = commit
+            .pages
+            .iter()
+            .map(|(_, d)| d.len() as u64)
+            .fold(0, u64::saturating_add);
+        let held = self.held.load(Ordering::Relaxed);
+        if let Some(max) = self.max_bytes
+            && held.saturating_add(bytes) > max
+        {
+            return Err(StoreError::Full(format!(
+                "the memory store holds {} of page data and this commit brings {} \
+                 (server limit --max-memory {}); nothing was changed",
+                crate::quota::show_bytes(held),
+                crate::quota::show_bytes(bytes),
+                crate::quota::show_bytes(max)
+            )));
+        }
+        let outcome = self.with_db(key, |db| db.commit(commit, &key.name, now_unix_ms))?;
+        if !outcome.already_applied {
+            self.held.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(outcome)
     }
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
@@ -205,6 +253,7 @@ impl PageStore for MemoryStore {
                 stats.add(db.gc(now_unix_ms, retention, Instant::now()));
             }
         }
+        self.release_bytes(stats.bytes_freed);
         Ok(stats)
     }
 }
