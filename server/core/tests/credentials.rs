@@ -245,6 +245,11 @@ async fn a_tenant_learns_nothing_of_another_through_any_rpc() -> anyhow::Result<
         .await?
         .into_inner();
     assert_eq!((metrics.commits, metrics.watchers), (0, 0), "{metrics:?}");
+    let usage = acme_admin
+        .get_usage(pb::GetUsageRequest {})
+        .await?
+        .into_inner();
+    assert_eq!((usage.databases, usage.stored_bytes), (0, 0), "{usage:?}");
     // A tenant's token is not the operator's.
     let mut op = OperatorClient::new(InterceptedService::new(
         s.server.channel.clone(),
