@@ -32,6 +32,16 @@ role = "admin"
 [[tenant]]
 name = "beta"
 max_stored_bytes = STORED
+
+[[token]]
+token = "gamma"
+tenant = "gamma"
+role = "admin"
+
+[[tenant]]
+name = "gamma"
+max_pinned_versions = 2
+max_pin_age = "1h"
 "#;
 
 /// Runs `f` with an Admin client for `token` (a runtime of its own).
@@ -90,7 +100,10 @@ fn start(dir: &std::path::Path) -> (Server, std::path::PathBuf) {
     let path = dir.join("tokens.toml");
     std::fs::write(&path, tokens("\"1MiB\"")).expect("tokens");
     let p = path.display().to_string();
-    (Server::start_with(&["--tokens", &p]).expect("server"), path)
+    (
+        Server::start_with(&["--tokens", &p, "--pin-ttl", "2s"]).expect("server"),
+        path,
+    )
 }
 
 const FULL: &str = "database or disk is full";
@@ -256,4 +269,81 @@ fn the_memory_store_refuses_commits_past_max_memory() {
     assert_eq!(c.ok(1, "select count(*) from t"), format!("[({rows},)]"));
     // A smaller commit still fits.
     c.ok(1, "insert into t values (1)");
+}
+
+#[test]
+fn time_travel_pins_are_capped_and_free_again_when_they_run_out() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _tokens) = start(dir.path());
+    let url = server.url.as_str();
+    let mut w = Driver::start(py, &[("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", "gamma")]);
+    w.open(1, "file:h.db").expect("open");
+    w.ok(1, "create table t(x)");
+    for i in 0..4 {
+        w.ok(1, &format!("insert into t values ({i})"));
+    }
+    // max_pinned_versions = 2: two past versions read at once, a third refused.
+    let mut r = Driver::start(py, &[("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", "gamma")]);
+    r.open(1, "file:h.db?as_of_version=2").expect("version 2");
+    r.open(2, "file:h.db?as_of_version=3").expect("version 3");
+    let err = r
+        .open(3, "file:h.db?as_of_version=4")
+        .expect_err("a third pinned version");
+    assert!(!err.is_empty());
+    assert!(
+        r.stderr_text().contains("max_pinned_versions"),
+        "{}",
+        r.stderr_text()
+    );
+    // The newest version is never counted.
+    w.ok(1, "select count(*) from t");
+    // Once the pins run out (--pin-ttl 2s), the tenant may pin again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut again = Driver::start(py, &[("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", "gamma")]);
+    again
+        .open(1, "file:h.db?as_of_version=4")
+        .expect("room again");
+    assert_eq!(again.ok(1, "select count(*) from t"), "[(3,)]");
+    let q = usage(url, "gamma")
+        .quotas
+        .map(|q| (q.max_pinned_versions, q.max_pin_age_ms));
+    assert_eq!(q, Some((2, 3_600_000)));
+}
+
+#[test]
+fn usage_is_counted_from_the_store_across_a_restart() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens_file = dir.path().join("tokens.toml");
+    std::fs::write(&tokens_file, tokens("\"1MiB\"")).expect("tokens");
+    let data = pagewire_tests::data_dir().expect("data dir");
+    let (t, d) = (
+        tokens_file.display().to_string(),
+        data.path().display().to_string(),
+    );
+    let flags = ["--tokens", &t, "--store", "embedded", "--data-dir", &d];
+    let server = Server::start_with(&flags).expect("server");
+    let mut c = Driver::start(
+        py,
+        &[("PAGEWIRE_URL", &server.url), ("PAGEWIRE_TOKEN", "acme")],
+    );
+    c.open(1, "file:one.db").expect("one");
+    c.ok(1, "create table t(x)");
+    c.open(2, "file:two.db").expect("two");
+    c.ok(2, "create table t(x)");
+    drop(c);
+    drop(server);
+    let server = Server::start_with(&flags).expect("server again");
+    let u = usage(&server.url, "acme");
+    assert_eq!(u.databases, 2, "{u:?}");
+    assert!(u.stored_bytes > 0 && u.logical_bytes > 0, "{u:?}");
+    let mut c = Driver::start(
+        py,
+        &[("PAGEWIRE_URL", &server.url), ("PAGEWIRE_TOKEN", "acme")],
+    );
+    let err = c
+        .open(1, "file:three.db")
+        .expect_err("still at max_databases after a restart");
+    assert!(err.contains("unable to open"), "{err}");
 }

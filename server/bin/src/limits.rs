@@ -71,6 +71,9 @@ pub struct LimitFlags {
     /// Every tenant's commits per second (per server), where its section sets none.
     #[arg(long, help_heading = "Tenant quotas")]
     tenant_max_commits_per_second: Option<u32>,
+    /// Every tenant's past versions pinned at once by time-travel reads (per server).
+    #[arg(long, help_heading = "Tenant quotas")]
+    tenant_max_pinned_versions: Option<u64>,
 }
 
 /// A byte size such as `4096`, `256MiB` or `2GiB`.
@@ -105,6 +108,7 @@ impl LimitFlags {
                 max_stored_bytes: self.tenant_max_stored_bytes,
                 max_database_bytes: self.tenant_max_database_bytes,
                 max_commits_per_second: self.tenant_max_commits_per_second,
+                max_pinned_versions: self.tenant_max_pinned_versions,
                 ..Default::default()
             },
         })

@@ -44,6 +44,11 @@ pub struct Quotas {
     pub max_watchers: Option<u64>,
     /// Commits per second over all the tenant's databases, on this server.
     pub max_commits_per_second: Option<u32>,
+    /// Past versions (time travel: BeginRead at a version or a time) the tenant's
+    /// readers may hold pinned at once, on this server.
+    pub max_pinned_versions: Option<u64>,
+    /// How long a pin may keep a version (at most the server's `--max-pin-age`).
+    pub max_pin_age: Option<Duration>,
 }
 
 impl Quotas {
@@ -58,6 +63,8 @@ impl Quotas {
             max_commits_per_second: self
                 .max_commits_per_second
                 .or(defaults.max_commits_per_second),
+            max_pinned_versions: self.max_pinned_versions.or(defaults.max_pinned_versions),
+            max_pin_age: self.max_pin_age.or(defaults.max_pin_age),
         }
     }
 
@@ -70,6 +77,10 @@ impl Quotas {
             max_commit_bytes: self.max_commit_bytes.unwrap_or(0),
             max_watchers: self.max_watchers.unwrap_or(0),
             max_commits_per_second: self.max_commits_per_second.unwrap_or(0),
+            max_pinned_versions: self.max_pinned_versions.unwrap_or(0),
+            max_pin_age_ms: self
+                .max_pin_age
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -110,6 +121,19 @@ pub struct TenantSection {
     max_watchers: Option<u64>,
     #[serde(default)]
     max_commits_per_second: Option<u32>,
+    #[serde(default)]
+    max_pinned_versions: Option<u64>,
+    #[serde(default, deserialize_with = "duration")]
+    max_pin_age: Option<Duration>,
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(t) => humantime::parse_duration(&t)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("bad duration {t:?} (e.g. 30m, 1h)"))),
+    }
 }
 
 impl TenantSection {
@@ -121,6 +145,8 @@ impl TenantSection {
             max_commit_bytes: self.max_commit_bytes,
             max_watchers: self.max_watchers,
             max_commits_per_second: self.max_commits_per_second,
+            max_pinned_versions: self.max_pinned_versions,
+            max_pin_age: self.max_pin_age,
         }
     }
 }
@@ -159,6 +185,9 @@ struct TenantUsage {
     /// Stored bytes from the store, when read, plus this server's commits since.
     stored: Option<(u64, Instant)>,
     bucket: Bucket,
+    /// Past versions pinned by time-travel reads through this server: (database,
+    /// version) -> when the pin runs out.
+    pins: HashMap<(String, u64), Instant>,
 }
 
 /// Every tenant's usage (an entry per tenant that committed or created, bounded by
@@ -181,6 +210,7 @@ impl Usage {
                     tokens: f64::MAX,
                     at: Instant::now(),
                 },
+                pins: HashMap::new(),
             });
         f(usage)
     }
@@ -252,6 +282,42 @@ impl Usage {
             ));
         }
         Ok(())
+    }
+
+    /// Counts a time-travel read's pin of `version` of `db` for `ttl`; refuses it when
+    /// it would be one more pinned version than the tenant's quota. (The store made
+    /// the pin already; a refused one runs out after `ttl`, unused.)
+    pub fn pin_past(
+        &self,
+        tenant: &str,
+        db: &str,
+        version: u64,
+        quotas: &Quotas,
+        ttl: Duration,
+    ) -> Result<(), Status> {
+        let Some(max) = quotas.max_pinned_versions else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        self.with(tenant, |u| {
+            u.pins.retain(|_, until| *until > now);
+            let key = (db.to_owned(), version);
+            if let Some(until) = u.pins.get_mut(&key) {
+                *until = now + ttl;
+                return Ok(());
+            }
+            let held = u.pins.len() as u64;
+            if held >= max {
+                return Err(exceeded(
+                    tenant,
+                    "max_pinned_versions",
+                    format!("{held} past versions pinned by its readers"),
+                    max.to_string(),
+                ));
+            }
+            u.pins.insert(key, now + ttl);
+            Ok(())
+        })
     }
 
     /// Refuses a write lease while `tenant` is over its commit rate.

@@ -8,7 +8,7 @@ use tonic::{Request, Status};
 use crate::auth::{self, Role};
 use crate::quota::{Quotas, Usage};
 use crate::server::ServerConfig;
-use crate::store::{DbKey, PageStore};
+use crate::store::{DbKey, PageStore, PinTtl};
 use crate::validate;
 use crate::watch::{Hub, HubConfig};
 
@@ -71,6 +71,15 @@ impl Context {
         let watchers = limits.max_watchers_per_tenant as u64;
         q.max_watchers = Some(q.max_watchers.map_or(watchers, |m| m.min(watchers)));
         q
+    }
+
+    /// How long `tenant`'s readers' pins last (its pin-age quota included).
+    pub fn pin(&self, tenant: &str) -> PinTtl {
+        let mut pin = self.config.pin();
+        if let Some(max) = self.quotas(tenant).max_pin_age {
+            pin.max_age = pin.max_age.min(max);
+        }
+        pin
     }
 
     /// The limits told to `tenant`'s clients on Open (its commit-bytes quota included).

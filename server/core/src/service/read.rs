@@ -30,13 +30,23 @@ pub async fn begin_read(
     let read = BeginRead {
         cached_version: Version(asked.cached_version),
         at: validate::read_at(asked.at_version, asked.at_unix_ms)?,
-        pin: cx.config.pin(),
+        pin: cx.pin(&key.tenant),
         max_changes: limit,
         seen_version: Version(asked.seen_version),
     };
     let ranges = asked.ranges;
     let view = cx.store.begin_read(&key, read).await?;
     identity.check_incarnation(&key.name, &view.state.incarnation)?;
+    if read.at != ReadAt::Newest {
+        let quotas = cx.quotas(&key.tenant);
+        cx.usage.pin_past(
+            &key.tenant,
+            &key.name,
+            view.state.version.0,
+            &quotas,
+            cx.config.pin_ttl,
+        )?;
+    }
     // Only a read of the newest version knows how far the history goes.
     let newest = if read.at == ReadAt::Newest {
         view.state.version
@@ -69,7 +79,12 @@ pub async fn read_pages(
     let identity = Identity::from_wire(&read.incarnation, read.version, &read.tag)?;
     let pages = cx
         .store
-        .read_pages(&key, Version(read.version), &read.page_nos, cx.config.pin())
+        .read_pages(
+            &key,
+            Version(read.version),
+            &read.page_nos,
+            cx.pin(&key.tenant),
+        )
         .await?;
     // The pages are sent only if they are the client's database's, at its version.
     identity.check_state(&key.name, &pages.state)?;
