@@ -66,8 +66,8 @@ use pagewire_server_core::store::lease_slot::LeaseSlot;
 use pagewire_server_core::store::page_writes::PageWrites;
 use pagewire_server_core::store::{
     BeginRead, Clock, Commit, CommitHeader, CommitId, CommitOutcome, DbInfo, DbKey, DbState,
-    GcStats, Incarnation, Lease, LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError,
-    StoreResult, Version, VersionTag, random_id,
+    GcStats, Incarnation, Lease, LeaseId, PageRead, PageStore, PinTtl, ReadView, Retention,
+    StoreError, StoreResult, Version, VersionTag, random_id,
 };
 use pagewire_server_core::{ServerConfig, serve, validate};
 use parking_lot::Mutex;
@@ -481,9 +481,14 @@ impl PageStore for FileStore {
     }
 
     async fn gc(&self, unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
+        self.gc_with(unix_ms, &Retention::uniform(retention)).await
+    }
+
+    /// Each tenant's own window (a tenant's history-retention quota may shorten it).
+    async fn gc_with(&self, unix_ms: i64, retention: &Retention) -> StoreResult<GcStats> {
         let mut stats = GcStats::default();
-        for db in self.dbs.lock().values_mut() {
-            stats.add(db.gc(unix_ms, retention)?);
+        for (key, db) in self.dbs.lock().iter_mut() {
+            stats.add(db.gc(unix_ms, retention.of(&key.tenant))?);
             stats.databases += 1;
         }
         Ok(stats)

@@ -42,6 +42,15 @@ role = "admin"
 name = "gamma"
 max_pinned_versions = 2
 max_pin_age = "1h"
+
+[[token]]
+token = "delta"
+tenant = "delta"
+role = "admin"
+
+[[tenant]]
+name = "delta"
+max_history_retention = "0s"
 "#;
 
 /// Runs `f` with an Admin client for `token` (a runtime of its own).
@@ -101,7 +110,8 @@ fn start(dir: &std::path::Path) -> (Server, std::path::PathBuf) {
     std::fs::write(&path, tokens("\"1MiB\"")).expect("tokens");
     let p = path.display().to_string();
     (
-        Server::start_with(&["--tokens", &p, "--pin-ttl", "2s"]).expect("server"),
+        Server::start_with(&["--tokens", &p, "--pin-ttl", "2s", "--gc-interval", "300ms"])
+            .expect("server"),
         path,
     )
 }
@@ -346,4 +356,33 @@ fn usage_is_counted_from_the_store_across_a_restart() {
         .open(1, "file:three.db")
         .expect_err("still at max_databases after a restart");
     assert!(err.contains("unable to open"), "{err}");
+}
+
+#[test]
+fn a_history_cap_collects_one_tenants_old_versions_only() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _tokens) = start(dir.path());
+    let url = server.url.as_str();
+    // delta keeps no history (max_history_retention = 0s); gamma keeps the server's hour.
+    for tenant in ["delta", "gamma"] {
+        let mut w = Driver::start(py, &[("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", tenant)]);
+        w.open(1, "file:h.db").expect("open");
+        w.ok(1, "create table t(x)");
+        w.ok(1, "insert into t values (1)");
+        w.ok(1, "insert into t values (2)");
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // a few GC passes
+    let mut delta = Driver::start(py, &[("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", "delta")]);
+    let err = delta
+        .open(1, "file:h.db?as_of_version=2")
+        .expect_err("collected");
+    assert!(!err.is_empty());
+    delta.open(2, "file:h.db").expect("the newest stays");
+    assert_eq!(delta.ok(2, "select count(*) from t"), "[(2,)]");
+    let mut gamma = Driver::start(py, &[("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", "gamma")]);
+    gamma
+        .open(1, "file:h.db?as_of_version=2")
+        .expect("another tenant's history stays");
+    assert_eq!(gamma.ok(1, "select count(*) from t"), "[(1,)]");
 }

@@ -74,6 +74,10 @@ pub struct LimitFlags {
     /// Every tenant's past versions pinned at once by time-travel reads (per server).
     #[arg(long, help_heading = "Tenant quotas")]
     tenant_max_pinned_versions: Option<u64>,
+    /// Every tenant's history window, where its section sets none (at most
+    /// --history-retention), e.g. 10m.
+    #[arg(long, value_parser = humantime::parse_duration, help_heading = "Tenant quotas")]
+    tenant_max_history_retention: Option<Duration>,
 }
 
 /// A byte size such as `4096`, `256MiB` or `2GiB`.
@@ -109,6 +113,7 @@ impl LimitFlags {
                 max_database_bytes: self.tenant_max_database_bytes,
                 max_commits_per_second: self.tenant_max_commits_per_second,
                 max_pinned_versions: self.tenant_max_pinned_versions,
+                max_history_retention: self.tenant_max_history_retention,
                 ..Default::default()
             },
         })

@@ -9,7 +9,10 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::store::clock::system_unix_ms;
-use crate::store::{GcStats, PageStore};
+use crate::store::{GcStats, PageStore, Retention};
+
+/// What each pass's windows are (asked at every pass: a reload may change them).
+pub type Windows = Box<dyn Fn() -> Retention + Send + Sync>;
 
 /// A running GC task.
 pub struct GcTask {
@@ -19,7 +22,7 @@ pub struct GcTask {
 
 impl GcTask {
     /// Starts GC of `store` every `interval` (the first pass one interval from now).
-    pub fn spawn(store: Arc<dyn PageStore>, interval: Duration, retention: Duration) -> Self {
+    pub fn spawn(store: Arc<dyn PageStore>, interval: Duration, retention: Windows) -> Self {
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(store, interval, retention, stopped));
         Self { stop, task }
@@ -37,7 +40,7 @@ impl GcTask {
 async fn run(
     store: Arc<dyn PageStore>,
     interval: Duration,
-    retention: Duration,
+    retention: Windows,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let start = tokio::time::Instant::now() + interval;
@@ -46,14 +49,14 @@ async fn run(
     loop {
         tokio::select! {
             _ = &mut stopped => return,
-            _ = ticks.tick() => pass(store.as_ref(), retention).await,
+            _ = ticks.tick() => pass(store.as_ref(), &retention()).await,
         }
     }
 }
 
 /// One GC pass, logged.
-pub async fn pass(store: &dyn PageStore, retention: Duration) {
-    match store.gc(system_unix_ms(), retention).await {
+pub async fn pass(store: &dyn PageStore, retention: &Retention) {
+    match store.gc_with(system_unix_ms(), retention).await {
         Ok(stats) => log(&stats),
         Err(e) => tracing::warn!("history GC failed: {e}"),
     }

@@ -49,6 +49,9 @@ pub struct Quotas {
     pub max_pinned_versions: Option<u64>,
     /// How long a pin may keep a version (at most the server's `--max-pin-age`).
     pub max_pin_age: Option<Duration>,
+    /// How long history GC keeps the tenant's versions (at most the server's
+    /// `--history-retention`).
+    pub max_history_retention: Option<Duration>,
 }
 
 impl Quotas {
@@ -65,6 +68,9 @@ impl Quotas {
                 .or(defaults.max_commits_per_second),
             max_pinned_versions: self.max_pinned_versions.or(defaults.max_pinned_versions),
             max_pin_age: self.max_pin_age.or(defaults.max_pin_age),
+            max_history_retention: self
+                .max_history_retention
+                .or(defaults.max_history_retention),
         }
     }
 
@@ -78,11 +84,14 @@ impl Quotas {
             max_watchers: self.max_watchers.unwrap_or(0),
             max_commits_per_second: self.max_commits_per_second.unwrap_or(0),
             max_pinned_versions: self.max_pinned_versions.unwrap_or(0),
-            max_pin_age_ms: self
-                .max_pin_age
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            max_pin_age_ms: self.max_pin_age.map_or(0, millis),
+            max_history_retention_ms: self.max_history_retention.map_or(0, millis),
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A size in the tokens file: a number of bytes, or text like `"10GiB"`.
@@ -125,6 +134,8 @@ pub struct TenantSection {
     max_pinned_versions: Option<u64>,
     #[serde(default, deserialize_with = "duration")]
     max_pin_age: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    max_history_retention: Option<Duration>,
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -147,6 +158,7 @@ impl TenantSection {
             max_commits_per_second: self.max_commits_per_second,
             max_pinned_versions: self.max_pinned_versions,
             max_pin_age: self.max_pin_age,
+            max_history_retention: self.max_history_retention,
         }
     }
 }

@@ -157,7 +157,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.check()?;
-    let gc = GcTask::spawn(store.clone(), config.gc_interval, config.history_retention);
+    let windows = {
+        let (credentials, server) = (config.credentials.clone(), config.history_retention);
+        let default_cap = config.limits.tenant_quotas.max_history_retention;
+        Box::new(move || credentials.retention(server, default_cap))
+    };
+    let gc = GcTask::spawn(store.clone(), config.gc_interval, windows);
     let served = serve_grpc(listener, store, config, shutdown).await;
     gc.stop().await;
     served

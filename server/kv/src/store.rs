@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pagewire_server_core::store::{
     BeginRead, Clock, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
-    LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult, Version,
+    LeaseId, PageRead, PageStore, PinTtl, ReadView, Retention, StoreError, StoreResult, Version,
 };
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -719,6 +719,11 @@ impl PageStore for KvStore {
     }
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
+        self.gc_with(now_unix_ms, &Retention::uniform(retention))
+            .await
+    }
+
+    async fn gc_with(&self, now_unix_ms: i64, retention: &Retention) -> StoreResult<GcStats> {
         self.sweep_deleted().await?;
         let stages = self.collect_stages(now_unix_ms).await?;
         if stages > 0 {
@@ -733,6 +738,7 @@ impl PageStore for KvStore {
             if i > 0 && i % GC_BATCH == 0 {
                 tokio::task::yield_now().await;
             }
+            let retention = retention.of(&key.tenant);
             let hot = self.hot.lock().slots.contains_key(&key);
             if !hot && !head.gc_may_collect(now_unix_ms, retention) {
                 stats.databases += 1;

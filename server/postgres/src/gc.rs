@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
-use pagewire_server_core::store::{GcStats, StoreResult};
+use pagewire_server_core::store::{GcStats, Retention, StoreResult};
 
 use crate::db::{self, DbRow, Lock};
 use crate::error::Pg as _;
@@ -24,20 +24,24 @@ const COMMIT_IDS_KEPT: i64 = 1024;
 pub(crate) async fn gc(
     client: &mut Client,
     now_unix_ms: i64,
-    retention: Duration,
+    retention: &Retention,
 ) -> StoreResult<GcStats> {
-    let cutoff = now_unix_ms.saturating_sub(ms(retention));
     forget_expired_pins(client).await?;
     let rows = sql::query(
         &*client,
-        "SELECT db_id FROM pagewire.versions WHERE retained GROUP BY db_id HAVING count(*) > 1",
+        "SELECT v.db_id, d.tenant FROM pagewire.versions v \
+         JOIN pagewire.databases d ON d.id = v.db_id \
+         WHERE v.retained GROUP BY v.db_id, d.tenant HAVING count(*) > 1",
         &[],
     )
     .await?;
     let mut stats = GcStats::default();
     for r in rows {
         let id: i64 = r.try_get(0).pg()?;
-        stats.add(gc_one(client, id, cutoff, retention).await?);
+        let tenant: String = r.try_get(1).pg()?;
+        let window = retention.of(&tenant);
+        let cutoff = now_unix_ms.saturating_sub(ms(window));
+        stats.add(gc_one(client, id, cutoff, window).await?);
     }
     Ok(stats)
 }

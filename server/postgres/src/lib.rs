@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use pagewire_server_core::store::{
     BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
-    LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult, Version,
+    LeaseId, PageRead, PageStore, PinTtl, ReadView, Retention, StoreError, StoreResult, Version,
 };
 
 use crate::error::{Pg as _, from_pool};
@@ -218,7 +218,12 @@ impl PageStore for PostgresStore {
         commit::commit(&mut self.client().await?, key, commit).await
     }
 
-    async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
+    async fn gc_with(&self, now_unix_ms: i64, retention: &Retention) -> StoreResult<GcStats> {
         gc::gc(&mut self.client().await?, now_unix_ms, retention).await
+    }
+
+    async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
+        self.gc_with(now_unix_ms, &Retention::uniform(retention))
+            .await
     }
 }

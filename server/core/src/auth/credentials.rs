@@ -202,6 +202,28 @@ impl Credentials {
             .unwrap_or_default()
     }
 
+    /// History GC's windows: `server` (`--history-retention`) for every tenant, shortened
+    /// by `default_cap` (`--tenant-max-history-retention`) and by each tenant's own
+    /// `max_history_retention`.
+    pub fn retention(
+        &self,
+        server: std::time::Duration,
+        default_cap: Option<std::time::Duration>,
+    ) -> crate::store::Retention {
+        let default = default_cap.map_or(server, |c| c.min(server));
+        let set = self.current();
+        let capped = set
+            .tokens
+            .iter()
+            .flat_map(|t| t.all_quotas())
+            .filter_map(|(tenant, q)| {
+                q.max_history_retention
+                    .map(|cap| (tenant.to_owned(), cap.min(server)))
+            })
+            .collect();
+        crate::store::Retention { default, capped }
+    }
+
     /// Whether `tenant`'s credential still grants what it did when it authenticated.
     pub fn still_grants(&self, tenant: &Tenant) -> bool {
         let set = self.current();

@@ -230,6 +230,11 @@ impl TokenMap {
         self.quotas.get(tenant).copied().unwrap_or_default()
     }
 
+    /// Every tenant with a `[[tenant]]` section, and its quotas.
+    pub fn all_quotas(&self) -> impl Iterator<Item = (&str, &Quotas)> {
+        self.quotas.iter().map(|(t, q)| (t.as_str(), q))
+    }
+
     /// Sets `tenant`'s quotas (as a `[[tenant]]` section does).
     pub fn set_quotas(&mut self, tenant: &str, quotas: Quotas) {
         self.quotas.insert(tenant.to_owned(), quotas);

@@ -21,6 +21,7 @@ pub mod lease_slot;
 pub mod memory;
 pub mod page_writes;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -442,4 +443,36 @@ pub trait PageStore: Send + Sync + 'static {
     /// the oldest kept version goes too (change lists from older cached versions then
     /// answer `cache_invalid`); commit-id records are kept.
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats>;
+
+    /// [`PageStore::gc`] with a window per tenant ([`Retention::of`]: shorter for a
+    /// tenant whose history-retention quota caps it). The default runs `gc` with the
+    /// default window, so a store that does not override it keeps every tenant's
+    /// history that long (the caps are not applied there).
+    async fn gc_with(&self, now_unix_ms: i64, retention: &Retention) -> StoreResult<GcStats> {
+        self.gc(now_unix_ms, retention.default).await
+    }
+}
+
+/// How long history GC keeps each tenant's versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// For every tenant not in `capped`.
+    pub default: Duration,
+    /// Tenants with a window of their own (never longer than the server's).
+    pub capped: HashMap<String, Duration>,
+}
+
+impl Retention {
+    /// The same window for every tenant.
+    pub fn uniform(window: Duration) -> Self {
+        Retention {
+            default: window,
+            capped: HashMap::new(),
+        }
+    }
+
+    /// `tenant`'s window.
+    pub fn of(&self, tenant: &str) -> Duration {
+        self.capped.get(tenant).copied().unwrap_or(self.default)
+    }
 }

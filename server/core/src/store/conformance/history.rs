@@ -475,6 +475,45 @@ pub async fn gc_frees_space_and_keeps_newest_whole(store: &dyn PageStore) -> any
     Ok(())
 }
 
+/// `gc_with` a shorter window for one tenant: that tenant's old versions are collected,
+/// another tenant's (same names, same times) stay readable. Stores that keep
+/// [`PageStore::gc_with`]'s default (one window for all) fail this.
+pub async fn gc_caps_one_tenants_window(store: &dyn PageStore) -> anyhow::Result<()> {
+    let (capped, kept) = (key("gc-capped", "h.db"), key("gc-kept", "h.db"));
+    let mut newest = 0;
+    for k in [&capped, &kept] {
+        let lease = writable(store, k).await?;
+        let mut model = Model::new();
+        let first = commit(&lease, 0, PS, 2, &[(1, 1), (2, 1)]);
+        store.commit(k, first).await?;
+        model.images.push(vec![1; 2]);
+        model.times.push(store.info(k).await?.updated_unix_ms);
+        for v in 2..=3u8 {
+            model.commit(store, k, &lease, 2, &[(1, v), (2, v)]).await?;
+        }
+        newest = newest.max(model.times[3]);
+    }
+    let retention = crate::store::Retention {
+        default: Duration::from_secs(3600),
+        capped: [(capped.tenant.clone(), Duration::ZERO)].into(),
+    };
+    store.gc_with(newest + 1, &retention).await?;
+    expect_err(
+        store.read_pages(&capped, Version(1), &[1], LONG).await,
+        out_of_range,
+        "the capped tenant's old version is collected",
+    )?;
+    store
+        .read_pages(&kept, Version(1), &[1], LONG)
+        .await
+        .context("the other tenant keeps its window")?;
+    store
+        .read_pages(&capped, Version(3), &[1], LONG)
+        .await
+        .context("the newest stays")?;
+    Ok(())
+}
+
 /// Random histories, random pins, random windows: every version reads exactly as it was
 /// or answers OutOfRange, and the newest, the window and the pinned always read.
 pub async fn gc_never_reads_wrong_data(store: &dyn PageStore) -> anyhow::Result<()> {

@@ -42,6 +42,7 @@ macro_rules! conformance_tests {
             gc_keeps_what_a_reader_began,
             gc_frees_space_and_keeps_newest_whole,
             gc_never_reads_wrong_data,
+            gc_caps_one_tenants_window,
             huge_growth_is_a_range,
             change_lists_stop_at_their_limit,
             precheck_answers_as_commit_would,

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::{
     BeginRead, Clock, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
-    LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult, Version,
+    LeaseId, PageRead, PageStore, PinTtl, ReadView, Retention, StoreError, StoreResult, Version,
 };
 use db::MemDb;
 
@@ -71,11 +71,6 @@ impl MemoryStore {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
                 Some(h.saturating_sub(bytes))
             });
-    }
-
-    /// Every database, for a pass over all of them.
-    fn all(&self) -> Vec<Arc<Mutex<MemDb>>> {
-        self.dbs.read().values().cloned().collect()
     }
 
     fn db(&self, key: &DbKey) -> StoreResult<Arc<Mutex<MemDb>>> {
@@ -243,14 +238,25 @@ impl PageStore for MemoryStore {
     }
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
+        self.gc_with(now_unix_ms, &Retention::uniform(retention))
+            .await
+    }
+
+    async fn gc_with(&self, now_unix_ms: i64, retention: &Retention) -> StoreResult<GcStats> {
         let mut stats = GcStats::default();
-        for (i, db) in self.all().into_iter().enumerate() {
+        let all: Vec<_> = {
+            let dbs = self.dbs.read();
+            dbs.iter()
+                .map(|(k, db)| (retention.of(&k.tenant), db.clone()))
+                .collect()
+        };
+        for (i, (window, db)) in all.into_iter().enumerate() {
             if i > 0 && i % GC_BATCH == 0 {
                 tokio::task::yield_now().await;
             }
             let mut db = db.lock();
             if !db.deleted {
-                stats.add(db.gc(now_unix_ms, retention, Instant::now()));
+                stats.add(db.gc(now_unix_ms, window, Instant::now()));
             }
         }
         self.release_bytes(stats.bytes_freed);
