@@ -69,7 +69,7 @@ pub struct LimitFlags {
     #[arg(long, value_parser = bytes, help_heading = "Tenant quotas")]
     tenant_max_database_bytes: Option<u64>,
     /// Every tenant's commits per second (per server), where its section sets none.
-    #[arg(long, help_heading = "Tenant quotas")]
+    #[arg(long, help_heading = "Tenant quotas", value_parser = clap::value_parser!(u32).range(1..))]
     tenant_max_commits_per_second: Option<u32>,
     /// Every tenant's past versions pinned at once by time-travel reads (per server).
     #[arg(long, help_heading = "Tenant quotas")]

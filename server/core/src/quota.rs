@@ -148,6 +148,16 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
 }
 
 impl TenantSection {
+    /// Refuses values no tenant could work with.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_commits_per_second == Some(0) {
+            return Err(
+                "max_commits_per_second must be at least 1 (leave it out for no limit)".into(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn quotas(&self) -> Quotas {
         Quotas {
             max_databases: self.max_databases,
@@ -357,7 +367,7 @@ impl Usage {
             if let Some((stored, _)) = &mut u.stored {
                 *stored = stored.saturating_add(bytes);
             }
-            let Some(rate) = quotas.max_commits_per_second else {
+            let Some(rate) = quotas.max_commits_per_second.filter(|&r| r > 0) else {
                 return Duration::ZERO;
             };
             u.bucket.refill(rate, Instant::now());

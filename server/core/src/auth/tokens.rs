@@ -169,7 +169,9 @@ impl TokenMap {
         }
         for (i, section) in file.tenant.iter().enumerate() {
             let n = i + 1;
-            check_tenant_name(&section.name).map_err(|p| format!("[[tenant]] #{n}: {p}"))?;
+            check_tenant_name(&section.name)
+                .and_then(|()| section.check())
+                .map_err(|p| format!("[[tenant]] #{n}: {p}"))?;
             if map
                 .quotas
                 .insert(section.name.clone(), section.quotas())
@@ -348,6 +350,10 @@ mod tests {
                 "bad TOML",
             ),
             ("[[tenant]]\nname = \"a b\"\n", "bad tenant name"),
+            (
+                "[[tenant]]\nname = \"a\"\nmax_commits_per_second = 0\n",
+                "at least 1",
+            ),
             (
                 "[[tenant]]\nname = \"a\"\n[[tenant]]\nname = \"a\"\n",
                 "has a section already",
