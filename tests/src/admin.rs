@@ -68,3 +68,28 @@ impl Admin {
             .into_inner()
     }
 }
+
+/// A channel to `url` whose every call carries `authorization: Bearer <token>`, for a
+/// client of any service (`AdminClient::new(channel)`, `OperatorClient::new(channel)`).
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// Adds the bearer token to each call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+/// Connects to `url` as `token` (see [`Authed`]).
+pub async fn authed(url: &str, token: &str) -> anyhow::Result<Authed> {
+    let channel = Channel::from_shared(url.to_owned())?.connect().await?;
+    let value = format!("Bearer {token}").parse()?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Bearer(value),
+    ))
+}

@@ -41,19 +41,10 @@ fn server_metrics(url: &str, token: &str) -> Result<pb::ServerMetrics, Code> {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(url.to_owned())
-            .map_err(|_| Code::Internal)?
-            .connect()
+        let channel = pagewire_tests::admin::authed(url, token)
             .await
             .map_err(|_| Code::Unavailable)?;
-        let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Code::Internal)?;
-        let mut client =
-            OperatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-                r.metadata_mut().insert("authorization", value.clone());
-                Ok(r)
-            });
+        let mut client = OperatorClient::new(channel);
         client
             .get_server_metrics(pb::GetServerMetricsRequest {})
             .await

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use pagewire_proto::v1 as pb;
 use pagewire_tests::Server;
+use pagewire_tests::admin::{Authed, authed};
 use pagewire_tests::python::{self, Driver};
 use pb::admin_client::AdminClient;
 
@@ -54,42 +55,15 @@ max_history_retention = "0s"
 "#;
 
 /// Runs `f` with an Admin client for `token` (a runtime of its own).
-fn admin<T>(
-    url: &str,
-    token: &str,
-    f: impl AsyncFnOnce(
-        &mut AdminClient<
-            tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
-        >,
-    ) -> T,
-) -> T {
+fn admin<T>(url: &str, token: &str, f: impl AsyncFnOnce(&mut AdminClient<Authed>) -> T) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(url.to_owned())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-        let mut client = AdminClient::with_interceptor(channel, Bearer(format!("Bearer {token}")));
-        f(&mut client).await
+        let channel = authed(url, token).await.expect("connect");
+        f(&mut AdminClient::new(channel)).await
     })
-}
-
-#[derive(Clone)]
-struct Bearer(String);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = self
-            .0
-            .parse()
-            .map_err(|_| tonic::Status::internal("token"))?;
-        r.metadata_mut().insert("authorization", value);
-        Ok(r)
-    }
 }
 
 fn usage(url: &str, token: &str) -> pb::Usage {

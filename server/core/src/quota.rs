@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tonic::Status;
 
-use crate::store::{DbInfo, PageStore, StoreResult};
+use crate::store::{DbInfo, PageStore, StoreError, StoreResult};
 
 /// How long a tenant's stored-bytes figure from the store is used before it is read
 /// again (GC frees space in between).
@@ -173,11 +173,14 @@ impl TenantSection {
     }
 }
 
+/// What the refusal of `tenant` over `quota` says.
+pub(crate) fn over(tenant: &str, quota: &str, usage: String, limit: String) -> String {
+    format!("over tenant {tenant}'s quota {quota}: {usage}, quota {limit}; nothing was changed")
+}
+
 /// The status for `tenant` over `quota`.
 pub fn exceeded(tenant: &str, quota: &str, usage: String, limit: String) -> Status {
-    Status::resource_exhausted(format!(
-        "over tenant {tenant}'s quota {quota}: {usage}, quota {limit}; nothing was changed"
-    ))
+    Status::resource_exhausted(over(tenant, quota, usage, limit))
 }
 
 /// What a byte count looks like in a message.
@@ -237,32 +240,30 @@ impl Usage {
         f(usage)
     }
 
-    /// Held while a database is created under a databases quota, so two creates on this
-    /// server cannot both see room for one.
-    pub async fn creating(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.creating.lock().await
-    }
-
-    /// Refuses a new database when `tenant` has its quota's worth already.
+    /// Refuses a new database when `tenant` has its quota's worth already. Under a
+    /// databases quota the guard it returns is held until the create is done, so two
+    /// creates on this server cannot both see room for one (without a quota creates
+    /// are not serialized).
     pub async fn check_new_database(
         &self,
         store: &dyn PageStore,
         tenant: &str,
         quotas: &Quotas,
-    ) -> Result<(), Status> {
+    ) -> StoreResult<Option<tokio::sync::MutexGuard<'_, ()>>> {
         let Some(max) = quotas.max_databases else {
-            return Ok(());
+            return Ok(None);
         };
+        let creating = self.creating.lock().await;
         let have = store.list(tenant).await?.len() as u64;
         if have >= max {
-            return Err(exceeded(
+            return Err(StoreError::TooLarge(over(
                 tenant,
                 "max_databases",
                 format!("{have} databases"),
                 max.to_string(),
-            ));
+            )));
         }
-        Ok(())
+        Ok(Some(creating))
     }
 
     /// The tenant's stored bytes (from the store at most [`USAGE_TTL`] ago).
@@ -363,6 +364,10 @@ impl Usage {
     /// Counts a commit of `bytes` by `tenant`; how long its reply should wait for the
     /// tenant to be back within its commit rate.
     pub fn committed(&self, tenant: &str, quotas: &Quotas, bytes: u64) -> Duration {
+        // Every commit passes here: without a quota that counts commits, no lock.
+        if quotas.max_stored_bytes.is_none() && quotas.max_commits_per_second.is_none() {
+            return Duration::ZERO;
+        }
         self.with(tenant, |u| {
             if let Some((stored, _)) = &mut u.stored {
                 *stored = stored.saturating_add(bytes);

@@ -39,8 +39,8 @@ pub async fn create(
     )?;
     validate::new_db_name(&key.name)?;
     let quotas = cx.quotas(&key.tenant);
-    let _creating = cx.usage.creating().await;
-    cx.usage
+    let _creating = cx
+        .usage
         .check_new_database(&*cx.store, &key.tenant, &quotas)
         .await?;
     let info = cx.store.create(&key).await?;
@@ -104,14 +104,10 @@ pub async fn open_or_create(
         found => return found,
     }
     let quotas = cx.quotas(&key.tenant);
-    let _creating = cx.usage.creating().await;
-    if let Err(status) = cx
+    let _creating = cx
         .usage
         .check_new_database(&*cx.store, &key.tenant, &quotas)
-        .await
-    {
-        return Err(StoreError::TooLarge(status.message().to_owned()));
-    }
+        .await?;
     // Created meanwhile by someone else: then this opens it (`created` is false).
     cx.store.open(key, true).await
 }

@@ -292,10 +292,11 @@ impl Hub {
             if let Some(quota) = quota
                 && *count >= quota
             {
-                return Err(StoreError::TooLarge(format!(
-                    "over tenant {}'s quota max_watchers: {count} watchers, quota {quota}; \
-                     watch refused",
-                    key.tenant
+                return Err(StoreError::TooLarge(crate::quota::over(
+                    &key.tenant,
+                    "max_watchers",
+                    format!("{count} watchers"),
+                    quota.to_string(),
                 )));
             }
             if *count >= self.max_watchers_per_tenant {
