@@ -6,6 +6,8 @@
 use crate::limits;
 
 pub const HEADER_LEN: usize = 100;
+/// What every SQLite database file starts with.
+pub const MAGIC: &[u8; 16] = b"SQLite format 3\0";
 const PAGE_SIZE: usize = 16;
 const WRITE_VERSION: usize = 18;
 const READ_VERSION: usize = 19;

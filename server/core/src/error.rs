@@ -10,12 +10,15 @@ use crate::store::StoreError;
 pub fn code(e: &StoreError) -> Code {
     match e {
         StoreError::InvalidArgument(_) => Code::InvalidArgument,
-        StoreError::NotFound(_) | StoreError::Replaced(_) => Code::NotFound,
-        StoreError::AlreadyExists(_) => Code::AlreadyExists,
+        StoreError::NotFound(_) | StoreError::Replaced(_) | StoreError::NoSuchPoint { .. } => {
+            Code::NotFound
+        }
+        StoreError::AlreadyExists(_) | StoreError::PointExists { .. } => Code::AlreadyExists,
         StoreError::LeaseHeld { .. } => Code::Aborted,
         StoreError::LeaseLost(_) | StoreError::VersionConflict { .. } => Code::FailedPrecondition,
         StoreError::OutOfRange(_) => Code::OutOfRange,
         StoreError::TooLarge(_) | StoreError::Full(_) => Code::ResourceExhausted,
+        StoreError::Unsupported(_) => Code::Unimplemented,
         StoreError::Internal(_) => Code::Internal,
         StoreError::Unavailable(_) => Code::Unavailable,
     }
@@ -76,6 +79,7 @@ mod tests {
             (StoreError::OutOfRange("x".into()), Code::OutOfRange),
             (StoreError::TooLarge("x".into()), Code::ResourceExhausted),
             (StoreError::Full("x".into()), Code::ResourceExhausted),
+            (StoreError::Unsupported("x".into()), Code::Unimplemented),
             (StoreError::Internal("x".into()), Code::Internal),
             (StoreError::Unavailable("x".into()), Code::Unavailable),
         ];

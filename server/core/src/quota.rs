@@ -266,7 +266,9 @@ impl Usage {
         Ok(Some(creating))
     }
 
-    /// The tenant's stored bytes (from the store at most [`USAGE_TTL`] ago).
+    /// The tenant's stored bytes (from the store at most [`USAGE_TTL`] ago): each page
+    /// write once, in the database that wrote it (a branch's shared pages are its
+    /// source's), plus what deleted sources still hold for their branches.
     pub async fn stored_bytes(&self, store: &dyn PageStore, tenant: &str) -> StoreResult<u64> {
         let cached = self.with(tenant, |u| u.stored);
         if let Some((bytes, at)) = cached
@@ -274,7 +276,8 @@ impl Usage {
         {
             return Ok(bytes);
         }
-        let bytes = total(&store.list(tenant).await?, |d| d.stored_bytes);
+        let bytes = total(&store.list(tenant).await?, |d| d.stored_bytes)
+            .saturating_add(store.detached_bytes(tenant).await?);
         self.with(tenant, |u| u.stored = Some((bytes, Instant::now())));
         Ok(bytes)
     }

@@ -57,6 +57,33 @@ pub fn new_db_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Longest restore point label.
+pub const MAX_LABEL_BYTES: usize = 255;
+
+/// A restore point label: 1..=255 bytes of UTF-8 without control characters, and not
+/// all digits (a restore names its target by version number or by label, so a label
+/// may not look like a number).
+pub fn restore_point_label(label: &str) -> Result<()> {
+    if label.is_empty() {
+        return Err(invalid("restore point label is empty"));
+    }
+    if label.len() > MAX_LABEL_BYTES {
+        return Err(invalid(format!(
+            "restore point label is {} bytes long; the limit is {MAX_LABEL_BYTES}",
+            label.len()
+        )));
+    }
+    if label.chars().any(char::is_control) {
+        return Err(invalid("restore point label contains a control character"));
+    }
+    if label.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(format!(
+            "restore point label {label:?} is all digits, which reads as a version number"
+        )));
+    }
+    Ok(())
+}
+
 /// A page size: a power of two in 512..=65536.
 pub fn page_size(page_size: u32) -> Result<()> {
     if !limits::is_page_size(page_size) {

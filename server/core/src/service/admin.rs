@@ -135,7 +135,8 @@ pub async fn usage(
     });
     Ok(Response::new(pb::Usage {
         databases: infos.len() as u64,
-        stored_bytes: quota::total(&infos, |d| d.stored_bytes),
+        stored_bytes: quota::total(&infos, |d| d.stored_bytes)
+            .saturating_add(cx.store.detached_bytes(&tenant.name).await?),
         logical_bytes: logical,
         watchers: cx.hub.metrics_proto(&tenant.name).watchers,
         quotas: Some(cx.quotas(&tenant.name).to_proto()),

@@ -87,7 +87,7 @@ fn commit_bytes(commit: &Commit) -> u64 {
 /// The tenant's size quotas on a received commit (nothing is applied yet): the
 /// database's logical size (a commit that does not grow the file always passes, so a
 /// tenant over a lowered quota can still delete and shrink) and the stored bytes.
-async fn check_quotas(
+pub(super) async fn check_quotas(
     cx: &Context,
     key: &DbKey,
     quotas: &Quotas,
@@ -144,7 +144,7 @@ async fn receive_pages(messages: &mut Messages, mut assembly: Assembly) -> Resul
 /// [`apply`], spawned: a round must run to its end even if this client goes away (a
 /// half-done round would stall readers). The charge goes with it: the pages stay in
 /// memory until the store has them.
-async fn apply_to_the_end(
+pub(super) async fn apply_to_the_end(
     cx: &Context,
     key: DbKey,
     commit: Commit,

@@ -5,10 +5,12 @@ mod admin;
 mod commit;
 mod context;
 mod convert;
+mod history;
 mod lease;
 mod open;
 mod operator;
 mod read;
+mod restore;
 mod watch;
 
 use std::sync::Arc;
@@ -164,5 +166,40 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Reply<pb::Usage> {
         admin::usage(&self.context, request).await
+    }
+
+    async fn fork_database(
+        &self,
+        request: Request<pb::ForkDatabaseRequest>,
+    ) -> Reply<pb::DatabaseInfo> {
+        history::fork(&self.context, request).await
+    }
+
+    async fn restore_database(
+        &self,
+        request: Request<pb::RestoreDatabaseRequest>,
+    ) -> Reply<pb::RestoreDatabaseResponse> {
+        restore::restore(&self.context, request).await
+    }
+
+    async fn create_restore_point(
+        &self,
+        request: Request<pb::CreateRestorePointRequest>,
+    ) -> Reply<pb::RestorePoint> {
+        history::create_point(&self.context, request).await
+    }
+
+    async fn list_restore_points(
+        &self,
+        request: Request<pb::ListRestorePointsRequest>,
+    ) -> Reply<pb::ListRestorePointsResponse> {
+        history::list_points(&self.context, request).await
+    }
+
+    async fn delete_restore_point(
+        &self,
+        request: Request<pb::DeleteRestorePointRequest>,
+    ) -> Reply<pb::DeleteRestorePointResponse> {
+        history::delete_point(&self.context, request).await
     }
 }

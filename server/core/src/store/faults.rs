@@ -15,7 +15,8 @@ use async_trait::async_trait;
 
 use super::{
     BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
-    LeaseId, PageRead, PageStore, PinTtl, ReadView, StoreError, StoreResult, Version,
+    LeaseId, PageRead, PageStore, PinTtl, ReadAt, ReadView, RestorePoint, Retention, StoreError,
+    StoreResult, Version,
 };
 
 /// A fault to inject.
@@ -165,6 +166,35 @@ impl PageStore for FaultyStore {
 
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
         self.inner.gc(now_unix_ms, retention).await
+    }
+
+    async fn gc_with(&self, now_unix_ms: i64, retention: &Retention) -> StoreResult<GcStats> {
+        self.inner.gc_with(now_unix_ms, retention).await
+    }
+
+    async fn fork(&self, source: &DbKey, at: ReadAt, new: &DbKey) -> StoreResult<DbInfo> {
+        self.inner.fork(source, at, new).await
+    }
+
+    async fn add_restore_point(
+        &self,
+        key: &DbKey,
+        label: &str,
+        at: ReadAt,
+    ) -> StoreResult<RestorePoint> {
+        self.inner.add_restore_point(key, label, at).await
+    }
+
+    async fn restore_points(&self, key: &DbKey) -> StoreResult<Vec<RestorePoint>> {
+        self.inner.restore_points(key).await
+    }
+
+    async fn remove_restore_point(&self, key: &DbKey, label: &str) -> StoreResult<()> {
+        self.inner.remove_restore_point(key, label).await
+    }
+
+    async fn detached_bytes(&self, tenant: &str) -> StoreResult<u64> {
+        self.inner.detached_bytes(tenant).await
     }
 }
 

@@ -286,12 +286,16 @@ pub enum StoreError {
     InvalidArgument(String),
     #[error("database '{0}' does not exist")]
     NotFound(String),
+    #[error("database '{db}' has no restore point '{label}'")]
+    NoSuchPoint { db: String, label: String },
     /// The call names an incarnation or a version tag the database does not have: it
     /// was deleted, created again or restored since the client learned them.
     #[error("{0}")]
     Replaced(String),
     #[error("database '{0}' already exists")]
     AlreadyExists(String),
+    #[error("database '{db}' already has a restore point '{label}'")]
+    PointExists { db: String, label: String },
     /// Another client holds an unexpired write lease.
     #[error("write lease is held by client '{holder}' for another {} ms", remaining.as_millis())]
     LeaseHeld { holder: String, remaining: Duration },
@@ -312,6 +316,10 @@ pub enum StoreError {
     /// `SQLITE_FULL` at the client.
     #[error("the store is out of space: {0}")]
     Full(String),
+    /// The store cannot do this (an older or simpler store: branches or restore points
+    /// it does not keep). `UNIMPLEMENTED`, saying which store.
+    #[error("{0}")]
+    Unsupported(String),
     /// The store failed; not the client's fault.
     #[error("internal store error: {0}")]
     Internal(String),
@@ -352,6 +360,47 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A named pin on one version of a database (`Admin.CreateRestorePoint`): it keeps the
+/// version readable past the retention window, until it is deleted or the database is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePoint {
+    /// Unique within its database (checked by [`crate::validate::restore_point_label`]).
+    pub label: String,
+    pub version: Version,
+    /// The version's tag: what the point names, with the database's incarnation.
+    pub tag: VersionTag,
+    pub created_unix_ms: i64,
+}
+
+/// Most restore points one database keeps (a tenant cannot pin history without bound
+/// by creating them; the tenant's stored-bytes quota counts what they keep, too).
+pub const MAX_RESTORE_POINTS: usize = 256;
+
+/// Longest chain of branches (a fork of a fork of ...): a page read that falls
+/// through to ancestors looks at most this many databases.
+pub const MAX_FORK_DEPTH: usize = 16;
+
+/// The `Unsupported` answer of a store that does not keep `what`.
+pub fn unsupported(what: &str) -> StoreError {
+    StoreError::Unsupported(format!("this server's page store does not support {what}"))
+}
+
+/// The refusal of a fork past [`MAX_FORK_DEPTH`].
+pub fn too_deep(source: &str) -> StoreError {
+    StoreError::InvalidArgument(format!(
+        "'{source}' is already a branch {MAX_FORK_DEPTH} levels deep: fork a database \
+         nearer the root instead"
+    ))
+}
+
+/// The refusal of a restore point past [`MAX_RESTORE_POINTS`].
+pub fn too_many_points(db: &str) -> StoreError {
+    StoreError::TooLarge(format!(
+        "database '{db}' already has {MAX_RESTORE_POINTS} restore points (the most one \
+         database keeps): delete some first"
+    ))
+}
 
 /// Versioned page storage with write leases. Object-safe: the service holds an
 /// `Arc<dyn PageStore>`. Every method is atomic; on error nothing changed.
@@ -450,6 +499,52 @@ pub trait PageStore: Send + Sync + 'static {
     /// history that long (the caps are not applied there).
     async fn gc_with(&self, now_unix_ms: i64, retention: &Retention) -> StoreResult<GcStats> {
         self.gc(now_unix_ms, retention.default).await
+    }
+
+    /// A branch: creates `new` (in the same tenant as `source`), a new incarnation whose
+    /// version 1 is `source` at `at`, without copying pages: reads of a page the branch
+    /// never wrote fall through to `source` at that version, which is held (kept from GC)
+    /// while the branch exists, even after `source` is deleted (its name is then free;
+    /// its pages stay until no branch reads them). Later commits to either side never
+    /// show on the other. A fork of an empty source is an empty database.
+    /// `AlreadyExists` for `new`; `OutOfRange` for a version not readable; refused past
+    /// [`MAX_FORK_DEPTH`]. The default: [`unsupported`].
+    async fn fork(&self, source: &DbKey, at: ReadAt, new: &DbKey) -> StoreResult<DbInfo> {
+        let _ = (source, at, new);
+        Err(unsupported("branches (ForkDatabase)"))
+    }
+
+    /// Creates a restore point `label` on the readable version `at` resolves to.
+    /// `AlreadyExists` for a label the database has; refused past
+    /// [`MAX_RESTORE_POINTS`]. The default: [`unsupported`].
+    async fn add_restore_point(
+        &self,
+        key: &DbKey,
+        label: &str,
+        at: ReadAt,
+    ) -> StoreResult<RestorePoint> {
+        let _ = (key, label, at);
+        Err(unsupported("restore points"))
+    }
+
+    /// The database's restore points, by version then label.
+    async fn restore_points(&self, key: &DbKey) -> StoreResult<Vec<RestorePoint>> {
+        let _ = key;
+        Err(unsupported("restore points"))
+    }
+
+    /// Deletes a restore point (GC may then collect its version). `NotFound` when the
+    /// database has no point `label`.
+    async fn remove_restore_point(&self, key: &DbKey, label: &str) -> StoreResult<()> {
+        let _ = (key, label);
+        Err(unsupported("restore points"))
+    }
+
+    /// Bytes of page data a tenant's deleted databases still hold because branches read
+    /// them (not in [`PageStore::list`]; counted against the tenant's stored bytes).
+    async fn detached_bytes(&self, tenant: &str) -> StoreResult<u64> {
+        let _ = tenant;
+        Ok(0)
     }
 }
 

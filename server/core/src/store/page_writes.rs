@@ -35,6 +35,9 @@ pub struct PageWrites<H> {
     writes: BTreeMap<u32, Vec<Write<H>>>,
     /// Bytes of page data over all writes.
     bytes: u64,
+    /// A branch's pages `1..=inherited` read through to its source while the branch has
+    /// not written them ([`Lookup::Unwritten`]); 0 for a database that is no branch.
+    inherited: u32,
 }
 
 impl<H> Default for PageWrites<H> {
@@ -42,11 +45,55 @@ impl<H> Default for PageWrites<H> {
         Self {
             writes: BTreeMap::new(),
             bytes: 0,
+            inherited: 0,
         }
     }
 }
 
+/// What a database holds of one page at one version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<T> {
+    /// This write's data.
+    Data(T),
+    /// A zero marker: the page reads as zeros.
+    Zeros,
+    /// Nothing written at or before the version: zeros, or a branch's source's page.
+    Unwritten,
+}
+
 impl<H: PageHandle> PageWrites<H> {
+    /// The page writes of a new branch whose first `inherited` pages read through to its
+    /// source until written.
+    pub fn inheriting(inherited: u32) -> Self {
+        Self {
+            inherited,
+            ..Self::default()
+        }
+    }
+
+    /// See [`Self::inheriting`].
+    pub fn inherited(&self) -> u32 {
+        self.inherited
+    }
+
+    /// Sets what [`Self::inheriting`] set (a durable store loading a branch).
+    pub fn set_inherited(&mut self, inherited: u32) {
+        self.inherited = inherited;
+    }
+
+    /// Page `page_no` as of `version`, telling a zero marker from no write at all.
+    pub fn lookup(&self, page_no: u32, version: Version) -> Lookup<&H> {
+        let Some(writes) = self.writes.get(&page_no) else {
+            return Lookup::Unwritten;
+        };
+        let visible = writes.partition_point(|(v, _)| *v <= version);
+        match visible.checked_sub(1).and_then(|i| writes.get(i)) {
+            None => Lookup::Unwritten,
+            Some((_, None)) => Lookup::Zeros,
+            Some((_, Some(data))) => Lookup::Data(data),
+        }
+    }
+
     pub fn stored_bytes(&self) -> u64 {
         self.bytes
     }
@@ -109,6 +156,13 @@ impl<H: PageHandle> PageWrites<H> {
             let stale = writes.last().is_some_and(|(_, data)| data.is_some());
             if stale && !carried.contains(&no) {
                 writes.push((version, None));
+            }
+        }
+        // A branch's never-written pages past the old end would read through to its
+        // source's: they get markers too (a walk bounded by the source's page count).
+        for no in base_count + 1..=page_count.min(self.inherited) {
+            if !carried.contains(&no) && !self.writes.contains_key(&no) {
+                self.writes.insert(no, vec![(version, None)]);
             }
         }
     }
@@ -193,8 +247,9 @@ impl<H: PageHandle> PageWrites<H> {
         mut removed: impl FnMut(u32, &Write<H>),
     ) -> (u64, u64) {
         let (mut writes, mut bytes) = (0, 0);
+        let inherited = self.inherited;
         for (&no, page) in &mut self.writes {
-            let (w, b) = trim_page(no, page, kept, &mut removed);
+            let (w, b) = trim_page(no, page, kept, no <= inherited, &mut removed);
             writes += w;
             bytes += b;
         }
@@ -255,9 +310,12 @@ fn trim_page<H: PageHandle>(
     page_no: u32,
     page: &mut Vec<Write<H>>,
     kept: &[KeptVersion],
+    inherited: bool,
     mut on_removed: impl FnMut(u32, &Write<H>),
 ) -> (u64, u64) {
-    let removed = trim_writes(page_no, page, kept, |(v, data)| (*v, data.is_none()));
+    let removed = trim_writes(page_no, page, kept, inherited, |(v, data)| {
+        (*v, data.is_none())
+    });
     for write in &removed {
         on_removed(page_no, write);
     }
@@ -294,7 +352,7 @@ mod tests {
             (Version(5), data(5)),
             (Version(8), data(8)),
         ];
-        let removed = trim_page(2, &mut page, &kept(&[(4, 2), (9, 2)]), |_, _| {});
+        let removed = trim_page(2, &mut page, &kept(&[(4, 2), (9, 2)]), false, |_, _| {});
         assert_eq!(removed, (2, 1024));
         assert_eq!(page.iter().map(|w| w.0.0).collect::<Vec<_>>(), [3, 8]);
     }
@@ -307,7 +365,7 @@ mod tests {
             (Version(6), data(6)),
         ];
         // Kept: 5 (3 pages: page 3 readable, a hole) and 7 (2 pages: page 3 not readable).
-        let removed = trim_page(3, &mut page, &kept(&[(5, 3), (7, 2)]), |_, _| {});
+        let removed = trim_page(3, &mut page, &kept(&[(5, 3), (7, 2)]), false, |_, _| {});
         assert_eq!(removed, (3, 1024));
         assert!(page.is_empty());
     }

@@ -49,6 +49,10 @@ macro_rules! conformance_tests {
             every_create_is_a_new_incarnation,
             every_version_has_its_tag,
             commits_for_another_database_are_refused,
+            fork_shares_pages_and_isolates_both_sides,
+            fork_of_a_fork_and_regrowth_hide_the_source,
+            branches_outlive_a_deleted_source,
+            restore_points_keep_versions_past_retention,
         );
         $crate::conformance_tests!(@timed [$test] $fixture, $time;
             epoch_fencing_after_expiry,

@@ -14,6 +14,7 @@
 //! (`large`), and a randomized run against the memory store as the reference model
 //! (`model`).
 
+mod branches;
 mod concurrency;
 mod history;
 mod identity;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use bytes::{BufMut, Bytes, BytesMut};
 
+pub use branches::*;
 pub use concurrency::*;
 pub use history::*;
 pub use identity::*;

@@ -353,12 +353,14 @@ impl History {
 /// version and whether it is a zero marker, a hole where the file grew over older
 /// writes): a write goes when no kept version reads it (it is not the newest write at or
 /// before a kept version whose page count covers the page), and a zero marker with no
-/// older write left below it (it reads as zeros without it). Removes those from
-/// `writes` and returns them, in order.
+/// older write left below it (it reads as zeros without it), unless the page is
+/// `inherited` (a branch's page that would otherwise read through to its source, so the
+/// marker is what hides it). Removes those from `writes` and returns them, in order.
 pub fn trim_writes<W>(
     page_no: u32,
     writes: &mut Vec<W>,
     kept: &[KeptVersion],
+    inherited: bool,
     key: impl Fn(&W) -> (Version, bool),
 ) -> Vec<W> {
     let old = std::mem::take(writes);
@@ -371,7 +373,8 @@ pub fn trim_writes<W>(
     let mut removed = Vec::new();
     for (write, next) in old.into_iter().zip(nexts) {
         let (version, zeros) = key(&write);
-        if read_by_some(kept, page_no, version, next) && (!zeros || !writes.is_empty()) {
+        let needed = !zeros || !writes.is_empty() || inherited;
+        if read_by_some(kept, page_no, version, next) && needed {
             writes.push(write);
         } else {
             removed.push(write);

@@ -2,20 +2,34 @@
 //! lease and commit-id log, and the store operations on them (each called under the
 //! database's lock, so each is atomic).
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::store::commit_check::{self, CommitIds};
 use crate::store::history::{History, Pins, VersionMeta};
 use crate::store::lease_slot::LeaseSlot;
-use crate::store::page_writes::PageWrites;
+use crate::store::page_writes::{Lookup, PageWrites, zero_page};
 use crate::store::{
-    BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbState, GcStats, Lease, LeaseId,
-    PageRead, PinTtl, ReadView, StoreResult, Version, random_id,
+    BeginRead, Changes, Commit, CommitHeader, CommitOutcome, DbInfo, DbState, GcStats, Lease,
+    LeaseId, MAX_RESTORE_POINTS, PageRead, PinTtl, ReadAt, ReadView, RestorePoint, StoreError,
+    StoreResult, Version, random_id, too_many_points,
 };
 use crate::validate;
+
+/// Where a branch's unwritten pages come from: its source at the fork's version (held
+/// there in `branches` while this branch exists).
+#[derive(Debug, Clone)]
+pub(super) struct Ancestor {
+    pub db: Arc<Mutex<MemDb>>,
+    pub version: Version,
+    /// Branches between this database and the root, itself included.
+    pub depth: usize,
+}
 
 #[derive(Debug)]
 pub(super) struct MemDb {
@@ -27,6 +41,10 @@ pub(super) struct MemDb {
     pins: Pins,
     lease: LeaseSlot,
     commit_ids: CommitIds,
+    pub ancestor: Option<Ancestor>,
+    /// Versions branches were forked at, with how many live branches read each.
+    pub branches: BTreeMap<Version, usize>,
+    restore_points: BTreeMap<String, RestorePoint>,
 }
 
 impl MemDb {
@@ -39,7 +57,91 @@ impl MemDb {
             pins: Pins::default(),
             lease: LeaseSlot::default(),
             commit_ids: CommitIds::default(),
+            ancestor: None,
+            branches: BTreeMap::new(),
+            restore_points: BTreeMap::new(),
         }
+    }
+
+    /// A branch of `ancestor` at `at` (a non-empty state of it): version 1 is that state,
+    /// every page read through to it.
+    pub(super) fn branch(now_unix_ms: i64, at: DbState, ancestor: Ancestor) -> Self {
+        let mut db = Self::new(now_unix_ms);
+        db.pages = PageWrites::inheriting(at.page_count);
+        db.history.push(VersionMeta {
+            page_size: at.page_size,
+            page_count: at.page_count,
+            committed_unix_ms: now_unix_ms,
+            tag: random_id(),
+            changed: Changes::of_commit([], 0, at.page_count),
+            retained: true,
+        });
+        db.ancestor = Some(ancestor);
+        db
+    }
+
+    /// How many branches deep this database is (0: not a branch).
+    pub(super) fn depth(&self) -> usize {
+        self.ancestor.as_ref().map_or(0, |a| a.depth)
+    }
+
+    /// The readable state `at` resolves to.
+    pub(super) fn resolve(&self, at: ReadAt) -> StoreResult<DbState> {
+        let version = self.history.resolve(at)?;
+        Ok(self.history.readable(version)?.0)
+    }
+
+    /// Bytes of page data this database holds itself (not its ancestors').
+    pub(super) fn stored_bytes(&self) -> u64 {
+        self.pages.stored_bytes()
+    }
+
+    pub(super) fn add_restore_point(
+        &mut self,
+        name: &str,
+        label: &str,
+        at: ReadAt,
+        now_unix_ms: i64,
+    ) -> StoreResult<RestorePoint> {
+        if self.restore_points.contains_key(label) {
+            return Err(StoreError::PointExists {
+                db: name.to_owned(),
+                label: label.to_owned(),
+            });
+        }
+        if self.restore_points.len() >= MAX_RESTORE_POINTS {
+            return Err(too_many_points(name));
+        }
+        let state = self.resolve(at)?;
+        let point = RestorePoint {
+            label: label.to_owned(),
+            version: state.version,
+            tag: state.tag,
+            created_unix_ms: now_unix_ms,
+        };
+        self.restore_points.insert(label.to_owned(), point.clone());
+        Ok(point)
+    }
+
+    pub(super) fn restore_points(&self) -> Vec<RestorePoint> {
+        let mut points: Vec<_> = self.restore_points.values().cloned().collect();
+        points.sort_by(|a, b| (a.version, &a.label).cmp(&(b.version, &b.label)));
+        points
+    }
+
+    pub(super) fn remove_restore_point(&mut self, label: &str) -> bool {
+        self.restore_points.remove(label).is_some()
+    }
+
+    /// Forgets restore points (a deleted database that stays for its branches).
+    pub(super) fn clear_restore_points(&mut self) {
+        self.restore_points.clear();
+    }
+
+    /// The versions kept whatever their age: branch points and restore points.
+    fn held(&self) -> BTreeSet<Version> {
+        let points = self.restore_points.values().map(|p| p.version);
+        self.branches.keys().copied().chain(points).collect()
     }
 
     pub(super) fn state(&self) -> DbState {
@@ -93,9 +195,50 @@ impl MemDb {
         pin: PinTtl,
         now: Instant,
     ) -> StoreResult<PageRead> {
-        let read = self.pages.read(&self.history, version, page_nos)?;
+        let (state, _) = self.history.readable(version)?;
+        validate::page_nos_in_range(page_nos, state.page_count)?;
+        let pages = self.pages_at(version, page_nos, state.page_size)?;
         self.pins.refresh(version, pin, now);
-        Ok(read)
+        Ok(PageRead {
+            state,
+            page_size: state.page_size,
+            pages,
+        })
+    }
+
+    /// Pages at a readable `version` of `page_size` bytes: a branch's unwritten pages
+    /// from its ancestors (locked one after another, each a descendant's source: locks
+    /// are only ever taken from a branch towards its root, never back).
+    pub(super) fn pages_at(
+        &self,
+        version: Version,
+        page_nos: &[u32],
+        page_size: u32,
+    ) -> StoreResult<Vec<Bytes>> {
+        let mut pages = Vec::with_capacity(page_nos.len());
+        let mut inherited = Vec::new();
+        for (i, &no) in page_nos.iter().enumerate() {
+            let page = match self.pages.lookup(no, version) {
+                Lookup::Data(data) => check_len(data, no, version, page_size)?,
+                Lookup::Unwritten if no <= self.pages.inherited() => {
+                    inherited.push(i);
+                    Bytes::new()
+                }
+                Lookup::Zeros | Lookup::Unwritten => zero_page(page_size),
+            };
+            pages.push(page);
+        }
+        if let (Some(ancestor), false) = (&self.ancestor, inherited.is_empty()) {
+            let nos: Vec<u32> = inherited.iter().map(|&i| page_nos[i]).collect();
+            let from = ancestor
+                .db
+                .lock()
+                .pages_at(ancestor.version, &nos, page_size)?;
+            for (i, page) in inherited.into_iter().zip(from) {
+                pages[i] = page;
+            }
+        }
+        Ok(pages)
     }
 
     /// The checks of [`MemDb::commit`] that need only the header (see
@@ -150,12 +293,24 @@ impl MemDb {
     /// One GC pass over this database (see [`crate::store::PageStore::gc`]).
     pub(super) fn gc(&mut self, now_unix_ms: i64, retention: Duration, now: Instant) -> GcStats {
         self.pins.expire(now);
-        let kept = self
-            .history
-            .kept(now_unix_ms, retention, |v| self.pins.holds(v, now));
+        let held = self.held();
+        let kept = self.history.kept(now_unix_ms, retention, |v| {
+            self.pins.holds(v, now) || held.contains(&v)
+        });
         GcStats {
             databases: 1,
             ..self.pages.gc(&mut self.history, &kept, retention)
         }
     }
+}
+
+/// A stored page, checked to be `page_size` bytes.
+fn check_len(data: &Bytes, no: u32, version: Version, page_size: u32) -> StoreResult<Bytes> {
+    if data.len() != page_size as usize {
+        return Err(StoreError::Internal(format!(
+            "page {no} at version {version} is {} bytes, expected {page_size}",
+            data.len()
+        )));
+    }
+    Ok(data.clone())
 }

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 
 use super::{
     BeginRead, Clock, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
-    LeaseId, PageRead, PageStore, PinTtl, ReadView, Retention, StoreError, StoreResult, Version,
+    LeaseId, MAX_FORK_DEPTH, PageRead, PageStore, PinTtl, ReadAt, ReadView, RestorePoint,
+    Retention, StoreError, StoreResult, Version, too_deep,
 };
 use db::MemDb;
 
@@ -41,9 +42,34 @@ pub struct MemoryStore {
     max_bytes: Option<u64>,
     /// Page bytes held now (commits add, GC and deletes take away).
     held: AtomicU64,
+    /// Deleted databases whose pages branches still read, with their tenants: GC
+    /// collects their history but the versions branches hold; the last branch's delete
+    /// drops them.
+    detached: Mutex<Vec<(String, Arc<Mutex<MemDb>>)>>,
 }
 
 impl MemoryStore {
+    /// A deleted branch lets go of its source's version; a deleted source that no
+    /// branch reads any more goes too, and so on towards the root.
+    fn unhold(&self, mut ancestor: Option<db::Ancestor>) {
+        while let Some(a) = ancestor.take() {
+            let mut source = a.db.lock();
+            if let Some(n) = source.branches.get_mut(&a.version) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    source.branches.remove(&a.version);
+                }
+            }
+            if !(source.deleted && source.branches.is_empty()) {
+                return;
+            }
+            self.release_bytes(source.stored_bytes());
+            ancestor = source.ancestor.take();
+            drop(source);
+            self.detached.lock().retain(|(_, d)| !Arc::ptr_eq(d, &a.db));
+        }
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -127,10 +153,19 @@ impl PageStore for MemoryStore {
     async fn delete(&self, key: &DbKey) -> StoreResult<()> {
         let db = self.dbs.write().remove(key);
         let db = db.ok_or_else(|| StoreError::NotFound(key.name.clone()))?;
-        let mut db = db.lock();
-        db.deleted = true;
-        let freed = db.info(&key.name, self.clock.unix_ms()).stored_bytes;
-        self.release_bytes(freed);
+        let mut locked = db.lock();
+        locked.deleted = true;
+        locked.clear_restore_points();
+        if !locked.branches.is_empty() {
+            // Branches read its pages: it stays, nameless, until the last one goes.
+            drop(locked);
+            self.detached.lock().push((key.tenant.clone(), db));
+            return Ok(());
+        }
+        self.release_bytes(locked.stored_bytes());
+        let ancestor = locked.ancestor.take();
+        drop(locked);
+        self.unhold(ancestor);
         Ok(())
     }
 
@@ -244,23 +279,95 @@ impl PageStore for MemoryStore {
 
     async fn gc_with(&self, now_unix_ms: i64, retention: &Retention) -> StoreResult<GcStats> {
         let mut stats = GcStats::default();
-        let all: Vec<_> = {
+        let mut all: Vec<_> = {
             let dbs = self.dbs.read();
             dbs.iter()
                 .map(|(k, db)| (retention.of(&k.tenant), db.clone()))
                 .collect()
         };
+        // A detached source keeps only what its branches hold (and its newest version).
+        let detached = self.detached.lock().clone();
+        all.extend(detached.into_iter().map(|(_, db)| (Duration::ZERO, db)));
         for (i, (window, db)) in all.into_iter().enumerate() {
             if i > 0 && i % GC_BATCH == 0 {
                 tokio::task::yield_now().await;
             }
             let mut db = db.lock();
-            if !db.deleted {
+            if !db.deleted || !db.branches.is_empty() {
                 stats.add(db.gc(now_unix_ms, window, Instant::now()));
             }
         }
         self.release_bytes(stats.bytes_freed);
         Ok(stats)
+    }
+
+    async fn fork(&self, source: &DbKey, at: ReadAt, new: &DbKey) -> StoreResult<DbInfo> {
+        let now = self.clock.unix_ms();
+        let mut dbs = self.dbs.write();
+        if dbs.contains_key(new) {
+            return Err(StoreError::AlreadyExists(new.name.clone()));
+        }
+        let src = dbs
+            .get(source)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(source.name.clone()))?;
+        let mut locked = src.lock();
+        if locked.deleted {
+            return Err(StoreError::NotFound(source.name.clone()));
+        }
+        let state = locked.resolve(at)?;
+        let db = if state.version == Version::ZERO {
+            MemDb::new(now)
+        } else {
+            let depth = locked.depth() + 1;
+            if depth > MAX_FORK_DEPTH {
+                return Err(too_deep(&source.name));
+            }
+            *locked.branches.entry(state.version).or_default() += 1;
+            let ancestor = db::Ancestor {
+                db: src.clone(),
+                version: state.version,
+                depth,
+            };
+            MemDb::branch(now, state, ancestor)
+        };
+        drop(locked);
+        let info = db.info(&new.name, now);
+        dbs.insert(new.clone(), Arc::new(Mutex::new(db)));
+        Ok(info)
+    }
+
+    async fn add_restore_point(
+        &self,
+        key: &DbKey,
+        label: &str,
+        at: ReadAt,
+    ) -> StoreResult<RestorePoint> {
+        let now = self.clock.unix_ms();
+        self.with_db(key, |db| db.add_restore_point(&key.name, label, at, now))
+    }
+
+    async fn restore_points(&self, key: &DbKey) -> StoreResult<Vec<RestorePoint>> {
+        self.with_db(key, |db| Ok(db.restore_points()))
+    }
+
+    async fn remove_restore_point(&self, key: &DbKey, label: &str) -> StoreResult<()> {
+        self.with_db(key, |db| match db.remove_restore_point(label) {
+            true => Ok(()),
+            false => Err(StoreError::NoSuchPoint {
+                db: key.name.clone(),
+                label: label.to_owned(),
+            }),
+        })
+    }
+
+    async fn detached_bytes(&self, tenant: &str) -> StoreResult<u64> {
+        let detached = self.detached.lock().clone();
+        Ok(detached
+            .iter()
+            .filter(|(t, _)| t == tenant)
+            .map(|(_, db)| db.lock().stored_bytes())
+            .sum())
     }
 }
 
