@@ -319,6 +319,26 @@ async fn mark_holes<C: GenericClient>(
         ],
     )
     .await?;
+    // A branch's pages it never wrote would read through to its source's: markers too
+    // (a series bounded by the source's page count).
+    let inherited_end = commit.page_count.min(row.inherited);
+    if inherited_end > old {
+        sql::execute(
+            c,
+            "INSERT INTO pagewire.pages (db_id, page_no, version, data) \
+             SELECT $1, g.no, $2, NULL FROM generate_series($3::bigint + 1, $4::bigint) AS g(no) \
+             WHERE NOT (g.no = ANY($5::bigint[])) AND NOT EXISTS ( \
+               SELECT 1 FROM pagewire.pages p WHERE p.db_id = $1 AND p.page_no = g.no)",
+            &[
+                &row.id,
+                &version,
+                &i64::from(old),
+                &i64::from(inherited_end),
+                &carried,
+            ],
+        )
+        .await?;
+    }
     Ok(())
 }
 

@@ -78,7 +78,7 @@ async fn gc_one(
         return Ok(stats);
     }
     let (writes, bytes) = trim_pages(&tx, id, &kept, &counts).await?;
-    stats.writes_removed = writes + drop_leading_holes(&tx, id).await?;
+    stats.writes_removed = writes + drop_leading_holes(&tx, &row).await?;
     stats.bytes_freed = bytes;
     stats.versions_collected = collect_versions(&tx, &row, &kept, retention, bytes).await?;
     tx.commit().await.pg()?;
@@ -96,7 +96,11 @@ async fn kept<C: GenericClient>(
         "SELECT version, page_count FROM pagewire.versions v \
          WHERE db_id = $1 AND retained AND (version = $2 OR committed_unix_ms >= $3 \
            OR EXISTS (SELECT 1 FROM pagewire.pins p WHERE p.db_id = v.db_id \
-                      AND p.version = v.version AND p.expires_at > clock_timestamp())) \
+                      AND p.version = v.version AND p.expires_at > clock_timestamp()) \
+           OR EXISTS (SELECT 1 FROM pagewire.restore_points r WHERE r.db_id = v.db_id \
+                      AND r.version = v.version) \
+           OR EXISTS (SELECT 1 FROM pagewire.databases b WHERE b.ancestor_id = v.db_id \
+                      AND b.ancestor_version = v.version)) \
          ORDER BY version",
         &[&row.id, &sql::version(row.state.version), &cutoff],
     )
@@ -144,17 +148,19 @@ async fn trim_pages<C: GenericClient>(
     Ok((writes.max(0) as u64, bytes.max(0) as u64))
 }
 
-/// Deletes zero markers with nothing older (they read as zeros without the marker);
-/// returns how many.
-async fn drop_leading_holes<C: GenericClient>(c: &C, id: i64) -> StoreResult<u64> {
+/// Deletes zero markers with nothing older (they read as zeros without the marker),
+/// but a branch's markers on pages it would otherwise read from its source; returns how
+/// many.
+async fn drop_leading_holes<C: GenericClient>(c: &C, row: &DbRow) -> StoreResult<u64> {
     let mut dropped = 0;
     loop {
         let n = sql::execute(
             c,
             "DELETE FROM pagewire.pages p WHERE p.db_id = $1 AND p.data IS NULL \
+             AND p.page_no > $2 \
              AND NOT EXISTS (SELECT 1 FROM pagewire.pages q \
                              WHERE q.db_id = $1 AND q.page_no = p.page_no AND q.version < p.version)",
-            &[&id],
+            &[&row.id, &i64::from(row.inherited)],
         )
         .await?;
         if n == 0 {

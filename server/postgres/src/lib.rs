@@ -10,12 +10,14 @@
 //! - `commit`: a commit as one PostgreSQL transaction, and its precheck (one statement);
 //! - `read`: BeginRead (as-of resolution, change lists, pins) and ReadPages;
 //! - `gc`: history GC;
+//! - `history`: branches (fork) and restore points;
 //! - `error`: PostgreSQL and pool errors as [`StoreError`]s; `sql`: small helpers.
 
 mod commit;
 mod db;
 mod error;
 mod gc;
+mod history;
 mod lease;
 mod read;
 mod schema;
@@ -29,7 +31,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use pagewire_server_core::store::{
     BeginRead, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
-    LeaseId, PageRead, PageStore, PinTtl, ReadView, Retention, StoreError, StoreResult, Version,
+    LeaseId, PageRead, PageStore, PinTtl, ReadAt, ReadView, RestorePoint, Retention, StoreError,
+    StoreResult, Version,
 };
 
 use crate::error::{Pg as _, from_pool};
@@ -225,5 +228,30 @@ impl PageStore for PostgresStore {
     async fn gc(&self, now_unix_ms: i64, retention: Duration) -> StoreResult<GcStats> {
         self.gc_with(now_unix_ms, &Retention::uniform(retention))
             .await
+    }
+
+    async fn fork(&self, source: &DbKey, at: ReadAt, new: &DbKey) -> StoreResult<DbInfo> {
+        history::fork(&mut self.client().await?, source, at, new).await
+    }
+
+    async fn add_restore_point(
+        &self,
+        key: &DbKey,
+        label: &str,
+        at: ReadAt,
+    ) -> StoreResult<RestorePoint> {
+        history::add_point(&mut self.client().await?, key, label, at).await
+    }
+
+    async fn restore_points(&self, key: &DbKey) -> StoreResult<Vec<RestorePoint>> {
+        history::points(&self.client().await?, key).await
+    }
+
+    async fn remove_restore_point(&self, key: &DbKey, label: &str) -> StoreResult<()> {
+        history::remove_point(&self.client().await?, key, label).await
+    }
+
+    async fn detached_bytes(&self, tenant: &str) -> StoreResult<u64> {
+        db::detached_bytes(&self.client().await?, tenant).await
     }
 }

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use deadpool_postgres::GenericClient;
 use pagewire_server_core::store::clock::{check_after_first_commit, describe_unix_ms};
 use pagewire_server_core::store::{
-    BeginRead, ChangeWalk, Changes, DbKey, DbState, PageRead, PinTtl, ReadAt, ReadView, StoreError,
-    StoreResult, Version, VersionTag,
+    BeginRead, ChangeWalk, Changes, DbKey, DbState, MAX_FORK_DEPTH, PageRead, PinTtl, ReadAt,
+    ReadView, StoreError, StoreResult, Version, VersionTag,
 };
 use pagewire_server_core::validate;
 use tokio_postgres::IsolationLevel;
@@ -30,9 +30,9 @@ use crate::error::{Pg as _, corrupt};
 use crate::sql::{self, Client, id16_of, int, ms, opt_id16_of, u32_of};
 
 /// A readable version's metadata.
-struct VersionRow {
+pub(crate) struct VersionRow {
     /// With the database's incarnation and the version's tag.
-    state: DbState,
+    pub state: DbState,
     committed_unix_ms: i64,
     /// The tag of the `seen` version [`readable`] was asked about, while its row is kept.
     seen_tag: Option<VersionTag>,
@@ -68,7 +68,7 @@ async fn not_retained<C: GenericClient>(c: &C, row: &DbRow, what: &str) -> Store
 /// statement, the tag of version `seen` while its row is kept (`None` when `seen` is past
 /// the newest version of `row`, so that a commit landing meanwhile is not seen: versions
 /// up to it never change, and the caller's row lock or snapshot keeps GC out).
-async fn readable<C: GenericClient>(
+pub(crate) async fn readable<C: GenericClient>(
     c: &C,
     row: &DbRow,
     version: Version,
@@ -132,7 +132,11 @@ async fn version_at_time<C: GenericClient>(
     }
 }
 
-async fn resolve<C: GenericClient>(c: &C, row: &DbRow, at: ReadAt) -> StoreResult<Version> {
+pub(crate) async fn resolve<C: GenericClient>(
+    c: &C,
+    row: &DbRow,
+    at: ReadAt,
+) -> StoreResult<Version> {
     match at {
         ReadAt::Newest => Ok(row.state.version),
         ReadAt::Version(v) => Ok(v),
@@ -250,7 +254,7 @@ pub(crate) async fn read_pages(
     let row = db::get(&tx, key, Lock::None).await?;
     let meta = readable(&tx, &row, version, None).await?;
     validate::page_nos_in_range(page_nos, meta.state.page_count)?;
-    let pages = fetch(&tx, row.id, version, page_nos, meta.state.page_size).await?;
+    let pages = fetch(&tx, &row, version, page_nos, meta.state.page_size).await?;
     tx.commit().await.pg()?;
     refresh_pin(client, row.id, version, pin).await?;
     Ok(PageRead {
@@ -260,23 +264,67 @@ pub(crate) async fn read_pages(
     })
 }
 
-/// The newest write at or before `version` of each page, in request order.
+/// The newest write at or before `version` of each page, in request order; a branch's
+/// pages it never wrote from its ancestors (one query per level, in the caller's
+/// snapshot, at most [`MAX_FORK_DEPTH`] levels).
 async fn fetch<C: GenericClient>(
     c: &C,
-    db_id: i64,
+    row: &DbRow,
     version: Version,
     page_nos: &[u32],
     page_size: u32,
 ) -> StoreResult<Vec<Bytes>> {
+    let mut pages = vec![Bytes::new(); page_nos.len()];
+    let mut wanted: Vec<usize> = (0..page_nos.len()).collect();
+    let (mut id, mut at, mut inherited, mut ancestor) =
+        (row.id, version, row.inherited, row.ancestor);
+    for _ in 0..=MAX_FORK_DEPTH {
+        let nos: Vec<u32> = wanted.iter().map(|&i| page_nos[i]).collect();
+        let found = fetch_own(c, id, at, &nos).await?;
+        let mut deeper = Vec::new();
+        for (&i, (no, write)) in wanted.iter().zip(nos.iter().zip(found)) {
+            match write {
+                Some(data) => pages[i] = page_of(i64::from(*no), data, at, page_size)?,
+                None if *no <= inherited && ancestor.is_some() => deeper.push(i),
+                None => pages[i] = page_of(i64::from(*no), None, at, page_size)?,
+            }
+        }
+        let Some((source, source_version)) = ancestor.filter(|_| !deeper.is_empty()) else {
+            return Ok(pages);
+        };
+        let source_row = db::by_id(c, source, Lock::None).await?.ok_or_else(|| {
+            StoreError::Internal(format!("a branch's source (row {source}) is missing"))
+        })?;
+        (id, at, inherited, ancestor) = (
+            source_row.id,
+            source_version,
+            source_row.inherited,
+            source_row.ancestor,
+        );
+        wanted = deeper;
+    }
+    Err(StoreError::Internal(format!(
+        "a chain of branches longer than {MAX_FORK_DEPTH}"
+    )))
+}
+
+/// Database `db_id`'s own newest write at or before `version` of each page, in request
+/// order: `Some(data)` (`None` data: a zero marker), or `None` when it never wrote it.
+async fn fetch_own<C: GenericClient>(
+    c: &C,
+    db_id: i64,
+    version: Version,
+    page_nos: &[u32],
+) -> StoreResult<Vec<Option<Option<Vec<u8>>>>> {
     if page_nos.is_empty() {
         return Ok(Vec::new());
     }
     let nos: Vec<i64> = page_nos.iter().map(|&no| i64::from(no)).collect();
     let rows = sql::query(
         c,
-        "SELECT n.no, p.data FROM unnest($2::bigint[]) WITH ORDINALITY AS n(no, ord) \
+        "SELECT p.found, p.data FROM unnest($2::bigint[]) WITH ORDINALITY AS n(no, ord) \
          LEFT JOIN LATERAL ( \
-           SELECT data FROM pagewire.pages \
+           SELECT true AS found, data FROM pagewire.pages \
            WHERE db_id = $1 AND page_no = n.no AND version <= $3 \
            ORDER BY version DESC LIMIT 1) AS p ON true \
          ORDER BY n.ord",
@@ -285,9 +333,9 @@ async fn fetch<C: GenericClient>(
     .await?;
     rows.iter()
         .map(|r| {
-            let no: i64 = r.try_get(0).pg()?;
+            let found: Option<bool> = r.try_get(0).pg()?;
             let data: Option<Vec<u8>> = r.try_get(1).pg()?;
-            page_of(no, data, version, page_size)
+            Ok(found.map(|_| data))
         })
         .collect()
 }

@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "database incarnations and version tags",
         include_str!("migrations/0003_incarnations_and_tags.sql"),
     ),
+    (
+        4,
+        "branches and restore points",
+        include_str!("migrations/0004_branches_restore_points.sql"),
+    ),
 ];
 
 const BOOTSTRAP: &str = "
