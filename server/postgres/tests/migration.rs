@@ -199,7 +199,7 @@ async fn migration_turns_growth_lists_into_ranges() -> anyhow::Result<()> {
         .query_one("SELECT count(*) FROM pagewire.migrations", &[])
         .await?
         .get(0);
-    assert_eq!(count, 3);
+    assert_eq!(count, 4);
     Ok(())
 }
 
