@@ -8,17 +8,17 @@
 //! the write fails, it drops this state (memory may be ahead of the engine) and the next
 //! call loads it again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
 use pagewire_server_core::store::commit_check::{self, COMMIT_IDS_KEPT, CommitIds};
-use pagewire_server_core::store::history::{History, Pins, VersionMeta};
-use pagewire_server_core::store::page_writes::{PageHandle, PageWrites, zero_page};
+use pagewire_server_core::store::history::{History, Pins, RestorePoints, VersionMeta};
+use pagewire_server_core::store::page_writes::{Lookup, PageHandle, PageWrites, zero_page};
 use pagewire_server_core::store::{
     BeginRead, Changes, Commit, CommitHeader, CommitId, CommitOutcome, DbInfo, DbState, GcStats,
-    Incarnation, Lease, LeaseId, PageRead, PinTtl, ReadView, StoreError, StoreResult, Version,
-    random_id,
+    Incarnation, Lease, LeaseId, MAX_FORK_DEPTH, PageRead, PinTtl, ReadAt, ReadView, RestorePoint,
+    StoreError, StoreResult, Version, VersionTag, random_id,
 };
 use pagewire_server_core::validate;
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::engine::{Batch, EngineError, Op, Snapshot};
 use crate::keys::{self, DbId, StageId};
 use crate::plan::{Budget, Writes};
-use crate::records::{self, Head, MetaRecord, StageRecord};
+use crate::records::{self, AncestorRecord, Head, MetaRecord, PointRecord, StageRecord};
 
 /// Where a page write's bytes are: the `d` key of its page and version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,26 @@ pub struct KvDb {
     /// page writes is kept.
     staged: BTreeMap<u64, StageId>,
     budget: Budget,
+    /// A branch's source (its `a` record).
+    pub ancestor: Option<AncestorRecord>,
+    /// Where a branch's unwritten pages come from: its source, its source's source, ...
+    sources: Vec<Source>,
+    /// Versions branches were forked at (the `B` keys), with how many branches each.
+    pub branches: BTreeMap<Version, usize>,
+    points: RestorePoints,
+}
+
+/// One database a branch reads through to, at the version the branch (or the branch
+/// before it in the chain) was forked at: those versions are held, so what they read
+/// never changes.
+#[derive(Debug, Clone)]
+struct Source {
+    id: DbId,
+    at: Version,
+    /// This source's own inherited pages (0: it is no branch, the chain ends here).
+    inherited: u32,
+    /// Its staged versions up to `at`, whose pages are under stage ids.
+    staged: BTreeMap<u64, StageId>,
 }
 
 fn corrupt(what: String) -> EngineError {
@@ -73,19 +93,14 @@ fn load_pages(
             .ok_or_else(|| corrupt(format!("a page index key of {} bytes", key.len())))?;
         entries.push((page, version, records::read_write_len(&value)?));
     }
-    let mut staged = BTreeMap::new();
-    let (start, end) = keys::staged_versions(id);
-    for (key, value) in snap.scan(&start, &end, false, usize::MAX)? {
-        let version = keys::meta_version(&key).ok_or_else(|| corrupt("a stage key".into()))?;
-        let stage = StageId::try_from(value.as_slice())
-            .map_err(|_| corrupt(format!("a stage id of {} bytes", value.len())))?;
-        let [_, (start, end)] = keys::stage_records(id, &stage);
+    let staged = load_staged(snap, id)?;
+    for (&version, stage) in &staged {
+        let [_, (start, end)] = keys::stage_records(id, stage);
         for (key, value) in snap.scan(&start, &end, false, usize::MAX)? {
             let page = keys::stage_write_page(&key)
                 .ok_or_else(|| corrupt(format!("a staged index key of {} bytes", key.len())))?;
             entries.push((page, version, records::read_write_len(&value)?));
         }
-        staged.insert(version, stage);
     }
     if !staged.is_empty() {
         // Staged entries came after the `w` ones: writes load in (page, version) order.
@@ -147,11 +162,156 @@ fn within_listed(changed: Changes, budget: &Budget) -> Changes {
     }
 }
 
+/// A database's staged versions (its `g` keys).
+fn load_staged(snap: &dyn Snapshot, id: DbId) -> Result<BTreeMap<u64, StageId>, EngineError> {
+    let mut staged = BTreeMap::new();
+    let (start, end) = keys::staged_versions(id);
+    for (key, value) in snap.scan(&start, &end, false, usize::MAX)? {
+        let version = keys::meta_version(&key).ok_or_else(|| corrupt("a stage key".into()))?;
+        let stage = StageId::try_from(value.as_slice())
+            .map_err(|_| corrupt(format!("a stage id of {} bytes", value.len())))?;
+        staged.insert(version, stage);
+    }
+    Ok(staged)
+}
+
+/// Database `id`'s `a` record, if it is a branch.
+fn load_ancestor(snap: &dyn Snapshot, id: DbId) -> Result<Option<AncestorRecord>, EngineError> {
+    snap.get(&keys::ancestor(id))?
+        .map(|bytes| records::decode("branch source", &bytes))
+        .transpose()
+}
+
+/// The chain a branch with source `first` reads through, nearest first.
+fn load_sources(
+    snap: &dyn Snapshot,
+    first: Option<AncestorRecord>,
+) -> Result<Vec<Source>, EngineError> {
+    let mut sources = Vec::new();
+    let mut next = first;
+    while let Some(a) = next {
+        if sources.len() >= MAX_FORK_DEPTH {
+            return Err(corrupt(format!(
+                "a chain of branches longer than {MAX_FORK_DEPTH}"
+            )));
+        }
+        let own = load_ancestor(snap, a.id)?;
+        let mut staged = load_staged(snap, a.id)?;
+        staged.retain(|&v, _| v <= a.version);
+        sources.push(Source {
+            id: a.id,
+            at: Version(a.version),
+            inherited: own.map_or(0, |o| o.inherited),
+            staged,
+        });
+        next = own;
+    }
+    Ok(sources)
+}
+
+/// Database `id`'s branch points and restore points.
+fn load_holds(
+    snap: &dyn Snapshot,
+    id: DbId,
+) -> Result<(BTreeMap<Version, usize>, RestorePoints), EngineError> {
+    let mut branches = BTreeMap::new();
+    let (start, end) = keys::branch_points(id);
+    for (key, _) in snap.scan(&start, &end, false, usize::MAX)? {
+        let v = keys::branch_point_version(&key).ok_or_else(|| corrupt("a branch key".into()))?;
+        *branches.entry(Version(v)).or_default() += 1;
+    }
+    let mut points = RestorePoints::default();
+    let (start, end) = keys::restore_points(id);
+    for (key, value) in snap.scan(&start, &end, false, usize::MAX)? {
+        let label =
+            keys::restore_point_label(&key).ok_or_else(|| corrupt("a restore point key".into()))?;
+        let record: PointRecord = records::decode("restore point", &value)?;
+        points.insert(RestorePoint {
+            label,
+            version: Version(record.version),
+            tag: VersionTag(record.tag),
+            created_unix_ms: record.created_unix_ms,
+        });
+    }
+    Ok((branches, points))
+}
+
+/// The newest write of page `no` at or before `at` in `source` (from the engine, not an
+/// index): `Some(len)` (`None` len: a zero marker) with its data key, or `None` when it
+/// never wrote it.
+fn write_in(
+    snap: &dyn Snapshot,
+    source: &Source,
+    no: u32,
+) -> Result<Option<(Option<u32>, Vec<u8>)>, EngineError> {
+    let (start, end) = (
+        keys::write(source.id, no, 0),
+        keys::write(source.id, no, source.at.0.saturating_add(1)),
+    );
+    let plain = snap.scan(&start, &end, true, 1)?.into_iter().next();
+    let plain = match plain {
+        Some((key, value)) => {
+            let (_, v) = keys::write_page_version(&key)
+                .ok_or_else(|| corrupt(format!("a page index key of {} bytes", key.len())))?;
+            Some((v, records::read_write_len(&value)?))
+        }
+        None => None,
+    };
+    let newer_than = plain.map_or(0, |(v, _)| v + 1);
+    for stage in source.staged.range(newer_than..).rev().map(|(_, s)| s) {
+        if let Some(value) = snap.get(&keys::stage_write(source.id, stage, no))? {
+            let len = records::read_write_len(&value)?;
+            return Ok(Some((len, keys::stage_data(source.id, stage, no))));
+        }
+    }
+    Ok(plain.map(|(v, len)| (len, keys::data(source.id, no, v))))
+}
+
 impl KvDb {
     /// A new, empty database and the batch that creates it (catalog entry included).
     pub fn create(catalog_key: Vec<u8>, now_unix_ms: i64, budget: Budget) -> (Self, Batch) {
         let id: DbId = rand::random();
-        let history = History::new(now_unix_ms, random_id());
+        Self::new_with(
+            id,
+            catalog_key,
+            History::new(now_unix_ms, random_id()),
+            now_unix_ms,
+            budget,
+        )
+    }
+
+    /// The batch that creates branch `id` under `catalog_key` of `source` at `at` (a
+    /// non-empty readable state of it; `depth` counts the branch): version 1 is that
+    /// state, every page read through. Nothing is copied.
+    pub fn branch(
+        id: DbId,
+        catalog_key: Vec<u8>,
+        now_unix_ms: i64,
+        budget: Budget,
+        source: AncestorRecord,
+        page_size: u32,
+    ) -> Batch {
+        let mut history = History::new(now_unix_ms, random_id());
+        history.push(VersionMeta {
+            page_size,
+            page_count: source.inherited,
+            committed_unix_ms: now_unix_ms,
+            tag: random_id(),
+            changed: Changes::of_commit([], 0, source.inherited),
+            retained: true,
+        });
+        let (_, mut batch) = Self::new_with(id, catalog_key, history, now_unix_ms, budget);
+        batch.put(keys::ancestor(id), records::encode(&source));
+        batch
+    }
+
+    fn new_with(
+        id: DbId,
+        catalog_key: Vec<u8>,
+        history: History,
+        now_unix_ms: i64,
+        budget: Budget,
+    ) -> (Self, Batch) {
         let mut db = Self {
             id,
             head_bytes: Vec::new(),
@@ -178,14 +338,20 @@ impl KvDb {
             commit_ids: CommitIds::default(),
             staged: BTreeMap::new(),
             budget,
+            ancestor: None,
+            sources: Vec::new(),
+            branches: BTreeMap::new(),
+            points: RestorePoints::default(),
         };
         let mut batch = Batch::default();
         batch.expect(catalog_key.clone(), None);
         batch.put(catalog_key, id.to_be_bytes().to_vec());
-        batch.put(
-            keys::meta(id, 0),
-            records::encode(&MetaRecord::from(&db.history.versions()[0])),
-        );
+        for (v, meta) in db.history.versions().iter().enumerate() {
+            batch.put(
+                keys::meta(id, v as u64),
+                records::encode(&MetaRecord::from(meta)),
+            );
+        }
         db.finish(&mut batch); // expects no head: its id is new
         (db, batch)
     }
@@ -234,7 +400,11 @@ impl KvDb {
                 history.state()
             )));
         }
-        let (pages, staged) = load_pages(snap, id)?;
+        let (mut pages, staged) = load_pages(snap, id)?;
+        let ancestor = load_ancestor(snap, id)?;
+        pages.set_inherited(ancestor.map_or(0, |a| a.inherited));
+        let sources = load_sources(snap, ancestor)?;
+        let (branches, points) = load_holds(snap, id)?;
         let mut commit_ids = CommitIds::default();
         let (start, end) = keys::commit_ids(id);
         let mut recent = snap.scan(&start, &end, true, COMMIT_IDS_KEPT)?;
@@ -256,6 +426,10 @@ impl KvDb {
             commit_ids,
             staged,
             budget,
+            ancestor,
+            sources,
+            branches,
+            points,
         })
     }
 
@@ -392,8 +566,12 @@ impl KvDb {
         version: Version,
         page_size: u32,
     ) -> StoreResult<Bytes> {
-        let Some(at) = self.pages.at(no, version) else {
-            return Ok(zero_page(page_size));
+        let at = match self.pages.lookup(no, version) {
+            Lookup::Data(at) => *at,
+            Lookup::Unwritten if no <= self.pages.inherited() => {
+                return self.inherited_page(snap, no, page_size);
+            }
+            Lookup::Zeros | Lookup::Unwritten => return Ok(zero_page(page_size)),
         };
         let key = self.data_key(no, at.version);
         let data = get_page(snap, &key)
@@ -411,6 +589,100 @@ impl KvDb {
             )));
         }
         Ok(Bytes::from(data))
+    }
+
+    /// A branch's page it never wrote, from the first source in its chain that did
+    /// (zeros when none did, or when a source's inherited range ends before it).
+    fn inherited_page(&self, snap: &dyn Snapshot, no: u32, page_size: u32) -> StoreResult<Bytes> {
+        for source in &self.sources {
+            let found = write_in(snap, source, no).map_err(crate::store_error)?;
+            match found {
+                Some((None, _)) => return Ok(zero_page(page_size)),
+                Some((Some(len), key)) => {
+                    let data = get_page(snap, &key).map_err(crate::store_error)?;
+                    let data = data.filter(|d| d.len() == page_size as usize && len == page_size);
+                    return data.map(Bytes::from).ok_or_else(|| {
+                        StoreError::Internal(format!(
+                            "page {no} of branch source {:016x} at version {} is missing or \
+                             not {page_size} bytes",
+                            source.id, source.at
+                        ))
+                    });
+                }
+                None if no <= source.inherited => continue,
+                None => break,
+            }
+        }
+        Ok(zero_page(page_size))
+    }
+
+    /// How many branches deep this database is (0: not a branch).
+    pub fn depth(&self) -> usize {
+        self.ancestor.map_or(0, |a| a.depth as usize)
+    }
+
+    /// The readable state `at` resolves to.
+    pub fn resolve(&self, at: ReadAt) -> StoreResult<DbState> {
+        let version = self.history.resolve(at)?;
+        Ok(self.history.readable(version)?.0)
+    }
+
+    /// Records a branch point at `version` for branch `child` into `batch`, with the
+    /// head (so another server holding this database in memory loads it again).
+    pub fn add_branch(&mut self, version: Version, child: DbId, batch: &mut Batch) {
+        *self.branches.entry(version).or_default() += 1;
+        batch.put(keys::branch_point(self.id, version.0, child), Vec::new());
+        self.finish(batch);
+    }
+
+    pub fn add_restore_point(
+        &mut self,
+        name: &str,
+        label: &str,
+        at: ReadAt,
+        now_unix_ms: i64,
+    ) -> StoreResult<(RestorePoint, Writes)> {
+        self.points.check_room(name, label)?;
+        let state = self.resolve(at)?;
+        let point = self.points.add(name, label, state, now_unix_ms)?;
+        let record = PointRecord {
+            version: point.version.0,
+            tag: point.tag.0,
+            created_unix_ms: point.created_unix_ms,
+        };
+        let mut batch = Batch::default();
+        batch.put(
+            keys::restore_point(self.id, label),
+            records::encode(&record),
+        );
+        self.finish(&mut batch);
+        Ok((point, Writes::one(batch)))
+    }
+
+    pub fn remove_restore_point(&mut self, name: &str, label: &str) -> StoreResult<Writes> {
+        self.points.remove(name, label)?;
+        let mut batch = Batch::default();
+        batch.delete(keys::restore_point(self.id, label));
+        self.finish(&mut batch);
+        Ok(Writes::one(batch))
+    }
+
+    pub fn restore_points(&self) -> Vec<RestorePoint> {
+        self.points.list()
+    }
+
+    /// Reads the branch points again from `snap`: a branch deleted (its `B` key gone)
+    /// lets GC collect the version it held without this database being reloaded.
+    pub fn reload_branches(&mut self, snap: &dyn Snapshot) -> Result<(), EngineError> {
+        self.branches = load_holds(snap, self.id)?.0;
+        Ok(())
+    }
+
+    /// The versions kept whatever their age: branch points and restore points.
+    fn held(&self) -> BTreeSet<Version> {
+        let mut held = self.points.versions();
+        held.extend(self.branches.keys().copied());
+        held
     }
 
     /// Where the bytes of page `no` written by `version` are.
@@ -554,9 +826,10 @@ impl KvDb {
         now: Instant,
     ) -> (GcStats, Option<Writes>) {
         self.pins.expire(now);
-        let kept = self
-            .history
-            .kept(now_unix_ms, retention, |v| self.pins.holds(v, now));
+        let held = self.held();
+        let kept = self.history.kept(now_unix_ms, retention, |v| {
+            self.pins.holds(v, now) || held.contains(&v)
+        });
         let stats = GcStats {
             databases: 1,
             ..GcStats::default()

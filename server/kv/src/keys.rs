@@ -16,6 +16,10 @@
 //! | `S` id stage page | a staged commit's page bytes |
 //! | `T` id stage page | a staged commit's page index entry (as `w`) |
 //! | `g` id version | the stage id whose `S`/`T` records hold that version's pages |
+//! | `a` id | a branch's [`AncestorRecord`](crate::records::AncestorRecord): the database and version its unwritten pages read through to (format 3) |
+//! | `B` id version child | a branch point: branch `child` reads database `id` at `version`, which GC keeps (empty value; format 3) |
+//! | `r` id label | a restore point's [`PointRecord`](crate::records::PointRecord) (format 3) |
+//! | `X` id | a deleted database kept for its branches, not in the catalog (value: its tenant; format 3) |
 //!
 //! A page over the engine's value limit is stored in pieces: its `d` (or `S`) key
 //! followed by the piece's number (one byte), in order.
@@ -35,7 +39,13 @@
 //! [`COMMIT_IDS_KEPT`]: pagewire_server_core::store::commit_check::COMMIT_IDS_KEPT
 
 /// The newest format this build reads. Start-up refuses a newer one.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
+
+/// The format of a store that may hold branches and restore points (`a`, `B`, `r`, `X`
+/// keys), which a server of format 2 would not see (it would read a branch's
+/// inherited pages as zeros and collect held versions): written by the first fork or
+/// restore point, so a store that never had one stays readable by older servers.
+pub const FORMAT_BRANCHES: u32 = 3;
 
 /// The format of a store whose engine takes every commit in one batch: no staged
 /// commits, no pieces (what servers before staging read).
@@ -59,9 +69,17 @@ const STAGE: u8 = b's';
 const STAGE_DATA: u8 = b'S';
 const STAGE_WRITE: u8 = b'T';
 const STAGED_VERSION: u8 = b'g';
+const ANCESTOR: u8 = b'a';
+const BRANCH_POINT: u8 = b'B';
+const RESTORE_POINT: u8 = b'r';
+const DETACHED: u8 = b'X';
 
 /// The per-database kinds, for deleting a database whole.
-pub const PER_DATABASE: [u8; 9] = [
+pub const PER_DATABASE: [u8; 13] = [
+    ANCESTOR,
+    BRANCH_POINT,
+    RESTORE_POINT,
+    DETACHED,
     HEAD,
     META,
     WRITE,
@@ -220,6 +238,57 @@ pub fn staged_version(id: DbId, version: u64) -> Vec<u8> {
 
 pub fn staged_versions(id: DbId) -> (Vec<u8>, Vec<u8>) {
     range(STAGED_VERSION, id)
+}
+
+pub fn ancestor(id: DbId) -> Vec<u8> {
+    key(ANCESTOR, id, &[])
+}
+
+pub fn branch_point(id: DbId, version: u64, child: DbId) -> Vec<u8> {
+    key(
+        BRANCH_POINT,
+        id,
+        &[&version.to_be_bytes(), &child.to_be_bytes()],
+    )
+}
+
+/// `[start, end)` of database `id`'s branch points.
+pub fn branch_points(id: DbId) -> (Vec<u8>, Vec<u8>) {
+    range(BRANCH_POINT, id)
+}
+
+/// The version of a `B` key.
+pub fn branch_point_version(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?))
+}
+
+pub fn restore_point(id: DbId, label: &str) -> Vec<u8> {
+    key(RESTORE_POINT, id, &[label.as_bytes()])
+}
+
+pub fn restore_points(id: DbId) -> (Vec<u8>, Vec<u8>) {
+    range(RESTORE_POINT, id)
+}
+
+/// The label of an `r` key.
+pub fn restore_point_label(key: &[u8]) -> Option<String> {
+    String::from_utf8(key.get(9..)?.to_vec()).ok()
+}
+
+pub fn detached(id: DbId) -> Vec<u8> {
+    key(DETACHED, id, &[])
+}
+
+pub fn all_detached() -> (Vec<u8>, Vec<u8>) {
+    (vec![DETACHED], vec![DETACHED + 1])
+}
+
+/// The database id of an `X` key.
+pub fn detached_id(key: &[u8]) -> Option<DbId> {
+    match key {
+        [DETACHED, id @ ..] => Some(DbId::from_be_bytes(id.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// Piece `n` of a value stored in pieces under `key`.

@@ -122,6 +122,25 @@ impl From<MetaRecord> for VersionMeta {
     }
 }
 
+/// A branch's source (the `a` record): pages `1..=inherited` it never wrote read
+/// through to database `id` at `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AncestorRecord {
+    pub id: u64,
+    pub version: u64,
+    pub inherited: u32,
+    /// Branches between this database and its root, itself included.
+    pub depth: u32,
+}
+
+/// A restore point (the `r` record; its label is in the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointRecord {
+    pub version: u64,
+    pub tag: [u8; 16],
+    pub created_unix_ms: i64,
+}
+
 /// A commit being staged (the `s` record): what decides whether it can still publish.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageRecord {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pagewire_server_core::store::{
     BeginRead, Clock, Commit, CommitHeader, CommitOutcome, DbInfo, DbKey, DbState, GcStats, Lease,
-    LeaseId, PageRead, PageStore, PinTtl, ReadView, Retention, StoreError, StoreResult, Version,
+    LeaseId, MAX_FORK_DEPTH, PageRead, PageStore, PinTtl, ReadAt, ReadView, RestorePoint,
+    Retention, StoreError, StoreResult, Version, too_deep,
 };
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -19,7 +20,7 @@ use crate::db::KvDb;
 use crate::engine::{Batch, Engine, EngineError, Snapshot};
 use crate::keys::{self, DbId, StageId};
 use crate::plan::{Budget, Writes};
-use crate::records::{self, Head, StageRecord};
+use crate::records::{self, AncestorRecord, Head, StageRecord};
 use crate::store_error;
 
 /// Databases kept in memory by default.
@@ -225,6 +226,61 @@ impl KvStore {
             .map_err(store_error)?;
         for id in markers.iter().filter_map(|(k, _)| keys::deleted_id(k)) {
             self.sweep(id).await?;
+        }
+        Ok(())
+    }
+
+    /// The detached databases (deleted, kept for their branches): (id, tenant).
+    fn detached(&self) -> StoreResult<Vec<(DbId, String)>> {
+        let (start, end) = keys::all_detached();
+        let snap = self.engine.snapshot().map_err(store_error)?;
+        let found = snap
+            .scan(&start, &end, false, usize::MAX)
+            .map_err(store_error)?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(k, v)| Some((keys::detached_id(&k)?, String::from_utf8(v).ok()?)))
+            .collect())
+    }
+
+    /// Deletes the detached databases no branch reads any more (their last branch was
+    /// deleted), then theirs, and so on towards the root: one pass per level.
+    async fn collect_detached(&self) -> StoreResult<()> {
+        for _ in 0..=MAX_FORK_DEPTH {
+            let mut gone = Vec::new();
+            for (id, _) in self.detached()? {
+                let snap = self.engine.snapshot().map_err(store_error)?;
+                let (start, end) = keys::branch_points(id);
+                if !snap
+                    .scan(&start, &end, false, 1)
+                    .map_err(store_error)?
+                    .is_empty()
+                {
+                    continue;
+                }
+                let ancestor = snap.get(&keys::ancestor(id)).map_err(store_error)?;
+                let mut batch = Batch::default();
+                batch.expect(start.clone(), None); // no branch point appeared meanwhile
+                batch.delete(keys::detached(id));
+                batch.delete(keys::head(id));
+                batch.put(keys::deleted(id), Vec::new());
+                if let Some(bytes) = ancestor {
+                    let a: AncestorRecord =
+                        records::decode("branch source", &bytes).map_err(store_error)?;
+                    batch.delete(keys::branch_point(a.id, a.version, id));
+                }
+                match self.engine.write(batch).await {
+                    Ok(()) => gone.push(id),
+                    Err(EngineError::Conflict) => {}
+                    Err(e) => return Err(store_error(e)),
+                }
+            }
+            if gone.is_empty() {
+                return Ok(());
+            }
+            for id in gone {
+                self.sweep(id).await?;
+            }
         }
         Ok(())
     }
@@ -537,6 +593,11 @@ async fn check_format(engine: &dyn Engine, budget: &Budget) -> StoreResult<()> {
     } else {
         keys::FORMAT_WHOLE
     };
+    ensure_format(engine, want).await
+}
+
+/// Refuses a format newer than this build's; raises an older one to `want`.
+async fn ensure_format(engine: &dyn Engine, want: u32) -> StoreResult<()> {
     let found = engine
         .snapshot()
         .map_err(store_error)?
@@ -571,7 +632,16 @@ async fn check_format(engine: &dyn Engine, budget: &Budget) -> StoreResult<()> {
     let mut batch = Batch::default();
     batch.expect(keys::FORMAT_KEY.to_vec(), found);
     batch.put(keys::FORMAT_KEY.to_vec(), want.to_be_bytes().to_vec());
-    engine.write(batch).await.map_err(store_error)
+    match engine.write(batch).await {
+        // Another server raised it meanwhile: look again.
+        Err(EngineError::Conflict) => Box::pin(raise_format(engine, want)).await,
+        other => other.map_err(store_error),
+    }
+}
+
+/// Raises the stored format to at least `want` (see [`keys::FORMAT_BRANCHES`]).
+async fn raise_format(engine: &dyn Engine, want: u32) -> StoreResult<()> {
+    ensure_format(engine, want).await
 }
 
 #[async_trait]
@@ -594,22 +664,34 @@ impl PageStore for KvStore {
 
     async fn delete(&self, key: &DbKey) -> StoreResult<()> {
         let catalog = keys::catalog(&key.tenant, &key.name);
-        let id = self
+        let swept = self
             .with_db(key, false, |db, _| {
                 let mut batch = Batch::default();
                 batch.expect(catalog.clone(), Some(db.id.to_be_bytes().to_vec()));
                 batch.expect(keys::head(db.id), Some(db.head_bytes().to_vec()));
-                // Gone at once (no catalog entry, no head); its other records are
-                // swept after, in bounded batches, and again by GC if this one is cut
-                // short.
                 batch.delete(catalog.clone());
-                batch.delete(keys::head(db.id));
-                batch.put(keys::deleted(db.id), Vec::new());
+                if db.branches.is_empty() {
+                    // Gone at once (no catalog entry, no head); its other records are
+                    // swept after, in bounded batches, and again by GC if this one is
+                    // cut short. A branch lets go of its source's version.
+                    batch.delete(keys::head(db.id));
+                    batch.put(keys::deleted(db.id), Vec::new());
+                    if let Some(a) = db.ancestor {
+                        batch.delete(keys::branch_point(a.id, a.version, db.id));
+                    }
+                } else {
+                    // Branches read its pages: it stays, nameless, until the last
+                    // one goes (GC then deletes it, see `collect_detached`).
+                    let (start, end) = keys::restore_points(db.id);
+                    batch.delete_range(start, end);
+                    batch.put(keys::detached(db.id), key.tenant.as_bytes().to_vec());
+                }
                 let mut writes = Writes::one(batch);
                 writes.gone = true;
-                Ok((db.id, Some(writes)))
+                Ok((db.branches.is_empty().then_some(db.id), Some(writes)))
             })
             .await?;
+        let Some(id) = swept else { return Ok(()) };
         if let Err(e) = self.sweep(id).await {
             tracing::warn!(
                 db = id,
@@ -732,6 +814,7 @@ impl PageStore for KvStore {
                 "collected the staged pages of commits that never published"
             );
         }
+        self.collect_detached().await?;
         let mut stats = GcStats::default();
         let catalog = self.catalog()?;
         for (i, (key, _, head)) in catalog.into_iter().enumerate() {
@@ -745,7 +828,8 @@ impl PageStore for KvStore {
                 continue;
             }
             let pass = self
-                .with_db(&key, false, |db, _| {
+                .with_db(&key, false, |db, ctx| {
+                    db.reload_branches(ctx.snap).map_err(store_error)?;
                     Ok(db.gc(now_unix_ms, retention, Instant::now()))
                 })
                 .await;
@@ -756,5 +840,80 @@ impl PageStore for KvStore {
             }
         }
         Ok(stats)
+    }
+
+    async fn fork(&self, source: &DbKey, at: ReadAt, new: &DbKey) -> StoreResult<DbInfo> {
+        raise_format(self.engine.as_ref(), keys::FORMAT_BRANCHES).await?;
+        let catalog = keys::catalog(&new.tenant, &new.name);
+        let (now, budget) = (self.clock.unix_ms(), self.budget);
+        let empty = self
+            .with_db(source, false, |db, ctx| {
+                if ctx.snap.get(&catalog).map_err(store_error)?.is_some() {
+                    return Err(StoreError::AlreadyExists(new.name.clone()));
+                }
+                let state = db.resolve(at)?;
+                if state.version == Version::ZERO {
+                    return Ok((true, None));
+                }
+                let depth = db.depth() + 1;
+                if depth > MAX_FORK_DEPTH {
+                    return Err(too_deep(&source.name));
+                }
+                let child: DbId = rand::random();
+                let record = AncestorRecord {
+                    id: db.id,
+                    version: state.version.0,
+                    inherited: state.page_count,
+                    depth: depth as u32,
+                };
+                let mut batch =
+                    KvDb::branch(child, catalog.clone(), now, budget, record, state.page_size);
+                db.add_branch(state.version, child, &mut batch);
+                Ok((false, Some(Writes::one(batch))))
+            })
+            .await?;
+        if empty {
+            return self.create(new).await;
+        }
+        self.info(new).await
+    }
+
+    async fn add_restore_point(
+        &self,
+        key: &DbKey,
+        label: &str,
+        at: ReadAt,
+    ) -> StoreResult<RestorePoint> {
+        raise_format(self.engine.as_ref(), keys::FORMAT_BRANCHES).await?;
+        let now = self.clock.unix_ms();
+        self.with_db(key, false, |db, _| {
+            let (point, writes) = db.add_restore_point(&key.name, label, at, now)?;
+            Ok((point, Some(writes)))
+        })
+        .await
+    }
+
+    async fn restore_points(&self, key: &DbKey) -> StoreResult<Vec<RestorePoint>> {
+        self.with_db(key, false, |db, _| Ok((db.restore_points(), None)))
+            .await
+    }
+
+    async fn remove_restore_point(&self, key: &DbKey, label: &str) -> StoreResult<()> {
+        self.with_db(key, false, |db, _| {
+            Ok(((), Some(db.remove_restore_point(&key.name, label)?)))
+        })
+        .await
+    }
+
+    async fn detached_bytes(&self, tenant: &str) -> StoreResult<u64> {
+        let snap = self.engine.snapshot().map_err(store_error)?;
+        let mut bytes = 0u64;
+        for (id, _) in self.detached()?.into_iter().filter(|(_, t)| t == tenant) {
+            if let Some(head) = snap.get(&keys::head(id)).map_err(store_error)? {
+                let head: Head = records::decode("database head", &head).map_err(store_error)?;
+                bytes = bytes.saturating_add(head.stored_bytes);
+            }
+        }
+        Ok(bytes)
     }
 }

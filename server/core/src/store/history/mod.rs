@@ -14,13 +14,16 @@
 //!   the versions GC keeps ([`History::kept`]) and collecting the rest
 //!   ([`History::collect`]);
 //! - [`trim_writes`]: which page writes GC drops, given the kept versions;
-//! - [`Pins`]: reader pins (TTL, maximum age), which keep versions from GC.
+//! - [`Pins`]: reader pins (TTL, maximum age), which keep versions from GC;
+//! - [`RestorePoints`]: named pins, kept until deleted.
 
 mod pins;
+mod points;
 
 use std::time::Duration;
 
 pub use pins::Pins;
+pub use points::RestorePoints;
 
 use crate::store::clock::{check_after_first_commit, describe_unix_ms};
 use crate::store::{

@@ -11,13 +11,13 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::store::commit_check::{self, CommitIds};
-use crate::store::history::{History, Pins, VersionMeta};
+use crate::store::history::{History, Pins, RestorePoints, VersionMeta};
 use crate::store::lease_slot::LeaseSlot;
 use crate::store::page_writes::{Lookup, PageWrites, zero_page};
 use crate::store::{
     BeginRead, Changes, Commit, CommitHeader, CommitOutcome, DbInfo, DbState, GcStats, Lease,
-    LeaseId, MAX_RESTORE_POINTS, PageRead, PinTtl, ReadAt, ReadView, RestorePoint, StoreError,
-    StoreResult, Version, random_id, too_many_points,
+    LeaseId, PageRead, PinTtl, ReadAt, ReadView, RestorePoint, StoreError, StoreResult, Version,
+    random_id,
 };
 use crate::validate;
 
@@ -44,7 +44,7 @@ pub(super) struct MemDb {
     pub ancestor: Option<Ancestor>,
     /// Versions branches were forked at, with how many live branches read each.
     pub branches: BTreeMap<Version, usize>,
-    restore_points: BTreeMap<String, RestorePoint>,
+    restore_points: RestorePoints,
 }
 
 impl MemDb {
@@ -59,7 +59,7 @@ impl MemDb {
             commit_ids: CommitIds::default(),
             ancestor: None,
             branches: BTreeMap::new(),
-            restore_points: BTreeMap::new(),
+            restore_points: RestorePoints::default(),
         }
     }
 
@@ -103,34 +103,17 @@ impl MemDb {
         at: ReadAt,
         now_unix_ms: i64,
     ) -> StoreResult<RestorePoint> {
-        if self.restore_points.contains_key(label) {
-            return Err(StoreError::PointExists {
-                db: name.to_owned(),
-                label: label.to_owned(),
-            });
-        }
-        if self.restore_points.len() >= MAX_RESTORE_POINTS {
-            return Err(too_many_points(name));
-        }
+        self.restore_points.check_room(name, label)?;
         let state = self.resolve(at)?;
-        let point = RestorePoint {
-            label: label.to_owned(),
-            version: state.version,
-            tag: state.tag,
-            created_unix_ms: now_unix_ms,
-        };
-        self.restore_points.insert(label.to_owned(), point.clone());
-        Ok(point)
+        self.restore_points.add(name, label, state, now_unix_ms)
     }
 
     pub(super) fn restore_points(&self) -> Vec<RestorePoint> {
-        let mut points: Vec<_> = self.restore_points.values().cloned().collect();
-        points.sort_by(|a, b| (a.version, &a.label).cmp(&(b.version, &b.label)));
-        points
+        self.restore_points.list()
     }
 
-    pub(super) fn remove_restore_point(&mut self, label: &str) -> bool {
-        self.restore_points.remove(label).is_some()
+    pub(super) fn remove_restore_point(&mut self, name: &str, label: &str) -> StoreResult<()> {
+        self.restore_points.remove(name, label).map(|_| ())
     }
 
     /// Forgets restore points (a deleted database that stays for its branches).
@@ -140,8 +123,9 @@ impl MemDb {
 
     /// The versions kept whatever their age: branch points and restore points.
     fn held(&self) -> BTreeSet<Version> {
-        let points = self.restore_points.values().map(|p| p.version);
-        self.branches.keys().copied().chain(points).collect()
+        let mut held = self.restore_points.versions();
+        held.extend(self.branches.keys().copied());
+        held
     }
 
     pub(super) fn state(&self) -> DbState {

@@ -352,13 +352,7 @@ impl PageStore for MemoryStore {
     }
 
     async fn remove_restore_point(&self, key: &DbKey, label: &str) -> StoreResult<()> {
-        self.with_db(key, |db| match db.remove_restore_point(label) {
-            true => Ok(()),
-            false => Err(StoreError::NoSuchPoint {
-                db: key.name.clone(),
-                label: label.to_owned(),
-            }),
-        })
+        self.with_db(key, |db| db.remove_restore_point(&key.name, label))
     }
 
     async fn detached_bytes(&self, tenant: &str) -> StoreResult<u64> {
