@@ -48,7 +48,7 @@ use bytes::Bytes;
 use futures::Stream;
 use pagewire_proto::{
     ids::PageNo,
-    v1::{self as pb, commit_request::Part, pages_client::PagesClient},
+    v1::{self as pb, admin_client::AdminClient, commit_request::Part, pages_client::PagesClient},
 };
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -84,6 +84,8 @@ const MAX_PAGE_BYTES: u64 = 64 << 10;
 pub const TIMED_OUT_ATTEMPTS: u32 = 2;
 
 type Pages = PagesClient<InterceptedService<Channel, Auth>>;
+/// The Admin service, for the history calls the VFS's pragmas make (see `history.rs`).
+pub type Admin = AdminClient<InterceptedService<Channel, Auth>>;
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -273,6 +275,38 @@ impl Client {
             .max_decoding_message_size(self.max_message)
             .max_encoding_message_size(self.max_message);
         (generation, pages)
+    }
+
+    /// One Admin call `what` (never retried: a fork or a restore whose answer was lost
+    /// is not sent again), answered within `limit`, which also goes to the server as
+    /// its grpc-timeout.
+    pub async fn admin<M, T, Fut>(
+        self,
+        what: &str,
+        limit: Duration,
+        msg: M,
+        call: impl FnOnce(Admin, Request<M>) -> Fut,
+    ) -> Result<T, VfsError>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let (_, channel) = self.conn.get();
+        let stub = AdminClient::with_interceptor(channel, self.auth.clone())
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message);
+        let shown = show(limit);
+        match bounded(what, limit, &shown, call(stub, request(msg, limit))).await {
+            Ok(v) => Ok(v),
+            Err(Failed::Error(e)) => Err(e),
+            Err(Failed::TimedOut(w)) => Err(VfsError::Status(Status::deadline_exceeded(format!(
+                "the pagewire server {w}"
+            )))),
+        }
+    }
+
+    /// The deadline of one unary call.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
     }
 
     /// `call_timeout` as errors show it.

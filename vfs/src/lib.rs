@@ -36,6 +36,7 @@ mod commit;
 pub mod config;
 mod database;
 mod error;
+mod history;
 mod lease;
 mod local_file;
 mod locks;

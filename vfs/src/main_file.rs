@@ -86,6 +86,11 @@ impl MainFile {
         self.read_only
     }
 
+    /// Whether this connection is in a write transaction (RESERVED or more).
+    pub fn writing(&self) -> bool {
+        self.lock >= LockLevel::Reserved
+    }
+
     pub fn view(&self) -> DbState {
         self.view
     }

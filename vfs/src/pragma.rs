@@ -16,6 +16,8 @@
 //!   wait for at least version N (read-your-writes on a replica), answering N;
 //!   `pagewire_stats`: RPC counters.
 //!   `pagewire_read_lease`: the read lease and the newest version heard on Watch.
+//! - History (`history.rs`): `pagewire_fork`, `pagewire_restore`,
+//!   `pagewire_restore_point`, `pagewire_restore_points`, `pagewire_drop_restore_point`.
 //!
 //! Values are parsed as SQLite parses them, or the refusal could be bypassed.
 
@@ -31,7 +33,11 @@ pub fn handle(
     name: &str,
     arg: Option<&str>,
 ) -> Result<Option<String>, PragmaErr> {
-    match (name.to_ascii_lowercase().as_str(), arg) {
+    let lower = name.to_ascii_lowercase();
+    if let Some(answer) = crate::history::handle(file, &lower, arg) {
+        return answer;
+    }
+    match (lower.as_str(), arg) {
         ("journal_mode", Some(arg)) => match journal_mode(arg) {
             Some(mode @ ("wal" | "off")) => {
                 tracing::info!(db = %file.db.name(), "journal_mode={mode} refused: pagewire keeps a rollback journal");

@@ -51,6 +51,8 @@ pub async fn fork(
     validate::db_name(&new.name)?;
     validate::new_db_name(&new.name)?;
     let at = resolve(cx, &source, r.at.as_ref()).await?;
+    // A missing source is NOT_FOUND whatever the quota says.
+    cx.store.open(&source, false).await?;
     let quotas = cx.quotas(&new.tenant);
     let _creating = cx
         .usage

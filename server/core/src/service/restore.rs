@@ -61,7 +61,9 @@ pub async fn restore(
     };
     cx.usage.check_rate(&key.tenant, &cx.quotas(&key.tenant))?;
     let lease = take_lease(cx, &key, wait).await?;
+    let renewing = keep_renewed(cx, &key, &lease);
     let restored = restore_under(cx, &key, &lease, to).await;
+    renewing.abort();
     if let Err(e) = cx
         .store
         .release_lease(&key, lease.lease_id, lease.epoch)
@@ -98,6 +100,23 @@ async fn take_lease(cx: &Context, key: &DbKey, wait: Duration) -> Result<Lease, 
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Renews `lease` every third of its TTL until aborted: a restore that reads and writes
+/// for longer than one lease TTL (a big one, a slow store) keeps it, as a VFS writer's
+/// heartbeat does.
+fn keep_renewed(cx: &Context, key: &DbKey, lease: &Lease) -> tokio::task::JoinHandle<()> {
+    let (store, key, ttl) = (cx.store.clone(), key.clone(), cx.config.lease_ttl);
+    let (lease_id, epoch) = (lease.lease_id, lease.epoch);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            if let Err(e) = store.renew_lease(&key, lease_id, epoch, ttl).await {
+                tracing::warn!(db = %key, "renewing the restore's lease: {e}");
+                return;
+            }
+        }
+    })
 }
 
 /// Steps 2 to 4 of the module docs, under `lease`.
