@@ -17,6 +17,7 @@
 
 mod child;
 mod durable;
+mod history;
 mod leases;
 mod load;
 mod pgdirect;
@@ -50,6 +51,12 @@ struct Args {
     /// plaintext against TLS).
     #[arg(long)]
     tls_handshake: bool,
+    /// Instead of the table: what ForkDatabase and RestoreDatabase cost on a big
+    /// database (`--history-mib`, default 1024) on each store.
+    #[arg(long)]
+    history: bool,
+    #[arg(long, default_value_t = 1024)]
+    history_mib: usize,
     /// Run only the server load test (against `--load-url` if given, else a fresh server).
     #[arg(long)]
     load_only: bool,
@@ -144,6 +151,10 @@ fn main() -> anyhow::Result<()> {
     }
     if args.tls_handshake {
         return tls::run(if args.quick { 5 } else { 21 });
+    }
+    if args.history {
+        let mib = if args.quick { 64 } else { args.history_mib };
+        return history::run(mib, !args.no_postgres);
     }
     load_vfs()?;
     if args.load_only {
