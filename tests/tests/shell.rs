@@ -199,6 +199,51 @@ fn python_example_runs_against_a_server() {
     }
 }
 
+#[test]
+fn history_examples_from_the_readme() {
+    let server = Server::start().expect("server");
+    if let Some(shell) = sqlite3() {
+        let script = format!("{}{}", load_vfs(), example("agent-rollback.sql"));
+        for round in 1..=2 {
+            let out = run(shell, &server.url, &script);
+            let stdout = text(&out.stdout);
+            assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "{}",
+                text(&out.stderr)
+            );
+            assert!(
+                stdout.contains("after the agent:|1\n"),
+                "round {round}: {stdout}"
+            );
+            assert!(
+                stdout.contains(
+                    "rolled back:|the user prefers metric units\nrolled back:|the deadline is Friday\n"
+                ),
+                "round {round}: {stdout}"
+            );
+            assert!(
+                stdout.ends_with("dropped=before-run-1\n"),
+                "round {round}: {stdout}"
+            );
+        }
+    }
+    let Some(python) = python() else { return };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/branch_per_test.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .env("PAGEWIRE_VFS_LIB", vfs_library().expect("VFS library"))
+        .env("PAGEWIRE_URL", &server.url)
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "python failed: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "ok test_delete_a_user\nok test_add_a_user\nseed untouched: [('ada',), ('grace',)]\n"
+    );
+}
+
 /// A database growing past 1 GiB: SQLite never writes the lock-byte page (the page
 /// holding byte offset 1 GiB), so a commit's highest page may sit right past it, and a
 /// file may end just before it. The server's growth rule (a commit grows the file at
