@@ -416,6 +416,15 @@ role = "admin"
 [[tenant]]
 name = "acme"
 max_databases = 3
+
+[[token]]
+token = "tight"
+tenant = "tight"
+role = "write"
+
+[[tenant]]
+name = "tight"
+max_pinned_versions = 2
 "#;
 
 #[test]
@@ -588,6 +597,40 @@ fn history_calls_as_a_hostile_tenant_would_make_them() {
         assert_eq!(
             r.map(drop).map_err(|s| s.code()),
             Err(Code::PermissionDenied)
+        );
+    });
+    // Restore points count against the tenant's max_pinned_versions.
+    admin(url, "tight", async |c| {
+        let mut pages =
+            pb::pages_client::PagesClient::new(authed(url, "tight").await.expect("pages"));
+        for name in ["one", "two"] {
+            pages
+                .open(pb::OpenRequest {
+                    name: name.into(),
+                    create: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("create by open");
+        }
+        let point = |name: &str, label: &str| pb::CreateRestorePointRequest {
+            name: name.into(),
+            label: label.into(),
+            at: None,
+        };
+        c.create_restore_point(point("one", "a"))
+            .await
+            .expect("first");
+        c.create_restore_point(point("two", "b"))
+            .await
+            .expect("second");
+        let r = c.create_restore_point(point("two", "c")).await;
+        let status = r.map(drop).expect_err("third");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("max_pinned_versions"),
+            "{}",
+            status.message()
         );
     });
     // Another tenant sees none of it.

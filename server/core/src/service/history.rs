@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::Context;
 use crate::auth::Role;
+use crate::quota;
 use crate::store::{DbKey, ReadAt, RestorePoint, StoreError, Version};
 use crate::validate;
 
@@ -72,9 +73,36 @@ pub async fn create_point(
     let key = cx.key(&request, &r.name, Role::Write, "CreateRestorePoint")?;
     validate::restore_point_label(&r.label)?;
     let at = resolve(cx, &key, r.at.as_ref()).await?;
+    check_points_quota(cx, &key.tenant).await?;
     let point = cx.store.add_restore_point(&key, &r.label, at).await?;
     tracing::info!(tenant = %key.tenant, version = point.version.0, "created restore point");
     Ok(Response::new(point_proto(point)))
+}
+
+/// Restore points keep history like time-travel pins do: the tenant's restore points
+/// (over all its databases) count against its `max_pinned_versions` quota.
+async fn check_points_quota(cx: &Context, tenant: &str) -> Result<(), Status> {
+    let Some(max) = cx.quotas(tenant).max_pinned_versions else {
+        return Ok(());
+    };
+    let mut points = 0u64;
+    for db in cx.store.list(tenant).await? {
+        let key = DbKey::new(tenant, db.name);
+        match cx.store.restore_points(&key).await {
+            Ok(p) => points += p.len() as u64,
+            Err(e) if e.is_not_found() => {} // deleted meanwhile
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if points >= max {
+        return Err(quota::exceeded(
+            tenant,
+            "max_pinned_versions",
+            format!("{points} restore points"),
+            max.to_string(),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn list_points(
