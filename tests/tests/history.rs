@@ -234,7 +234,11 @@ fn restore_under_a_writer_and_three_lease_holding_readers() {
                     } else {
                         written.fetch_add(1, Ordering::Relaxed);
                     }
-                    if i % 5 == 0 {
+                    // `%` rather than `is_multiple_of` (Rust 1.87): the workspace
+                    // supports 1.85.
+                    #[allow(clippy::manual_is_multiple_of)]
+                    let pause = i % 5 == 0;
+                    if pause {
                         thread::sleep(Duration::from_millis(800));
                     }
                 }

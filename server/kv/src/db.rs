@@ -236,14 +236,16 @@ fn load_holds(
     Ok((branches, points))
 }
 
+/// A source's write of one page: its length (`None`: a zero marker) and data key.
+type FoundWrite = (Option<u32>, Vec<u8>);
+
 /// The newest write of page `no` at or before `at` in `source` (from the engine, not an
-/// index): `Some(len)` (`None` len: a zero marker) with its data key, or `None` when it
-/// never wrote it.
+/// index), or `None` when it never wrote it.
 fn write_in(
     snap: &dyn Snapshot,
     source: &Source,
     no: u32,
-) -> Result<Option<(Option<u32>, Vec<u8>)>, EngineError> {
+) -> Result<Option<FoundWrite>, EngineError> {
     let (start, end) = (
         keys::write(source.id, no, 0),
         keys::write(source.id, no, source.at.0.saturating_add(1)),
