@@ -647,3 +647,69 @@ fn history_calls_as_a_hostile_tenant_would_make_them() {
         assert_eq!(r.map(drop).map_err(|s| s.code()), Err(Code::NotFound));
     });
 }
+
+/// A fork copies nothing: the tenant's stored bytes do not move, the branch holds none
+/// of its own, and the fork answers in a time that does not grow with the source (one
+/// RPC; the 1 GiB figures are in the README: `pagewire-bench --history`). The source
+/// is `PAGEWIRE_FORK_TEST_MIB` MiB (default 64; 1024 for the full size).
+#[test]
+fn a_fork_copies_nothing_whatever_the_size() {
+    let Some(py) = python::python() else { return };
+    let mib: u64 = std::env::var("PAGEWIRE_FORK_TEST_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    for (store, server, _pg) in servers("a_fork_copies_nothing", &[]) {
+        let url = server.url.as_str();
+        let mut p = Driver::start(py, &[("PAGEWIRE_URL", url)]);
+        p.open(1, "file:big.db?vfs=pagewire").expect("open");
+        p.ok(1, "create table t(b blob)");
+        for _ in 0..mib.div_ceil(16) {
+            p.ok(
+                1,
+                "insert into t select randomblob(1048576) from \
+                 (with recursive n(x) as (select 1 union all select x + 1 from n limit 16) \
+                  select x from n)",
+            );
+        }
+        let stored = || {
+            admin(url, "dev", async |c| {
+                c.get_usage(pb::GetUsageRequest {})
+                    .await
+                    .expect("usage")
+                    .into_inner()
+                    .stored_bytes
+            })
+        };
+        let before = stored();
+        assert!(before >= mib << 20, "{store}: {before} bytes stored");
+        let (took, info) = admin(url, "dev", async |c| {
+            let started = Instant::now();
+            let info = c
+                .fork_database(pb::ForkDatabaseRequest {
+                    source: "big.db".into(),
+                    name: "big-branch".into(),
+                    at: None,
+                })
+                .await
+                .expect("fork")
+                .into_inner();
+            (started.elapsed(), info)
+        });
+        assert_eq!(info.stored_bytes, 0, "{store}: the branch copied pages");
+        assert_eq!(stored(), before, "{store}: stored bytes grew with the fork");
+        assert!(
+            took < Duration::from_millis(500),
+            "{store}: a fork took {took:?}"
+        );
+        p.open(2, "file:big-branch?vfs=pagewire")
+            .expect("open the branch");
+        let n = mib.div_ceil(16) * 16;
+        assert_eq!(
+            p.ok(2, "select count(*) from t"),
+            format!("[({n},)]"),
+            "{store}"
+        );
+        eprintln!("{store}: fork of {mib} MiB in {took:?}");
+    }
+}

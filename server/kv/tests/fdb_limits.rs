@@ -462,3 +462,47 @@ async fn a_store_that_may_stage_is_format_2_so_older_servers_refuse_it() -> anyh
     assert_eq!(format(fjall.as_ref())?, keys::FORMAT_STAGED);
     Ok(())
 }
+
+/// A branch reads its source's pages through, staged ones included; the first fork
+/// raises the format to 3 (so an older server, which would read a branch's pages as
+/// zeros, refuses the store), and not before: a store that never branched stays
+/// readable by older servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_read_staged_pages_and_raise_the_format_only_when_used() -> anyhow::Result<()> {
+    let dir = data_dir();
+    let key = DbKey::new("t", "src.db");
+    let branch = DbKey::new("t", "branch.db");
+    let c = {
+        let fjall = Arc::new(FjallEngine::open(dir.path())?);
+        let limited = Arc::new(LimitedEngine::fdb(fjall.clone()));
+        let store = store_over(&limited).await?;
+        store.open(&key, true).await?;
+        let lease = store.acquire_lease(&key, "w", TTL).await?;
+        let c = big(&lease, 0, 4096, 4096, 7); // 16 MiB: staged
+        store.commit(&key, c.clone()).await?;
+        store.commit(&key, big(&lease, 1, 4096, 16, 9)).await?; // shrinks to 16 pages
+        assert_eq!(
+            format(fjall.as_ref())?,
+            keys::FORMAT_STAGED,
+            "no branch yet"
+        );
+        store
+            .fork(
+                &key,
+                pagewire_server_core::store::ReadAt::Version(Version(1)),
+                &branch,
+            )
+            .await?;
+        assert_eq!(format(fjall.as_ref())?, keys::FORMAT_BRANCHES);
+        reads_back(&store, &branch, 1, &c).await?;
+        c
+    };
+    // After a restart, on the plain engine: the branch still reads the staged pages,
+    // and GC keeps them for it even with no retention at all.
+    let fjall = Arc::new(FjallEngine::open(dir.path())?);
+    let store = KvStore::open(fjall.clone()).await?;
+    store.gc(i64::MAX / 2, Duration::ZERO).await?;
+    reads_back(&store, &branch, 1, &c).await?;
+    assert_eq!(format(fjall.as_ref())?, keys::FORMAT_BRANCHES);
+    Ok(())
+}
