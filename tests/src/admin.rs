@@ -93,3 +93,19 @@ pub async fn authed(url: &str, token: &str) -> anyhow::Result<Authed> {
         Bearer(value),
     ))
 }
+
+/// Runs `f` with an Admin client for `token` on `url`, on a runtime of its own.
+pub fn with_admin<T>(
+    url: &str,
+    token: &str,
+    f: impl AsyncFnOnce(&mut AdminClient<Authed>) -> T,
+) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let channel = authed(url, token).await.expect("connect");
+        f(&mut AdminClient::new(channel)).await
+    })
+}

@@ -9,11 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pagewire_proto::v1 as pb;
-use pagewire_tests::admin::{Authed, authed};
+use pagewire_tests::admin::{authed, with_admin as admin};
 use pagewire_tests::postgres::TempPostgres;
 use pagewire_tests::python::{self, Driver};
 use pagewire_tests::{Server, shell, wait_for};
-use pb::admin_client::AdminClient;
 use tonic::Code;
 
 /// A server on each store this machine has, with what keeps its store alive.
@@ -38,18 +37,6 @@ fn servers(test: &str, extra: &[&str]) -> Vec<(&'static str, Server, Option<Temp
         all.push(("postgres", server, Some(pg)));
     }
     all
-}
-
-/// Runs `f` with an Admin client for `token` on `url`.
-fn admin<T>(url: &str, token: &str, f: impl AsyncFnOnce(&mut AdminClient<Authed>) -> T) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let channel = authed(url, token).await.expect("connect");
-        f(&mut AdminClient::new(channel)).await
-    })
 }
 
 fn at_version(v: u64) -> Option<pb::HistoryPoint> {

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use pagewire_proto::v1 as pb;
 use pagewire_tests::Server;
-use pagewire_tests::admin::{Authed, authed};
+use pagewire_tests::admin::with_admin as admin;
 use pagewire_tests::python::{self, Driver};
-use pb::admin_client::AdminClient;
 
 const TOKENS: &str = r#"
 [[token]]
@@ -53,18 +52,6 @@ role = "admin"
 name = "delta"
 max_history_retention = "0s"
 "#;
-
-/// Runs `f` with an Admin client for `token` (a runtime of its own).
-fn admin<T>(url: &str, token: &str, f: impl AsyncFnOnce(&mut AdminClient<Authed>) -> T) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let channel = authed(url, token).await.expect("connect");
-        f(&mut AdminClient::new(channel)).await
-    })
-}
 
 fn usage(url: &str, token: &str) -> pb::Usage {
     admin(url, token, async |c| {

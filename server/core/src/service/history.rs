@@ -49,7 +49,6 @@ pub async fn fork(
     let r = request.get_ref();
     let source = cx.key(&request, &r.source, Role::Write, "ForkDatabase")?;
     let new = DbKey::new(source.tenant.clone(), r.name.clone());
-    validate::db_name(&new.name)?;
     validate::new_db_name(&new.name)?;
     let at = resolve(cx, &source, r.at.as_ref()).await?;
     // A missing source is NOT_FOUND whatever the quota says.
