@@ -263,7 +263,15 @@ fn restore_under_a_writer_and_three_lease_holding_readers() {
                 "{store}: the writer made no progress ({written:?})"
             );
             let point = setup.ok(1, "pragma pagewire_restore_point='midway'");
-            let point_n = setup.ok(1, "select n from meta");
+            // The point is the server's newest version when it was made; the writer
+            // may have committed again before this connection reads, so its state
+            // is read as of the point's version.
+            let point_n = state_at(
+                py,
+                &env,
+                version_in(&point, "version="),
+                "select n from meta",
+            );
             assert!(
                 wait_for(Duration::from_secs(30), || written.load(Ordering::Relaxed)
                     >= 40),
@@ -275,19 +283,17 @@ fn restore_under_a_writer_and_three_lease_holding_readers() {
                 "{store}: {point} {restored}"
             );
             // The restored version holds the point's state exactly.
-            let version: u64 = restored
-                .split_whitespace()
-                .find_map(|w| w.trim_start_matches("[('").strip_prefix("version="))
-                .and_then(|v| v.parse().ok())
-                .expect("restored version");
-            let mut old = Driver::start(py, &env);
-            old.open(
-                1,
-                &format!("file:bank.db?vfs=pagewire&as_of_version={version}"),
-            )
-            .expect("as of the restore");
-            assert_eq!(old.ok(1, "select n from meta"), point_n, "{store}");
-            assert_eq!(old.ok(1, "pragma integrity_check"), "[('ok',)]", "{store}");
+            let version = version_in(&restored, "version=");
+            assert_eq!(
+                state_at(py, &env, version, "select n from meta"),
+                point_n,
+                "{store}"
+            );
+            assert_eq!(
+                state_at(py, &env, version, "pragma integrity_check"),
+                "[('ok',)]",
+                "{store}"
+            );
             // The writer goes on after the restore; then the restore is undone.
             let after = written.load(Ordering::Relaxed);
             assert!(
@@ -311,6 +317,26 @@ fn restore_under_a_writer_and_three_lease_holding_readers() {
         );
         assert!(setup.ok(1, CHECK).starts_with("[(1, 1, "), "{store}");
     }
+}
+
+/// The number after `word` in a pragma's answer (`[('label=midway version=42',)]`).
+fn version_in(answer: &str, word: &str) -> u64 {
+    answer
+        .split_whitespace()
+        .find_map(|w| w.trim_start_matches("[('").strip_prefix(word))
+        .and_then(|v| v.trim_end_matches("',)]").parse().ok())
+        .unwrap_or_else(|| panic!("no {word} in {answer}"))
+}
+
+/// `sql`'s answer on a new connection reading `bank.db` as of `version`.
+fn state_at(py: &str, env: &[(&str, &str)], version: u64, sql: &str) -> String {
+    let mut old = Driver::start(py, env);
+    old.open(
+        1,
+        &format!("file:bank.db?vfs=pagewire&as_of_version={version}"),
+    )
+    .expect("as of a version");
+    old.ok(1, sql)
 }
 
 /// Sets the flag when dropped (also while unwinding).
