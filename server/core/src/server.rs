@@ -202,11 +202,19 @@ async fn serve_grpc(
     health
         .set_serving::<OperatorServer<OperatorService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both forms: grpcurl and grpcui before 2023, Postman and many
+    // language libraries speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the v1alpha reflection service")?;
     let keepalive = Some(limits.keepalive_interval);
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -232,7 +240,8 @@ async fn serve_grpc(
             OperatorAuthenticator::new(credentials),
         ))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")

@@ -597,38 +597,55 @@ async fn dev_mode_needs_no_token() -> anyhow::Result<()> {
     server.stop().await
 }
 
-#[tokio::test]
-async fn reflection_lists_the_services() -> anyhow::Result<()> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+/// The sorted service names reflection `$v` (`v1` or `v1alpha`) lists.
+macro_rules! reflected_services {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::ServerReflectionRequest;
+        use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new($channel);
+        let ask = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = client
+            .server_reflection_info(tokio_stream::iter(vec![ask]))
+            .await?
+            .into_inner();
+        let reply = replies.message().await?.and_then(|r| r.message_response);
+        let Some(MessageResponse::ListServicesResponse(list)) = reply else {
+            anyhow::bail!("no service list: {reply:?}")
+        };
+        let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    }};
+}
 
+#[tokio::test]
+async fn reflection_lists_the_services_in_v1_and_v1alpha() -> anyhow::Result<()> {
     let server = TestServer::start(config()?).await?;
-    let mut client = ServerReflectionClient::new(server.channel.clone());
-    let ask = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+    // Each form names itself as the reflection service; that v1alpha answers at all
+    // is what older clients need.
+    let expected = |reflection: &str| {
+        let mut names = vec![
+            "grpc.health.v1.Health".to_owned(),
+            "pagewire.v1.Admin".to_owned(),
+            "pagewire.v1.Operator".to_owned(),
+            "pagewire.v1.Pages".to_owned(),
+            format!("grpc.reflection.{reflection}.ServerReflection"),
+        ];
+        names.sort();
+        names
     };
-    let mut replies = client
-        .server_reflection_info(tokio_stream::iter(vec![ask]))
-        .await?
-        .into_inner();
-    let reply = replies.message().await?.and_then(|r| r.message_response);
-    let Some(MessageResponse::ListServicesResponse(list)) = reply else {
-        anyhow::bail!("no service list: {reply:?}")
-    };
-    let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
     assert_eq!(
-        names,
-        [
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "pagewire.v1.Admin",
-            "pagewire.v1.Operator",
-            "pagewire.v1.Pages"
-        ]
+        reflected_services!(v1, server.channel.clone()),
+        expected("v1")
+    );
+    assert_eq!(
+        reflected_services!(v1alpha, server.channel.clone()),
+        expected("v1alpha")
     );
     server.stop().await
 }
