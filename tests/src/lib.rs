@@ -57,6 +57,11 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
     built("PAGEWIRE_SERVER_BIN", "pagewire-server")
 }
 
+/// The `pagewire` command (the cli crate).
+pub fn cli_binary() -> anyhow::Result<PathBuf> {
+    built("PAGEWIRE_CLI_BIN", "pagewire")
+}
+
 /// The `.load`able VFS (libpagewire_vfs.so), as the shell loads it (no suffix).
 pub fn vfs_library() -> anyhow::Result<PathBuf> {
     let so = built("PAGEWIRE_VFS_LIB", "libpagewire_vfs.so")?;

@@ -61,6 +61,8 @@ use std::sync::{
 use sqlite_plugin::logger::{SqliteLogLevel, SqliteLogger};
 
 pub use config::Config;
+pub use error::VfsError;
+pub use runtime::{TlsFiles, endpoint};
 pub use vfs::PagewireVfs;
 
 /// The name the VFS registers under.

@@ -91,6 +91,29 @@ impl TlsFiles {
     }
 }
 
+/// The endpoint of the server at `url` (`http://` or `https://`, then trusting and
+/// presenting `tls`), with the VFS's connection settings; the `pagewire` command
+/// connects through it too, so both reach a server the same way.
+pub fn endpoint(
+    url: &str,
+    connect_timeout: Duration,
+    tls: &TlsFiles,
+) -> Result<Endpoint, VfsError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| VfsError::Config(format!("bad server URL {url:?}: {e}")))?;
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(tls.client_config(connect_timeout)?)
+            .map_err(|e| VfsError::Config(format!("TLS for {url}: {e}")))?;
+    }
+    Ok(endpoint
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
 static CURRENT: OnceLock<Mutex<Option<Arc<Rt>>>> = OnceLock::new();
 
 /// The runtime for this process, built on first use and after a fork.
@@ -180,19 +203,7 @@ impl Rt {
         if let Some(conn) = channels.get(&key) {
             return Ok(conn.clone());
         }
-        let mut endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| VfsError::Config(format!("bad server URL {url:?}: {e}")))?;
-        if url.starts_with("https://") {
-            endpoint = endpoint
-                .tls_config(tls.client_config(connect_timeout)?)
-                .map_err(|e| VfsError::Config(format!("TLS for {url}: {e}")))?;
-        }
-        let endpoint = endpoint
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+        let endpoint = endpoint(url, connect_timeout, tls)?;
         // connect_lazy needs a runtime context to spawn its connection task.
         let _guard = self.runtime.enter();
         let channel = endpoint.connect_lazy();
