@@ -6,11 +6,16 @@ use anyhow::Context;
 use pagewire_proto::v1 as pb;
 use serde_json::{Value, json};
 
-use crate::{Cli, Command, DbCommand, PointCommand, output::Output};
+use crate::{
+    Cli, Command, DbCommand, PointCommand,
+    connect::{Admin, Pages},
+    export,
+    output::Output,
+};
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Output> {
-    let mut admin = cli.server.admin().await?;
-    let a = &mut admin;
+    let channel = cli.server.connect().await?;
+    let a = &mut Admin::new(channel.clone());
     Ok(match &cli.command {
         Command::Db(DbCommand::List) => {
             let list = a
@@ -79,6 +84,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Output> {
                 .map(|p| point_fields(p).into_iter().map(|f| f.1).collect());
             Output::list(vec!["label", "version", "created"], rows.collect())
         }
+        Command::Export {
+            name,
+            file,
+            at,
+            force,
+        } => {
+            let at = at.as_deref().map(history_point).transpose()?;
+            let pages = &mut Pages::new(channel);
+            export::run(pages, a, name, file, at, *force).await?
+        }
         Command::RestorePoint(PointCommand::Rm { name, label }) => {
             let request = pb::DeleteRestorePointRequest {
                 name: name.clone(),
@@ -132,7 +147,7 @@ fn time(unix_ms: i64) -> Value {
 
 /// `--at`/`--to`: a version number, an RFC 3339 time (`2026-12-07T10:00:00Z`) or a
 /// restore point's label (labels are never all digits).
-fn history_point(s: &str) -> anyhow::Result<pb::HistoryPoint> {
+pub fn history_point(s: &str) -> anyhow::Result<pb::HistoryPoint> {
     use pb::history_point::At;
     let at = if let Ok(v) = s.parse::<u64>() {
         At::Version(v)

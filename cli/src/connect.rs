@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use pagewire_proto::v1::admin_client::AdminClient;
+use pagewire_proto::v1::{admin_client::AdminClient, pages_client::PagesClient};
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
@@ -48,12 +48,15 @@ pub struct Server {
     timeout: Duration,
 }
 
-pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+/// A connection to the server that sends the token with every call.
+pub type Authed = InterceptedService<Channel, Bearer>;
+pub type Admin = AdminClient<Authed>;
+pub type Pages = PagesClient<Authed>;
 
 impl Server {
-    /// An Admin client on a connection made now (so an unreachable server is said
-    /// before anything else).
-    pub async fn admin(&self) -> anyhow::Result<Admin> {
+    /// A connection made now (so an unreachable server is said before anything
+    /// else), whose every call carries the token.
+    pub async fn connect(&self) -> anyhow::Result<Authed> {
         // The server's own default address when none is given.
         let url = self.url.as_deref().unwrap_or("http://127.0.0.1:7878");
         let tls = pagewire_vfs::TlsFiles {
@@ -73,10 +76,7 @@ impl Server {
                     .context("the token has characters a header cannot carry")?,
             ),
         };
-        Ok(AdminClient::new(InterceptedService::new(
-            channel,
-            Bearer(token),
-        )))
+        Ok(InterceptedService::new(channel, Bearer(token)))
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod commands;
 mod connect;
+mod export;
 mod output;
 
 use std::process::ExitCode;
@@ -48,6 +49,18 @@ enum Command {
         /// How long to wait for a writer's lease, at most 60s.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
+    },
+    /// Write NAME as it was at --at (default: newest) to a local SQLite file, while
+    /// writers go on: the file is byte for byte that committed version.
+    Export {
+        name: String,
+        file: std::path::PathBuf,
+        /// A version number, an RFC 3339 time or a restore point's label.
+        #[arg(long)]
+        at: Option<String>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Named points in a database's history, kept past the retention window.
     #[command(subcommand, name = "restore-point")]

@@ -5,9 +5,12 @@
 //! and a message).
 
 use std::process::Output;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
 
 use pagewire_tests::python::{self, Driver};
-use pagewire_tests::{Server, cli_binary};
+use pagewire_tests::{Server, cli_binary, wait_for};
 use serde_json::Value;
 
 const TOKENS: &str = r#"
@@ -244,4 +247,114 @@ fn mistakes_get_a_message_and_the_exit_code_a_shell_expects() {
         json(url, t, &["db", "list"]).as_array().map(Vec::len),
         Some(1)
     );
+}
+
+#[test]
+fn an_export_under_a_continuous_writer_is_one_committed_version_byte_for_byte() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&[], dir.path());
+    let (url, t) = (server.url.as_str(), "acme-token");
+    let env = [("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", t)];
+    // The writer sets the database up, then writes until told to stop.
+    let mut w = Driver::start(py, &env);
+    w.open(1, "file:bank?vfs=pagewire").expect("writer open");
+    w.ok(1, "create table t(id integer primary key, v int, pad blob)");
+    w.ok(1, "create table meta(n int, s int)");
+    w.ok(1, "insert into meta values (0, 0)");
+    let check = "select (select count(*) from t) = (select n from meta), \
+                 (select coalesce(sum(v), 0) from t) = (select s from meta), \
+                 (select n from meta)";
+    let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    thread::scope(|s| {
+        let (stop, written) = (&stop, &written);
+        s.spawn(move || {
+            for i in 1u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                w.ok(1, "begin immediate");
+                w.ok(
+                    1,
+                    &format!("insert into t(v, pad) values ({i}, randomblob(5000))"),
+                );
+                w.ok(1, &format!("update meta set n = n + 1, s = s + {i}"));
+                w.ok(1, "commit");
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let _stop = StopOnDrop(stop);
+        assert!(wait_for(Duration::from_secs(20), || written
+            .load(Ordering::Relaxed)
+            >= 50));
+        let first = dir.path().join("first.db");
+        let f = first.display().to_string();
+        let exported = json(url, t, &["export", "bank", &f]);
+        let version = exported["version"].as_u64().expect("version");
+        let at = written.load(Ordering::Relaxed);
+        // The file opens in plain SQLite (no pagewire) and holds one transaction's state.
+        let mut plain = Driver::start(py, &env);
+        plain
+            .open(2, &format!("file:{f}?vfs=unix"))
+            .expect("open the file");
+        assert_eq!(plain.ok(2, "pragma integrity_check"), "[('ok',)]");
+        let state = plain.ok(2, check);
+        assert!(state.starts_with("[(1, 1, "), "{state}");
+        // It is that version byte for byte: as read through the VFS, and as exported
+        // again later (writers still going) at that version.
+        let mut old = Driver::start(py, &env);
+        old.open(
+            3,
+            &format!("file:bank?vfs=pagewire&as_of_version={version}"),
+        )
+        .expect("as of the export");
+        assert_eq!(old.ok(3, check), state);
+        assert!(wait_for(Duration::from_secs(20), || written
+            .load(Ordering::Relaxed)
+            >= at + 20));
+        let second = dir.path().join("second.db");
+        let s2 = second.display().to_string();
+        let again = json(
+            url,
+            t,
+            &["export", "bank", &s2, "--at", &version.to_string()],
+        );
+        assert_eq!(again["version"], version);
+        let (a, b) = (std::fs::read(&first), std::fs::read(&second));
+        assert!(
+            a.expect("first") == b.expect("second"),
+            "two exports of one version differ"
+        );
+        let newest = json(url, t, &["db", "info", "bank"]);
+        assert!(newest["version"].as_u64() > Some(version), "{newest}");
+    });
+    // What is refused leaves no file behind.
+    let out = dir.path().join("none.db");
+    let o = out.display().to_string();
+    let (code, err) = fails(url, t, &["export", "nosuch", &o]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("pagewire: not found: "), "{err}");
+    let (code, err) = fails(url, t, &["export", "bank", &o, "--at", "999999"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!out.exists() && !dir.path().join("none.db.partial").exists());
+    let (code, err) = fails(
+        url,
+        t,
+        &[
+            "export",
+            "bank",
+            &dir.path().join("first.db").display().to_string(),
+        ],
+    );
+    assert_eq!((code, err.contains("--force")), (1, true), "{err}");
+}
+
+/// Sets the flag when dropped (also while unwinding), so the writer thread ends.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
