@@ -358,3 +358,86 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, Ordering::Relaxed);
     }
 }
+
+/// An export streams: the `pagewire` process's peak RSS stays under 200 MiB however
+/// big the database (`PAGEWIRE_EXPORT_TEST_MIB` MiB, default 64; 1024 for the full
+/// size, which also prints the throughput).
+#[test]
+fn an_export_of_a_big_database_streams_in_bounded_memory() {
+    let Some(py) = python::python() else { return };
+    let mib: u64 = std::env::var("PAGEWIRE_EXPORT_TEST_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&[], dir.path());
+    let (url, t) = (server.url.as_str(), "acme-token");
+    let env = [("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", t)];
+    let mut p = Driver::start(py, &env);
+    p.open(1, "file:big?vfs=pagewire").expect("open");
+    p.ok(1, "create table t(b blob)");
+    for _ in 0..mib.div_ceil(16) {
+        p.ok(
+            1,
+            "insert into t select randomblob(1048576) from \
+             (with recursive n(x) as (select 1 union all select x + 1 from n limit 16) \
+              select x from n)",
+        );
+    }
+    let file = dir.path().join("big.db");
+    let f = file.display().to_string();
+    let (out, peak_kib) = run_measured(url, t, &["--json", "export", "big", &f]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported: Value = serde_json::from_slice(&out.stdout).expect("json");
+    eprintln!("export of {mib} MiB: {exported}, peak RSS {peak_kib} KiB");
+    assert!(exported["bytes"].as_u64() >= Some(mib << 20), "{exported}");
+    assert!(peak_kib < 200 << 10, "the export peaked at {peak_kib} KiB");
+    let mut plain = Driver::start(py, &env);
+    plain
+        .open(2, &format!("file:{f}?vfs=unix"))
+        .expect("open the file");
+    assert_eq!(plain.ok(2, "pragma quick_check"), "[('ok',)]");
+    let rows = plain.ok(2, "select count(*) from t");
+    assert_eq!(rows, format!("[({},)]", mib.div_ceil(16) * 16));
+}
+
+/// Runs `pagewire args...` and waits for it with wait4, for its own peak RSS (KiB).
+fn run_measured(url: &str, token: &str, args: &[&str]) -> (Output, i64) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(cli_binary().expect("pagewire binary"))
+        .args(args)
+        .env("PAGEWIRE_URL", url)
+        .env("PAGEWIRE_TOKEN", token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pagewire");
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    // Small outputs: reading them before waiting cannot fill a pipe and block.
+    if let Some(o) = child.stdout.as_mut() {
+        o.read_to_end(&mut stdout).expect("stdout");
+    }
+    if let Some(e) = child.stderr.as_mut() {
+        e.read_to_end(&mut stderr).expect("stderr");
+    }
+    let mut status = 0;
+    // SAFETY: wait4 writes only into the two locals; the pid is our own child, not
+    // yet reaped (std's Child is not waited on after this).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = i32::try_from(child.id()).expect("pid");
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4");
+    let status = std::os::unix::process::ExitStatusExt::from_raw(status);
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        usage.ru_maxrss,
+    )
+}
