@@ -406,6 +406,8 @@ fn an_export_of_a_big_database_streams_in_bounded_memory() {
 }
 
 /// Runs `pagewire args...` and waits for it with wait4, for its own peak RSS (KiB).
+// The child is reaped by wait4 below, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_measured(url: &str, token: &str, args: &[&str]) -> (Output, i64) {
     use std::io::Read;
     let mut child = std::process::Command::new(cli_binary().expect("pagewire binary"))
