@@ -14,7 +14,11 @@ use crate::{
 };
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Output> {
-    let channel = cli.server.connect().await?;
+    let waits = match &cli.command {
+        Command::Restore { wait, .. } => *wait,
+        _ => Duration::ZERO,
+    };
+    let channel = cli.server.connect(waits).await?;
     let a = &mut Admin::new(channel.clone());
     Ok(match &cli.command {
         Command::Db(DbCommand::List) => {

@@ -178,6 +178,29 @@ fn every_command_as_a_table_and_as_json() {
         let (code, err) = fails(url, "beta-token", &["db", "delete", "app"]);
         assert_eq!(code, 1, "{err}");
         assert_eq!(count("app"), "[(6,)]");
+
+        // A restore waits for a writer's lease as long as --wait says, past
+        // --timeout, then says the database is busy.
+        w.ok(1, "begin immediate");
+        let started = std::time::Instant::now();
+        let args = [
+            "restore",
+            "app",
+            "--to",
+            "2",
+            "--wait",
+            "3s",
+            "--timeout",
+            "1s",
+        ];
+        let (code, err) = fails(url, t, &args);
+        assert_eq!(
+            (code, err.starts_with("pagewire: busy: ")),
+            (1, true),
+            "{err}"
+        );
+        assert!(started.elapsed() > Duration::from_millis(2500), "{err}");
+        w.ok(1, "rollback");
     }
 }
 
