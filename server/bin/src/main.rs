@@ -27,6 +27,16 @@ struct Flags {
     /// --insecure-no-auth.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics over HTTP at `/metrics`: a port (on loopback) or an
+    /// address:port (e.g. 0.0.0.0:9464 for every interface: the metrics need no
+    /// token). Off by default.
+    #[arg(long, value_name = "PORT|ADDR:PORT")]
+    metrics_listen: Option<String>,
+    /// Label the per-tenant metrics (commit bytes and pages, pages read, quota
+    /// refusals) with the tenant's name. Off by default: tenant names may be customer
+    /// names, and each tenant adds series.
+    #[arg(long)]
+    metrics_tenant_labels: bool,
     /// Where pages are kept: `embedded` (the default: durable, in --data-dir, one
     /// server per directory), `memory` (lost when the server stops: for tests and
     /// throwaway use), `postgres://user[:password]@host[:port]/database` (durable;
@@ -340,6 +350,20 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The Prometheus endpoint's listener: `PORT` alone is on loopback (127.0.0.1), an
+/// address is taken as given.
+async fn metrics_listener(listen: &str) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = match listen.parse::<u16>() {
+        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        Err(_) => listen.parse().with_context(|| {
+            format!("--metrics-listen {listen:?}: give a port (loopback) or an address:port")
+        })?,
+    };
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))
+}
+
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let config = config(&flags)?;
     // Before anything slow: a SIGHUP from here on reloads instead of killing.
@@ -352,6 +376,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", flags.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    if let Some(listen) = &flags.metrics_listen {
+        let metrics = metrics_listener(listen).await?;
+        let at = metrics
+            .local_addr()
+            .context("reading the metrics address")?;
+        // A log line, not stdout: whoever reads the listening line may close stdout.
+        tracing::info!("Prometheus metrics on http://{at}/metrics");
+        pagewire_server_core::metrics::set_tenant_labels(flags.metrics_tenant_labels);
+        tokio::spawn(pagewire_server_core::metrics::serve(metrics));
+    }
     let mut stdout = std::io::stdout().lock();
     let scheme = if config.tls.is_some() {
         "https"

@@ -27,6 +27,11 @@ pub fn code(e: &StoreError) -> Code {
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         let code = code(&e);
+        let kind = vec![("kind", e.kind().to_owned())];
+        crate::metrics::global()
+            .store_errors
+            .get_or_create(&kind)
+            .inc();
         if e.is_client_error() {
             tracing::debug!(?code, "{e}");
         } else if code == Code::Unavailable {

@@ -56,8 +56,17 @@ async fn run(
 
 /// One GC pass, logged.
 pub async fn pass(store: &dyn PageStore, retention: &Retention) {
-    match store.gc_with(system_unix_ms(), retention).await {
-        Ok(stats) => log(&stats),
+    let started = std::time::Instant::now();
+    let result = store.gc_with(system_unix_ms(), retention).await;
+    let m = crate::metrics::global();
+    m.gc_passes.inc();
+    m.gc_seconds.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(stats) => {
+            m.gc_versions.inc_by(stats.versions_collected);
+            m.gc_bytes_freed.inc_by(stats.bytes_freed);
+            log(&stats)
+        }
         Err(e) => tracing::warn!("history GC failed: {e}"),
     }
 }

@@ -35,6 +35,7 @@ pub mod auth;
 pub mod error;
 pub mod gc;
 pub mod limits;
+pub mod metrics;
 pub mod quota;
 pub mod server;
 pub mod service;

@@ -161,5 +161,10 @@ impl Limits {
 
 /// The status for a request over a limit: `RESOURCE_EXHAUSTED`, naming the flag.
 pub fn exhausted(what: impl std::fmt::Display, flag: &str) -> tonic::Status {
+    let labels = vec![("limit", flag.to_owned())];
+    crate::metrics::global()
+        .limit_refusals
+        .get_or_create(&labels)
+        .inc();
     tonic::Status::resource_exhausted(format!("{what} (server limit {flag}); nothing was changed"))
 }

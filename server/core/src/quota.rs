@@ -180,6 +180,10 @@ pub(crate) fn over(tenant: &str, quota: &str, usage: String, limit: String) -> S
 
 /// The status for `tenant` over `quota`.
 pub fn exceeded(tenant: &str, quota: &str, usage: String, limit: String) -> Status {
+    let m = crate::metrics::global();
+    m.quota_refusals
+        .get_or_create(&m.labels(tenant, &[("quota", quota)]))
+        .inc();
     Status::resource_exhausted(over(tenant, quota, usage, limit))
 }
 

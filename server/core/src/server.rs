@@ -182,6 +182,8 @@ async fn serve_grpc(
     let admission = Admission::new(&limits);
     let context = Arc::new(Context::new(store, config));
     let hub = context.hub.clone();
+    let sampled = hub.clone();
+    crate::metrics::global().set_sampler(Arc::new(move || sampled.metrics_sample()));
     // Watch streams never end by themselves: end them so graceful shutdown can finish.
     let shutdown = async move {
         shutdown.await;

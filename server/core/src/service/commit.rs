@@ -63,7 +63,14 @@ pub async fn commit(
     let bytes = commit_bytes(&commit);
     check_quotas(cx, &key, &quotas, &commit, bytes).await?;
     let tenant = key.tenant.clone();
+    let pages = commit.pages.len() as u64;
     let outcome = apply_to_the_end(cx, key, commit, charge).await?;
+    if !outcome.already_applied {
+        let m = crate::metrics::global();
+        let labels = m.labels(&tenant, &[]);
+        m.commit_bytes.get_or_create(&labels).inc_by(bytes);
+        m.commit_pages.get_or_create(&labels).inc_by(pages);
+    }
     tracing::debug!(already_applied = outcome.already_applied, "committed");
     if !outcome.already_applied {
         // Over the commit rate, the reply (not the commit) waits.

@@ -59,65 +59,77 @@ impl OperatorService {
 #[tonic::async_trait]
 impl pb::operator_server::Operator for OperatorService {
     async fn reload(&self, request: Request<pb::ReloadRequest>) -> Reply<pb::ReloadResponse> {
-        operator::reload(&self.context, request).await
+        observed("Reload", operator::reload(&self.context, request)).await
     }
 
     async fn get_server_metrics(
         &self,
         request: Request<pb::GetServerMetricsRequest>,
     ) -> Reply<pb::ServerMetrics> {
-        operator::server_metrics(&self.context, request).await
+        observed(
+            "GetServerMetrics",
+            operator::server_metrics(&self.context, request),
+        )
+        .await
     }
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// Runs one RPC's handler and counts it (method, outcome, latency) in the metrics.
+async fn observed<T>(method: &'static str, handler: impl Future<Output = Reply<T>>) -> Reply<T> {
+    let started = std::time::Instant::now();
+    let reply = handler.await;
+    crate::metrics::global().call(method, started, &reply);
+    reply
+}
+
 #[tonic::async_trait]
 impl pb::pages_server::Pages for PagesService {
     async fn open(&self, request: Request<pb::OpenRequest>) -> Reply<pb::OpenResponse> {
-        open::open(&self.context, request).await
+        observed("Open", open::open(&self.context, request)).await
     }
 
     async fn acquire_lease(
         &self,
         request: Request<pb::AcquireLeaseRequest>,
     ) -> Reply<pb::LeaseResponse> {
-        lease::acquire(&self.context, request).await
+        observed("AcquireLease", lease::acquire(&self.context, request)).await
     }
 
     async fn renew_lease(
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Reply<pb::LeaseResponse> {
-        lease::renew(&self.context, request).await
+        observed("RenewLease", lease::renew(&self.context, request)).await
     }
 
     async fn release_lease(
         &self,
         request: Request<pb::ReleaseLeaseRequest>,
     ) -> Reply<pb::ReleaseLeaseResponse> {
-        lease::release(&self.context, request).await
+        observed("ReleaseLease", lease::release(&self.context, request)).await
     }
 
     async fn begin_read(
         &self,
         request: Request<pb::BeginReadRequest>,
     ) -> Reply<pb::BeginReadResponse> {
-        read::begin_read(&self.context, request).await
+        observed("BeginRead", read::begin_read(&self.context, request)).await
     }
 
     async fn read_pages(
         &self,
         request: Request<pb::ReadPagesRequest>,
     ) -> Reply<pb::ReadPagesResponse> {
-        read::read_pages(&self.context, request).await
+        observed("ReadPages", read::read_pages(&self.context, request)).await
     }
 
     async fn commit(
         &self,
         request: Request<Streaming<pb::CommitRequest>>,
     ) -> Reply<pb::CommitResponse> {
-        commit::commit(&self.context, request).await
+        observed("Commit", commit::commit(&self.context, request)).await
     }
 
     type WatchStream = watch::WatchStream;
@@ -126,7 +138,7 @@ impl pb::pages_server::Pages for PagesService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Reply<Self::WatchStream> {
-        watch::watch(&self.context, request).await
+        observed("Watch", watch::watch(&self.context, request)).await
     }
 }
 
@@ -136,70 +148,82 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListDatabasesRequest>,
     ) -> Reply<pb::ListDatabasesResponse> {
-        admin::list(&self.context, request).await
+        observed("ListDatabases", admin::list(&self.context, request)).await
     }
 
     async fn create_database(
         &self,
         request: Request<pb::CreateDatabaseRequest>,
     ) -> Reply<pb::DatabaseInfo> {
-        admin::create(&self.context, request).await
+        observed("CreateDatabase", admin::create(&self.context, request)).await
     }
 
     async fn delete_database(
         &self,
         request: Request<pb::DeleteDatabaseRequest>,
     ) -> Reply<pb::DeleteDatabaseResponse> {
-        admin::delete(&self.context, request).await
+        observed("DeleteDatabase", admin::delete(&self.context, request)).await
     }
 
     async fn get_database_info(
         &self,
         request: Request<pb::GetDatabaseInfoRequest>,
     ) -> Reply<pb::DatabaseInfo> {
-        admin::info(&self.context, request).await
+        observed("GetDatabaseInfo", admin::info(&self.context, request)).await
     }
 
     async fn get_metrics(&self, request: Request<pb::GetMetricsRequest>) -> Reply<pb::Metrics> {
-        admin::metrics(&self.context, request).await
+        observed("GetMetrics", admin::metrics(&self.context, request)).await
     }
 
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Reply<pb::Usage> {
-        admin::usage(&self.context, request).await
+        observed("GetUsage", admin::usage(&self.context, request)).await
     }
 
     async fn fork_database(
         &self,
         request: Request<pb::ForkDatabaseRequest>,
     ) -> Reply<pb::DatabaseInfo> {
-        history::fork(&self.context, request).await
+        observed("ForkDatabase", history::fork(&self.context, request)).await
     }
 
     async fn restore_database(
         &self,
         request: Request<pb::RestoreDatabaseRequest>,
     ) -> Reply<pb::RestoreDatabaseResponse> {
-        restore::restore(&self.context, request).await
+        observed("RestoreDatabase", restore::restore(&self.context, request)).await
     }
 
     async fn create_restore_point(
         &self,
         request: Request<pb::CreateRestorePointRequest>,
     ) -> Reply<pb::RestorePoint> {
-        history::create_point(&self.context, request).await
+        observed(
+            "CreateRestorePoint",
+            history::create_point(&self.context, request),
+        )
+        .await
     }
 
     async fn list_restore_points(
         &self,
         request: Request<pb::ListRestorePointsRequest>,
     ) -> Reply<pb::ListRestorePointsResponse> {
-        history::list_points(&self.context, request).await
+        observed(
+            "ListRestorePoints",
+            history::list_points(&self.context, request),
+        )
+        .await
     }
 
     async fn delete_restore_point(
         &self,
         request: Request<pb::DeleteRestorePointRequest>,
     ) -> Reply<pb::DeleteRestorePointResponse> {
-        history::delete_point(&self.context, request).await
+        observed(
+            "DeleteRestorePoint",
+            history::delete_point(&self.context, request),
+        )
+        .await
     }
 }

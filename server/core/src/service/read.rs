@@ -95,6 +95,11 @@ pub async fn read_pages(
         pages.page_size,
     );
     validate::read_count(read.page_nos.len(), fit)?;
+    let m = crate::metrics::global();
+    let labels = m.labels(&key.tenant, &[]);
+    m.read_pages
+        .get_or_create(&labels)
+        .inc_by(read.page_nos.len() as u64);
     Ok(Response::new(pb::ReadPagesResponse {
         page_size: pages.page_size,
         pages: pages.pages,

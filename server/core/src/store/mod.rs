@@ -330,6 +330,27 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The variant's name in snake case (the `kind` label of the store-error metric).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::InvalidArgument(_) => "invalid_argument",
+            StoreError::NotFound(_) => "not_found",
+            StoreError::NoSuchPoint { .. } => "no_such_point",
+            StoreError::Replaced(_) => "replaced",
+            StoreError::AlreadyExists(_) => "already_exists",
+            StoreError::PointExists { .. } => "point_exists",
+            StoreError::LeaseHeld { .. } => "lease_held",
+            StoreError::LeaseLost(_) => "lease_lost",
+            StoreError::VersionConflict { .. } => "version_conflict",
+            StoreError::OutOfRange(_) => "out_of_range",
+            StoreError::TooLarge(_) => "too_large",
+            StoreError::Full(_) => "full",
+            StoreError::Unsupported(_) => "unsupported",
+            StoreError::Internal(_) => "internal",
+            StoreError::Unavailable(_) => "unavailable",
+        }
+    }
+
     /// The caller got something wrong (as opposed to the server failing).
     pub fn is_client_error(&self) -> bool {
         !matches!(

@@ -555,6 +555,18 @@ impl Hub {
         }
     }
 
+    /// The process-wide gauges of the Prometheus metrics: every tenant's read leases
+    /// and Watch streams.
+    pub fn metrics_sample(&self) -> crate::metrics::Sample {
+        let mut sample = crate::metrics::Sample::default();
+        for tenant in self.metrics.tenant_names() {
+            let m = self.metrics_proto(&tenant);
+            sample.read_leases_held += m.read_leases_held;
+            sample.watchers += m.watchers;
+        }
+        sample
+    }
+
     pub fn metrics_proto(&self, tenant: &str) -> pb::Metrics {
         let m = self.metrics.get(tenant).unwrap_or_default();
         pb::Metrics {

@@ -70,6 +70,10 @@ impl Round {
         let hub = self.turn.hub();
         let metrics = hub.metrics.tenant(&self.turn.key().tenant);
         metrics.invalidation_wait.record(waited.elapsed());
+        let waited = waited.elapsed().as_secs_f64();
+        crate::metrics::global()
+            .invalidation_wait_seconds
+            .observe(waited);
         metrics.commits.fetch_add(1, Ordering::Relaxed);
     }
 
