@@ -38,22 +38,29 @@ if [ -f "$src" ]; then
 fi
 [ -f "$src/sqlite3.c" ] && [ -f "$src/shell.c" ] || { echo "static: no sqlite3.c/shell.c in $src" >&2; exit 1; }
 
-# 2. The VFS as a static library with the `static` feature (its own target dir,
-#    so the .load-able cdylib in target/release keeps the `dynamic` feature).
-cargo build --release -p pagewire-vfs-ext --no-default-features --features static \
-    --target-dir "$root/target/static/cargo"
-lib=$root/target/static/cargo/release/libpagewire_vfs.a
+# 2. The VFS as a static library: the libpagewire_vfs.a the workspace build makes next to
+#    the .so (same code, same features, so nothing is compiled twice; the whole workspace,
+#    because `-p` alone would unify features differently and rebuild the extension).
+cargo build --release --workspace
+lib=$root/target/release/libpagewire_vfs.a
 
 # 3. SQLITE_EXTRA_INIT runs at the end of sqlite3_initialize(), after the shell's
-#    sqlite3_config() calls: register pagewire there. Registration contacts no
-#    server, so the shell starts even when the server is down.
-cat > "$work/pagewire_init.c" <<'C'
+#    sqlite3_config() calls: register pagewire there, through the extension's own entry
+#    point, handed the routines table SQLite gives `.load`ed extensions (sqlite3Apis is
+#    static in the amalgamation, hence the #include). Registration contacts no server,
+#    so the shell starts even when the server is down.
+cat > "$work/pagewire_sqlite3.c" <<'C'
+#include "sqlite3.c"
 #include <stdio.h>
-int pagewire_vfs_register(void);
+int sqlite3_pagewirevfs_init(sqlite3 *db, char **err, const sqlite3_api_routines *api);
 int pagewire_extra_init(const char *unused) {
+    char *err = 0;
+    int rc = sqlite3_pagewirevfs_init(0, &err, &sqlite3Apis);
     (void)unused;
-    if (pagewire_vfs_register() != 0) {
-        fprintf(stderr, "pagewire: the VFS is not registered; databases stay local\n");
+    if (rc != SQLITE_OK && rc != SQLITE_OK_LOAD_PERMANENTLY) {
+        fprintf(stderr, "pagewire: the VFS is not registered (%s); databases stay local\n",
+                err ? err : "no reason given");
+        sqlite3_free(err);
     }
     return 0;
 }
@@ -68,6 +75,6 @@ ${CC:-gcc} -O2 -o "$out" \
     -DSQLITE_EXTRA_INIT=pagewire_extra_init \
     -DSQLITE_ENABLE_FTS5 -DSQLITE_ENABLE_RTREE -DSQLITE_ENABLE_MATH_FUNCTIONS \
     -DSQLITE_ENABLE_DBSTAT_VTAB -DSQLITE_THREADSAFE=1 \
-    -I"$src" "$src/shell.c" "$src/sqlite3.c" "$work/pagewire_init.c" "$lib" \
+    -I"$src" "$src/shell.c" "$work/pagewire_sqlite3.c" "$lib" \
     -lpthread -ldl -lm
 echo "static: built $out" >&2
