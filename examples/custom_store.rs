@@ -426,9 +426,15 @@ impl PageStore for FileStore {
         self.with(key, |db, now| Ok(db.info(now)))
     }
 
-    async fn acquire_lease(&self, key: &DbKey, client: &str, ttl: Duration) -> StoreResult<Lease> {
+    async fn acquire_lease_as(
+        &self,
+        key: &DbKey,
+        client: &str,
+        id: LeaseId,
+        ttl: Duration,
+    ) -> StoreResult<Lease> {
         self.with(key, |db, now| {
-            let granted = db.lease(|slot| slot.acquire(client, ttl, now))?;
+            let granted = db.lease(|slot| slot.acquire(client, id, ttl, now))?;
             Ok(granted.lease(db.history.state()))
         })
     }

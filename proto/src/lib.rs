@@ -26,8 +26,10 @@ pub mod v1 {
 }
 
 /// Protocol revisions within pagewire.v1, so each side can tell an older peer: 1 the
-/// first; 2 growth ranges (`changed_from`); 3 database incarnations and version tags.
-pub const PROTOCOL_REVISION: u32 = 3;
+/// first; 2 growth ranges (`changed_from`); 3 database incarnations and version tags;
+/// 4 lease ids drawn by the client (`AcquireLeaseRequest.lease_id`), so a retried acquire
+/// is answered the lease it was granted.
+pub const PROTOCOL_REVISION: u32 = 4;
 
 /// The oldest client revision a server of this build serves (0: clients that send no
 /// revision, which keep working without the checks that need one).

@@ -535,17 +535,17 @@ impl Database {
     /// Makes sure this process holds the write lease (see `lease.rs`); returns the
     /// newest committed state (a writer pinned to an older one must not write).
     pub fn ensure_lease(self: &Arc<Self>) -> Result<DbState, VfsError> {
-        let (held, seen) = {
+        let (held, ask_as, seen) = {
             let mut s = self.state.lock();
             s.check()?;
             s.watch.wrote();
             match s.lease.for_write() {
                 ForWrite::Valid => return Ok(s.committed),
-                ForWrite::Obtain(held) => (held, s.committed.version),
+                ForWrite::Obtain(held, ask_as) => (held, ask_as, s.committed.version),
             }
         };
         let asked_at = Instant::now();
-        let obtain = lease::obtain(self.client.clone(), self.holder.clone(), held);
+        let obtain = lease::obtain(self.client.clone(), self.holder.clone(), held, ask_as);
         let resp = self.rt.block_on(obtain)?.map_err(|e| self.gone(e))?;
         let granted = Lease::from_response(&resp, asked_at)?;
         let epoch = granted.epoch;

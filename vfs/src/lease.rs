@@ -77,6 +77,11 @@ pub struct WriteLease {
     /// Last time a connection took RESERVED or committed: the lease is given
     /// back once it has been idle for `lease_idle`.
     last_write: Instant,
+    /// The id the next AcquireLease asks to be granted under, drawn anew once a lease
+    /// is granted: an acquire that failed without an answer (a timeout, a dropped
+    /// connection) may have been granted, and asking again under the same id gets that
+    /// lease back instead of `SQLITE_BUSY` until it runs out.
+    ask_as: LeaseId,
 }
 
 /// What a connection about to write needs of the server.
@@ -84,8 +89,8 @@ pub struct WriteLease {
 pub enum ForWrite {
     /// Nothing: the lease held is valid.
     Valid,
-    /// A lease: renew this one, or acquire one when there is none.
-    Obtain(Option<Lease>),
+    /// A lease: renew this one, or acquire one (under this id) when there is none.
+    Obtain(Option<Lease>, LeaseId),
 }
 
 /// What the heartbeat does with its lease.
@@ -104,6 +109,7 @@ impl Default for WriteLease {
         Self {
             held: None,
             last_write: Instant::now(),
+            ask_as: LeaseId(rand::random()),
         }
     }
 }
@@ -114,7 +120,7 @@ impl WriteLease {
         self.last_write = Instant::now();
         match &self.held {
             Some(l) if l.valid() => ForWrite::Valid,
-            other => ForWrite::Obtain(other.clone()),
+            other => ForWrite::Obtain(other.clone(), self.ask_as),
         }
     }
 
@@ -141,6 +147,9 @@ impl WriteLease {
     /// epoch: a heartbeat starts for it (the one of the old epoch stops by itself).
     pub fn install(&mut self, lease: Lease) -> bool {
         let new_epoch = self.current(lease.epoch).is_none();
+        if lease.id == self.ask_as {
+            self.ask_as = LeaseId(rand::random());
+        }
         self.held = Some(lease);
         new_epoch
     }
@@ -212,6 +221,7 @@ pub async fn obtain(
     client: Client,
     who: Holder,
     held: Option<Lease>,
+    ask_as: LeaseId,
 ) -> Result<pb::LeaseResponse, VfsError> {
     if let Some(lease) = held {
         match renew(client.clone(), &who, &lease).await {
@@ -223,6 +233,7 @@ pub async fn obtain(
         name: who.name,
         client_id: who.client_id,
         incarnation: who.incarnation.to_wire(),
+        lease_id: ask_as.to_wire(),
     };
     match client.acquire_lease(req).await {
         Err(VfsError::Status(s)) if Class::of(&s) == Class::Busy => {
@@ -419,15 +430,23 @@ mod tests {
     #[test]
     fn writes_renew_or_acquire_only_when_the_lease_is_not_valid() {
         let mut w = WriteLease::default();
-        assert!(matches!(w.for_write(), ForWrite::Obtain(None)), "none held");
-        assert!(w.install(lease(3, 10_000, Instant::now())), "a new epoch");
+        let ForWrite::Obtain(None, ask_as) = w.for_write() else {
+            panic!("none held")
+        };
+        assert!(matches!(w.for_write(), ForWrite::Obtain(None, again) if again == ask_as));
+        let mut granted = lease(3, 10_000, Instant::now());
+        granted.id = ask_as;
+        assert!(w.install(granted), "a new epoch");
         assert!(matches!(w.for_write(), ForWrite::Valid));
         assert!(w.valid() && w.is_held());
         // The same epoch again (a renewal) starts no second heartbeat.
         let stale = Instant::now() - Duration::from_secs(20);
         assert!(!w.install(lease(3, 10_000, stale)));
         match w.for_write() {
-            ForWrite::Obtain(Some(l)) => assert_eq!(l.epoch, 3, "renew the one held"),
+            ForWrite::Obtain(Some(l), next) => {
+                assert_eq!(l.epoch, 3, "renew the one held");
+                assert_ne!(next, ask_as, "a granted id is never asked for again");
+            }
             other => panic!("{other:?}"),
         }
         assert!(!w.valid() && w.is_held());

@@ -231,6 +231,19 @@ async fn bad_requests_get_exact_codes_and_change_nothing() -> anyhow::Result<()>
         );
     }
     expect("lease held by another", ok(held), Code::Aborted);
+    for (what, id) in [("short", vec![1; 15]), ("padded", vec![1; 17])] {
+        let ask = pb::AcquireLeaseRequest {
+            name: DB.into(),
+            client_id: "intruder".into(),
+            lease_id: id.into(),
+            ..Default::default()
+        };
+        expect(
+            &format!("acquire under a {what} lease id"),
+            ok(other.acquire_lease(ask).await),
+            Code::InvalidArgument,
+        );
+    }
     let renew = |lease_id: Bytes, epoch| pb::RenewLeaseRequest {
         name: DB.into(),
         lease_id,

@@ -500,10 +500,11 @@ impl KvDb {
     pub fn acquire(
         &mut self,
         client_id: &str,
+        lease_id: LeaseId,
         ttl: Duration,
         now_unix_ms: i64,
     ) -> StoreResult<(Lease, Writes)> {
-        let record = self.head.lease.acquire(client_id, ttl, now_unix_ms)?;
+        let record = (self.head.lease).acquire(client_id, lease_id, ttl, now_unix_ms)?;
         Ok((record.lease(self.state()), self.head_only()))
     }
 

@@ -717,15 +717,16 @@ impl PageStore for KvStore {
             .await
     }
 
-    async fn acquire_lease(
+    async fn acquire_lease_as(
         &self,
         key: &DbKey,
         client_id: &str,
+        lease_id: LeaseId,
         ttl: Duration,
     ) -> StoreResult<Lease> {
         let now = self.clock.unix_ms();
         self.with_db(key, false, |db, _| {
-            let (lease, batch) = db.acquire(client_id, ttl, now)?;
+            let (lease, batch) = db.acquire(client_id, lease_id, ttl, now)?;
             Ok((lease, Some(batch)))
         })
         .await

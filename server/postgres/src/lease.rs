@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
-use pagewire_server_core::store::{DbKey, Lease, LeaseId, StoreError, StoreResult, random_id};
+use pagewire_server_core::store::{DbKey, Lease, LeaseId, StoreError, StoreResult};
 use tokio_postgres::Row;
 
 use crate::db::{self, DbRow, Lock};
@@ -69,16 +69,24 @@ fn lease_of(row: &DbRow, lease_id: LeaseId, epoch: u64, ttl: Duration) -> Lease 
     }
 }
 
-/// Grants a new lease (next epoch) unless a live one is held.
+/// Grants lease `lease_id` (next epoch) unless a live one is held; renews the live one
+/// when it is `lease_id` already (a retried acquire).
 pub(crate) async fn acquire(
     client: &mut Client,
     key: &DbKey,
     client_id: &str,
+    lease_id: LeaseId,
     ttl: Duration,
 ) -> StoreResult<Lease> {
     let tx = client.transaction().await.pg()?;
     let row = db::get(&tx, key, Lock::NoKeyUpdate).await?;
     if let Some(h) = held(&tx, row.id).await?.filter(|h| h.live) {
+        if h.lease_id[..] == lease_id.as_bytes()[..] {
+            let epoch = u64::try_from(h.epoch).unwrap_or(0);
+            extend(&tx, row.id, ttl).await?;
+            tx.commit().await.pg()?;
+            return Ok(lease_of(&row, lease_id, epoch, ttl));
+        }
         let remaining = Duration::from_millis(u64::try_from(h.remaining_ms).unwrap_or(1));
         return Err(StoreError::LeaseHeld {
             holder: h.client_id,
@@ -86,7 +94,6 @@ pub(crate) async fn acquire(
         });
     }
     let epoch = row.max_epoch + 1;
-    let lease_id: LeaseId = random_id();
     sql::execute(
         &tx,
         "INSERT INTO pagewire.leases (db_id, lease_id, epoch, client_id, ttl_ms, expires_at) \
@@ -161,15 +168,21 @@ pub(crate) async fn renew(
     let tx = client.transaction().await.pg()?;
     let row = db::get(&tx, key, Lock::NoKeyUpdate).await?;
     check(&tx, row.id, lease_id, epoch).await?;
-    sql::execute(
-        &tx,
-        "UPDATE pagewire.leases SET ttl_ms = $2::bigint, \
-         expires_at = clock_timestamp() + $2::bigint * interval '1 millisecond' WHERE db_id = $1",
-        &[&row.id, &ms(ttl)],
-    )
-    .await?;
+    extend(&tx, row.id, ttl).await?;
     tx.commit().await.pg()?;
     Ok(lease_of(&row, lease_id, epoch, ttl))
+}
+
+/// Sets the current lease's TTL to `ttl` and its expiry to `ttl` from now.
+async fn extend<C: GenericClient>(c: &C, db_id: i64, ttl: Duration) -> StoreResult<()> {
+    sql::execute(
+        c,
+        "UPDATE pagewire.leases SET ttl_ms = $2::bigint, \
+         expires_at = clock_timestamp() + $2::bigint * interval '1 millisecond' WHERE db_id = $1",
+        &[&db_id, &ms(ttl)],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Extends the current lease by its own TTL (a commit renews it).

@@ -171,13 +171,14 @@ impl PageStore for PostgresStore {
         db::info(&self.client().await?, key).await
     }
 
-    async fn acquire_lease(
+    async fn acquire_lease_as(
         &self,
         key: &DbKey,
         client_id: &str,
+        lease_id: LeaseId,
         ttl: Duration,
     ) -> StoreResult<Lease> {
-        lease::acquire(&mut self.client().await?, key, client_id, ttl).await
+        lease::acquire(&mut self.client().await?, key, client_id, lease_id, ttl).await
     }
 
     async fn renew_lease(

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::Context;
 use crate::auth::Role;
-use crate::store::{DbKey, Identity, Lease};
+use crate::store::{DbKey, Identity, Lease, random_id};
 use crate::validate;
 
 /// A lease granted in another incarnation than the client's is given back at once and
@@ -39,11 +39,15 @@ pub async fn acquire(
     )?;
     let client_id = &request.get_ref().client_id;
     validate::client_id(client_id)?;
+    let lease_id = match &request.get_ref().lease_id[..] {
+        [] => random_id(),
+        drawn => validate::lease_id(drawn)?,
+    };
     // The commit rate is held to when the lease is taken, never at commit time.
     cx.usage.check_rate(&key.tenant, &cx.quotas(&key.tenant))?;
     let lease = cx
         .store
-        .acquire_lease(&key, client_id, cx.config.lease_ttl)
+        .acquire_lease_as(&key, client_id, lease_id, cx.config.lease_ttl)
         .await?;
     let lease = check_incarnation(cx, &key, &request.get_ref().incarnation, lease).await?;
     tracing::debug!(epoch = lease.epoch, "lease granted");

@@ -103,13 +103,16 @@ impl PageStore for FaultyStore {
         self.inner.info(key).await
     }
 
-    async fn acquire_lease(
+    async fn acquire_lease_as(
         &self,
         key: &DbKey,
         client_id: &str,
+        lease_id: LeaseId,
         ttl: Duration,
     ) -> StoreResult<Lease> {
-        self.inner.acquire_lease(key, client_id, ttl).await
+        self.inner
+            .acquire_lease_as(key, client_id, lease_id, ttl)
+            .await
     }
 
     async fn renew_lease(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{DbState, Lease, LeaseId, StoreError, StoreResult, random_id};
+use crate::store::{DbState, Lease, LeaseId, StoreError, StoreResult};
 
 /// A lease granted: its holder is kept after expiry until replaced, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,9 +110,20 @@ impl LeaseSlot {
         self.lease.as_ref().filter(|l| l.live(now_unix_ms))
     }
 
-    /// Decides a new lease with the next epoch, unless a live one is held (`LeaseHeld`).
-    pub fn grant(&self, client_id: &str, ttl: Duration, now: i64) -> StoreResult<LeaseRecord> {
+    /// Decides lease `lease_id` with the next epoch, unless a live one is held
+    /// (`LeaseHeld`). When the live lease is `lease_id` already (an acquire retried after
+    /// its answer was lost), decides it renewed by `ttl`: the same lease, epoch and holder.
+    pub fn grant(
+        &self,
+        client_id: &str,
+        lease_id: LeaseId,
+        ttl: Duration,
+        now: i64,
+    ) -> StoreResult<LeaseRecord> {
         if let Some(held) = self.live(now) {
+            if held.lease_id == lease_id {
+                return self.renewal(lease_id, held.epoch, ttl, now);
+            }
             let remaining = Duration::from_millis((held.expires_unix_ms - now) as u64);
             return Err(StoreError::LeaseHeld {
                 holder: held.client_id.clone(),
@@ -120,7 +131,7 @@ impl LeaseSlot {
             });
         }
         Ok(LeaseRecord {
-            lease_id: random_id(),
+            lease_id,
             epoch: self.max_epoch + 1,
             client_id: client_id.to_owned(),
             ttl,
@@ -167,10 +178,11 @@ impl LeaseSlot {
     pub fn acquire(
         &mut self,
         client_id: &str,
+        lease_id: LeaseId,
         ttl: Duration,
         now: i64,
     ) -> StoreResult<LeaseRecord> {
-        let record = self.grant(client_id, ttl, now)?;
+        let record = self.grant(client_id, lease_id, ttl, now)?;
         self.set(record.clone());
         Ok(record)
     }
@@ -221,9 +233,9 @@ mod tests {
     fn epochs_grow_and_fencing_words() -> StoreResult<()> {
         let ttl = Duration::from_secs(1);
         let mut slot = LeaseSlot::default();
-        let a = slot.acquire("a", ttl, 0)?;
+        let a = slot.acquire("a", id(1), ttl, 0)?;
         assert!(matches!(
-            slot.grant("b", ttl, 10),
+            slot.grant("b", id(2), ttl, 10),
             Err(StoreError::LeaseHeld { .. })
         ));
         let expired = slot.check(a.lease_id, 1, 1500).map(drop);
@@ -231,7 +243,7 @@ mod tests {
             format!("{expired:?}").contains("expired 500 ms ago"),
             "{expired:?}"
         );
-        let b = slot.acquire("b", ttl, 1500)?;
+        let b = slot.acquire("b", id(2), ttl, 1500)?;
         assert_eq!(b.epoch, 2);
         let old = slot.check(a.lease_id, 1, 1600).map(drop);
         assert!(
@@ -239,7 +251,28 @@ mod tests {
             "{old:?}"
         );
         assert!(slot.release(b.lease_id, 2));
-        assert_eq!(slot.acquire("c", ttl, 1600)?.epoch, 3);
+        assert_eq!(slot.acquire("c", id(3), ttl, 1600)?.epoch, 3);
+        Ok(())
+    }
+
+    fn id(n: u8) -> LeaseId {
+        LeaseId([n; 16])
+    }
+
+    #[test]
+    fn an_acquire_retried_with_the_live_leases_id_gets_it_renewed() -> StoreResult<()> {
+        let ttl = Duration::from_secs(1);
+        let mut slot = LeaseSlot::default();
+        let first = slot.acquire("a", id(1), ttl, 0)?;
+        let again = slot.acquire("a", id(1), ttl, 600)?;
+        assert_eq!((again.lease_id, again.epoch), (first.lease_id, 1));
+        assert_eq!(again.expires_unix_ms, 1600, "renewed from the retry");
+        assert!(matches!(
+            slot.grant("b", id(2), ttl, 700),
+            Err(StoreError::LeaseHeld { .. })
+        ));
+        // Once it ran out, the same id is a new grant: a new epoch fences the old one.
+        assert_eq!(slot.acquire("a", id(1), ttl, 1700)?.epoch, 2);
         Ok(())
     }
 }

@@ -442,14 +442,28 @@ pub trait PageStore: Send + Sync + 'static {
 
     async fn info(&self, key: &DbKey) -> StoreResult<DbInfo>;
 
-    /// Grants a new write lease (epoch = highest epoch ever granted + 1) unless another
-    /// unexpired lease is held (`LeaseHeld`).
+    /// Grants write lease `lease_id` (epoch = highest epoch ever granted + 1) unless
+    /// another unexpired lease is held (`LeaseHeld`). When the unexpired lease already is
+    /// `lease_id`, renews it by `ttl` and returns it: an acquire retried after its answer
+    /// was lost gets the lease it was granted (see [`lease_slot::LeaseSlot::grant`]).
+    async fn acquire_lease_as(
+        &self,
+        key: &DbKey,
+        client_id: &str,
+        lease_id: LeaseId,
+        ttl: Duration,
+    ) -> StoreResult<Lease>;
+
+    /// [`Self::acquire_lease_as`] a new random id.
     async fn acquire_lease(
         &self,
         key: &DbKey,
         client_id: &str,
         ttl: Duration,
-    ) -> StoreResult<Lease>;
+    ) -> StoreResult<Lease> {
+        self.acquire_lease_as(key, client_id, random_id(), ttl)
+            .await
+    }
 
     /// Extends the current lease by `ttl` from now; `LeaseLost` unless `lease_id` and
     /// `epoch` name the current, unexpired lease.

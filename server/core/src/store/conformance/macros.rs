@@ -57,6 +57,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@timed [$test] $fixture, $time;
             epoch_fencing_after_expiry,
             lease_renew_and_release,
+            a_retried_acquire_gets_the_lease_it_was_granted,
             gc_keeps_newest_window_and_pins,
             pins_stop_at_their_max_age,
         );

@@ -492,6 +492,40 @@ pub async fn lease_renew_and_release(store: &dyn PageStore, time: &TestTime) -> 
     Ok(())
 }
 
+/// An acquire whose answer was lost is asked again under the same id: it gets the lease
+/// it was granted, renewed from the retry; any other id still finds the lease held.
+pub async fn a_retried_acquire_gets_the_lease_it_was_granted(
+    store: &dyn PageStore,
+    time: &TestTime,
+) -> Outcome {
+    let k = key("retried", "a.db");
+    store.open(&k, true).await?;
+    let (ttl, id) = (time.unit(), super::random_id());
+    let step = ttl * 6 / 10;
+    let a = store.acquire_lease_as(&k, "a", id, ttl).await?;
+    ensure!(a.lease_id == id, "granted under the id asked for");
+    time.sleep(step).await;
+    let again = store.acquire_lease_as(&k, "a", id, ttl).await?;
+    ensure!(
+        (again.lease_id, again.epoch) == (id, a.epoch),
+        "the same lease, not a new epoch: {again:?}"
+    );
+    let held = |e: &StoreError| matches!(e, StoreError::LeaseHeld { .. });
+    let other = store
+        .acquire_lease_as(&k, "b", super::random_id(), ttl)
+        .await;
+    expect_err(other, held, "another id")?;
+    time.sleep(step).await; // 1.2 TTLs after the grant, 0.6 after the retry
+    store.commit(&k, commit(&a, 0, PS, 1, &[])).await?;
+    store.release_lease(&k, id, a.epoch).await?;
+    let later = store.acquire_lease_as(&k, "a", id, ttl).await?;
+    ensure!(
+        later.epoch == a.epoch + 1,
+        "once released, the same id is a new grant with a new epoch"
+    );
+    Ok(())
+}
+
 pub async fn tenant_isolation(store: &dyn PageStore) -> anyhow::Result<()> {
     let (ka, kb) = (key("iso-a", "same.db"), key("iso-b", "same.db"));
     let la = writable(store, &ka).await?;

@@ -144,10 +144,11 @@ impl MemDb {
     pub(super) fn acquire(
         &mut self,
         client_id: &str,
+        lease_id: LeaseId,
         ttl: Duration,
         now_unix_ms: i64,
     ) -> StoreResult<Lease> {
-        let record = self.lease.acquire(client_id, ttl, now_unix_ms)?;
+        let record = self.lease.acquire(client_id, lease_id, ttl, now_unix_ms)?;
         Ok(record.lease(self.state()))
     }
 

@@ -190,13 +190,15 @@ impl PageStore for MemoryStore {
         self.with_db(key, |db| Ok(db.info(&key.name, self.clock.unix_ms())))
     }
 
-    async fn acquire_lease(
+    async fn acquire_lease_as(
         &self,
         key: &DbKey,
         client_id: &str,
+        lease_id: LeaseId,
         ttl: Duration,
     ) -> StoreResult<Lease> {
-        self.with_db(key, |db| db.acquire(client_id, ttl, self.clock.unix_ms()))
+        let now = self.clock.unix_ms();
+        self.with_db(key, |db| db.acquire(client_id, lease_id, ttl, now))
     }
 
     async fn renew_lease(
