@@ -137,12 +137,16 @@ fn pipe(from: &TcpStream, to: &TcpStream, cut: Option<(Arc<AtomicU64>, Arc<Atomi
 /// time drawn from the range of its direction (a slow, jittery network). Bytes stay
 /// in order: a chunk never overtakes an earlier one, so a chunk may wait longer than
 /// its own draw. Connections live until either side closes. `freeze` holds every
-/// byte (a network partition that leaves connections open) until `thaw`.
+/// byte (a network partition that leaves connections open) until `thaw`;
+/// `freeze_answers` only the server's (requests arrive, their answers are lost).
 pub struct DelayProxy {
     pub url: String,
     /// Chunks delayed so far (both directions), to show the proxy was in the path.
     chunks: Arc<AtomicU64>,
+    /// Holds client-to-server bytes.
     ice: Ice,
+    /// Holds server-to-client bytes.
+    answers: Ice,
 }
 
 impl DelayProxy {
@@ -154,8 +158,8 @@ impl DelayProxy {
         to_server: Range<Duration>,
     ) -> anyhow::Result<Self> {
         let chunks = Arc::new(AtomicU64::new(0));
-        let ice = Ice::default();
-        let (counter, held) = (chunks.clone(), ice.clone());
+        let (ice, answers) = (Ice::default(), Ice::default());
+        let (counter, held, held_answers) = (chunks.clone(), ice.clone(), answers.clone());
         let url = listen(upstream, move |client, server| {
             delayed_pipe(
                 client,
@@ -169,10 +173,15 @@ impl DelayProxy {
                 client,
                 to_client.clone(),
                 counter.clone(),
-                held.clone(),
+                held_answers.clone(),
             );
         })?;
-        Ok(Self { url, chunks, ice })
+        Ok(Self {
+            url,
+            chunks,
+            ice,
+            answers,
+        })
     }
 
     /// A proxy that forwards at once in both directions until [`DelayProxy::freeze`]:
@@ -188,11 +197,18 @@ impl DelayProxy {
     /// Holds every byte in both directions (connections stay open) until `thaw`.
     pub fn freeze(&self) {
         self.ice.set(true);
+        self.answers.set(true);
+    }
+
+    /// Holds the server's bytes only: requests reach it, its answers do not.
+    pub fn freeze_answers(&self) {
+        self.answers.set(true);
     }
 
     /// Delivers what was held, in order, and forwards as before.
     pub fn thaw(&self) {
         self.ice.set(false);
+        self.answers.set(false);
     }
 
     /// Chunks that went through (delayed) so far.

@@ -21,6 +21,7 @@ use std::{
 use common::*;
 use pagewire_tests::{
     Server,
+    admin::Admin,
     proxy::{DelayProxy, Throttle, ThrottleProxy},
     python::{self, python},
 };
@@ -227,6 +228,40 @@ fn a_stuck_server_fails_every_kind_of_sqlite_call_within_the_bound() {
         "poisoned until reopened"
     );
     eprintln!("stuck server, call_timeout=2s: {}", report.join(", "));
+}
+
+/// An AcquireLease the server granted but whose answer never came back is asked again
+/// under the same lease id: once the network heals, the writer gets that lease, not
+/// `SQLITE_BUSY` from its own orphan until it runs out (60 s here).
+#[test]
+fn a_granted_lease_whose_answer_was_lost_is_not_an_orphan() {
+    let server = Server::start_with(&["--lease-ttl", "60s"]).expect("server");
+    let proxy = DelayProxy::undelayed(&server.addr).expect("proxy");
+    populate(&server.url, "lost/answer.db", 10);
+    let writer = open_with_deadline(&proxy.url, "lost/answer.db");
+    writer.execute_batch("begin").expect("begin");
+    assert_eq!(rows(&writer), 10);
+
+    proxy.freeze_answers();
+    let (took, r) = timed(|| writer.execute("insert into t(b) values (x'01')", []));
+    assert_deadline_error("INSERT (AcquireLease)", took, r, ErrorCode::SystemIoFailure);
+    let info = Admin::connect(&server.url).database_info("lost/answer.db");
+    assert!(info.lease_held, "the server granted the lease: {info:?}");
+    proxy.thaw();
+
+    let _ = writer.execute_batch("rollback");
+    let (took, r) = timed(|| writer.execute("insert into t(b) values (x'02')", []));
+    r.expect("the lease granted before is this writer's");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(rows(&open_url(&server.url, "lost/answer.db")), 11);
+    // Another writer still finds it held: the id is this writer's alone.
+    let other = open_url(&server.url, "lost/answer.db");
+    other.busy_timeout(Duration::ZERO).expect("busy_timeout");
+    let busy = other.execute("insert into t(b) values (x'03')", []);
+    assert_eq!(
+        busy.err().and_then(|e| e.sqlite_error_code()),
+        Some(ErrorCode::DatabaseBusy)
+    );
 }
 
 /// Python (Debian's `/usr/bin/python3`, the VFS loaded as an extension), configured by
