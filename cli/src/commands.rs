@@ -9,13 +9,18 @@ use serde_json::{Value, json};
 use crate::{
     Cli, Command, DbCommand, PointCommand,
     connect::{Admin, Pages},
-    export,
+    export, import,
     output::Output,
 };
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Output> {
     let waits = match &cli.command {
         Command::Restore { wait, .. } => *wait,
+        // One call carries the whole file: a second per 8 MiB on top of --timeout.
+        Command::Import { file, .. } => {
+            let bytes = std::fs::metadata(file).map_or(0, |m| m.len());
+            Duration::from_secs(bytes >> 23)
+        }
         _ => Duration::ZERO,
     };
     let channel = cli.server.connect(waits).await?;
@@ -97,6 +102,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Output> {
             let at = at.as_deref().map(history_point).transpose()?;
             let pages = &mut Pages::new(channel);
             export::run(pages, a, name, file, at, *force).await?
+        }
+        Command::Import { name, file } => {
+            let pages = &mut Pages::new(channel);
+            import::run(pages, a, name, file).await?
         }
         Command::RestorePoint(PointCommand::Rm { name, label }) => {
             let request = pb::DeleteRestorePointRequest {

@@ -171,7 +171,7 @@ fn check(answer: &pb::ReadPagesResponse, state: &pb::DbState, count: u32) -> any
 }
 
 /// A bar with rate and ETA on a terminal; nothing otherwise.
-fn progress(bytes: u64) -> ProgressBar {
+pub fn progress(bytes: u64) -> ProgressBar {
     let bar = ProgressBar::new(bytes);
     let style = ProgressStyle::with_template(
         "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",

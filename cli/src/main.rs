@@ -1,5 +1,6 @@
 //! `pagewire`: operate a pagewire server from a shell. Databases (list, info, create,
-//! delete), branches, restores and restore points, as human tables or `--json`.
+//! delete), branches, restores and restore points, export to and import from local
+//! files, as human tables or `--json`.
 //!
 //! Exit codes: 0 done, 1 the server refused or could not be reached (the message
 //! says why), 2 bad arguments (clap's usage message).
@@ -7,6 +8,7 @@
 mod commands;
 mod connect;
 mod export;
+mod import;
 mod output;
 
 use std::process::ExitCode;
@@ -61,6 +63,13 @@ enum Command {
         /// Replace FILE if it exists.
         #[arg(long)]
         force: bool,
+    },
+    /// Create NAME from a local SQLite file, in one commit (validated first: a file that
+    /// is not a sound SQLite database creates nothing; a WAL-mode file only with its
+    /// -wal empty, and it becomes a rollback-journal database).
+    Import {
+        name: String,
+        file: std::path::PathBuf,
     },
     /// Named points in a database's history, kept past the retention window.
     #[command(subcommand, name = "restore-point")]

@@ -46,6 +46,13 @@ pub fn page_count(h: &[u8]) -> Option<u32> {
     (be32(h, CHANGE_COUNTER) == be32(h, VERSION_VALID_FOR) && count > 0).then_some(count)
 }
 
+/// Marks the file rollback-journal format (bytes 18/19 = 1/1): what SQLite itself
+/// writes when it leaves WAL mode.
+pub fn set_rollback_format(h: &mut [u8]) {
+    h[WRITE_VERSION] = 1;
+    h[READ_VERSION] = 1;
+}
+
 pub fn change_counter(h: &[u8]) -> u32 {
     be32(h, CHANGE_COUNTER)
 }

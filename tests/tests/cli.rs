@@ -426,6 +426,53 @@ fn an_export_of_a_big_database_streams_in_bounded_memory() {
     assert_eq!(plain.ok(2, "pragma quick_check"), "[('ok',)]");
     let rows = plain.ok(2, "select count(*) from t");
     assert_eq!(rows, format!("[({},)]", mib.div_ceil(16) * 16));
+    drop(plain);
+
+    // The way back: the file imported streams too, and exports again byte for byte.
+    let (out, peak_kib) = run_measured(url, t, &["--json", "import", "big-copy", &f]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let imported: Value = serde_json::from_slice(&out.stdout).expect("json");
+    eprintln!("import of {mib} MiB: {imported}, peak RSS {peak_kib} KiB");
+    assert!(peak_kib < 200 << 10, "the import peaked at {peak_kib} KiB");
+    let again = dir.path().join("again.db");
+    let a = again.display().to_string();
+    ok(url, t, &["export", "big-copy", &a]);
+    let same = files_equal(&file, &again);
+    assert!(
+        same,
+        "the imported database exports as the file it came from"
+    );
+}
+
+/// Whether two files hold the same bytes, compared a MiB at a time.
+fn files_equal(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).expect("open"),
+        std::fs::File::open(b).expect("open"),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba).expect("read");
+        let mut m = 0;
+        while m < n {
+            let k = fb.read(&mut bb[m..n]).expect("read");
+            if k == 0 {
+                return false;
+            }
+            m += k;
+        }
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+        if n == 0 {
+            return fb.read(&mut bb).expect("read") == 0;
+        }
+    }
 }
 
 /// Runs `pagewire args...` and waits for it with wait4, for its own peak RSS (KiB).
@@ -465,4 +512,76 @@ fn run_measured(url: &str, token: &str, args: &[&str]) -> (Output, i64) {
         },
         usage.ru_maxrss,
     )
+}
+
+/// `pagewire import`: a sound file becomes a new database that reads back through the
+/// VFS; garbage, a truncated file, a damaged one, a WAL-mode file whose `-wal` holds
+/// commits and an existing name are refused, and nothing is created.
+#[test]
+fn an_import_takes_only_a_sound_file_and_creates_nothing_otherwise() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&[], dir.path());
+    let (url, t) = (server.url.as_str(), "acme-token");
+    let env = [("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", t)];
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let mut local = Driver::start(py, &env);
+    local
+        .open(1, &format!("file:{}?vfs=unix", path("good.db")))
+        .expect("open");
+    local.ok(1, "create table t(id integer primary key, s text)");
+    local.ok(
+        1,
+        "insert into t(s) select hex(randomblob(100)) from \
+         (with recursive n(x) as (select 1 union all select x + 1 from n limit 2000) select x from n)",
+    );
+    let good = std::fs::read(path("good.db")).expect("read");
+    std::fs::write(path("junk.db"), vec![7u8; 8192]).expect("junk");
+    std::fs::write(path("short.db"), &good[..good.len() / 2]).expect("short");
+    let mut damaged = good.clone();
+    damaged[4096 * 3 + 8..4096 * 3 + 400].fill(0xA5); // inside a b-tree page
+    std::fs::write(path("damaged.db"), &damaged).expect("damaged");
+    // WAL mode with its commits still in the -wal: the connection stays open.
+    local
+        .open(2, &format!("file:{}?vfs=unix", path("wal.db")))
+        .expect("open");
+    local.ok(2, "pragma journal_mode=wal");
+    local.ok(2, "pragma wal_autocheckpoint=0");
+    local.ok(2, "create table w(x)");
+    local.ok(2, "insert into w values (1), (2), (3)");
+
+    for (file, says) in [
+        ("junk.db", "not an SQLite database"),
+        ("short.db", "truncated"),
+        ("damaged.db", "damaged"),
+        ("wal.db", "WAL mode"),
+        ("missing.db", "cannot open"),
+    ] {
+        let (code, err) = fails(url, t, &["import", "copy", &path(file)]);
+        assert_eq!((code, err.contains(says)), (1, true), "{file}: {err}");
+    }
+    let listed = json(url, t, &["db", "list"]);
+    assert_eq!(listed, serde_json::json!([]), "nothing was created");
+
+    let imported = json(url, t, &["import", "copy", &path("good.db")]);
+    assert_eq!(imported["version"], 1, "{imported}");
+    assert_eq!(imported["bytes"].as_u64(), Some(good.len() as u64));
+    let (code, err) = fails(url, t, &["import", "copy", &path("good.db")]);
+    assert_eq!((code, err.contains("already exists")), (1, true), "{err}");
+    local
+        .open(3, "file:copy?vfs=pagewire")
+        .expect("open the copy");
+    assert_eq!(local.ok(3, "pragma integrity_check"), "[('ok',)]");
+    assert_eq!(local.ok(3, "select count(*) from t"), "[(2000,)]");
+    local.ok(3, "insert into t(s) values ('written after the import')");
+    assert_eq!(local.ok(3, "select count(*) from t"), "[(2001,)]");
+
+    // Closed, the WAL is checkpointed into the file: then it imports, in the
+    // rollback-journal format.
+    local.ok(2, "pragma wal_checkpoint(truncate)");
+    let imported = json(url, t, &["import", "from-wal", &path("wal.db")]);
+    assert_eq!(imported["from_wal"], true, "{imported}");
+    local.open(4, "file:from-wal?vfs=pagewire").expect("open");
+    assert_eq!(local.ok(4, "pragma journal_mode"), "[('delete',)]");
+    assert_eq!(local.ok(4, "select sum(x) from w"), "[(6,)]");
 }
