@@ -311,7 +311,8 @@ pub fn check_file(path: &Path) -> anyhow::Result<(SourceFile, Connection)> {
 /// The page count of a file of `len` bytes: whole pages, as many as a valid header
 /// page count says, and no more than a database can have.
 fn whole_pages(shown: &str, len: u64, page_size: u32, header: &[u8]) -> anyhow::Result<u32> {
-    if len % u64::from(page_size) != 0 {
+    // (Not `is_multiple_of`: the MSRV is 1.85.)
+    if len / u64::from(page_size) * u64::from(page_size) != len {
         bail!(
             "{shown} is damaged or truncated: {len} bytes is not a whole number of {page_size}-byte pages"
         );
