@@ -11,6 +11,7 @@ use crate::{
     connect::{Admin, Pages},
     export, import,
     output::Output,
+    watch,
 };
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Output> {
@@ -22,6 +23,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Output> {
             Duration::from_secs(bytes >> 23)
         }
         _ => Duration::ZERO,
+    };
+    // A watch is one call that lasts: no deadline on it.
+    let waits = match &cli.command {
+        Command::Watch { .. } => None,
+        _ => Some(waits),
     };
     let channel = cli.server.connect(waits).await?;
     let a = &mut Admin::new(channel.clone());
@@ -102,6 +108,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Output> {
             let at = at.as_deref().map(history_point).transpose()?;
             let pages = &mut Pages::new(channel);
             export::run(pages, a, name, file, at, *force).await?
+        }
+        Command::Watch { name, count } => {
+            let pages = &mut Pages::new(channel);
+            watch::run(pages, name, *count, cli.json).await?
         }
         Command::Import { name, file } => {
             let pages = &mut Pages::new(channel);

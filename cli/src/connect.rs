@@ -57,16 +57,19 @@ impl Server {
     /// A connection made now (so an unreachable server is said before anything
     /// else), whose every call carries the token and must be answered within
     /// `--timeout` plus `waits` (a call the server may hold that long, e.g. a
-    /// restore waiting for a writer's lease).
-    pub async fn connect(&self, waits: Duration) -> anyhow::Result<Authed> {
+    /// restore waiting for a writer's lease); `None`: calls without a deadline (a
+    /// watch; HTTP/2 keep-alive still tells a dead server).
+    pub async fn connect(&self, waits: Option<Duration>) -> anyhow::Result<Authed> {
         // The server's own default address when none is given.
         let url = self.url.as_deref().unwrap_or("http://127.0.0.1:7878");
         let tls = pagewire_vfs::TlsFiles {
             ca: self.ca.clone(),
             client: self.client_cert.clone().zip(self.client_key.clone()),
         };
-        let endpoint =
-            pagewire_vfs::endpoint(url, self.timeout, &tls)?.timeout(self.timeout + waits);
+        let mut endpoint = pagewire_vfs::endpoint(url, self.timeout, &tls)?;
+        if let Some(waits) = waits {
+            endpoint = endpoint.timeout(self.timeout + waits);
+        }
         let channel = endpoint
             .connect()
             .await

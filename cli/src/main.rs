@@ -10,6 +10,7 @@ mod connect;
 mod export;
 mod import;
 mod output;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -70,6 +71,13 @@ enum Command {
     Import {
         name: String,
         file: std::path::PathBuf,
+    },
+    /// A line per commit of NAME as it is published (NDJSON with --json), until
+    /// --count commits were seen.
+    Watch {
+        name: String,
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Named points in a database's history, kept past the retention window.
     #[command(subcommand, name = "restore-point")]

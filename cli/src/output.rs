@@ -30,7 +30,15 @@ impl Output {
         }
     }
 
+    /// A command that printed as it went (`watch`).
+    pub fn nothing() -> Self {
+        Self::list(Vec::new(), Vec::new())
+    }
+
     pub fn print(&self, json: bool) {
+        if self.columns.is_empty() {
+            return;
+        }
         if json {
             println!("{}", self.json());
         } else if self.single {

@@ -585,3 +585,76 @@ fn an_import_takes_only_a_sound_file_and_creates_nothing_otherwise() {
     assert_eq!(local.ok(4, "pragma journal_mode"), "[('delete',)]");
     assert_eq!(local.ok(4, "select sum(x) from w"), "[(6,)]");
 }
+
+/// `pagewire watch`: an NDJSON line per commit, in order, on a stream that outlives
+/// `--timeout`; `--count` ends it; an unknown database is exit code 1.
+#[test]
+fn watch_prints_a_line_per_commit_and_outlives_the_call_timeout() {
+    use std::io::Read;
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&[], dir.path());
+    let (url, t) = (server.url.as_str(), "acme-token");
+    let env = [("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", t)];
+    let mut w = Driver::start(py, &env);
+    w.open(1, "file:watched?vfs=pagewire").expect("open");
+    w.ok(1, "create table t(x)");
+    let mut watcher = std::process::Command::new(cli_binary().expect("pagewire binary"))
+        .args([
+            "--json",
+            "--timeout",
+            "1s",
+            "watch",
+            "watched",
+            "--count",
+            "3",
+        ])
+        .env("PAGEWIRE_URL", url)
+        .env("PAGEWIRE_TOKEN", t)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pagewire watch");
+    thread::sleep(Duration::from_millis(1500)); // past --timeout before any commit
+    let mut done = None;
+    for i in 0..100 {
+        w.ok(1, &format!("insert into t values ({i})"));
+        if let Some(status) = watcher.try_wait().expect("wait") {
+            done = Some(status);
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(o) = watcher.stdout.as_mut() {
+        o.read_to_string(&mut out).expect("stdout");
+    }
+    if let Some(e) = watcher.stderr.as_mut() {
+        e.read_to_string(&mut err).expect("stderr");
+    }
+    let status = match done {
+        Some(s) => s,
+        None => {
+            let _ = watcher.kill();
+            panic!("the watch did not end after 3 commits: {out} {err}")
+        }
+    };
+    assert!(status.success(), "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an NDJSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let versions: Vec<u64> = lines.iter().filter_map(|l| l["version"].as_u64()).collect();
+    assert_eq!(versions.len(), 3, "{out}");
+    assert!(versions.windows(2).all(|v| v[0] < v[1]), "{versions:?}");
+    assert!(versions[0] >= 2, "after the create: {versions:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["name"] == "watched" && l["changed_pages"].as_u64() > Some(0)),
+        "{out}"
+    );
+    let (code, err) = fails(url, t, &["watch", "nope", "--count", "1"]);
+    assert_eq!((code, err.contains("not found")), (1, true), "{err}");
+}
