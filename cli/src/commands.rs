@@ -4,6 +4,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use pagewire_proto::v1 as pb;
+use pb::operator_client::OperatorClient;
 use serde_json::{Value, json};
 
 use crate::{
@@ -108,6 +109,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Output> {
             let at = at.as_deref().map(history_point).transpose()?;
             let pages = &mut Pages::new(channel);
             export::run(pages, a, name, file, at, *force).await?
+        }
+        Command::Gc => {
+            let mut operator = OperatorClient::new(channel);
+            let r = operator.run_gc(pb::RunGcRequest {}).await?.into_inner();
+            Output::one(vec![
+                ("databases", json!(r.databases)),
+                ("versions_collected", json!(r.versions_collected)),
+                ("writes_removed", json!(r.writes_removed)),
+                ("bytes_freed", json!(r.bytes_freed)),
+            ])
         }
         Command::Watch { name, count } => {
             let pages = &mut Pages::new(channel);

@@ -79,6 +79,8 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// One history GC pass on the server now, every tenant (the operator's token).
+    Gc,
     /// Named points in a database's history, kept past the retention window.
     #[command(subcommand, name = "restore-point")]
     RestorePoint(PointCommand),

@@ -658,3 +658,40 @@ fn watch_prints_a_line_per_commit_and_outlives_the_call_timeout() {
     let (code, err) = fails(url, t, &["watch", "nope", "--count", "1"]);
     assert_eq!((code, err.contains("not found")), (1, true), "{err}");
 }
+
+/// `pagewire gc` with the operator's token runs a history GC pass now and says what
+/// it collected; a tenant's token is refused.
+#[test]
+fn gc_runs_a_pass_now_with_the_operators_token_only() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let operator = dir.path().join("operator");
+    std::fs::write(&operator, "op-secret\n").expect("operator");
+    let o = operator.display().to_string();
+    // Retention 1s and no background pass within the test: only `pagewire gc` collects.
+    let flags = [
+        "--operator-token-file",
+        o.as_str(),
+        "--history-retention",
+        "1s",
+        "--gc-interval",
+        "1h",
+    ];
+    let server = start(&flags, dir.path());
+    let (url, t) = (server.url.as_str(), "acme-token");
+    let mut w = Driver::start(py, &[("PAGEWIRE_URL", url), ("PAGEWIRE_TOKEN", t)]);
+    w.open(1, "file:churn?vfs=pagewire").expect("open");
+    w.ok(1, "create table t(x)");
+    for i in 0..5 {
+        w.ok(1, &format!("insert into t values (randomblob(3000 + {i}))"));
+    }
+    drop(w);
+    thread::sleep(Duration::from_millis(1500));
+    let (code, err) = fails(url, t, &["gc"]);
+    assert_eq!(code, 1, "{err}");
+    let ran = json(url, "op-secret", &["gc"]);
+    assert!(ran["versions_collected"].as_u64() >= Some(5), "{ran}");
+    assert!(ran["bytes_freed"].as_u64() > Some(0), "{ran}");
+    let again = json(url, "op-secret", &["gc"]);
+    assert_eq!(again["versions_collected"], 0, "nothing left: {again}");
+}

@@ -8,8 +8,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
+use crate::server::ServerConfig;
 use crate::store::clock::system_unix_ms;
-use crate::store::{GcStats, PageStore, Retention};
+use crate::store::{GcStats, PageStore, Retention, StoreResult};
 
 /// What each pass's windows are (asked at every pass: a reload may change them).
 pub type Windows = Box<dyn Fn() -> Retention + Send + Sync>;
@@ -49,26 +50,41 @@ async fn run(
     loop {
         tokio::select! {
             _ = &mut stopped => return,
-            _ = ticks.tick() => pass(store.as_ref(), &retention()).await,
+            _ = ticks.tick() => {
+                let _ = pass(store.as_ref(), &retention()).await;
+            }
         }
     }
 }
 
-/// One GC pass, logged.
-pub async fn pass(store: &dyn PageStore, retention: &Retention) {
+/// The retention windows of each pass: the server's, within each tenant's cap (asked
+/// at every pass: a reload may change them).
+pub fn windows(config: &ServerConfig) -> Windows {
+    let (credentials, server) = (config.credentials.clone(), config.history_retention);
+    let default_cap = config.limits.tenant_quotas.max_history_retention;
+    Box::new(move || credentials.retention(server, default_cap))
+}
+
+/// One pass at a time: the background task and `Operator.RunGc` take turns.
+static ONE_PASS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One GC pass, logged (and counted in the metrics).
+pub async fn pass(store: &dyn PageStore, retention: &Retention) -> StoreResult<GcStats> {
+    let _turn = ONE_PASS.lock().await;
     let started = std::time::Instant::now();
     let result = store.gc_with(system_unix_ms(), retention).await;
     let m = crate::metrics::global();
     m.gc_passes.inc();
     m.gc_seconds.observe(started.elapsed().as_secs_f64());
-    match result {
+    match &result {
         Ok(stats) => {
             m.gc_versions.inc_by(stats.versions_collected);
             m.gc_bytes_freed.inc_by(stats.bytes_freed);
-            log(&stats)
+            log(stats)
         }
         Err(e) => tracing::warn!("history GC failed: {e}"),
     }
+    result
 }
 
 fn log(stats: &GcStats) {

@@ -18,7 +18,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admission::{Admission, AdmissionLayer, connections, tls_accept};
 use crate::auth::{Authenticator, Credentials, OperatorAuthenticator};
-use crate::gc::GcTask;
+use crate::gc::{self, GcTask};
 use crate::limits::Limits;
 use crate::service::{AdminService, Context, OperatorService, PagesService};
 use crate::store::{PageStore, PinTtl};
@@ -157,12 +157,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.check()?;
-    let windows = {
-        let (credentials, server) = (config.credentials.clone(), config.history_retention);
-        let default_cap = config.limits.tenant_quotas.max_history_retention;
-        Box::new(move || credentials.retention(server, default_cap))
-    };
-    let gc = GcTask::spawn(store.clone(), config.gc_interval, windows);
+    let gc = GcTask::spawn(store.clone(), config.gc_interval, gc::windows(&config));
     let served = serve_grpc(listener, store, config, shutdown).await;
     gc.stop().await;
     served

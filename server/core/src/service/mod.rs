@@ -62,6 +62,10 @@ impl pb::operator_server::Operator for OperatorService {
         observed("Reload", operator::reload(&self.context, request)).await
     }
 
+    async fn run_gc(&self, request: Request<pb::RunGcRequest>) -> Reply<pb::RunGcResponse> {
+        observed("RunGc", operator::run_gc(&self.context, request)).await
+    }
+
     async fn get_server_metrics(
         &self,
         request: Request<pb::GetServerMetricsRequest>,

@@ -23,6 +23,21 @@ pub async fn reload(
     }
 }
 
+/// One history GC pass now (after any pass under way).
+pub async fn run_gc(
+    cx: &Context,
+    _request: Request<pb::RunGcRequest>,
+) -> Result<Response<pb::RunGcResponse>, Status> {
+    let retention = crate::gc::windows(&cx.config)();
+    let stats = crate::gc::pass(cx.store.as_ref(), &retention).await?;
+    Ok(Response::new(pb::RunGcResponse {
+        databases: stats.databases,
+        versions_collected: stats.versions_collected,
+        writes_removed: stats.writes_removed,
+        bytes_freed: stats.bytes_freed,
+    }))
+}
+
 /// Every tenant's counters.
 pub async fn server_metrics(
     cx: &Context,
